@@ -1,0 +1,220 @@
+//! A Tributary SQLite database file: one group-commit writer, a pool of readers.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, watch};
+use tributary_core::{Error, Result};
+
+use crate::config::SqliteConfig;
+use crate::schema::{self, DatabaseKind};
+use crate::sql_error::SqlResultExt;
+use crate::writer::Writer;
+
+/// An open Tributary database file. Cheap to clone; every clone (and every other `open` of
+/// the same file in this process) shares one writer thread, so group commit spans all of them.
+#[derive(Clone)]
+pub struct SqliteDatabase {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    config: SqliteConfig,
+    writer: Writer,
+    readers: Arc<ReadPool>,
+}
+
+/// Open databases of this process by canonical path: one writer per file.
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+impl SqliteDatabase {
+    /// Opens (creating if needed) a service database: event store, documents, outbox, inbox,
+    /// views. Applies pending migrations.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for a file that is not a Tributary service database or is from a
+    /// newer version; [`Error::Unavailable`] when the file cannot be opened.
+    pub fn open(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self> {
+        Self::open_kind(path.as_ref(), config, DatabaseKind::Service)
+    }
+
+    pub(crate) fn open_kind(path: &Path, config: SqliteConfig, kind: DatabaseKind) -> Result<Self> {
+        let mut registry = registry().lock().unwrap_or_else(|p| p.into_inner());
+        registry.retain(|_, weak| weak.strong_count() > 0);
+        let mut conn = open_connection(path, &config, false)?;
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| Error::unavailable(format!("database file {}", path.display()), e))?;
+        if let Some(inner) = registry.get(&canonical).and_then(Weak::upgrade) {
+            return Ok(Self { inner });
+        }
+        schema::prepare(&mut conn, kind, &path.display().to_string())?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| "db".into(), |s| s.to_string_lossy().into_owned());
+        let writer = Writer::start(conn, config.max_units_per_commit, &name)?;
+        let readers = Arc::new(ReadPool {
+            path: canonical.clone(),
+            config: config.clone(),
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(config.read_connections)),
+        });
+        let inner = Arc::new(Inner {
+            path: canonical.clone(),
+            config,
+            writer,
+            readers,
+        });
+        registry.insert(canonical, Arc::downgrade(&inner));
+        Ok(Self { inner })
+    }
+
+    /// Runs `unit` inside the next group commit; see [`Writer::execute`].
+    ///
+    /// # Errors
+    /// As [`Writer::execute`].
+    pub async fn write<T, F>(&self, unit: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.writer.execute(unit).await
+    }
+
+    /// Runs `query` on a read connection on a blocking thread. Reads see committed data only
+    /// and never wait for the writer (WAL).
+    ///
+    /// # Errors
+    /// The query's own error, or [`Error::Unavailable`] when no connection can be opened.
+    pub async fn read<T, F>(&self, query: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.readers.read(query).await
+    }
+
+    /// Changes after every commit made through this process's writer for this file.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.inner.writer.commits()
+    }
+
+    pub fn config(&self) -> &SqliteConfig {
+        &self.inner.config
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+impl std::fmt::Debug for SqliteDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteDatabase")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn open_connection(path: &Path, config: &SqliteConfig, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::unavailable(format!("database file {}", path.display()), e))?;
+    conn.busy_timeout(config.busy_timeout)
+        .context("setting the busy timeout")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if !read_only {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| {
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+                    Error::storage(format!("{} is not a SQLite database", path.display()), e)
+                } else {
+                    crate::sql_error::sql_error("enabling WAL", e)
+                }
+            })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::storage_msg(format!(
+                "{} cannot use WAL journaling (got {mode})",
+                path.display()
+            )));
+        }
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+        config.synchronous.pragma()
+    ))
+    .context("configuring the connection")?;
+    Ok(conn)
+}
+
+/// Read-only connections, used on blocking threads.
+struct ReadPool {
+    path: PathBuf,
+    config: SqliteConfig,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    async fn read<T, F>(self: &Arc<Self>, query: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Shutdown {
+                what: "sqlite readers".into(),
+            })?;
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = pool.take()?;
+            let outcome = catch_unwind(AssertUnwindSafe(|| query(&conn)));
+            match outcome {
+                Ok(result) => {
+                    pool.give_back(conn);
+                    result
+                }
+                // The connection may be mid-statement; drop it rather than reuse it.
+                Err(panic) => Err(Error::panicked("read query", panic.as_ref())),
+            }
+        })
+        .await
+        .map_err(|e| Error::unavailable("sqlite reader thread", e))?
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path, &self.config, true),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if conn.is_autocommit() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+    }
+}

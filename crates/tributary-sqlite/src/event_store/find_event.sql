@@ -1,0 +1,1 @@
+SELECT stream_id, version, position FROM events WHERE event_id = ?1

@@ -1,0 +1,256 @@
+//! SQLite-specific behaviour: group commit, isolation of failing units, file recognition.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rusqlite::params;
+use tributary_core::{
+    Envelope, Error, EventStore, ExpectedVersion, Payload, Position, StreamId, StreamVersion,
+};
+use tributary_sqlite::{SqliteConfig, SqliteDatabase, SqliteEventStore, Synchronous};
+
+fn open(dir: &tempfile::TempDir, name: &str) -> SqliteDatabase {
+    SqliteDatabase::open(dir.path().join(name), SqliteConfig::default()).expect("open")
+}
+
+async fn make_table(db: &SqliteDatabase) {
+    db.write(|c| {
+        c.execute_batch("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER)")
+            .map_err(|e| Error::storage("create", e))
+    })
+    .await
+    .unwrap();
+}
+
+async fn count(db: &SqliteDatabase) -> i64 {
+    db.read(|c| {
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .map_err(|e| Error::storage("count", e))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_units_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, "group.db");
+    make_table(&db).await;
+    let commits_before = *db.commits().borrow();
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            db.write(move |c| {
+                c.execute(
+                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                    params![format!("k{i}"), i],
+                )
+                .map_err(|e| Error::storage("insert", e))
+            })
+            .await
+            .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commits = *db.commits().borrow() - commits_before;
+    assert_eq!(count(&db).await, 400);
+    assert!(
+        commits < 400,
+        "400 concurrent units took {commits} commits: no group commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_or_panicking_unit_rolls_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, "isolation.db");
+    make_table(&db).await;
+    let ok_units = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let db = db.clone();
+        let ok_units = ok_units.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = db
+                .write(move |c| {
+                    c.execute(
+                        "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                        params![format!("k{i}"), i],
+                    )
+                    .map_err(|e| Error::storage("insert", e))?;
+                    match i % 3 {
+                        0 => Ok(()),
+                        1 => Err(Error::invalid("this unit refuses")),
+                        _ => panic!("unit {i} panics after writing"),
+                    }
+                })
+                .await;
+            match (i % 3, result) {
+                (0, Ok(())) => {
+                    ok_units.fetch_add(1, Ordering::SeqCst);
+                }
+                (1, Err(Error::InvalidInput { .. })) => {}
+                (2, Err(Error::Panicked { message, .. })) => {
+                    assert!(message.contains("panics after writing"));
+                }
+                (kind, other) => panic!("unit kind {kind} got {other:?}"),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(ok_units.load(Ordering::SeqCst), 100);
+    assert_eq!(
+        count(&db).await,
+        100,
+        "only the successful units' rows are stored"
+    );
+    // The writer thread survived the panics.
+    db.write(|_| Ok(())).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_survive_closing_and_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("durable.db");
+    let stream = StreamId::new("s-1").unwrap();
+    {
+        let db = SqliteDatabase::open(
+            &path,
+            SqliteConfig::default().with_synchronous(Synchronous::Full),
+        )
+        .unwrap();
+        let store = SqliteEventStore::new(db);
+        let e = Envelope::new("t", "E", Payload::from_json_str("{}").unwrap());
+        store
+            .append(&stream, ExpectedVersion::NoStream, vec![e])
+            .await
+            .unwrap();
+    }
+    // Give the writer thread of the dropped handle a moment to close its connection.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let store =
+        SqliteEventStore::new(SqliteDatabase::open(&path, SqliteConfig::default()).unwrap());
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        StreamVersion::new(1)
+    );
+    assert_eq!(store.read_all(Position::START, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn opening_the_same_file_twice_shares_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "shared.db");
+    let b = open(&dir, "shared.db");
+    make_table(&a).await;
+    let before = *b.commits().borrow();
+    a.write(|c| {
+        c.execute("INSERT INTO t VALUES ('x', 1)", [])
+            .map(|_| ())
+            .map_err(|e| Error::storage("i", e))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *b.commits().borrow(),
+        before + 1,
+        "b sees a's commit notification"
+    );
+}
+
+#[test]
+fn a_foreign_sqlite_file_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY); INSERT INTO customers VALUES (1);",
+        )
+        .unwrap();
+    }
+    let err = SqliteDatabase::open(&path, SqliteConfig::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Storage { reason, .. } if reason.contains("not a Tributary database")),
+        "got {err}"
+    );
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "nothing was added to the foreign file");
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.db");
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    let err = SqliteDatabase::open(&path, SqliteConfig::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Storage { reason, .. } if reason.contains("not a SQLite database")),
+        "got {err}"
+    );
+}
+
+#[test]
+fn a_newer_schema_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("newer.db");
+    drop(SqliteDatabase::open(&path, SqliteConfig::default()).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 9999).unwrap();
+    }
+    let err = SqliteDatabase::open(&path, SqliteConfig::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Storage { reason, .. } if reason.contains("newer")),
+        "got {err}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_events_are_refused_with_the_configured_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDatabase::open(
+        dir.path().join("small.db"),
+        SqliteConfig::default().with_max_event_bytes(1000),
+    )
+    .unwrap();
+    let store = SqliteEventStore::new(db);
+    let e = Envelope::new("t", "E", Payload::from_value(&"z".repeat(2000)).unwrap());
+    let err = store
+        .append(&StreamId::new("s").unwrap(), ExpectedVersion::Any, vec![e])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit: 1000, .. }),
+        "got {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_event_row_is_a_decode_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, "damaged.db");
+    let store = SqliteEventStore::new(db.clone());
+    let e = Envelope::new("t", "E", Payload::from_json_str("{}").unwrap());
+    store
+        .append(&StreamId::new("s").unwrap(), ExpectedVersion::Any, vec![e])
+        .await
+        .unwrap();
+    db.write(|c| {
+        c.execute_batch("UPDATE events SET data = 'not json', event_id = x'01'")
+            .map_err(|e| Error::storage("damage", e))
+    })
+    .await
+    .unwrap();
+    let err = store.read_all(Position::START, 10).await.unwrap_err();
+    assert!(matches!(err, Error::Decode { .. }), "got {err:?}");
+}
