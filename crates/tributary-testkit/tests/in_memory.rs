@@ -1,0 +1,12 @@
+//! The in-memory event store passes the same suite as the durable ones.
+
+use std::sync::Arc;
+
+use tributary_core::InMemoryEventStore;
+use tributary_testkit::event_store::Fixture;
+
+async fn make() -> Fixture {
+    Fixture::new(Arc::new(InMemoryEventStore::new()))
+}
+
+tributary_testkit::event_store_conformance!(make);
