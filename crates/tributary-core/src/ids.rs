@@ -90,7 +90,13 @@ impl StreamId {
                 ),
             });
         }
-        if id.chars().any(char::is_control) {
+        // Most ids are ASCII; checking bytes first keeps decoding a million events cheap.
+        let control = if id.is_ascii() {
+            id.bytes().any(|b| b.is_ascii_control())
+        } else {
+            id.chars().any(char::is_control)
+        };
+        if control {
             return Err(Error::InvalidStreamId {
                 reason: "stream id contains a control character".into(),
             });

@@ -106,6 +106,11 @@ impl SqliteDatabase {
         self.inner.writer.commits()
     }
 
+    /// Units and commits of this file's writer so far (units per commit shows group commit).
+    pub fn writer_stats(&self) -> crate::writer::WriterStats {
+        self.inner.writer.stats()
+    }
+
     pub fn config(&self) -> &SqliteConfig {
         &self.inner.config
     }
@@ -154,7 +159,7 @@ fn open_connection(path: &Path, config: &SqliteConfig, read_only: bool) -> Resul
         }
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+        "PRAGMA synchronous = {}; PRAGMA temp_store = MEMORY;",
         config.synchronous.pragma()
     ))
     .context("configuring the connection")?;

@@ -216,6 +216,34 @@ fn a_newer_schema_version_is_refused() {
 }
 
 #[tokio::test]
+async fn events_cannot_be_deleted_so_positions_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, "append_only.db");
+    let store = SqliteEventStore::new(db.clone());
+    let s = StreamId::new("s").unwrap();
+    let e = || Envelope::new("t", "E", Payload::from_json_str("{}").unwrap());
+    store
+        .append(&s, ExpectedVersion::Any, vec![e(), e()])
+        .await
+        .unwrap();
+    let err = db
+        .write(|c| {
+            c.execute_batch(
+                "DELETE FROM events WHERE position = (SELECT max(position) FROM events)",
+            )
+            .map_err(|e| Error::storage("delete", e))
+        })
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("append-only"), "got {err:?}");
+    let out = store
+        .append(&s, ExpectedVersion::Any, vec![e()])
+        .await
+        .unwrap();
+    assert_eq!(out.last_position, Position::new(3));
+}
+
+#[tokio::test]
 async fn oversized_events_are_refused_with_the_configured_limit() {
     let dir = tempfile::tempdir().unwrap();
     let db = SqliteDatabase::open(
@@ -245,9 +273,24 @@ async fn a_damaged_event_row_is_a_decode_error_not_a_panic() {
         .append(&StreamId::new("s").unwrap(), ExpectedVersion::Any, vec![e])
         .await
         .unwrap();
+    // The database refuses to change events; damage it the way a disk or a tool would.
+    let refused = db
+        .write(|c| {
+            c.execute_batch("UPDATE events SET data = 'x'")
+                .map_err(|e| Error::storage("update", e))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("append-only"),
+        "got {refused:?}"
+    );
     db.write(|c| {
-        c.execute_batch("UPDATE events SET data = 'not json', event_id = x'01'")
-            .map_err(|e| Error::storage("damage", e))
+        c.execute_batch(
+            "DROP TRIGGER events_are_append_only_update;
+             UPDATE events SET data = 'not json', event_id = x'01';",
+        )
+        .map_err(|e| Error::storage("damage", e))
     })
     .await
     .unwrap();

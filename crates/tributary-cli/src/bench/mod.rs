@@ -1,0 +1,22 @@
+//! `tributary bench …`: benchmarks that print one JSON object per result on stdout.
+
+mod baseline;
+mod event_store;
+mod report;
+
+pub use event_store::EventStoreBenchArgs;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Event store appends: one_event_per_txn, eight_writers, hundred_events_per_txn.
+    Append(EventStoreBenchArgs),
+    /// Event store reads: read_stream, read_all.
+    Read(EventStoreBenchArgs),
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Append(args) => event_store::append(args).await,
+        BenchCommand::Read(args) => event_store::read(args).await,
+    }
+}
