@@ -1,20 +1,29 @@
 #![doc = include_str!("../README.md")]
 
 mod aggregate;
+mod broker;
 mod catch_up;
+mod dead_letter;
 mod envelope;
 mod error;
 mod event_store;
 mod ids;
 mod memory;
 mod payload;
+mod topic;
+mod unit_of_work;
 mod upcast;
 
 pub use aggregate::{
     Aggregate, CommandError, Executed, Loaded, Metadata, Repository, decode_event, encode_event,
     envelopes_for,
 };
+pub use broker::{
+    Broker, Delivery, LeaseGuard, OutgoingMessage, PartitionConsumer, RelaySource, SourceBatch,
+    topic_for_event,
+};
 pub use catch_up::{CatchUpConfig, Positioned, catch_up};
+pub use dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
 pub use envelope::{Envelope, JSON_CONTENT_TYPE};
 pub use error::{BoxError, Error, ExpectedVersion, Result};
 pub use event_store::{
@@ -22,6 +31,10 @@ pub use event_store::{
     StoredAt, dedup_outcome, validate_batch,
 };
 pub use ids::{EventId, MAX_STREAM_ID_LEN, Position, StreamId, StreamVersion};
-pub use memory::InMemoryEventStore;
+pub use memory::{InMemoryBroker, InMemoryBrokerConfig, InMemoryDatabase, InMemoryEventStore};
 pub use payload::Payload;
+pub use topic::{GroupName, MAX_NAME_LEN, Offset, Partition, Topic};
+pub use unit_of_work::{
+    ConsumerTx, Database, UnitOfWork, UnitOfWorkExt, Work, WorkError, validate_document_key,
+};
 pub use upcast::{UpcastEvent, Upcasters};

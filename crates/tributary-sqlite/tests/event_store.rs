@@ -5,11 +5,14 @@ use std::sync::Arc;
 use tributary_sqlite::{SqliteConfig, SqliteDatabase, SqliteEventStore};
 use tributary_testkit::event_store::Fixture;
 
-async fn make() -> Fixture {
+async fn make() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let db =
         SqliteDatabase::open(dir.path().join("events.db"), SqliteConfig::default()).expect("open");
-    Fixture::with_guard(Arc::new(SqliteEventStore::new(db)), dir)
+    Some(Fixture::with_guard(
+        Arc::new(SqliteEventStore::new(db)),
+        dir,
+    ))
 }
 
 tributary_testkit::event_store_conformance!(make);

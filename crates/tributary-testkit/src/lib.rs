@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+pub mod broker;
 pub mod event_store;
 mod given;
 pub mod sample;
+pub mod servers;
 
 pub use given::{AggregateFixture, AggregateOutcome, given};
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tributary_core::InMemoryEventStore;
 use tributary_testkit::event_store::Fixture;
 
-async fn make() -> Fixture {
-    Fixture::new(Arc::new(InMemoryEventStore::new()))
+async fn make() -> Option<Fixture> {
+    Some(Fixture::new(Arc::new(InMemoryEventStore::new())))
 }
 
 tributary_testkit::event_store_conformance!(make);

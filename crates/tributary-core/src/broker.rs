@@ -1,0 +1,151 @@
+//! The broker: partitioned topics, consumer groups with committed offsets.
+//!
+//! Delivery guarantee: at-least-once. A message is redelivered to a group until the group
+//! commits an offset at or past it; consumers deduplicate with the inbox.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::ids::{EventId, Position};
+use crate::topic::{GroupName, Offset, Partition, Topic};
+
+/// A message on its way to a broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    pub topic: Topic,
+    /// Messages with the same key are delivered in order (partition = hash(key) mod N).
+    pub key: String,
+    /// The envelope id: the broker's deduplication id and the consumers' inbox key.
+    pub id: EventId,
+    /// The envelope in CloudEvents JSON form.
+    pub payload: Vec<u8>,
+}
+
+impl OutgoingMessage {
+    pub fn from_envelope(topic: Topic, envelope: &Envelope) -> Self {
+        Self {
+            topic,
+            key: envelope.ordering_key().into_owned(),
+            id: envelope.id,
+            payload: envelope.to_json().into_bytes(),
+        }
+    }
+}
+
+/// The topic an event-store event is published on: its aggregate type if that is a valid
+/// topic name, else `default`.
+pub fn topic_for_event(event: &Envelope, default: &Topic) -> Topic {
+    event
+        .aggregate_type
+        .as_deref()
+        .and_then(|t| Topic::new(t).ok())
+        .unwrap_or_else(|| default.clone())
+}
+
+/// A message as a consumer receives it. The payload is raw bytes: a message that cannot be
+/// decoded still reaches the consumer, which dead-letters it with its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: Topic,
+    pub partition: Partition,
+    pub offset: Offset,
+    pub key: String,
+    /// The id the publisher gave the message, when the broker carries one.
+    pub id: Option<EventId>,
+    pub payload: Vec<u8>,
+    /// 1 on the first delivery to this group, more on redeliveries (when the broker knows).
+    pub delivery_count: u32,
+}
+
+/// A message broker with partitioned topics and consumer groups.
+///
+/// Every implementation passes the broker conformance suite in `tributary-testkit`.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Creates `topic` with `partitions` partitions, or checks that an existing topic has that
+    /// many.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] when the topic exists with a different partition count.
+    async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> Result<()>;
+
+    /// The partition count of `topic`, creating it with the broker's default if it is new.
+    async fn partitions(&self, topic: &Topic) -> Result<u32>;
+
+    /// Publishes `messages` and returns once the broker acknowledged every one of them. A
+    /// message whose id the broker has already stored (within its deduplication window) is
+    /// acknowledged without being stored twice.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the broker cannot be reached; some messages may then
+    /// have been stored: publish the whole batch again.
+    async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()>;
+
+    /// Opens `group`'s consumer of one partition. Delivery starts after the group's committed
+    /// offset (or at the oldest retained message for a new group).
+    async fn consume(
+        &self,
+        group: &GroupName,
+        topic: &Topic,
+        partition: Partition,
+    ) -> Result<Box<dyn PartitionConsumer>>;
+
+    /// The oldest a message can be when it is (re)delivered. Inbox entries must be kept longer.
+    fn redelivery_horizon(&self) -> Duration;
+}
+
+/// One group's cursor on one partition.
+#[async_trait]
+pub trait PartitionConsumer: Send {
+    /// The next messages in offset order after the last one fetched (after the committed
+    /// offset for a new consumer). Waits up to `wait` when none is available, then returns an
+    /// empty batch.
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Records that the group is done with every message up to and including `offset`.
+    async fn commit(&mut self, offset: Offset) -> Result<()>;
+}
+
+/// Where a relay source is, and what it hands to the broker next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceBatch {
+    pub messages: Vec<OutgoingMessage>,
+    /// The source position of the last message: pass it to `mark_published` once the broker
+    /// acknowledged the batch.
+    pub through: Position,
+}
+
+/// Holds a source's lease while alive; dropping it releases the lease.
+pub trait LeaseGuard: Send + Sync {
+    /// Whether the lease is still held (a lease bound to a lost connection is not).
+    fn is_held(&self) -> bool;
+}
+
+/// Committed rows waiting to be published: an outbox, or an event store read by position.
+///
+/// Reads return rows in commit order and never skip a row that commits later with a smaller
+/// position.
+#[async_trait]
+pub trait RelaySource: Send + Sync + 'static {
+    /// A name for logs and leases, unique per source.
+    fn name(&self) -> &str;
+
+    /// Up to `max` committed, unpublished messages in commit order, or `None` if there are none.
+    async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>>;
+
+    /// Records that everything up to `through` was acknowledged by the broker (deleting outbox
+    /// rows or advancing a cursor), in one statement.
+    async fn mark_published(&self, through: Position) -> Result<()>;
+
+    /// Changes after commits made in this process; the relay also polls every
+    /// [`RelaySource::poll_every`] for commits made elsewhere.
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    fn poll_every(&self) -> Duration;
+
+    /// Takes the source's lease if no other relay holds it.
+    async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>>;
+}

@@ -1,0 +1,104 @@
+//! Dead letters: messages a consumer group gave up on, and those parked behind them.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::ids::EventId;
+use crate::topic::{GroupName, Offset, Partition, Topic};
+
+/// The id of a dead letter in its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeadLetterId(u64);
+
+impl DeadLetterId {
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for DeadLetterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A message a consumer group could not process, or one waiting behind such a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub id: DeadLetterId,
+    pub group: GroupName,
+    pub topic: Topic,
+    pub partition: Partition,
+    pub offset: Offset,
+    pub message_id: Option<EventId>,
+    pub key: String,
+    pub event_type: Option<String>,
+    /// The message exactly as delivered (usually CloudEvents JSON).
+    #[serde(with = "lossy_bytes")]
+    pub payload: Vec<u8>,
+    pub reason: String,
+    pub attempts: u32,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+    /// Set for a message that did not fail itself but was parked behind an earlier dead
+    /// letter with the same key, to keep per-key order.
+    pub parked_behind: Option<DeadLetterId>,
+}
+
+/// What to record about a new dead letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDeadLetter {
+    pub group: GroupName,
+    pub topic: Topic,
+    pub partition: Partition,
+    pub offset: Offset,
+    pub message_id: Option<EventId>,
+    pub key: String,
+    pub event_type: Option<String>,
+    pub payload: Vec<u8>,
+    pub reason: String,
+    pub attempts: u32,
+    pub first_failed_at: DateTime<Utc>,
+    pub parked_behind: Option<DeadLetterId>,
+}
+
+/// How a dead letter was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// Processed successfully on replay.
+    Replayed,
+    /// Dropped by an operator without processing.
+    Skipped,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Replayed => "replayed",
+            Resolution::Skipped => "skipped",
+        }
+    }
+}
+
+/// Read access to a database's unresolved dead letters, oldest first.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync {
+    /// Up to `max` unresolved dead letters (of `group`, or of every group), oldest first.
+    async fn list(&self, group: Option<&GroupName>, max: usize) -> Result<Vec<DeadLetter>>;
+
+    /// One dead letter, resolved or not.
+    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>>;
+}
+
+mod lossy_bytes {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(bytes))
+    }
+}

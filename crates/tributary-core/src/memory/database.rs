@@ -1,0 +1,636 @@
+//! An in-memory service database: documents, outbox, inbox, dead letters, checkpoints and an
+//! event store, with transactions made of an undo log.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::event_log::EventLog;
+use super::event_store::lock;
+use crate::broker::{LeaseGuard, OutgoingMessage, RelaySource, SourceBatch, topic_for_event};
+use crate::catch_up::{CatchUpConfig, catch_up};
+use crate::dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
+use crate::envelope::Envelope;
+use crate::error::{Error, ExpectedVersion, Result};
+use crate::event_store::{
+    AppendOutcome, DEFAULT_MAX_EVENT_BYTES, EventStore, EventStream, RecordedEvent, Snapshot,
+    validate_batch,
+};
+use crate::ids::{EventId, Position, StreamId, StreamVersion};
+use crate::payload::Payload;
+use crate::topic::{GroupName, Topic};
+use crate::unit_of_work::{
+    ConsumerTx, Database, UnitOfWork, Work, WorkError, validate_document_key,
+};
+
+#[derive(Default)]
+struct State {
+    events: EventLog,
+    documents: BTreeMap<(String, String), Payload>,
+    outbox: BTreeMap<u64, OutgoingMessage>,
+    next_outbox: u64,
+    inbox: HashMap<(GroupName, EventId), DateTime<Utc>>,
+    dead_letters: BTreeMap<u64, (DeadLetter, Option<Resolution>)>,
+    next_dead_letter: u64,
+    checkpoints: HashMap<String, Position>,
+    cursors: HashMap<String, Position>,
+}
+
+/// How to undo one change of a unit.
+enum Undo {
+    Document((String, String), Option<Payload>),
+    Outbox(u64),
+    Inbox((GroupName, EventId)),
+    DeadLetterInsert(u64),
+    DeadLetterChange(u64, (DeadLetter, Option<Resolution>)),
+    Checkpoint(String, Option<Position>),
+    Events(usize),
+}
+
+struct Shared {
+    state: Mutex<State>,
+    commits: watch::Sender<u64>,
+    leases: Mutex<HashSet<String>>,
+    max_event_bytes: usize,
+}
+
+/// A [`Database`] in memory, for tests and examples. Units are serialized by one lock.
+#[derive(Clone)]
+pub struct InMemoryDatabase {
+    shared: Arc<Shared>,
+}
+
+impl Default for InMemoryDatabase {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryDatabase {
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                commits: watch::channel(0).0,
+                leases: Mutex::default(),
+                max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            }),
+        }
+    }
+
+    fn run(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
+        let mut state = lock(&self.shared.state);
+        let mut tx = MemoryTx {
+            state: &mut state,
+            undo: Vec::new(),
+            savepoints: Vec::new(),
+            max_event_bytes: self.shared.max_event_bytes,
+        };
+        let outcome = match catch_unwind(AssertUnwindSafe(|| work(&mut tx))) {
+            Ok(outcome) => outcome,
+            Err(panic) => Err(WorkError::Failed(Error::panicked(
+                "unit of work",
+                panic.as_ref(),
+            ))),
+        };
+        if outcome.is_err() {
+            tx.undo_to(0);
+        }
+        let changed = !tx.undo.is_empty();
+        drop(state);
+        if outcome.is_ok() && changed {
+            self.shared.commits.send_modify(|c| *c += 1);
+        }
+        outcome
+    }
+}
+
+struct MemoryTx<'a> {
+    state: &'a mut State,
+    undo: Vec<Undo>,
+    savepoints: Vec<usize>,
+    max_event_bytes: usize,
+}
+
+impl MemoryTx<'_> {
+    fn undo_to(&mut self, mark: usize) {
+        while self.undo.len() > mark {
+            let Some(step) = self.undo.pop() else { break };
+            let s = &mut *self.state;
+            match step {
+                Undo::Document(key, Some(previous)) => {
+                    s.documents.insert(key, previous);
+                }
+                Undo::Document(key, None) => {
+                    s.documents.remove(&key);
+                }
+                Undo::Outbox(id) => {
+                    s.outbox.remove(&id);
+                }
+                Undo::Inbox(key) => {
+                    s.inbox.remove(&key);
+                }
+                Undo::DeadLetterInsert(id) => {
+                    s.dead_letters.remove(&id);
+                }
+                Undo::DeadLetterChange(id, previous) => {
+                    s.dead_letters.insert(id, previous);
+                }
+                Undo::Checkpoint(name, Some(previous)) => {
+                    s.checkpoints.insert(name, previous);
+                }
+                Undo::Checkpoint(name, None) => {
+                    s.checkpoints.remove(&name);
+                }
+                Undo::Events(len) => s.events.truncate(len),
+            }
+        }
+    }
+
+    fn dead_letter_mut(
+        &mut self,
+        id: DeadLetterId,
+    ) -> Result<&mut (DeadLetter, Option<Resolution>)> {
+        let previous = self
+            .state
+            .dead_letters
+            .get(&id.get())
+            .cloned()
+            .ok_or_else(|| Error::invalid(format!("no dead letter {id}")))?;
+        self.undo.push(Undo::DeadLetterChange(id.get(), previous));
+        self.state
+            .dead_letters
+            .get_mut(&id.get())
+            .ok_or_else(|| Error::invalid(format!("no dead letter {id}")))
+    }
+}
+
+impl UnitOfWork for MemoryTx<'_> {
+    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
+        validate_document_key(collection, id)?;
+        Ok(self
+            .state
+            .documents
+            .get(&(collection.to_owned(), id.to_owned()))
+            .cloned())
+    }
+
+    fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
+        validate_document_key(collection, id)?;
+        let key = (collection.to_owned(), id.to_owned());
+        let previous = self.state.documents.insert(key.clone(), document);
+        self.undo.push(Undo::Document(key, previous));
+        Ok(())
+    }
+
+    fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
+        validate_document_key(collection, id)?;
+        let key = (collection.to_owned(), id.to_owned());
+        let previous = self.state.documents.remove(&key);
+        let existed = previous.is_some();
+        self.undo.push(Undo::Document(key, previous));
+        Ok(existed)
+    }
+
+    fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+        validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
+        self.state.next_outbox += 1;
+        let id = self.state.next_outbox;
+        self.state
+            .outbox
+            .insert(id, OutgoingMessage::from_envelope(topic.clone(), &event));
+        self.undo.push(Undo::Outbox(id));
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Envelope>,
+    ) -> Result<AppendOutcome> {
+        validate_batch(&events, self.max_event_bytes)?;
+        let before = self.state.events.len();
+        let outcome = self.state.events.append(stream, expected, events)?;
+        self.undo.push(Undo::Events(before));
+        Ok(outcome)
+    }
+
+    fn read_stream(
+        &mut self,
+        stream: &StreamId,
+        from: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        Ok(self.state.events.read_stream(stream, from, max))
+    }
+
+    fn backend(&mut self) -> &mut dyn Any {
+        // The in-memory store has no tables of its own to offer.
+        &mut self.max_event_bytes
+    }
+}
+
+impl ConsumerTx for MemoryTx<'_> {
+    fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool> {
+        Ok(self.state.inbox.contains_key(&(group.clone(), *id)))
+    }
+
+    fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
+        let key = (group.clone(), *id);
+        if self.state.inbox.insert(key.clone(), Utc::now()).is_some() {
+            return Err(Error::invalid(format!(
+                "message {id} is already in {group}'s inbox"
+            )));
+        }
+        self.undo.push(Undo::Inbox(key));
+        Ok(())
+    }
+
+    fn blocking_dead_letter(
+        &mut self,
+        group: &GroupName,
+        key: &str,
+    ) -> Result<Option<DeadLetterId>> {
+        Ok(self
+            .state
+            .dead_letters
+            .values()
+            .find(|(d, resolution)| resolution.is_none() && &d.group == group && d.key == key)
+            .map(|(d, _)| d.id))
+    }
+
+    fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId> {
+        self.state.next_dead_letter += 1;
+        let id = self.state.next_dead_letter;
+        let now = Utc::now();
+        let dead = DeadLetter {
+            id: DeadLetterId::new(id),
+            group: letter.group,
+            topic: letter.topic,
+            partition: letter.partition,
+            offset: letter.offset,
+            message_id: letter.message_id,
+            key: letter.key,
+            event_type: letter.event_type,
+            payload: letter.payload,
+            reason: letter.reason,
+            attempts: letter.attempts,
+            first_failed_at: letter.first_failed_at,
+            last_failed_at: now,
+            parked_behind: letter.parked_behind,
+        };
+        self.state.dead_letters.insert(id, (dead, None));
+        self.undo.push(Undo::DeadLetterInsert(id));
+        Ok(DeadLetterId::new(id))
+    }
+
+    fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution) -> Result<()> {
+        self.dead_letter_mut(id)?.1 = Some(resolution);
+        Ok(())
+    }
+
+    fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()> {
+        let (letter, _) = self.dead_letter_mut(id)?;
+        letter.attempts += 1;
+        letter.reason = reason.to_owned();
+        letter.last_failed_at = Utc::now();
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
+        Ok(self.state.checkpoints.get(name).copied())
+    }
+
+    fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()> {
+        let previous = self.state.checkpoints.insert(name.to_owned(), position);
+        self.undo.push(Undo::Checkpoint(name.to_owned(), previous));
+        Ok(())
+    }
+
+    fn savepoint(&mut self) -> Result<()> {
+        self.savepoints.push(self.undo.len());
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> Result<()> {
+        self.savepoints
+            .pop()
+            .map(|_| ())
+            .ok_or_else(|| Error::invalid("no savepoint to release"))
+    }
+
+    fn rollback_savepoint(&mut self) -> Result<()> {
+        let mark = self
+            .savepoints
+            .pop()
+            .ok_or_else(|| Error::invalid("no savepoint to roll back"))?;
+        self.undo_to(mark);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Database for InMemoryDatabase {
+    async fn execute(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
+        self.run(work)
+    }
+
+    fn commits(&self) -> watch::Receiver<u64> {
+        self.shared.commits.subscribe()
+    }
+
+    async fn get_document(&self, collection: &str, id: &str) -> Result<Option<Payload>> {
+        validate_document_key(collection, id)?;
+        Ok(lock(&self.shared.state)
+            .documents
+            .get(&(collection.to_owned(), id.to_owned()))
+            .cloned())
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Payload)>> {
+        let state = lock(&self.shared.state);
+        let start = (collection.to_owned(), after.unwrap_or("").to_owned());
+        Ok(state
+            .documents
+            .range(start..)
+            .take_while(|((c, _), _)| c == collection)
+            .filter(|((_, id), _)| after.is_none_or(|a| id.as_str() > a))
+            .take(max)
+            .map(|((_, id), doc)| (id.clone(), doc.clone()))
+            .collect())
+    }
+
+    async fn drop_collection(&self, collection: &str) -> Result<u64> {
+        let mut state = lock(&self.shared.state);
+        let before = state.documents.len();
+        state.documents.retain(|(c, _), _| c != collection);
+        let dropped = (before - state.documents.len()) as u64;
+        drop(state);
+        self.shared.commits.send_modify(|c| *c += 1);
+        Ok(dropped)
+    }
+
+    fn event_store(&self) -> Arc<dyn EventStore> {
+        Arc::new(DatabaseEvents(self.clone()))
+    }
+
+    fn outbox_source(&self) -> Arc<dyn RelaySource> {
+        Arc::new(OutboxSource(self.clone()))
+    }
+
+    fn event_store_source(&self, name: &str, default_topic: Topic) -> Arc<dyn RelaySource> {
+        Arc::new(EventsSource {
+            db: self.clone(),
+            name: format!("events:{name}"),
+            default_topic,
+        })
+    }
+
+    fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        Arc::new(self.clone())
+    }
+
+    async fn prune_inbox(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut state = lock(&self.shared.state);
+        let n = state.inbox.len();
+        state.inbox.retain(|_, at| *at >= before);
+        Ok((n - state.inbox.len()) as u64)
+    }
+
+    fn poll_every(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for InMemoryDatabase {
+    async fn list(&self, group: Option<&GroupName>, max: usize) -> Result<Vec<DeadLetter>> {
+        Ok(lock(&self.shared.state)
+            .dead_letters
+            .values()
+            .filter(|(d, r)| r.is_none() && group.is_none_or(|g| &d.group == g))
+            .take(max)
+            .map(|(d, _)| d.clone())
+            .collect())
+    }
+
+    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
+        Ok(lock(&self.shared.state)
+            .dead_letters
+            .get(&id.get())
+            .map(|(d, _)| d.clone()))
+    }
+}
+
+/// The database's event store, sharing its log and lock with units of work.
+struct DatabaseEvents(InMemoryDatabase);
+
+#[async_trait]
+impl EventStore for DatabaseEvents {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Envelope>,
+    ) -> Result<AppendOutcome> {
+        validate_batch(&events, self.0.shared.max_event_bytes)?;
+        let outcome = lock(&self.0.shared.state)
+            .events
+            .append(stream, expected, events)?;
+        if !outcome.deduplicated {
+            self.0.shared.commits.send_modify(|c| *c += 1);
+        }
+        Ok(outcome)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        Ok(lock(&self.0.shared.state)
+            .events
+            .read_stream(stream, from, max))
+    }
+
+    async fn read_all(&self, from: Position, max: usize) -> Result<Vec<RecordedEvent>> {
+        Ok(lock(&self.0.shared.state).events.read_all(from, max))
+    }
+
+    fn subscribe_all(&self, from: Position) -> EventStream {
+        let db = self.0.clone();
+        catch_up(
+            from,
+            db.shared.commits.subscribe(),
+            CatchUpConfig::default(),
+            move |from, max| {
+                let events = lock(&db.shared.state).events.read_all(from, max);
+                async move { Ok(events) }
+            },
+        )
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
+        Ok(lock(&self.0.shared.state).events.stream_version(stream))
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        Ok(lock(&self.0.shared.state)
+            .events
+            .snapshots
+            .get(stream)
+            .cloned())
+    }
+
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
+        let mut state = lock(&self.0.shared.state);
+        let newer = state
+            .events
+            .snapshots
+            .get(stream)
+            .is_none_or(|s| s.version <= snapshot.version);
+        if newer {
+            state.events.snapshots.insert(stream.clone(), snapshot);
+        }
+        Ok(())
+    }
+}
+
+struct MemoryLease {
+    leases: Arc<Shared>,
+    name: String,
+}
+
+impl LeaseGuard for MemoryLease {
+    fn is_held(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for MemoryLease {
+    fn drop(&mut self) {
+        lock(&self.leases.leases).remove(&self.name);
+    }
+}
+
+fn try_lease(db: &InMemoryDatabase, name: &str) -> Option<Box<dyn LeaseGuard>> {
+    let mut leases = lock(&db.shared.leases);
+    if !leases.insert(name.to_owned()) {
+        return None;
+    }
+    Some(Box::new(MemoryLease {
+        leases: db.shared.clone(),
+        name: name.to_owned(),
+    }))
+}
+
+struct OutboxSource(InMemoryDatabase);
+
+#[async_trait]
+impl RelaySource for OutboxSource {
+    fn name(&self) -> &str {
+        "outbox"
+    }
+
+    async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>> {
+        let state = lock(&self.0.shared.state);
+        let rows: Vec<_> = state.outbox.iter().take(max).collect();
+        let Some(&(&last, _)) = rows.last() else {
+            return Ok(None);
+        };
+        Ok(Some(SourceBatch {
+            messages: rows.into_iter().map(|(_, m)| m.clone()).collect(),
+            through: Position::new(last),
+        }))
+    }
+
+    async fn mark_published(&self, through: Position) -> Result<()> {
+        let mut state = lock(&self.0.shared.state);
+        let keep = state.outbox.split_off(&(through.get() + 1));
+        state.outbox = keep;
+        Ok(())
+    }
+
+    fn commits(&self) -> watch::Receiver<u64> {
+        self.0.shared.commits.subscribe()
+    }
+
+    fn poll_every(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
+        Ok(try_lease(&self.0, "outbox"))
+    }
+}
+
+struct EventsSource {
+    db: InMemoryDatabase,
+    name: String,
+    default_topic: Topic,
+}
+
+#[async_trait]
+impl RelaySource for EventsSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>> {
+        let state = lock(&self.db.shared.state);
+        let from = state
+            .cursors
+            .get(&self.name)
+            .copied()
+            .unwrap_or(Position::START)
+            .next();
+        let events = state.events.read_all(from, max);
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(None);
+        };
+        Ok(Some(SourceBatch {
+            messages: events
+                .iter()
+                .map(|e| {
+                    OutgoingMessage::from_envelope(
+                        topic_for_event(&e.envelope, &self.default_topic),
+                        &e.envelope,
+                    )
+                })
+                .collect(),
+            through: last,
+        }))
+    }
+
+    async fn mark_published(&self, through: Position) -> Result<()> {
+        lock(&self.db.shared.state)
+            .cursors
+            .insert(self.name.clone(), through);
+        Ok(())
+    }
+
+    fn commits(&self) -> watch::Receiver<u64> {
+        self.db.shared.commits.subscribe()
+    }
+
+    fn poll_every(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
+        Ok(try_lease(&self.db, &self.name))
+    }
+}
