@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::broker::RelaySource;
-use crate::dead_letter::{DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
+use crate::dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
 use crate::envelope::Envelope;
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::event_store::{AppendOutcome, EventStore, RecordedEvent};
@@ -34,6 +34,10 @@ pub trait UnitOfWork {
 
     /// Deletes the document; returns whether it existed.
     fn delete(&mut self, collection: &str, id: &str) -> Result<bool>;
+
+    /// Deletes every document of `collection` (e.g. a view about to be rebuilt); returns how
+    /// many there were.
+    fn clear_collection(&mut self, collection: &str) -> Result<u64>;
 
     /// Records `event` in the outbox, to be published on `topic` after the unit commits.
     fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()>;
@@ -101,6 +105,9 @@ pub trait ConsumerTx: UnitOfWork {
 
     fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId>;
 
+    /// A dead letter, resolved or not.
+    fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>>;
+
     /// Marks a dead letter resolved; it no longer blocks its key.
     fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution) -> Result<()>;
 
@@ -159,6 +166,9 @@ pub trait Database: Send + Sync + 'static {
         after: Option<&str>,
         max: usize,
     ) -> Result<Vec<(String, Payload)>>;
+
+    /// A committed checkpoint, read outside any unit.
+    async fn checkpoint(&self, name: &str) -> Result<Option<Position>>;
 
     /// Deletes every document of `collection` (e.g. to rebuild a view); returns how many.
     async fn drop_collection(&self, collection: &str) -> Result<u64>;

@@ -12,6 +12,7 @@ use tributary_core::{Error, Result};
 use crate::config::SqliteConfig;
 use crate::schema::{self, DatabaseKind};
 use crate::sql_error::SqlResultExt;
+use crate::unit_of_work::SqliteTx;
 use crate::writer::Writer;
 
 /// An open Tributary database file. Cheap to clone; every clone (and every other `open` of
@@ -59,7 +60,11 @@ impl SqliteDatabase {
         let name = path
             .file_stem()
             .map_or_else(|| "db".into(), |s| s.to_string_lossy().into_owned());
-        let writer = Writer::start(conn, config.max_units_per_commit, &name)?;
+        let writer = Writer::start(
+            SqliteTx::new(conn, config.max_event_bytes),
+            config.max_units_per_commit,
+            &name,
+        )?;
         let readers = Arc::new(ReadPool {
             path: canonical.clone(),
             config: config.clone(),
@@ -80,10 +85,11 @@ impl SqliteDatabase {
     ///
     /// # Errors
     /// As [`Writer::execute`].
-    pub async fn write<T, F>(&self, unit: F) -> Result<T>
+    pub async fn write<T, E, F>(&self, unit: F) -> Result<T, E>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut SqliteTx) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<Error> + Send + 'static,
     {
         self.inner.writer.execute(unit).await
     }

@@ -41,12 +41,21 @@ struct Migration {
     sql: &'static str,
 }
 
-const SERVICE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("migrations/service/0001_event_store.sql"),
-}];
+const SERVICE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/service/0001_event_store.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/service/0002_messaging.sql"),
+    },
+];
 
-const BROKER_MIGRATIONS: &[Migration] = &[];
+const BROKER_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sql: include_str!("migrations/broker/0001_log.sql"),
+}];
 
 /// The newest schema version this build knows for `kind`.
 pub fn latest_version(kind: DatabaseKind) -> i64 {

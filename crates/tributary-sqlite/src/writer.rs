@@ -15,11 +15,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 use tributary_core::{Error, Result};
 
 use crate::sql_error::sql_error;
+use crate::unit_of_work::SqliteTx;
 
 /// Why a whole batch did not commit, shared by every unit in it.
 #[derive(Clone, Debug)]
@@ -45,26 +45,27 @@ type Reply = Box<dyn FnOnce(Result<(), &BatchFailure>) + Send>;
 trait Unit: Send {
     /// Runs the unit (inside a savepoint if `savepoint`) and returns whether it succeeded and
     /// how to answer its caller.
-    fn run(self: Box<Self>, conn: &Connection, savepoint: bool) -> (bool, Reply);
+    fn run(self: Box<Self>, tx: &mut SqliteTx, savepoint: bool) -> (bool, Reply);
     /// Answers the caller without running (the batch could not start).
     fn fail(self: Box<Self>, failure: &BatchFailure);
 }
 
-struct Job<F, T> {
+struct Job<F, T, E> {
     unit: F,
-    reply: oneshot::Sender<Result<T>>,
+    reply: oneshot::Sender<Result<T, E>>,
 }
 
-impl<F, T> Unit for Job<F, T>
+impl<F, T, E> Unit for Job<F, T, E>
 where
-    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    F: FnOnce(&mut SqliteTx) -> Result<T, E> + Send + 'static,
     T: Send + 'static,
+    E: From<Error> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection, savepoint: bool) -> (bool, Reply) {
+    fn run(self: Box<Self>, tx: &mut SqliteTx, savepoint: bool) -> (bool, Reply) {
         let outcome = if savepoint {
-            in_savepoint(conn, self.unit)
+            in_savepoint(tx, self.unit)
         } else {
-            guarded(conn, self.unit)
+            guarded(tx, self.unit)
         };
         let reply = self.reply;
         let succeeded = outcome.is_ok();
@@ -74,7 +75,7 @@ where
                 let result = match (outcome, batch) {
                     (Err(e), _) => Err(e),
                     (Ok(value), Ok(())) => Ok(value),
-                    (Ok(_), Err(failure)) => Err(failure.to_error()),
+                    (Ok(_), Err(failure)) => Err(E::from(failure.to_error())),
                 };
                 // The caller may have given up waiting; its unit committed anyway.
                 let _ = reply.send(result);
@@ -83,7 +84,7 @@ where
     }
 
     fn fail(self: Box<Self>, failure: &BatchFailure) {
-        let _ = self.reply.send(Err(failure.to_error()));
+        let _ = self.reply.send(Err(E::from(failure.to_error())));
     }
 }
 
@@ -95,30 +96,38 @@ const COMMIT: &str = "COMMIT";
 
 /// Runs one fixed statement through the statement cache (these run for every unit, and
 /// `execute_batch` would parse them every time).
-fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+fn exec_cached(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Runs `unit`, turning a panic into an error.
-fn guarded<T>(conn: &Connection, unit: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(|| unit(conn))) {
+fn guarded<T, E: From<Error>>(
+    tx: &mut SqliteTx,
+    unit: impl FnOnce(&mut SqliteTx) -> Result<T, E>,
+) -> Result<T, E> {
+    tx.reset_nesting();
+    match catch_unwind(AssertUnwindSafe(|| unit(&mut *tx))) {
         Ok(outcome) => outcome,
-        Err(panic) => Err(Error::panicked("unit of work", panic.as_ref())),
+        Err(panic) => Err(E::from(Error::panicked("unit of work", panic.as_ref()))),
     }
 }
 
-fn in_savepoint<T>(conn: &Connection, unit: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    exec_cached(conn, SAVEPOINT).map_err(|e| sql_error("opening a savepoint", e))?;
-    match guarded(conn, unit) {
-        Ok(value) => match exec_cached(conn, RELEASE) {
+fn in_savepoint<T, E: From<Error>>(
+    tx: &mut SqliteTx,
+    unit: impl FnOnce(&mut SqliteTx) -> Result<T, E>,
+) -> Result<T, E> {
+    exec_cached(tx.connection(), SAVEPOINT)
+        .map_err(|e| E::from(sql_error("opening a savepoint", e)))?;
+    match guarded(tx, unit) {
+        Ok(value) => match exec_cached(tx.connection(), RELEASE) {
             Ok(()) => Ok(value),
-            Err(e) => Err(sql_error("releasing a savepoint", e)),
+            Err(e) => Err(E::from(sql_error("releasing a savepoint", e))),
         },
         Err(e) => {
             // If SQLite already rolled the whole transaction back (I/O error, disk full),
             // there is no savepoint left; the batch loop notices and fails everyone.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch(ROLLBACK);
+            if !tx.connection().is_autocommit() {
+                let _ = tx.connection().execute_batch(ROLLBACK);
             }
             Err(e)
         }
@@ -149,23 +158,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`, committing at most `max_units` units per commit.
-    pub(crate) fn start(conn: Connection, max_units: usize, name: &str) -> Result<Self> {
+    /// Starts the writer thread on `tx`'s connection, committing at most `max_units` units per commit.
+    pub(crate) fn start(tx: SqliteTx, max_units: usize, name: &str) -> Result<Self> {
         let (units_tx, units_rx) = mpsc::channel(max_units.max(1) * 4);
         let (commits_tx, commits_rx) = watch::channel(0u64);
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         std::thread::Builder::new()
             .name(format!("tributary-writer-{name}"))
-            .spawn(move || {
-                run(
-                    conn,
-                    units_rx,
-                    commits_tx,
-                    max_units.max(1),
-                    &thread_counters,
-                )
-            })
+            .spawn(move || run(tx, units_rx, commits_tx, max_units.max(1), &thread_counters))
             .map_err(|e| Error::unavailable("sqlite writer thread", e))?;
         Ok(Self {
             units: units_tx,
@@ -179,21 +180,23 @@ impl Writer {
     /// # Errors
     /// The unit's own error (its changes are rolled back, others' are not), a panic in the unit
     /// as [`Error::Panicked`], or [`Error::Unavailable`] when the batch could not commit.
-    pub async fn execute<T, F>(&self, unit: F) -> Result<T>
+    pub async fn execute<T, E, F>(&self, unit: F) -> Result<T, E>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut SqliteTx) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<Error> + Send + 'static,
     {
+        let shutdown = || {
+            E::from(Error::Shutdown {
+                what: "sqlite writer".into(),
+            })
+        };
         let (reply, answer) = oneshot::channel();
         self.units
             .send(Box::new(Job { unit, reply }))
             .await
-            .map_err(|_| Error::Shutdown {
-                what: "sqlite writer".into(),
-            })?;
-        answer.await.map_err(|_| Error::Shutdown {
-            what: "sqlite writer".into(),
-        })?
+            .map_err(|_| shutdown())?;
+        answer.await.map_err(|_| shutdown())?
     }
 
     /// Changes after every successful commit made through this writer.
@@ -275,7 +278,7 @@ fn gather(
 }
 
 fn run(
-    conn: Connection,
+    mut tx: SqliteTx,
     mut units: mpsc::Receiver<Box<dyn Unit>>,
     commits: watch::Sender<u64>,
     max_units: usize,
@@ -287,7 +290,7 @@ fn run(
     while let Some(first) = next_unit(&mut units) {
         batch.push(first);
         gather(&mut units, &mut batch, max_units, recent.expected());
-        if let Err(e) = exec_cached(&conn, BEGIN) {
+        if let Err(e) = exec_cached(tx.connection(), BEGIN) {
             let failure = BatchFailure::from_sql("starting a transaction", e);
             batch.drain(..).for_each(|unit| unit.fail(&failure));
             continue;
@@ -306,19 +309,19 @@ fn run(
                 unit.fail(failure);
                 continue;
             }
-            let (succeeded, reply) = unit.run(&conn, !first_in_transaction);
+            let (succeeded, reply) = unit.run(&mut tx, !first_in_transaction);
             replies.push(reply);
             if first_in_transaction && !succeeded {
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
+                if !tx.connection().is_autocommit() {
+                    let _ = tx.connection().execute_batch("ROLLBACK");
                 }
-                if let Err(e) = exec_cached(&conn, BEGIN) {
+                if let Err(e) = exec_cached(tx.connection(), BEGIN) {
                     aborted = Some(BatchFailure::from_sql("starting a transaction", e));
                 }
                 continue;
             }
             first_in_transaction = false;
-            if conn.is_autocommit() {
+            if tx.connection().is_autocommit() {
                 aborted = Some(BatchFailure {
                     message: "sqlite rolled the transaction back after an error".into(),
                 });
@@ -326,10 +329,11 @@ fn run(
         }
         let outcome = match aborted {
             Some(failure) => Err(failure),
-            None => exec_cached(&conn, COMMIT).map_err(|e| BatchFailure::from_sql("committing", e)),
+            None => exec_cached(tx.connection(), COMMIT)
+                .map_err(|e| BatchFailure::from_sql("committing", e)),
         };
-        if outcome.is_err() && !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+        if outcome.is_err() && !tx.connection().is_autocommit() {
+            let _ = tx.connection().execute_batch("ROLLBACK");
         }
         for reply in replies.drain(..) {
             reply(outcome.as_ref().map(|_| ()));

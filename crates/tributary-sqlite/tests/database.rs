@@ -14,7 +14,8 @@ fn open(dir: &tempfile::TempDir, name: &str) -> SqliteDatabase {
 }
 
 async fn make_table(db: &SqliteDatabase) {
-    db.write(|c| {
+    db.write(|tx| {
+        let c = tx.connection();
         c.execute_batch("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER)")
             .map_err(|e| Error::storage("create", e))
     })
@@ -41,7 +42,8 @@ async fn concurrent_units_share_commits() {
     for i in 0..400 {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
-            db.write(move |c| {
+            db.write(move |tx| {
+                let c = tx.connection();
                 c.execute(
                     "INSERT INTO t (k, v) VALUES (?1, ?2)",
                     params![format!("k{i}"), i],
@@ -75,7 +77,8 @@ async fn a_failing_or_panicking_unit_rolls_back_alone() {
         let ok_units = ok_units.clone();
         tasks.push(tokio::spawn(async move {
             let result = db
-                .write(move |c| {
+                .write(move |tx| {
+                    let c = tx.connection();
                     c.execute(
                         "INSERT INTO t (k, v) VALUES (?1, ?2)",
                         params![format!("k{i}"), i],
@@ -110,7 +113,7 @@ async fn a_failing_or_panicking_unit_rolls_back_alone() {
         "only the successful units' rows are stored"
     );
     // The writer thread survived the panics.
-    db.write(|_| Ok(())).await.unwrap();
+    db.write(|_| Ok::<_, Error>(())).await.unwrap();
 }
 
 #[tokio::test]
@@ -149,7 +152,8 @@ async fn opening_the_same_file_twice_shares_one_writer() {
     let b = open(&dir, "shared.db");
     make_table(&a).await;
     let before = *b.commits().borrow();
-    a.write(|c| {
+    a.write(|tx| {
+        let c = tx.connection();
         c.execute("INSERT INTO t VALUES ('x', 1)", [])
             .map(|_| ())
             .map_err(|e| Error::storage("i", e))
@@ -227,7 +231,8 @@ async fn events_cannot_be_deleted_so_positions_are_never_reused() {
         .await
         .unwrap();
     let err = db
-        .write(|c| {
+        .write(|tx| {
+            let c = tx.connection();
             c.execute_batch(
                 "DELETE FROM events WHERE position = (SELECT max(position) FROM events)",
             )
@@ -275,7 +280,8 @@ async fn a_damaged_event_row_is_a_decode_error_not_a_panic() {
         .unwrap();
     // The database refuses to change events; damage it the way a disk or a tool would.
     let refused = db
-        .write(|c| {
+        .write(|tx| {
+            let c = tx.connection();
             c.execute_batch("UPDATE events SET data = 'x'")
                 .map_err(|e| Error::storage("update", e))
         })
@@ -285,7 +291,8 @@ async fn a_damaged_event_row_is_a_decode_error_not_a_panic() {
         format!("{refused:?}").contains("append-only"),
         "got {refused:?}"
     );
-    db.write(|c| {
+    db.write(|tx| {
+        let c = tx.connection();
         c.execute_batch(
             "DROP TRIGGER events_are_append_only_update;
              UPDATE events SET data = 'not json', event_id = x'01';",

@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod event_store;
 mod given;
+pub mod messaging;
 pub mod sample;
 pub mod servers;
 

@@ -198,6 +198,21 @@ impl UnitOfWork for MemoryTx<'_> {
         Ok(existed)
     }
 
+    fn clear_collection(&mut self, collection: &str) -> Result<u64> {
+        let keys: Vec<_> = self
+            .state
+            .documents
+            .keys()
+            .filter(|(c, _)| c == collection)
+            .cloned()
+            .collect();
+        for key in &keys {
+            let previous = self.state.documents.remove(key);
+            self.undo.push(Undo::Document(key.clone(), previous));
+        }
+        Ok(keys.len() as u64)
+    }
+
     fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
         validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
         self.state.next_outbox += 1;
@@ -291,8 +306,22 @@ impl ConsumerTx for MemoryTx<'_> {
         Ok(DeadLetterId::new(id))
     }
 
+    fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
+        Ok(self
+            .state
+            .dead_letters
+            .get(&id.get())
+            .map(|(d, _)| d.clone()))
+    }
+
     fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution) -> Result<()> {
-        self.dead_letter_mut(id)?.1 = Some(resolution);
+        let entry = self.dead_letter_mut(id)?;
+        if entry.1.is_some() {
+            return Err(Error::invalid(format!(
+                "dead letter {id} does not exist or is already resolved"
+            )));
+        }
+        entry.1 = Some(resolution);
         Ok(())
     }
 
@@ -370,6 +399,10 @@ impl Database for InMemoryDatabase {
             .take(max)
             .map(|((_, id), doc)| (id.clone(), doc.clone()))
             .collect())
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Position>> {
+        Ok(lock(&self.shared.state).checkpoints.get(name).copied())
     }
 
     async fn drop_collection(&self, collection: &str) -> Result<u64> {

@@ -49,6 +49,25 @@ fn collect_events(rows: rusqlite::Rows<'_>, capacity: usize) -> Result<Vec<Recor
     Ok(out)
 }
 
+pub(crate) fn read_stream_in(
+    conn: &Connection,
+    stream: &StreamId,
+    from: StreamVersion,
+    max: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let mut stmt = conn
+        .prepare_cached(include_str!("read_stream.sql"))
+        .context("preparing read_stream")?;
+    let rows = stmt
+        .query(params![
+            stream.as_str(),
+            from.get() as i64,
+            max.min(i64::MAX as usize) as i64
+        ])
+        .context("reading a stream")?;
+    collect_events(rows, max)
+}
+
 pub(crate) fn read_all_in(
     conn: &Connection,
     from: Position,
@@ -77,7 +96,7 @@ impl EventStore for SqliteEventStore {
         validate_batch(&events, self.db.config().max_event_bytes)?;
         let stream = stream.clone();
         self.db
-            .write(move |conn| append_in_tx(conn, &stream, expected, &events))
+            .write(move |tx| append_in_tx(tx.connection(), &stream, expected, &events))
             .await
     }
 
@@ -89,19 +108,7 @@ impl EventStore for SqliteEventStore {
     ) -> Result<Vec<RecordedEvent>> {
         let stream = stream.clone();
         self.db
-            .read(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(include_str!("read_stream.sql"))
-                    .context("preparing read_stream")?;
-                let rows = stmt
-                    .query(params![
-                        stream.as_str(),
-                        from.get() as i64,
-                        max.min(i64::MAX as usize) as i64
-                    ])
-                    .context("reading a stream")?;
-                collect_events(rows, max)
-            })
+            .read(move |conn| read_stream_in(conn, &stream, from, max))
             .await
     }
 
@@ -190,8 +197,9 @@ impl EventStore for SqliteEventStore {
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
         let stream = stream.clone();
         self.db
-            .write(move |conn| {
-                conn.prepare_cached(include_str!("save_snapshot.sql"))
+            .write(move |tx| {
+                tx.connection()
+                    .prepare_cached(include_str!("save_snapshot.sql"))
                     .context("preparing save_snapshot")?
                     .execute(params![
                         stream.as_str(),

@@ -1,0 +1,210 @@
+//! Consumer groups: one task per partition, each message handled inside the service's own
+//! transaction together with its inbox entry.
+//!
+//! Delivery guarantee: exactly-once *effects* on the service's database. Brokers deliver at
+//! least once; a message whose inbox entry exists is acknowledged without running the handler
+//! again. Order: per partition, hence per key. A message that keeps failing is retried with
+//! backoff and jitter, then dead-lettered; later messages with the same key are parked behind
+//! it (dead letters too) so their order is kept, while other keys keep flowing.
+
+mod partition;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tributary_core::{Broker, Database, Error, GroupName, Partition, Result, Topic, Upcasters};
+
+use crate::backoff::Backoff;
+use crate::handler::Handler;
+use crate::health::{Health, HealthState};
+
+/// Settings of a [`Consumer`].
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Most messages fetched, and handled in one database transaction, at once.
+    pub batch_size: usize,
+    /// How long a fetch waits for new messages before checking for shutdown again.
+    pub fetch_wait: Duration,
+    /// Handler runs before a retryable failure is dead-lettered (at least 1).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Applied to every message before the handler sees it.
+    pub upcasters: Upcasters,
+    /// How long inbox entries are kept. `None` derives it from the broker's redelivery
+    /// horizon (keeping them forever if the broker never forgets). An explicit value must be
+    /// longer than the horizon, or a redelivered message could run twice.
+    pub inbox_retention: Option<Duration>,
+    /// How often old inbox entries are pruned.
+    pub prune_every: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            fetch_wait: Duration::from_millis(500),
+            max_attempts: 5,
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
+            upcasters: Upcasters::new(),
+            inbox_retention: None,
+            prune_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+    pub fn with_inbox_retention(mut self, retention: Duration) -> Self {
+        self.inbox_retention = Some(retention);
+        self
+    }
+    pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait;
+        self
+    }
+}
+
+/// What every partition task of a group shares.
+pub(crate) struct Context {
+    pub group: GroupName,
+    pub db: Arc<dyn Database>,
+    pub broker: Arc<dyn Broker>,
+    pub handler: Arc<dyn Handler>,
+    pub config: ConsumerConfig,
+    pub health: Health,
+}
+
+/// A consumer group of one service.
+pub struct Consumer {
+    topics: Vec<Topic>,
+    ctx: Arc<Context>,
+    retention: Option<Duration>,
+}
+
+impl Consumer {
+    /// # Errors
+    /// [`Error::InvalidInput`] when the inbox retention is not longer than the broker's
+    /// redelivery horizon, or no topic is given.
+    pub fn new(
+        group: GroupName,
+        topics: Vec<Topic>,
+        db: Arc<dyn Database>,
+        broker: Arc<dyn Broker>,
+        handler: Arc<dyn Handler>,
+        config: ConsumerConfig,
+    ) -> Result<Self> {
+        if topics.is_empty() {
+            return Err(Error::invalid(format!(
+                "consumer group {group} has no topics"
+            )));
+        }
+        let horizon = broker.redelivery_horizon();
+        let retention = match config.inbox_retention {
+            Some(r) if r <= horizon => {
+                return Err(Error::invalid(format!(
+                    "inbox retention {r:?} of group {group} is not longer than the broker's redelivery horizon {horizon:?}: a redelivered message could be handled twice"
+                )));
+            }
+            Some(r) => Some(r),
+            None => horizon
+                .checked_mul(2)
+                .and_then(|d| d.checked_add(Duration::from_secs(3600))),
+        };
+        let health = Health::new(format!("consumer {group}"));
+        Ok(Self {
+            topics,
+            retention,
+            ctx: Arc::new(Context {
+                group,
+                db,
+                broker,
+                handler,
+                config,
+                health,
+            }),
+        })
+    }
+
+    pub fn health(&self) -> Health {
+        self.ctx.health.clone()
+    }
+
+    pub fn group(&self) -> &GroupName {
+        &self.ctx.group
+    }
+
+    /// Runs every partition of every topic until `shutdown` is cancelled. Each partition
+    /// task finishes the message it is handling and stops; unacknowledged messages are
+    /// redelivered to the next run.
+    ///
+    /// # Errors
+    /// When the topics' partition counts cannot be read at start.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let mut tasks = JoinSet::new();
+        for topic in &self.topics {
+            let partitions = self.ctx.broker.partitions(topic).await?;
+            for p in 0..partitions {
+                let ctx = self.ctx.clone();
+                let topic = topic.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    partition::run(ctx, topic, Partition::new(p), shutdown).await;
+                });
+            }
+        }
+        if let Some(retention) = self.retention {
+            let ctx = self.ctx.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { prune_inbox(ctx, retention, shutdown).await });
+        }
+        self.ctx.health.set(HealthState::Running);
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                // A partition task cannot panic by design (handlers run under catch_unwind);
+                // if one does, stop the group loudly rather than run with a partition missing.
+                tracing::error!(group = %self.ctx.group, error = %e, "consumer task failed");
+                self.ctx.health.set(HealthState::Degraded(format!(
+                    "a partition task failed: {e}"
+                )));
+                shutdown.cancel();
+            }
+        }
+        self.ctx.health.set(HealthState::Stopped);
+        Ok(())
+    }
+}
+
+async fn prune_inbox(ctx: Arc<Context>, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.prune_every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Ok(age) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        match ctx.db.prune_inbox(Utc::now() - age).await {
+            Ok(n) if n > 0 => tracing::info!(group = %ctx.group, pruned = n, "pruned the inbox"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(group = %ctx.group, error = %e, "pruning the inbox failed"),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! One partition of a consumer group: fetch, handle in the service's transaction, commit the
+//! offset.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tributary_core::{
+    ConsumerTx, DeadLetterId, Delivery, Envelope, Error, NewDeadLetter, Partition,
+    PartitionConsumer, Result, Topic, UnitOfWork,
+};
+
+use super::Context;
+use crate::health::HealthState;
+
+/// Why a message was not handled.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub retryable: bool,
+    pub reason: String,
+}
+
+/// How far a unit got through its deliveries.
+struct Progress {
+    /// Deliveries dealt with (handled, skipped as duplicates, parked or dead-lettered).
+    done: usize,
+    /// The failure that stopped the unit at delivery `done`, if any.
+    failure: Option<Failure>,
+}
+
+pub(crate) async fn run(
+    ctx: Arc<Context>,
+    topic: Topic,
+    partition: Partition,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0;
+    let mut consumer = loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match ctx.broker.consume(&ctx.group, &topic, partition).await {
+            Ok(c) => break c,
+            Err(e) => {
+                failures += 1;
+                degraded(&ctx, &format!("opening {topic}/{partition}"), &e);
+                if !nap(ctx.config.backoff.delay(failures), &shutdown).await {
+                    return;
+                }
+            }
+        }
+    };
+    let mut failures = 0;
+    loop {
+        let fetched = tokio::select! {
+            r = consumer.fetch(ctx.config.batch_size, ctx.config.fetch_wait) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let deliveries = match fetched {
+            Ok(d) => {
+                failures = 0;
+                d
+            }
+            Err(e) => {
+                failures += 1;
+                degraded(&ctx, &format!("fetching {topic}/{partition}"), &e);
+                if !nap(ctx.config.backoff.delay(failures), &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(last) = deliveries.last().map(|d| d.offset) else {
+            continue;
+        };
+        if !handle_all(&ctx, Arc::new(deliveries), &shutdown).await {
+            return;
+        }
+        if !commit(&ctx, consumer.as_mut(), last, &shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn commit(
+    ctx: &Context,
+    consumer: &mut dyn PartitionConsumer,
+    offset: tributary_core::Offset,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut failures = 0;
+    loop {
+        match consumer.commit(offset).await {
+            Ok(()) => return true,
+            Err(e) => {
+                failures += 1;
+                degraded(ctx, "committing an offset", &e);
+                if !nap(ctx.config.backoff.delay(failures), shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Deals with every delivery in order: handled, duplicate, parked or dead-lettered. Returns
+/// false if stopped first (the rest will be redelivered).
+async fn handle_all(
+    ctx: &Arc<Context>,
+    deliveries: Arc<Vec<Delivery>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut next = 0;
+    let mut store_failures = 0;
+    while next < deliveries.len() {
+        let progress = run_unit(ctx, &deliveries, next, deliveries.len()).await;
+        match progress {
+            Ok(Progress {
+                done,
+                failure: None,
+            }) => {
+                next += done;
+                store_failures = 0;
+            }
+            Ok(Progress {
+                done,
+                failure: Some(failure),
+            }) => {
+                next += done;
+                store_failures = 0;
+                if !retry_one(ctx, &deliveries, next, failure, shutdown).await {
+                    return false;
+                }
+                next += 1;
+            }
+            Err(e) => {
+                // The transaction itself failed (database busy, disk full): nothing of it was
+                // written. Try the same deliveries again.
+                store_failures += 1;
+                degraded(ctx, "handling a batch", &e);
+                if !nap(ctx.config.backoff.delay(store_failures), shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+    ctx.health.set(HealthState::Running);
+    true
+}
+
+/// Retries the delivery at `index`, which just failed for the first time, until it succeeds,
+/// its attempts run out, or it fails for good; then dead-letters it.
+async fn retry_one(
+    ctx: &Arc<Context>,
+    deliveries: &Arc<Vec<Delivery>>,
+    index: usize,
+    mut failure: Failure,
+    shutdown: &CancellationToken,
+) -> bool {
+    let first_failed_at = Utc::now();
+    let mut attempts = 1;
+    loop {
+        if !failure.retryable || attempts >= ctx.config.max_attempts {
+            return dead_letter(
+                ctx,
+                deliveries,
+                index,
+                failure,
+                attempts,
+                first_failed_at,
+                shutdown,
+            )
+            .await;
+        }
+        tracing::debug!(group = %ctx.group, attempts, reason = %failure.reason, "handler failed; retrying");
+        if !nap(ctx.config.backoff.delay(attempts), shutdown).await {
+            return false;
+        }
+        attempts += 1;
+        match run_unit(ctx, deliveries, index, index + 1).await {
+            Ok(Progress { failure: None, .. }) => return true,
+            Ok(Progress {
+                failure: Some(again),
+                ..
+            }) => failure = again,
+            Err(e) => {
+                // A store failure is not the message's fault: do not count it.
+                attempts -= 1;
+                degraded(ctx, "handling a message", &e);
+            }
+        }
+    }
+}
+
+async fn dead_letter(
+    ctx: &Arc<Context>,
+    deliveries: &Arc<Vec<Delivery>>,
+    index: usize,
+    failure: Failure,
+    attempts: u32,
+    first_failed_at: chrono::DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> bool {
+    tracing::warn!(group = %ctx.group, reason = %failure.reason, attempts, "dead-lettering a message");
+    let mut failures = 0;
+    loop {
+        let (c, d) = (ctx.clone(), deliveries.clone());
+        let reason = failure.reason.clone();
+        let result = ctx
+            .db
+            .transact_consumer(move |tx| {
+                let delivery = &d[index];
+                let envelope = decode(&c, delivery).ok();
+                record_dead_letter(
+                    tx,
+                    &c,
+                    delivery,
+                    envelope.as_ref(),
+                    reason,
+                    attempts,
+                    first_failed_at,
+                )
+            })
+            .await;
+        match result {
+            Ok(()) => return true,
+            Err(e) => {
+                failures += 1;
+                degraded(ctx, "writing a dead letter", &e);
+                if !nap(ctx.config.backoff.delay(failures), shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Runs deliveries `from..to` in one unit of work, stopping at the first handler failure.
+async fn run_unit(
+    ctx: &Arc<Context>,
+    deliveries: &Arc<Vec<Delivery>>,
+    from: usize,
+    to: usize,
+) -> Result<Progress> {
+    let (c, d) = (ctx.clone(), deliveries.clone());
+    ctx.db
+        .transact_consumer(move |tx| handle_in_unit(tx, &c, &d[from..to]))
+        .await
+}
+
+fn handle_in_unit(
+    tx: &mut dyn ConsumerTx,
+    ctx: &Context,
+    deliveries: &[Delivery],
+) -> Result<Progress> {
+    for (done, delivery) in deliveries.iter().enumerate() {
+        let envelope = match decode(ctx, delivery) {
+            Ok(e) => e,
+            Err(reason) => {
+                record_dead_letter(tx, ctx, delivery, None, reason, 1, Utc::now())?;
+                continue;
+            }
+        };
+        if tx.inbox_contains(&ctx.group, &envelope.id)? {
+            continue;
+        }
+        if let Some(blocker) = tx.blocking_dead_letter(&ctx.group, &delivery.key)? {
+            park(tx, ctx, delivery, &envelope, blocker)?;
+            continue;
+        }
+        tx.savepoint()?;
+        let unit: &mut dyn UnitOfWork = &mut *tx;
+        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(&envelope, unit)));
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Failure {
+                retryable: e.retryable,
+                reason: e.message,
+            }),
+            Err(panic) => Some(Failure {
+                retryable: false,
+                reason: Error::panicked("handler", panic.as_ref()).to_string(),
+            }),
+        };
+        match failure {
+            None => {
+                tx.release_savepoint()?;
+                tx.inbox_insert(&ctx.group, &envelope.id)?;
+            }
+            Some(failure) => {
+                tx.rollback_savepoint()?;
+                return Ok(Progress {
+                    done,
+                    failure: Some(failure),
+                });
+            }
+        }
+    }
+    Ok(Progress {
+        done: deliveries.len(),
+        failure: None,
+    })
+}
+
+/// The envelope of a delivery, upcast; or why it cannot be handled at all.
+pub(crate) fn decode(ctx: &Context, delivery: &Delivery) -> Result<Envelope, String> {
+    let envelope =
+        Envelope::from_json(&delivery.payload).map_err(|e| format!("undecodable message: {e}"))?;
+    ctx.config
+        .upcasters
+        .upcast(envelope)
+        .map_err(|e| format!("cannot upcast the message: {e}"))
+}
+
+fn park(
+    tx: &mut dyn ConsumerTx,
+    ctx: &Context,
+    delivery: &Delivery,
+    envelope: &Envelope,
+    blocker: DeadLetterId,
+) -> Result<()> {
+    tx.insert_dead_letter(NewDeadLetter {
+        group: ctx.group.clone(),
+        topic: delivery.topic.clone(),
+        partition: delivery.partition,
+        offset: delivery.offset,
+        message_id: Some(envelope.id),
+        key: delivery.key.clone(),
+        event_type: Some(envelope.event_type.clone()),
+        payload: delivery.payload.clone(),
+        reason: format!("parked behind dead letter {blocker} with the same key"),
+        attempts: 0,
+        first_failed_at: Utc::now(),
+        parked_behind: Some(blocker),
+    })?;
+    tx.inbox_insert(&ctx.group, &envelope.id)
+}
+
+/// Records a dead letter, and the message as dealt with in the inbox (so a redelivery is not
+/// dead-lettered twice). A message already in the inbox is left alone.
+fn record_dead_letter(
+    tx: &mut dyn ConsumerTx,
+    ctx: &Context,
+    delivery: &Delivery,
+    envelope: Option<&Envelope>,
+    reason: String,
+    attempts: u32,
+    first_failed_at: chrono::DateTime<Utc>,
+) -> Result<()> {
+    let id = envelope.map(|e| e.id).or(delivery.id);
+    if let Some(id) = &id
+        && tx.inbox_contains(&ctx.group, id)?
+    {
+        return Ok(());
+    }
+    let parked_behind = tx.blocking_dead_letter(&ctx.group, &delivery.key)?;
+    tx.insert_dead_letter(NewDeadLetter {
+        group: ctx.group.clone(),
+        topic: delivery.topic.clone(),
+        partition: delivery.partition,
+        offset: delivery.offset,
+        message_id: id,
+        key: delivery.key.clone(),
+        event_type: envelope.map(|e| e.event_type.clone()),
+        payload: delivery.payload.clone(),
+        reason,
+        attempts,
+        first_failed_at,
+        parked_behind,
+    })?;
+    if let Some(id) = &id {
+        tx.inbox_insert(&ctx.group, id)?;
+    }
+    Ok(())
+}
+
+fn degraded(ctx: &Context, what: &str, e: &Error) {
+    tracing::warn!(group = %ctx.group, error = %e, "consumer failed {what}; retrying");
+    ctx.health
+        .set(HealthState::Degraded(format!("{what}: {e}")));
+}
+
+async fn nap(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}

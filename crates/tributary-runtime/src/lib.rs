@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+
+mod backoff;
+mod consumer;
+mod dead_letters;
+mod handler;
+mod health;
+mod projector;
+mod relay;
+
+pub use backoff::Backoff;
+pub use consumer::{Consumer, ConsumerConfig};
+pub use dead_letters::{DeadLetterAdmin, ReplayOutcome};
+pub use handler::{Dispatch, Handler, HandlerError};
+pub use health::{Health, HealthState};
+pub use projector::{Projector, ProjectorConfig};
+pub use relay::{Relay, RelayConfig, RelayStats};
+
+pub use tokio_util::sync::CancellationToken;

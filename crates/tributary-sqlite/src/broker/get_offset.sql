@@ -1,0 +1,2 @@
+SELECT committed FROM group_offsets
+WHERE consumer_group = ?1 AND topic = ?2 AND partition_no = ?3

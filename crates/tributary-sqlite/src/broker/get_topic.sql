@@ -1,0 +1,1 @@
+SELECT partitions FROM topics WHERE name = ?1

@@ -1,0 +1,1 @@
+SELECT name, partitions FROM topics ORDER BY name

@@ -1,0 +1,1 @@
+SELECT position FROM relay_cursors WHERE name = ?1

@@ -1,0 +1,145 @@
+//! The SQLite service database as a [`Database`]: units of work on the group-commit writer,
+//! document and dead-letter reads on the read pool, and the relay sources.
+
+mod dead_letters;
+mod relay_source;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+use tributary_core::{
+    Database, DeadLetterStore, Error, EventStore, Payload, Position, RelaySource, Result, Topic,
+    Work, WorkError, validate_document_key,
+};
+
+use crate::database::SqliteDatabase;
+use crate::event_store::SqliteEventStore;
+use crate::sql_error::SqlResultExt;
+
+pub(crate) use dead_letters::decode as decode_dead_letter;
+pub use relay_source::{SqliteEventsSource, SqliteOutboxSource};
+
+#[async_trait]
+impl Database for SqliteDatabase {
+    async fn execute(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
+        self.write(move |tx| work(tx)).await
+    }
+
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        SqliteDatabase::commits(self)
+    }
+
+    async fn get_document(&self, collection: &str, id: &str) -> Result<Option<Payload>> {
+        validate_document_key(collection, id)?;
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        self.read(move |conn| {
+            let body: Option<String> = rusqlite::OptionalExtension::optional(
+                conn.prepare_cached(include_str!("../unit_of_work/get_document.sql"))
+                    .context("preparing get_document")?
+                    .query_row(params![collection, id], |r| r.get(0)),
+            )
+            .context("reading a document")?;
+            body.map(|b| Payload::from_json_str(b).map_err(|e| Error::decode("document", e)))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Payload)>> {
+        let (collection, after) = (collection.to_owned(), after.unwrap_or("").to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(include_str!("list_documents.sql"))
+                .context("preparing list_documents")?;
+            let mut rows = stmt
+                .query(params![
+                    collection,
+                    after,
+                    max.min(i64::MAX as usize) as i64
+                ])
+                .context("listing documents")?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().context("listing documents")? {
+                let id: String = row.get(0).context("reading a document id")?;
+                let body: String = row.get(1).context("reading a document")?;
+                out.push((
+                    id,
+                    Payload::from_json_str(body).map_err(|e| Error::decode("document", e))?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Position>> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let p: Option<i64> = rusqlite::OptionalExtension::optional(
+                conn.prepare_cached(include_str!("../unit_of_work/get_checkpoint.sql"))
+                    .context("preparing get_checkpoint")?
+                    .query_row([name], |r| r.get(0)),
+            )
+            .context("reading a checkpoint")?;
+            Ok(p.map(|p| Position::new(p as u64)))
+        })
+        .await
+    }
+
+    async fn drop_collection(&self, collection: &str) -> Result<u64> {
+        let collection = collection.to_owned();
+        self.write(move |tx| tributary_core::UnitOfWork::clear_collection(tx, &collection))
+            .await
+    }
+
+    fn event_store(&self) -> Arc<dyn EventStore> {
+        Arc::new(SqliteEventStore::new(self.clone()))
+    }
+
+    fn outbox_source(&self) -> Arc<dyn RelaySource> {
+        Arc::new(SqliteOutboxSource::new(self.clone()))
+    }
+
+    fn event_store_source(&self, name: &str, default_topic: Topic) -> Arc<dyn RelaySource> {
+        Arc::new(SqliteEventsSource::new(self.clone(), name, default_topic))
+    }
+
+    fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        Arc::new(dead_letters::SqliteDeadLetters::new(self.clone()))
+    }
+
+    async fn prune_inbox(&self, before: DateTime<Utc>) -> Result<u64> {
+        // Small chunks, so that pruning a large inbox never holds the writer for long.
+        const CHUNK: i64 = 5_000;
+        let cutoff = before.timestamp_millis();
+        let mut total = 0;
+        loop {
+            let n = self
+                .write(move |tx| {
+                    tx.connection()
+                        .prepare_cached(include_str!("prune_inbox.sql"))
+                        .context("preparing prune_inbox")?
+                        .execute(params![cutoff, CHUNK])
+                        .context("pruning the inbox")
+                })
+                .await?;
+            total += n as u64;
+            if (n as i64) < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn poll_every(&self) -> Duration {
+        self.config().poll_every
+    }
+}

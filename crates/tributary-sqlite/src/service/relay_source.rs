@@ -1,0 +1,240 @@
+//! The outbox and the event store as relay sources, and the lease that keeps one relay active
+//! per source.
+//!
+//! Order: one writer at a time commits, and ids/positions are assigned inside the writing
+//! transaction, so id order is commit order and a reader never skips a late commit.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+use tributary_core::{
+    Error, EventId, LeaseGuard, OutgoingMessage, Position, RelaySource, Result, SourceBatch, Topic,
+    topic_for_event,
+};
+
+use crate::database::SqliteDatabase;
+use crate::event_store::read_all_in;
+use crate::sql_error::SqlResultExt;
+
+/// The outbox table: published rows are deleted.
+pub struct SqliteOutboxSource {
+    db: SqliteDatabase,
+}
+
+impl SqliteOutboxSource {
+    pub fn new(db: SqliteDatabase) -> Self {
+        Self { db }
+    }
+}
+
+/// The event store read by position; a cursor row records what was published.
+pub struct SqliteEventsSource {
+    db: SqliteDatabase,
+    name: String,
+    default_topic: Topic,
+}
+
+impl SqliteEventsSource {
+    pub fn new(db: SqliteDatabase, name: &str, default_topic: Topic) -> Self {
+        Self {
+            db,
+            name: format!("events:{name}"),
+            default_topic,
+        }
+    }
+}
+
+/// An exclusive lock on a file next to the database. The kernel releases it the moment the
+/// holding process dies, so a standby takes over without waiting for an expiry.
+struct FileLease {
+    _file: File,
+}
+
+impl LeaseGuard for FileLease {
+    fn is_held(&self) -> bool {
+        true
+    }
+}
+
+fn lease_path(db: &SqliteDatabase, source: &str) -> PathBuf {
+    let safe: String = source
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = db.path().as_os_str().to_owned();
+    name.push(format!(".{safe}.lease"));
+    PathBuf::from(name)
+}
+
+async fn try_file_lease(db: &SqliteDatabase, source: &str) -> Result<Option<Box<dyn LeaseGuard>>> {
+    let path = lease_path(db, source);
+    tokio::task::spawn_blocking(move || {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::unavailable(format!("lease file {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(
+                Box::new(FileLease { _file: file }) as Box<dyn LeaseGuard>
+            )),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(Error::unavailable(
+                format!("lease file {}", path.display()),
+                e,
+            )),
+        }
+    })
+    .await
+    .map_err(|e| Error::unavailable("lease thread", e))?
+}
+
+fn decode_outbox_row(row: &rusqlite::Row<'_>) -> Result<(i64, OutgoingMessage)> {
+    let bad = |e: rusqlite::Error| Error::decode("outbox row", e);
+    let id: i64 = row.get(0).map_err(bad)?;
+    let topic = Topic::new(row.get::<_, String>(1).map_err(bad)?)
+        .map_err(|e| Error::decode(format!("outbox row {id}"), e))?;
+    let key: String = row.get(2).map_err(bad)?;
+    let event_id = EventId::from_slice(&row.get::<_, Vec<u8>>(3).map_err(bad)?)?;
+    let payload: Vec<u8> = row.get(4).map_err(bad)?;
+    Ok((
+        id,
+        OutgoingMessage {
+            topic,
+            key,
+            id: event_id,
+            payload,
+        },
+    ))
+}
+
+#[async_trait]
+impl RelaySource for SqliteOutboxSource {
+    fn name(&self) -> &str {
+        "outbox"
+    }
+
+    async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>> {
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(include_str!("read_outbox.sql"))
+                    .context("preparing read_outbox")?;
+                let mut rows = stmt
+                    .query([max.min(i64::MAX as usize) as i64])
+                    .context("reading the outbox")?;
+                let mut messages = Vec::new();
+                let mut last = 0;
+                while let Some(row) = rows.next().context("reading the outbox")? {
+                    let (id, message) = decode_outbox_row(row)?;
+                    last = id;
+                    messages.push(message);
+                }
+                Ok((!messages.is_empty()).then(|| SourceBatch {
+                    messages,
+                    through: Position::new(last as u64),
+                }))
+            })
+            .await
+    }
+
+    async fn mark_published(&self, through: Position) -> Result<()> {
+        self.db
+            .write(move |tx| {
+                tx.connection()
+                    .prepare_cached(include_str!("delete_outbox.sql"))
+                    .context("preparing delete_outbox")?
+                    .execute([through.get() as i64])
+                    .context("deleting published outbox rows")
+                    .map(|_| ())
+            })
+            .await
+    }
+
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.db.commits()
+    }
+
+    fn poll_every(&self) -> Duration {
+        self.db.config().poll_every
+    }
+
+    async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
+        try_file_lease(&self.db, "outbox").await
+    }
+}
+
+#[async_trait]
+impl RelaySource for SqliteEventsSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>> {
+        let name = self.name.clone();
+        let default_topic = self.default_topic.clone();
+        self.db
+            .read(move |conn| {
+                let cursor: Option<i64> = conn
+                    .prepare_cached(include_str!("get_cursor.sql"))
+                    .context("preparing get_cursor")?
+                    .query_row([&name], |r| r.get(0))
+                    .optional()
+                    .context("reading a relay cursor")?;
+                let from = Position::new(cursor.unwrap_or(0) as u64).next();
+                let events = read_all_in(conn, from, max)?;
+                let Some(last) = events.last().map(|e| e.position) else {
+                    return Ok(None);
+                };
+                Ok(Some(SourceBatch {
+                    messages: events
+                        .iter()
+                        .map(|e| {
+                            OutgoingMessage::from_envelope(
+                                topic_for_event(&e.envelope, &default_topic),
+                                &e.envelope,
+                            )
+                        })
+                        .collect(),
+                    through: last,
+                }))
+            })
+            .await
+    }
+
+    async fn mark_published(&self, through: Position) -> Result<()> {
+        let name = self.name.clone();
+        self.db
+            .write(move |tx| {
+                tx.connection()
+                    .prepare_cached(include_str!("set_cursor.sql"))
+                    .context("preparing set_cursor")?
+                    .execute(params![name, through.get() as i64])
+                    .context("advancing a relay cursor")
+                    .map(|_| ())
+            })
+            .await
+    }
+
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.db.commits()
+    }
+
+    fn poll_every(&self) -> Duration {
+        self.db.config().poll_every
+    }
+
+    async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
+        try_file_lease(&self.db, &self.name).await
+    }
+}

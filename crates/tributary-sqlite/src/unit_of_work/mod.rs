@@ -1,0 +1,300 @@
+//! The unit of work on SQLite: one transaction (or savepoint) on the writer's connection.
+//!
+//! Units run on the database's writer thread, inside the group commit. Inside a consumer, the
+//! inbox entry, the handler's state changes and the events it publishes commit together.
+
+use std::any::Any;
+
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, params};
+use tributary_core::{
+    AppendOutcome, ConsumerTx, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion,
+    GroupName, NewDeadLetter, OutgoingMessage, Payload, Position, RecordedEvent, Resolution,
+    Result, StreamId, StreamVersion, Topic, UnitOfWork, validate_batch, validate_document_key,
+};
+
+use crate::event_store::{append_in_tx, read_stream_in};
+use crate::sql_error::{SqlResultExt, is_unique_violation, sql_error};
+
+/// Milliseconds since the Unix epoch, the time unit of the messaging tables.
+pub(crate) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// The transaction a unit of work runs in. Downcast a `&mut dyn UnitOfWork` to it with
+/// [`SqliteTx::from_unit`] to reach the raw connection (e.g. for a service's own tables).
+pub struct SqliteTx {
+    conn: Connection,
+    max_event_bytes: usize,
+    nesting: usize,
+}
+
+impl SqliteTx {
+    pub(crate) fn new(conn: Connection, max_event_bytes: usize) -> Self {
+        Self {
+            conn,
+            max_event_bytes,
+            nesting: 0,
+        }
+    }
+
+    /// The connection, inside the unit's transaction. Do not commit or roll back on it.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The SQLite transaction behind a unit of work, if the unit runs on SQLite.
+    pub fn from_unit(unit: &mut dyn UnitOfWork) -> Option<&mut SqliteTx> {
+        unit.backend().downcast_mut::<SqliteTx>()
+    }
+
+    pub(crate) fn reset_nesting(&mut self) {
+        self.nesting = 0;
+    }
+
+    fn exec(&self, sql: &str, what: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .context(what)
+    }
+}
+
+impl UnitOfWork for SqliteTx {
+    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
+        validate_document_key(collection, id)?;
+        let body: Option<String> = self
+            .conn
+            .prepare_cached(include_str!("get_document.sql"))
+            .context("preparing get_document")?
+            .query_row(params![collection, id], |r| r.get(0))
+            .optional()
+            .context("reading a document")?;
+        body.map(|b| Payload::from_json_str(b).map_err(|e| Error::decode("document", e)))
+            .transpose()
+    }
+
+    fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
+        validate_document_key(collection, id)?;
+        self.conn
+            .prepare_cached(include_str!("put_document.sql"))
+            .context("preparing put_document")?
+            .execute(params![collection, id, document.as_str()])
+            .context("writing a document")?;
+        Ok(())
+    }
+
+    fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
+        validate_document_key(collection, id)?;
+        let n = self
+            .conn
+            .prepare_cached(include_str!("delete_document.sql"))
+            .context("preparing delete_document")?
+            .execute(params![collection, id])
+            .context("deleting a document")?;
+        Ok(n > 0)
+    }
+
+    fn clear_collection(&mut self, collection: &str) -> Result<u64> {
+        validate_document_key(collection, "-")?;
+        let n = self
+            .conn
+            .prepare_cached(include_str!("clear_collection.sql"))
+            .context("preparing clear_collection")?
+            .execute([collection])
+            .context("clearing a collection")?;
+        Ok(n as u64)
+    }
+
+    fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+        validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
+        let message = OutgoingMessage::from_envelope(topic.clone(), &event);
+        self.conn
+            .prepare_cached(include_str!("insert_outbox.sql"))
+            .context("preparing insert_outbox")?
+            .execute(params![
+                message.topic.as_str(),
+                message.key,
+                &message.id.to_bytes()[..],
+                message.payload
+            ])
+            .context("writing to the outbox")?;
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Envelope>,
+    ) -> Result<AppendOutcome> {
+        validate_batch(&events, self.max_event_bytes)?;
+        append_in_tx(&self.conn, stream, expected, &events)
+    }
+
+    fn read_stream(
+        &mut self,
+        stream: &StreamId,
+        from: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        read_stream_in(&self.conn, stream, from, max)
+    }
+
+    fn backend(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl ConsumerTx for SqliteTx {
+    fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(include_str!("inbox_contains.sql"))
+            .context("preparing inbox_contains")?
+            .query_row(params![group.as_str(), &id.to_bytes()[..]], |_| Ok(()))
+            .optional()
+            .context("reading the inbox")?
+            .is_some())
+    }
+
+    fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
+        self.conn
+            .prepare_cached(include_str!("inbox_insert.sql"))
+            .context("preparing inbox_insert")?
+            .execute(params![group.as_str(), &id.to_bytes()[..], now_ms()])
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::invalid(format!("message {id} is already in {group}'s inbox"))
+                } else {
+                    sql_error("writing the inbox", e)
+                }
+            })?;
+        Ok(())
+    }
+
+    fn blocking_dead_letter(
+        &mut self,
+        group: &GroupName,
+        key: &str,
+    ) -> Result<Option<DeadLetterId>> {
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(include_str!("blocking_dead_letter.sql"))
+            .context("preparing blocking_dead_letter")?
+            .query_row(params![group.as_str(), key], |r| r.get(0))
+            .optional()
+            .context("looking for dead letters of a key")?;
+        Ok(id.map(|id| DeadLetterId::new(id as u64)))
+    }
+
+    fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId> {
+        let now = now_ms();
+        self.conn
+            .prepare_cached(include_str!("insert_dead_letter.sql"))
+            .context("preparing insert_dead_letter")?
+            .execute(params![
+                letter.group.as_str(),
+                letter.topic.as_str(),
+                letter.partition.get(),
+                letter.offset.get() as i64,
+                letter.message_id.map(|id| id.to_bytes().to_vec()),
+                letter.key,
+                letter.event_type,
+                letter.payload,
+                letter.reason,
+                letter.attempts,
+                letter.first_failed_at.timestamp_millis(),
+                now,
+                letter.parked_behind.map(|id| id.get() as i64),
+            ])
+            .context("writing a dead letter")?;
+        Ok(DeadLetterId::new(self.conn.last_insert_rowid() as u64))
+    }
+
+    fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(include_str!("../service/get_dead_letter.sql"))
+            .context("preparing get_dead_letter")?;
+        let mut rows = stmt
+            .query([id.get() as i64])
+            .context("reading a dead letter")?;
+        rows.next()
+            .context("reading a dead letter")?
+            .map(crate::service::decode_dead_letter)
+            .transpose()
+    }
+
+    fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution) -> Result<()> {
+        let n = self
+            .conn
+            .prepare_cached(include_str!("resolve_dead_letter.sql"))
+            .context("preparing resolve_dead_letter")?
+            .execute(params![id.get() as i64, resolution.as_str(), now_ms()])
+            .context("resolving a dead letter")?;
+        if n == 0 {
+            return Err(Error::invalid(format!(
+                "dead letter {id} does not exist or is already resolved"
+            )));
+        }
+        Ok(())
+    }
+
+    fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(include_str!("dead_letter_failure.sql"))
+            .context("preparing dead_letter_failure")?
+            .execute(params![id.get() as i64, reason, now_ms()])
+            .context("recording a dead letter failure")?;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
+        let p: Option<i64> = self
+            .conn
+            .prepare_cached(include_str!("get_checkpoint.sql"))
+            .context("preparing get_checkpoint")?
+            .query_row([name], |r| r.get(0))
+            .optional()
+            .context("reading a checkpoint")?;
+        Ok(p.map(|p| Position::new(p as u64)))
+    }
+
+    fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()> {
+        self.conn
+            .prepare_cached(include_str!("set_checkpoint.sql"))
+            .context("preparing set_checkpoint")?
+            .execute(params![name, position.get() as i64])
+            .context("writing a checkpoint")?;
+        Ok(())
+    }
+
+    fn savepoint(&mut self) -> Result<()> {
+        self.nesting += 1;
+        self.exec(
+            &format!("SAVEPOINT tributary_nested_{}", self.nesting),
+            "opening a savepoint",
+        )
+    }
+
+    fn release_savepoint(&mut self) -> Result<()> {
+        if self.nesting == 0 {
+            return Err(Error::invalid("no savepoint to release"));
+        }
+        let sql = format!("RELEASE tributary_nested_{}", self.nesting);
+        self.nesting -= 1;
+        self.exec(&sql, "releasing a savepoint")
+    }
+
+    fn rollback_savepoint(&mut self) -> Result<()> {
+        if self.nesting == 0 {
+            return Err(Error::invalid("no savepoint to roll back"));
+        }
+        let name = format!("tributary_nested_{}", self.nesting);
+        self.nesting -= 1;
+        self.exec(&format!("ROLLBACK TO {name}"), "rolling back a savepoint")?;
+        self.exec(&format!("RELEASE {name}"), "releasing a savepoint")
+    }
+}

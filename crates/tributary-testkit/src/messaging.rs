@@ -1,0 +1,1002 @@
+//! The messaging conformance suite: outbox + relay, consumers with inbox, retries, dead
+//! letters and projections, written once and run against every (database, broker) pair
+//! through [`messaging_conformance!`](crate::messaging_conformance).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tributary_core::{
+    Broker, Database, Envelope, Error, EventId, ExpectedVersion, GroupName, OutgoingMessage,
+    Payload, StreamId, Topic, UnitOfWork, UnitOfWorkExt,
+};
+use tributary_runtime::{
+    Backoff, CancellationToken, Consumer, ConsumerConfig, DeadLetterAdmin, Dispatch, Handler,
+    HandlerError, HealthState, Projector, ProjectorConfig, Relay, RelayConfig,
+};
+
+use crate::broker::{fresh_group, fresh_topic};
+
+/// Makes a fresh, empty service database.
+pub type DatabaseFactory = Box<dyn Fn() -> Arc<dyn Database> + Send + Sync>;
+
+/// A broker and a source of fresh databases, and whatever keeps them alive.
+pub struct MessagingFixture {
+    pub broker: Arc<dyn Broker>,
+    pub new_database: DatabaseFactory,
+    pub guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Generates one `#[tokio::test]` per check for the fixture made by `$make` (an async fn
+/// returning `Option<`[`MessagingFixture`]`>`).
+#[macro_export]
+macro_rules! messaging_conformance {
+    ($make:path) => {
+        $crate::messaging_conformance!(@tests $make;
+            outbox_events_reach_consumers_in_per_key_order_exactly_once,
+            a_rolled_back_unit_publishes_nothing,
+            published_outbox_rows_are_removed,
+            event_store_events_are_relayed_once_by_their_cursor,
+            a_standby_relay_takes_over_when_the_active_one_stops,
+            redelivered_messages_do_not_run_the_handler_again,
+            handler_writes_and_published_events_commit_with_the_inbox_entry,
+            a_failing_message_is_retried_then_dead_lettered_and_its_key_parked,
+            a_retryable_failure_that_clears_is_not_dead_lettered,
+            undecodable_unknown_and_panicking_messages_are_dead_lettered_with_a_reason,
+            skipping_a_dead_letter_resolves_only_that_letter,
+            inbox_retention_shorter_than_the_redelivery_horizon_is_rejected,
+            a_projection_rebuilds_while_events_keep_arriving,
+        );
+    };
+    (@tests $make:path; $($check:ident),* $(,)?) => {
+        $(
+            #[$crate::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let Some(fixture) = $make().await else { return };
+                $crate::messaging::$check(&fixture).await;
+                drop(fixture);
+            }
+        )*
+    };
+}
+
+/// Polls `check` until it is true or `within` passes; returns whether it became true.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// Data of the numbered events the suite publishes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Numbered {
+    pub key: String,
+    pub seq: u64,
+}
+
+fn numbered(key: &str, seq: u64) -> Envelope {
+    Envelope::new(
+        "conformance",
+        "Numbered",
+        Payload::from_value(&Numbered {
+            key: key.into(),
+            seq,
+        })
+        .expect("json"),
+    )
+    .with_subject(key)
+}
+
+/// What the ledger handler records per key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub last_seq: u64,
+    pub applied: u64,
+    pub out_of_order: u64,
+}
+
+/// A handler that applies `Numbered` events to a per-key ledger document, counting every
+/// application and any event that arrives out of per-key order.
+pub fn ledger_handler() -> Arc<dyn Handler> {
+    Arc::new(
+        Dispatch::new().on("Numbered", |n: Numbered, _e, unit: &mut dyn UnitOfWork| {
+            let mut ledger: Ledger = unit.get_as("ledger", &n.key)?.unwrap_or_default();
+            if n.seq != ledger.last_seq + 1 {
+                ledger.out_of_order += 1;
+            }
+            ledger.last_seq = n.seq;
+            ledger.applied += 1;
+            unit.put_as("ledger", &n.key, &ledger)?;
+            Ok(())
+        }),
+    )
+}
+
+async fn ledger(db: &Arc<dyn Database>, key: &str) -> Ledger {
+    db.get_document("ledger", key)
+        .await
+        .expect("read")
+        .map(|p| p.decode().expect("ledger"))
+        .unwrap_or_default()
+}
+
+fn fast_config() -> ConsumerConfig {
+    ConsumerConfig::default()
+        .with_backoff(Backoff::new(
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        ))
+        .with_fetch_wait(Duration::from_millis(100))
+        .with_max_attempts(3)
+}
+
+/// Publishes `per_key` numbered events for each key through units of work (several events
+/// per unit).
+async fn publish_numbered(db: &Arc<dyn Database>, topic: &Topic, keys: &[String], per_key: u64) {
+    for seq in 1..=per_key {
+        for chunk in keys.chunks(4) {
+            let (t, chunk) = (topic.clone(), chunk.to_vec());
+            db.transact(move |unit| {
+                for k in &chunk {
+                    unit.publish(&t, numbered(k, seq))?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+            .expect("publish");
+        }
+    }
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("key-{i}")).collect()
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    fn new() -> Self {
+        Self {
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    fn relay(&mut self, db: &Arc<dyn Database>, broker: &Arc<dyn Broker>) {
+        let relay = Relay::new(db.outbox_source(), broker.clone(), RelayConfig::default());
+        let shutdown = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(relay.run(shutdown)));
+    }
+
+    fn consumer(&mut self, consumer: Consumer) {
+        let shutdown = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            consumer.run(shutdown).await.expect("consumer runs");
+        }));
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.expect("task ends cleanly");
+        }
+    }
+}
+
+fn consumer(
+    group: &GroupName,
+    topic: &Topic,
+    db: &Arc<dyn Database>,
+    broker: &Arc<dyn Broker>,
+    handler: Arc<dyn Handler>,
+) -> Consumer {
+    Consumer::new(
+        group.clone(),
+        vec![topic.clone()],
+        db.clone(),
+        broker.clone(),
+        handler,
+        fast_config(),
+    )
+    .expect("valid consumer")
+}
+
+pub async fn outbox_events_reach_consumers_in_per_key_order_exactly_once(f: &MessagingFixture) {
+    let (producer, service) = ((f.new_database)(), (f.new_database)());
+    let topic = fresh_topic();
+    f.broker.ensure_topic(&topic, 4).await.unwrap();
+    let keys = keys(12);
+    let mut running = Running::new();
+    running.relay(&producer, &f.broker);
+    running.consumer(consumer(
+        &fresh_group(),
+        &topic,
+        &service,
+        &f.broker,
+        ledger_handler(),
+    ));
+    publish_numbered(&producer, &topic, &keys, 20).await;
+    let done = eventually(WITHIN, || {
+        let (service, keys) = (service.clone(), keys.clone());
+        async move {
+            for k in &keys {
+                if ledger(&service, k).await.last_seq < 20 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    running.stop().await;
+    assert!(done, "every event reached the consumer");
+    for k in &keys {
+        let l = ledger(&service, k).await;
+        assert_eq!(
+            l,
+            Ledger {
+                last_seq: 20,
+                applied: 20,
+                out_of_order: 0
+            },
+            "key {k}"
+        );
+    }
+}
+
+pub async fn a_rolled_back_unit_publishes_nothing(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let topic = fresh_topic();
+    let t = topic.clone();
+    let err = db
+        .transact(move |unit| {
+            unit.put("things", "a", Payload::from_value(&json!({"v": 1}))?)?;
+            unit.publish(&t, numbered("a", 1))?;
+            Err::<(), _>(Error::invalid("the business rule says no"))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }));
+    assert!(
+        db.outbox_source().read_batch(10).await.unwrap().is_none(),
+        "no outbox row"
+    );
+    assert!(
+        db.get_document("things", "a").await.unwrap().is_none(),
+        "no state change"
+    );
+    // A panicking unit is rolled back the same way.
+    let t = topic.clone();
+    let panicked = db
+        .transact(move |unit| {
+            unit.publish(&t, numbered("b", 1))?;
+            if unit.get("things", "b")?.is_none() {
+                panic!("bug in the unit");
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(panicked, Error::Panicked { .. }),
+        "got {panicked:?}"
+    );
+    assert!(db.outbox_source().read_batch(10).await.unwrap().is_none());
+}
+
+pub async fn published_outbox_rows_are_removed(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let topic = fresh_topic();
+    publish_numbered(&db, &topic, &keys(3), 5).await;
+    let batch = db
+        .outbox_source()
+        .read_batch(1000)
+        .await
+        .unwrap()
+        .expect("rows");
+    assert_eq!(batch.messages.len(), 15);
+    let mut running = Running::new();
+    running.relay(&db, &f.broker);
+    let drained = eventually(WITHIN, || {
+        let db = db.clone();
+        async move { db.outbox_source().read_batch(10).await.unwrap().is_none() }
+    })
+    .await;
+    running.stop().await;
+    assert!(drained, "the relay removes what the broker acknowledged");
+}
+
+pub async fn event_store_events_are_relayed_once_by_their_cursor(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let store = db.event_store();
+    let topic = fresh_topic();
+    for i in 0..10u64 {
+        let s = StreamId::new(format!("thing-{}", i % 3)).unwrap();
+        let e = numbered(&format!("thing-{}", i % 3), i).with_aggregate_type(topic.as_str());
+        store
+            .append(&s, ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    let source = db.event_store_source("test", Topic::new("fallback").unwrap());
+    let batch = source.read_batch(100).await.unwrap().expect("events");
+    assert_eq!(batch.messages.len(), 10);
+    assert!(
+        batch.messages.iter().all(|m| m.topic == topic),
+        "topic = aggregate type"
+    );
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(source.clone(), f.broker.clone(), RelayConfig::default());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let caught_up = eventually(WITHIN, || {
+        let s = source.clone();
+        async move { s.read_batch(10).await.unwrap().is_none() }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert!(caught_up, "the cursor moved past every event");
+    let again = db.event_store_source("test", Topic::new("fallback").unwrap());
+    assert!(
+        again.read_batch(10).await.unwrap().is_none(),
+        "the cursor is durable"
+    );
+    assert_eq!(
+        store
+            .read_all(tributary_core::Position::START, 100)
+            .await
+            .unwrap()
+            .len(),
+        10,
+        "events stay in the store"
+    );
+    let mut c = f
+        .broker
+        .consume(&fresh_group(), &topic, tributary_core::Partition::new(0))
+        .await
+        .unwrap();
+    let partitions = f.broker.partitions(&topic).await.unwrap();
+    let mut total = crate::broker::fetch_n(c.as_mut(), 10, Duration::from_secs(2))
+        .await
+        .len();
+    for p in 1..partitions {
+        let mut c = f
+            .broker
+            .consume(&fresh_group(), &topic, tributary_core::Partition::new(p))
+            .await
+            .unwrap();
+        total += crate::broker::fetch_n(c.as_mut(), 10, Duration::from_secs(1))
+            .await
+            .len();
+    }
+    assert_eq!(total, 10, "each event published once");
+}
+
+pub async fn a_standby_relay_takes_over_when_the_active_one_stops(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let topic = fresh_topic();
+    let first_stop = CancellationToken::new();
+    let first = Relay::new(db.outbox_source(), f.broker.clone(), RelayConfig::default());
+    let first_health = first.health();
+    let first_task = tokio::spawn(first.run(first_stop.clone()));
+    assert!(
+        eventually(WITHIN, || {
+            let h = first_health.clone();
+            async move { h.get() == HealthState::Running }
+        })
+        .await
+    );
+    let second_stop = CancellationToken::new();
+    let second = Relay::new(
+        db.outbox_source(),
+        f.broker.clone(),
+        RelayConfig::default().with_standby_poll(Duration::from_millis(50)),
+    );
+    let (second_health, second_stats) = (second.health(), second.stats());
+    let second_task = tokio::spawn(second.run(second_stop.clone()));
+    assert!(
+        eventually(WITHIN, || {
+            let h = second_health.clone();
+            async move { h.get() == HealthState::Standby }
+        })
+        .await,
+        "a second relay on the same source stands by"
+    );
+    publish_numbered(&db, &topic, &keys(1), 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        second_stats.published.load(Ordering::Relaxed),
+        0,
+        "the standby publishes nothing"
+    );
+    first_stop.cancel();
+    first_task.await.unwrap();
+    let started = Instant::now();
+    publish_numbered(&db, &topic, &keys(1), 2).await;
+    let took_over = eventually(WITHIN, || {
+        let db = db.clone();
+        async move { db.outbox_source().read_batch(10).await.unwrap().is_none() }
+    })
+    .await;
+    assert!(took_over, "the standby took over and drained the outbox");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(second_stats.published.load(Ordering::Relaxed) >= 2);
+    second_stop.cancel();
+    second_task.await.unwrap();
+}
+
+pub async fn redelivered_messages_do_not_run_the_handler_again(f: &MessagingFixture) {
+    let service = (f.new_database)();
+    let topic = fresh_topic();
+    f.broker.ensure_topic(&topic, 2).await.unwrap();
+    let group = fresh_group();
+    let messages: Vec<_> = (1..=10)
+        .map(|seq| OutgoingMessage::from_envelope(topic.clone(), &numbered("k", seq)))
+        .collect();
+    f.broker.publish(&messages).await.unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &topic,
+        &service,
+        &f.broker,
+        ledger_handler(),
+    ));
+    assert!(
+        eventually(WITHIN, || {
+            let s = service.clone();
+            async move { ledger(&s, "k").await.last_seq == 10 }
+        })
+        .await
+    );
+    running.stop().await;
+    // The same messages arrive again (a redelivery, here through a second topic the group
+    // also reads): the inbox recognises every one.
+    let replay_topic = fresh_topic();
+    let again: Vec<_> = messages
+        .iter()
+        .map(|m| OutgoingMessage {
+            topic: replay_topic.clone(),
+            ..m.clone()
+        })
+        .collect();
+    f.broker.publish(&again).await.unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &replay_topic,
+        &service,
+        &f.broker,
+        ledger_handler(),
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    running.stop().await;
+    assert_eq!(
+        ledger(&service, "k").await,
+        Ledger {
+            last_seq: 10,
+            applied: 10,
+            out_of_order: 0
+        }
+    );
+}
+
+pub async fn handler_writes_and_published_events_commit_with_the_inbox_entry(f: &MessagingFixture) {
+    let service = (f.new_database)();
+    let (input, output) = (fresh_topic(), fresh_topic());
+    let out = output.clone();
+    let handler: Arc<dyn Handler> = Arc::new(Dispatch::new().on(
+        "Numbered",
+        move |n: Numbered, e, unit: &mut dyn UnitOfWork| {
+            unit.put_as(
+                "seen",
+                &format!("{}-{}", n.key, n.seq),
+                &json!({"ok": true}),
+            )?;
+            unit.publish(
+                &out,
+                Envelope::new("svc", "Reacted", Payload::from_value(&n)?).caused_by(e),
+            )?;
+            Ok(())
+        },
+    ));
+    f.broker
+        .publish(
+            &(1..=5)
+                .map(|s| OutgoingMessage::from_envelope(input.clone(), &numbered("k", s)))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &fresh_group(),
+        &input,
+        &service,
+        &f.broker,
+        handler,
+    ));
+    assert!(
+        eventually(WITHIN, || {
+            let s = service.clone();
+            async move { s.get_document("seen", "k-5").await.unwrap().is_some() }
+        })
+        .await
+    );
+    running.stop().await;
+    let batch = service
+        .outbox_source()
+        .read_batch(100)
+        .await
+        .unwrap()
+        .expect("reactions");
+    assert_eq!(
+        batch.messages.len(),
+        5,
+        "one reaction per message, published atomically"
+    );
+    let reaction = Envelope::from_json(&batch.messages[0].payload).unwrap();
+    assert!(
+        reaction.causation_id.is_some(),
+        "reactions carry their cause"
+    );
+}
+
+/// A handler that fails permanently for (key, seq) pairs while `broken` is set.
+fn flaky_ledger(broken: Arc<AtomicBool>, poison: (&'static str, u64)) -> Arc<dyn Handler> {
+    let inner = ledger_handler();
+    Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
+        let n: Numbered = e.data.decode().map_err(HandlerError::from)?;
+        if broken.load(Ordering::SeqCst) && n.key == poison.0 && n.seq == poison.1 {
+            return Err(HandlerError::retry("downstream rule is broken"));
+        }
+        inner.handle(e, unit)
+    })
+}
+
+pub async fn a_failing_message_is_retried_then_dead_lettered_and_its_key_parked(
+    f: &MessagingFixture,
+) {
+    let service = (f.new_database)();
+    let topic = fresh_topic();
+    f.broker.ensure_topic(&topic, 1).await.unwrap();
+    let group = fresh_group();
+    let broken = Arc::new(AtomicBool::new(true));
+    let handler = flaky_ledger(broken.clone(), ("bad", 2));
+    let mut messages = Vec::new();
+    for seq in 1..=5 {
+        messages.push(OutgoingMessage::from_envelope(
+            topic.clone(),
+            &numbered("bad", seq),
+        ));
+        messages.push(OutgoingMessage::from_envelope(
+            topic.clone(),
+            &numbered("good", seq),
+        ));
+    }
+    f.broker.publish(&messages).await.unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &topic,
+        &service,
+        &f.broker,
+        handler.clone(),
+    ));
+    let settled = eventually(WITHIN, || {
+        let s = service.clone();
+        async move {
+            ledger(&s, "good").await.last_seq == 5
+                && s.dead_letters().list(None, 10).await.unwrap().len() == 4
+        }
+    })
+    .await;
+    running.stop().await;
+    assert!(settled, "other keys flow while the bad key is parked");
+    assert_eq!(
+        ledger(&service, "bad").await.last_seq,
+        1,
+        "the bad key stopped before its poison message"
+    );
+    let letters = service.dead_letters().list(Some(&group), 10).await.unwrap();
+    assert_eq!(
+        letters[0].attempts, 3,
+        "retried up to the configured attempts"
+    );
+    assert!(letters[0].reason.contains("broken"));
+    assert!(letters[0].parked_behind.is_none());
+    assert!(
+        letters[1..]
+            .iter()
+            .all(|l| l.parked_behind == Some(letters[0].id)),
+        "later messages parked behind it"
+    );
+    // Replaying while still broken fails again and changes nothing.
+    let admin = DeadLetterAdmin::new(service.clone()).with_group(
+        group.clone(),
+        handler.clone(),
+        Default::default(),
+    );
+    let outcome = admin.replay(letters[2].id).await.unwrap();
+    assert!(outcome.replayed.is_empty());
+    assert_eq!(
+        outcome.failed.as_ref().map(|f| f.0),
+        Some(letters[0].id),
+        "replay starts at the oldest of the key"
+    );
+    // Fixed: replay applies the key's messages in order, and new messages flow again.
+    broken.store(false, Ordering::SeqCst);
+    let outcome = admin.replay(letters[0].id).await.unwrap();
+    assert_eq!(outcome.replayed.len(), 4);
+    assert!(outcome.failed.is_none());
+    assert_eq!(
+        ledger(&service, "bad").await,
+        Ledger {
+            last_seq: 5,
+            applied: 5,
+            out_of_order: 0
+        }
+    );
+    assert!(
+        service
+            .dead_letters()
+            .list(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    f.broker
+        .publish(&[OutgoingMessage::from_envelope(
+            topic.clone(),
+            &numbered("bad", 6),
+        )])
+        .await
+        .unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(&group, &topic, &service, &f.broker, handler));
+    let flowed = eventually(WITHIN, || {
+        let s = service.clone();
+        async move { ledger(&s, "bad").await.last_seq == 6 }
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        flowed,
+        "the key flows again after its dead letters were replayed"
+    );
+}
+
+pub async fn a_retryable_failure_that_clears_is_not_dead_lettered(f: &MessagingFixture) {
+    let service = (f.new_database)();
+    let topic = fresh_topic();
+    let failures_left = Arc::new(AtomicU32::new(2));
+    let inner = ledger_handler();
+    let left = failures_left.clone();
+    let handler: Arc<dyn Handler> = Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
+        if left.load(Ordering::SeqCst) > 0 {
+            left.fetch_sub(1, Ordering::SeqCst);
+            // The write is rolled back with the failure.
+            unit.put_as(
+                "ledger",
+                "k",
+                &Ledger {
+                    last_seq: 99,
+                    applied: 99,
+                    out_of_order: 99,
+                },
+            )?;
+            return Err(HandlerError::retry("database of a partner is busy"));
+        }
+        inner.handle(e, unit)
+    });
+    f.broker
+        .publish(
+            &(1..=3)
+                .map(|s| OutgoingMessage::from_envelope(topic.clone(), &numbered("k", s)))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &fresh_group(),
+        &topic,
+        &service,
+        &f.broker,
+        handler,
+    ));
+    let done = eventually(WITHIN, || {
+        let s = service.clone();
+        async move { ledger(&s, "k").await.last_seq == 3 }
+    })
+    .await;
+    running.stop().await;
+    assert!(done);
+    assert_eq!(
+        ledger(&service, "k").await,
+        Ledger {
+            last_seq: 3,
+            applied: 3,
+            out_of_order: 0
+        }
+    );
+    assert!(
+        service
+            .dead_letters()
+            .list(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn undecodable_unknown_and_panicking_messages_are_dead_lettered_with_a_reason(
+    f: &MessagingFixture,
+) {
+    let service = (f.new_database)();
+    let topic = fresh_topic();
+    f.broker.ensure_topic(&topic, 1).await.unwrap();
+    let handler: Arc<dyn Handler> = Arc::new(
+        Dispatch::new()
+            .on("Numbered", |n: Numbered, e, unit: &mut dyn UnitOfWork| {
+                ledger_handler().handle(e, unit).map(|_| drop(n))
+            })
+            .on(
+                "Exploding",
+                |_: serde_json::Value,
+                 _e,
+                 _unit: &mut dyn UnitOfWork|
+                 -> Result<(), HandlerError> { panic!("handler bug") },
+            ),
+    );
+    let garbage = OutgoingMessage {
+        topic: topic.clone(),
+        key: "x".into(),
+        id: EventId::new(),
+        payload: b"\xff not json".to_vec(),
+    };
+    let unknown = OutgoingMessage::from_envelope(
+        topic.clone(),
+        &Envelope::new("t", "NeverHeardOf", Payload::null()).with_subject("y"),
+    );
+    let exploding = OutgoingMessage::from_envelope(
+        topic.clone(),
+        &Envelope::new("t", "Exploding", Payload::null()).with_subject("z"),
+    );
+    let wrong_shape = OutgoingMessage::from_envelope(
+        topic.clone(),
+        &Envelope::new(
+            "t",
+            "Numbered",
+            Payload::from_value(&json!({"key": 5})).unwrap(),
+        )
+        .with_subject("w"),
+    );
+    let fine = OutgoingMessage::from_envelope(topic.clone(), &numbered("ok", 1));
+    f.broker
+        .publish(&[garbage, unknown, exploding, wrong_shape, fine])
+        .await
+        .unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &fresh_group(),
+        &topic,
+        &service,
+        &f.broker,
+        handler,
+    ));
+    let settled = eventually(WITHIN, || {
+        let s = service.clone();
+        async move {
+            ledger(&s, "ok").await.last_seq == 1
+                && s.dead_letters().list(None, 10).await.unwrap().len() == 4
+        }
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        settled,
+        "bad messages are dead-lettered and the flow continues"
+    );
+    let letters = service.dead_letters().list(None, 10).await.unwrap();
+    let reasons: HashMap<_, _> = letters
+        .iter()
+        .map(|l| (l.key.clone(), (l.reason.clone(), l.attempts)))
+        .collect();
+    assert!(reasons["x"].0.contains("undecodable"), "{reasons:?}");
+    assert!(reasons["y"].0.contains("unknown event type"), "{reasons:?}");
+    assert!(
+        reasons["z"].0.contains("panicked") && reasons["z"].0.contains("handler bug"),
+        "{reasons:?}"
+    );
+    assert!(reasons["w"].0.contains("cannot decode"), "{reasons:?}");
+    assert!(
+        letters.iter().all(|l| l.attempts == 1),
+        "permanent failures are not retried"
+    );
+    assert_eq!(
+        letters.iter().find(|l| l.key == "x").unwrap().payload,
+        b"\xff not json".to_vec(),
+        "the raw payload is kept"
+    );
+}
+
+pub async fn skipping_a_dead_letter_resolves_only_that_letter(f: &MessagingFixture) {
+    let service = (f.new_database)();
+    let topic = fresh_topic();
+    f.broker.ensure_topic(&topic, 1).await.unwrap();
+    let group = fresh_group();
+    let broken = Arc::new(AtomicBool::new(true));
+    let handler = flaky_ledger(broken.clone(), ("k", 1));
+    f.broker
+        .publish(
+            &(1..=3)
+                .map(|s| OutgoingMessage::from_envelope(topic.clone(), &numbered("k", s)))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &topic,
+        &service,
+        &f.broker,
+        handler.clone(),
+    ));
+    assert!(
+        eventually(WITHIN, || {
+            let s = service.clone();
+            async move { s.dead_letters().list(None, 10).await.unwrap().len() == 3 }
+        })
+        .await
+    );
+    running.stop().await;
+    let letters = service.dead_letters().list(None, 10).await.unwrap();
+    let admin =
+        DeadLetterAdmin::new(service.clone()).with_group(group, handler, Default::default());
+    admin.skip(letters[0].id).await.unwrap();
+    assert!(
+        admin.skip(letters[0].id).await.is_err(),
+        "a resolved letter cannot be skipped again"
+    );
+    assert_eq!(
+        service.dead_letters().list(None, 10).await.unwrap().len(),
+        2,
+        "the parked ones stay"
+    );
+    let outcome = admin.replay(letters[1].id).await.unwrap();
+    assert_eq!(outcome.replayed, vec![letters[1].id, letters[2].id]);
+    let l = ledger(&service, "k").await;
+    assert_eq!(
+        (l.last_seq, l.applied),
+        (3, 2),
+        "the skipped message was never applied"
+    );
+}
+
+pub async fn inbox_retention_shorter_than_the_redelivery_horizon_is_rejected(f: &MessagingFixture) {
+    let service = (f.new_database)();
+    let horizon = f.broker.redelivery_horizon();
+    let too_short = horizon.min(Duration::from_secs(3600 * 24 * 365 * 100));
+    let result = Consumer::new(
+        fresh_group(),
+        vec![fresh_topic()],
+        service.clone(),
+        f.broker.clone(),
+        ledger_handler(),
+        ConsumerConfig::default().with_inbox_retention(too_short),
+    );
+    assert!(
+        matches!(result, Err(Error::InvalidInput { .. })),
+        "a retention of {too_short:?} must be refused"
+    );
+    if let Some(longer) = horizon.checked_add(Duration::from_secs(1)) {
+        Consumer::new(
+            fresh_group(),
+            vec![fresh_topic()],
+            service,
+            f.broker.clone(),
+            ledger_handler(),
+            ConsumerConfig::default().with_inbox_retention(longer),
+        )
+        .expect("a retention longer than the horizon is fine");
+    }
+}
+
+pub async fn a_projection_rebuilds_while_events_keep_arriving(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let store = db.event_store();
+    let handler: Arc<dyn Handler> = Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
+        let n: Numbered = e.data.decode().map_err(HandlerError::from)?;
+        let mut l: Ledger = unit.get_as("view", &n.key)?.unwrap_or_default();
+        l.applied += 1;
+        l.last_seq = l.last_seq.max(n.seq);
+        unit.put_as("view", &n.key, &l)?;
+        Ok(())
+    });
+    let name = format!("p{}", EventId::new().as_uuid().simple());
+    let projector = Projector::new(
+        name.clone(),
+        db.clone(),
+        handler.clone(),
+        ProjectorConfig::default(),
+    );
+    // A second handle on the same projection, as an operator's command would hold.
+    let rebuild_handle = Projector::new(name, db.clone(), handler, ProjectorConfig::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(projector.run(shutdown.clone()));
+    let append = |from: u64, to: u64| {
+        let store = store.clone();
+        async move {
+            for seq in from..=to {
+                for k in ["a", "b"] {
+                    let s = StreamId::new(format!("v-{k}")).unwrap();
+                    store
+                        .append(&s, ExpectedVersion::Any, vec![numbered(k, seq)])
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    };
+    append(1, 50).await;
+    assert!(
+        eventually(WITHIN, || {
+            let db = db.clone();
+            async move { view(&db, "b").await.last_seq == 50 }
+        })
+        .await
+    );
+    let writer = tokio::spawn(append(51, 150));
+    rebuild_handle.rebuild(&["view"]).await.unwrap();
+    writer.await.unwrap();
+    let rebuilt = eventually(WITHIN, || {
+        let db = db.clone();
+        async move { view(&db, "a").await.last_seq == 150 && view(&db, "b").await.last_seq == 150 }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert!(
+        rebuilt,
+        "view after rebuild: a={:?} b={:?}",
+        view(&db, "a").await,
+        view(&db, "b").await
+    );
+    for k in ["a", "b"] {
+        assert_eq!(
+            view(&db, k).await.applied,
+            150,
+            "key {k}: every event applied exactly once after the rebuild"
+        );
+    }
+}
+
+async fn view(db: &Arc<dyn Database>, key: &str) -> Ledger {
+    db.get_document("view", key)
+        .await
+        .unwrap()
+        .map(|p| p.decode().unwrap())
+        .unwrap_or_default()
+}
