@@ -1,6 +1,7 @@
 //! The `tributary` command.
 
 mod bench;
+mod fault_test;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,
 // which glibc malloc handles poorly (measured: read_all 0.5M -> 0.8M events/s).
@@ -25,6 +26,9 @@ enum Command {
     /// Benchmarks; each result is one JSON object per line on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Child processes of the crash tests.
+    #[command(subcommand, hide = true)]
+    FaultTest(fault_test::FaultTestCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Bench(command) => bench::run(command).await,
+            Command::FaultTest(command) => fault_test::run(command).await,
         }
     })
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod broker;
+pub mod checker;
 pub mod event_store;
 mod given;
 pub mod messaging;

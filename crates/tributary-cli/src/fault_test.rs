@@ -1,0 +1,150 @@
+//! `tributary fault-test …` (hidden): the child processes of the crash tests. They run the
+//! real relay and consumer on files in one directory until they are killed:
+//! `source.db` (a service writing its outbox), `broker.db` (the embedded broker) and
+//! `sink.db` (a service consuming the `ledger` topic).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tributary_core::{Broker, Database, GroupName, RelaySource, Topic, UnitOfWork, UnitOfWorkExt};
+use tributary_runtime::{
+    Backoff, CancellationToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay,
+    RelayConfig,
+};
+use tributary_sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FaultTestCommand {
+    /// Relays `source.db`'s outbox to `broker.db` until killed.
+    Relay {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Marks rows published before the broker acknowledged them (the bug the crash test
+        /// must catch).
+        #[arg(long)]
+        naive: bool,
+        #[arg(long, default_value_t = 50)]
+        poll_ms: u64,
+    },
+    /// Consumes the `ledger` topic of `broker.db` into `sink.db` until killed.
+    Consume {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        poll_ms: u64,
+    },
+}
+
+/// The data of the events the crash tests publish.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LedgerEvent {
+    pub key: String,
+    pub seq: u64,
+}
+
+/// Per key, the sequence numbers applied, in the order they were applied.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub seqs: Vec<u64>,
+}
+
+fn config(poll_ms: u64) -> SqliteConfig {
+    SqliteConfig::default().with_poll_every(Duration::from_millis(poll_ms))
+}
+
+pub async fn run(command: FaultTestCommand) -> anyhow::Result<()> {
+    match command {
+        FaultTestCommand::Relay {
+            dir,
+            naive,
+            poll_ms,
+        } => relay(dir, naive, poll_ms).await,
+        FaultTestCommand::Consume { dir, poll_ms } => consume(dir, poll_ms).await,
+    }
+}
+
+async fn relay(dir: PathBuf, naive: bool, poll_ms: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let source = SqliteDatabase::open(dir.join("source.db"), config(poll_ms))?;
+    let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(
+        dir.join("broker.db"),
+        SqliteBrokerConfig::default().with_sqlite(config(poll_ms)),
+    )?);
+    let outbox = Database::outbox_source(&source);
+    if naive {
+        return naive_relay(outbox, broker).await;
+    }
+    let relay = Relay::new(outbox, broker, RelayConfig::default());
+    let stats = relay.stats();
+    tokio::spawn(async move {
+        while stats.batches.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!(
+            "first publish {} ms after start",
+            started.elapsed().as_millis()
+        );
+    });
+    relay.run(CancellationToken::new()).await;
+    Ok(())
+}
+
+/// The classic bug: mark the batch published, then publish without waiting for the broker.
+/// A crash in between loses the batch.
+async fn naive_relay(source: Arc<dyn RelaySource>, broker: Arc<dyn Broker>) -> anyhow::Result<()> {
+    let _lease = loop {
+        if let Some(lease) = source.try_lease().await? {
+            break lease;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    loop {
+        match source.read_batch(100).await? {
+            Some(batch) => {
+                source.mark_published(batch.through).await?;
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    // An asynchronous send buffer: the publish happens "later".
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = broker.publish(&batch.messages).await;
+                });
+            }
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+async fn consume(dir: PathBuf, poll_ms: u64) -> anyhow::Result<()> {
+    let sink: Arc<dyn Database> =
+        Arc::new(SqliteDatabase::open(dir.join("sink.db"), config(poll_ms))?);
+    let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(
+        dir.join("broker.db"),
+        SqliteBrokerConfig::default().with_sqlite(config(poll_ms)),
+    )?);
+    let handler = Dispatch::new().on(
+        "LedgerEvent",
+        |e: LedgerEvent, _envelope, unit: &mut dyn UnitOfWork| -> Result<(), HandlerError> {
+            let mut applied: Applied = unit.get_as("applied", &e.key)?.unwrap_or_default();
+            applied.seqs.push(e.seq);
+            unit.put_as("applied", &e.key, &applied)?;
+            Ok(())
+        },
+    );
+    let consumer = Consumer::new(
+        GroupName::new("ledger-checker")?,
+        vec![Topic::new("ledger")?],
+        sink,
+        broker,
+        Arc::new(handler),
+        ConsumerConfig::default()
+            .with_fetch_wait(Duration::from_millis(100))
+            .with_backoff(Backoff::new(
+                Duration::from_millis(5),
+                Duration::from_millis(200),
+            )),
+    )?;
+    consumer.run(CancellationToken::new()).await?;
+    Ok(())
+}
