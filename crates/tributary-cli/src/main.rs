@@ -1,5 +1,6 @@
 //! The `tributary` command.
 
+mod app;
 mod bench;
 mod fault_test;
 
@@ -23,6 +24,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the reference application (customers, orders, order history) in one process on
+    /// the embedded default with a workload, and checks its invariants.
+    Demo(app::DemoArgs),
+    /// Serves the reference application's HTTP API on the embedded default.
+    Serve(app::ServeArgs),
     /// Benchmarks; each result is one JSON object per line on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -45,6 +51,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Demo(args) => app::demo(args).await,
+            Command::Serve(args) => app::serve(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::FaultTest(command) => fault_test::run(command).await,
         }

@@ -11,6 +11,7 @@ use crate::error::{Error, ExpectedVersion, Result};
 use crate::event_store::{EventStore, RecordedEvent, Snapshot};
 use crate::ids::{StreamId, StreamVersion};
 use crate::payload::Payload;
+use crate::unit_of_work::UnitOfWork;
 use crate::upcast::Upcasters;
 
 /// An event-sourced entity: it decides on commands by emitting events and changes its state
@@ -340,6 +341,75 @@ impl<A: Aggregate> Repository<A> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Loads the aggregate inside a unit of work (as of the unit's transaction; snapshots are
+    /// not used).
+    ///
+    /// # Errors
+    /// As [`Repository::load`].
+    pub fn load_in(&self, unit: &mut dyn UnitOfWork, id: &str) -> Result<Loaded<A>> {
+        let stream = Self::stream_id(id)?;
+        let mut loaded = Loaded::<A>::default();
+        loop {
+            let events = unit.read_stream(&stream, loaded.version.next(), self.page)?;
+            let done = events.len() < self.page;
+            let events = events
+                .into_iter()
+                .map(|mut r| {
+                    r.envelope = self.upcasters.upcast(r.envelope)?;
+                    Ok(r)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            loaded.apply_recorded(&events)?;
+            if done {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Runs `command` inside a unit of work: load, decide, append at the loaded version — all
+    /// in the unit's transaction, so the events commit together with whatever else the unit
+    /// writes (an inbox entry, outbox events). A concurrent writer makes the unit fail with
+    /// [`Error::Conflict`]; the caller (e.g. the consumer runtime) retries the unit.
+    ///
+    /// # Errors
+    /// [`CommandError::Rejected`] with the domain error, or [`CommandError::Store`].
+    pub fn execute_in(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        let stream = Self::stream_id(id)?;
+        let mut loaded = self.load_in(unit, id)?;
+        let events = loaded
+            .state
+            .handle(command)
+            .map_err(CommandError::Rejected)?;
+        if events.is_empty() {
+            return Ok(Executed {
+                state: loaded.state,
+                version: loaded.version,
+                events: Vec::new(),
+            });
+        }
+        let envelopes = envelopes_for::<A>(&self.source, id, &events, metadata, &self.upcasters)?;
+        let expected = if loaded.exists() {
+            ExpectedVersion::Exact(loaded.version)
+        } else {
+            ExpectedVersion::NoStream
+        };
+        let outcome = unit.append(&stream, expected, envelopes.clone())?;
+        for event in &events {
+            loaded.state.apply(event);
+        }
+        Ok(Executed {
+            state: loaded.state,
+            version: outcome.next_expected,
+            events: envelopes,
+        })
     }
 
     async fn maybe_snapshot(&self, stream: &StreamId, before: StreamVersion, after: &Loaded<A>) {

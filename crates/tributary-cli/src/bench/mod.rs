@@ -2,9 +2,11 @@
 
 mod baseline;
 mod event_store;
+mod pipeline;
 mod report;
 
 pub use event_store::EventStoreBenchArgs;
+pub use pipeline::PipelineBenchArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -12,11 +14,14 @@ pub enum BenchCommand {
     Append(EventStoreBenchArgs),
     /// Event store reads: read_stream, read_all.
     Read(EventStoreBenchArgs),
+    /// Outbox -> relay -> broker -> consumer: sustained, fixed_rate, relay_restart.
+    Pipeline(PipelineBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Append(args) => event_store::append(args).await,
         BenchCommand::Read(args) => event_store::read(args).await,
+        BenchCommand::Pipeline(args) => pipeline::run(args).await,
     }
 }

@@ -1,0 +1,481 @@
+//! `tributary bench pipeline`: outbox write → relay → broker → consumer with inbox, on the
+//! embedded default (three SQLite files in one process).
+//!
+//! - `sustained`: producers write as fast as they can; events/s end to end, and each stage's
+//!   own rate (committed to the outbox, published by the relay, handled by the consumer).
+//! - `fixed_rate`: producers offer `--rate` events/s; latency from the producer's commit to
+//!   the consumer's commit, p50/p99/max.
+//! - `relay_restart`: a relay child process is killed with SIGKILL and started again; time
+//!   from the restart to its first publish.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tributary_core::{
+    Broker, Database, Envelope, Error, EventId, GroupName, Payload, Topic, UnitOfWork,
+    UnitOfWorkExt,
+};
+use tributary_runtime::{
+    CancellationToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay, RelayConfig,
+    RelayStats,
+};
+use tributary_sqlite::{
+    SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase, Synchronous,
+};
+
+use super::report::{BenchResult, peak_rss_mb};
+
+/// Options of `tributary bench pipeline`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PipelineBenchArgs {
+    /// Run only this scenario: sustained, fixed_rate or relay_restart.
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Events for `sustained`.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Offered events per second for `fixed_rate`.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of offered load for `fixed_rate`.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent producer tasks.
+    #[arg(long, default_value_t = 8)]
+    pub producers: u64,
+    /// Events each producer transaction publishes.
+    #[arg(long, default_value_t = 1)]
+    pub events_per_txn: u64,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: u32,
+    /// Size of each event's JSON data in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Directory for the database files (default: a fresh temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+const SCENARIOS: &[&str] = &["sustained", "fixed_rate", "relay_restart"];
+
+pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
+    let chosen: Vec<&str> = match &args.scenario {
+        None => SCENARIOS.to_vec(),
+        Some(s) if SCENARIOS.contains(&s.as_str()) => vec![s.as_str()],
+        Some(s) => anyhow::bail!(
+            "unknown scenario {s:?}; choose one of {}",
+            SCENARIOS.join(", ")
+        ),
+    };
+    for scenario in chosen {
+        let temp = tempfile::Builder::new()
+            .prefix("tributary-pipeline-")
+            .tempdir()?;
+        let dir = match &args.dir {
+            Some(d) => {
+                let d = d.join(scenario);
+                if d.exists() {
+                    std::fs::remove_dir_all(&d)?;
+                }
+                std::fs::create_dir_all(&d)?;
+                d
+            }
+            None => temp.path().to_owned(),
+        };
+        match scenario {
+            "sustained" => sustained(&args, &dir).await?,
+            "fixed_rate" => fixed_rate(&args, &dir).await?,
+            _ => relay_restart(&args, &dir).await?,
+        }
+    }
+    Ok(())
+}
+
+/// The three databases and the running relay and consumer.
+struct Pipeline {
+    source: Arc<dyn Database>,
+    sink: Arc<SqliteDatabase>,
+    relay_stats: Arc<RelayStats>,
+    handled: Arc<AtomicU64>,
+    handled_at: Arc<Mutex<HashMap<EventId, Instant>>>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn sqlite() -> SqliteConfig {
+    SqliteConfig::default().with_synchronous(Synchronous::Full)
+}
+
+impl Pipeline {
+    async fn start(dir: &Path, partitions: u32, track_latency: bool) -> anyhow::Result<Self> {
+        let source: Arc<dyn Database> =
+            Arc::new(SqliteDatabase::open(dir.join("source.db"), sqlite())?);
+        let sink = Arc::new(SqliteDatabase::open(dir.join("sink.db"), sqlite())?);
+        let broker = Arc::new(SqliteBroker::open(
+            dir.join("broker.db"),
+            SqliteBrokerConfig::default().with_sqlite(sqlite()),
+        )?);
+        let topic = Topic::new("pipeline")?;
+        broker.ensure_topic(&topic, partitions).await?;
+        let shutdown = CancellationToken::new();
+        let relay = Relay::new(
+            source.outbox_source(),
+            broker.clone(),
+            RelayConfig::default(),
+        );
+        let relay_stats = relay.stats();
+        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+
+        let handled = Arc::new(AtomicU64::new(0));
+        let pending: Arc<Mutex<Vec<EventId>>> = Arc::default();
+        let handled_at: Arc<Mutex<HashMap<EventId, Instant>>> = Arc::default();
+        let (h, p) = (handled.clone(), pending.clone());
+        // A small realistic handler: a per-key counter document, with the inbox entry.
+        let handler = Dispatch::new().on(
+            "Measured",
+            move |_: serde_json::Value,
+                  e: &Envelope,
+                  unit: &mut dyn UnitOfWork|
+                  -> Result<(), HandlerError> {
+                let key = e.subject.as_deref().unwrap_or("none");
+                let n: u64 = unit.get_as("counters", key)?.unwrap_or(0);
+                unit.put_as("counters", key, &(n + 1))?;
+                h.fetch_add(1, Ordering::Relaxed);
+                if track_latency {
+                    p.lock().unwrap_or_else(|e| e.into_inner()).push(e.id);
+                }
+                Ok(())
+            },
+        );
+        let consumer = Consumer::new(
+            GroupName::new("pipeline-bench")?,
+            vec![topic],
+            sink.clone(),
+            broker,
+            Arc::new(handler),
+            ConsumerConfig::default(),
+        )?;
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = consumer.run(s).await {
+                eprintln!("consumer stopped: {e}");
+            }
+        }));
+        if track_latency {
+            // Handled = the consumer's transaction committed: stamp what its handlers saw
+            // when the sink database reports the commit.
+            let mut commits = Database::commits(sink.as_ref());
+            let (p, at, s) = (pending.clone(), handled_at.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = commits.changed() => {}
+                        _ = s.cancelled() => return,
+                    }
+                    let now = Instant::now();
+                    let ids: Vec<_> =
+                        std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner()));
+                    let mut at = at.lock().unwrap_or_else(|e| e.into_inner());
+                    at.extend(ids.into_iter().map(|id| (id, now)));
+                }
+            }));
+        }
+        Ok(Self {
+            source,
+            sink,
+            relay_stats,
+            handled,
+            handled_at,
+            shutdown,
+            tasks,
+        })
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn event(payload: &Payload, key: u64) -> Envelope {
+    Envelope::new("bench", "Measured", payload.clone()).with_subject(format!("key-{key}"))
+}
+
+fn payload(bytes: usize) -> Payload {
+    Payload::from_value(&json!({ "pad": "x".repeat(bytes.saturating_sub(10)) }))
+        .unwrap_or_else(|_| Payload::null())
+}
+
+/// Publishes `events` events in units of `per_txn`; returns the commit times of the ids.
+async fn produce(
+    source: Arc<dyn Database>,
+    topic: Topic,
+    events: u64,
+    per_txn: u64,
+    data: Payload,
+    first_key: u64,
+) -> anyhow::Result<Vec<(EventId, Instant)>> {
+    let mut committed = Vec::with_capacity(events as usize);
+    let mut done = 0;
+    while done < events {
+        let n = per_txn.min(events - done);
+        let batch: Vec<Envelope> = (0..n)
+            .map(|i| event(&data, (first_key + done + i) % 1000))
+            .collect();
+        let ids: Vec<EventId> = batch.iter().map(|e| e.id).collect();
+        let t = topic.clone();
+        source
+            .transact(move |unit| {
+                for e in batch {
+                    unit.publish(&t, e)?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+        let now = Instant::now();
+        committed.extend(ids.into_iter().map(|id| (id, now)));
+        done += n;
+    }
+    Ok(committed)
+}
+
+async fn sustained(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(dir, args.partitions, false).await?;
+    let topic = Topic::new("pipeline")?;
+    let data = payload(args.payload_bytes);
+    let per_producer = args.events / args.producers.max(1);
+    let total = per_producer * args.producers.max(1);
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    for p in 0..args.producers.max(1) {
+        producers.push(tokio::spawn(produce(
+            pipeline.source.clone(),
+            topic.clone(),
+            per_producer,
+            args.events_per_txn,
+            data.clone(),
+            p * per_producer,
+        )));
+    }
+    let mut produced_by = started;
+    for p in producers {
+        p.await??;
+        produced_by = Instant::now();
+    }
+    let produce_time = produced_by - started;
+    let mut published_at = None;
+    while pipeline.handled.load(Ordering::Relaxed) < total {
+        if published_at.is_none() && pipeline.relay_stats.published.load(Ordering::Relaxed) >= total
+        {
+            published_at = Some(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("the pipeline did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let end_to_end = started.elapsed();
+    let relay_time = published_at.unwrap_or(end_to_end);
+    let settings = json!({
+        "synchronous": "FULL",
+        "producers": args.producers,
+        "events_per_txn": args.events_per_txn,
+        "partitions": args.partitions,
+        "payload_bytes": args.payload_bytes,
+        "relay_batch": RelayConfig::default().batch_size,
+        "consumer_batch": ConsumerConfig::default().batch_size,
+        "handler": "per-key counter document + inbox",
+        "source_units_per_commit": 0,
+    });
+    let mut settings = settings;
+    settings["stage_events_per_sec"] = json!({
+        "committed_to_outbox": (total as f64 / produce_time.as_secs_f64()).round(),
+        "published_by_relay": (total as f64 / relay_time.as_secs_f64()).round(),
+        "handled_by_consumer": (total as f64 / end_to_end.as_secs_f64()).round(),
+    });
+    settings["sink_units_per_commit"] = {
+        let s = pipeline.sink.writer_stats();
+        json!((s.units as f64 / s.commits.max(1) as f64 * 10.0).round() / 10.0)
+    };
+    settings
+        .as_object_mut()
+        .map(|o| o.remove("source_units_per_commit"));
+    BenchResult::new("pipeline", "sustained", "embedded", total, end_to_end)
+        .with_peak_rss(peak_rss_mb())
+        .with_settings(settings)
+        .emit();
+    pipeline.stop().await;
+    Ok(())
+}
+
+async fn fixed_rate(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(dir, args.partitions, true).await?;
+    let topic = Topic::new("pipeline")?;
+    let data = payload(args.payload_bytes);
+    let total = args.rate * args.seconds;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let committed: Arc<Mutex<Vec<(EventId, Instant)>>> = Arc::default();
+    let started = Instant::now();
+    let mut units = tokio::task::JoinSet::new();
+    // Open loop: each event is offered at its scheduled time, whether or not earlier ones
+    // are done (a closed loop would hide queueing delay).
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (source, t, e, c) = (
+            pipeline.source.clone(),
+            topic.clone(),
+            event(&data, i % 1000),
+            committed.clone(),
+        );
+        units.spawn(async move {
+            let id = e.id;
+            source
+                .transact(move |unit| unit.publish(&t, e))
+                .await?;
+            c.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((id, Instant::now()));
+            anyhow::Ok(())
+        });
+        while let Some(done) = units.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = units.join_next().await {
+        done??;
+    }
+    let offered_for = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pipeline
+        .handled_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len()
+        < total as usize
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the pipeline did not catch up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handled_at = pipeline
+        .handled_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut latencies: Vec<Duration> = committed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|(id, at)| handled_at.get(id).map(|h| h.saturating_duration_since(*at)))
+        .collect();
+    let mut result = BenchResult::new("pipeline", "fixed_rate", "embedded", total, offered_for)
+        .with_latencies(&mut latencies)
+        .with_settings(json!({
+            "synchronous": "FULL",
+            "partitions": args.partitions,
+            "payload_bytes": args.payload_bytes,
+            "events_per_txn": 1,
+            "latency": "producer commit returned -> consumer transaction committed",
+        }));
+    result.offered_rate = Some(args.rate as f64);
+    result.emit();
+    pipeline.stop().await;
+    Ok(())
+}
+
+async fn relay_restart(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let source: Arc<dyn Database> =
+        Arc::new(SqliteDatabase::open(dir.join("source.db"), sqlite())?);
+    let topic = Topic::new("ledger")?;
+    let exe = std::env::current_exe()?;
+    let data = payload(args.payload_bytes);
+    let mut restarts = Vec::new();
+    for round in 0..5u64 {
+        produce(
+            source.clone(),
+            topic.clone(),
+            1000,
+            100,
+            data.clone(),
+            round * 1000,
+        )
+        .await?;
+        // Start, let it publish, then kill it mid-stream.
+        let mut child = std::process::Command::new(&exe)
+            .args(["fault-test", "relay", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        wait_for_drain(&source, Duration::from_secs(30)).await?;
+        produce(
+            source.clone(),
+            topic.clone(),
+            1000,
+            100,
+            data.clone(),
+            round * 1000 + 500,
+        )
+        .await?;
+        child.kill()?;
+        child.wait()?;
+        // The crash left 1000 rows behind; the restarted relay must pick them up.
+        let restarted = Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .args(["fault-test", "relay", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let before = outbox_len(&source).await?;
+        loop {
+            if outbox_len(&source).await? < before {
+                restarts.push(restarted.elapsed());
+                break;
+            }
+            anyhow::ensure!(
+                restarted.elapsed() < Duration::from_secs(30),
+                "the relay never published after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        wait_for_drain(&source, Duration::from_secs(30)).await?;
+        child.kill()?;
+        child.wait()?;
+    }
+    BenchResult::new("pipeline", "relay_restart", "embedded", restarts.len() as u64, restarts.iter().sum())
+        .with_latencies(&mut restarts)
+        .with_settings(json!({
+            "measured": "SIGKILL, start a new relay process, until its first batch is acknowledged and deleted",
+            "includes": "process start, opening the databases, taking the lease",
+        }))
+        .emit();
+    Ok(())
+}
+
+async fn outbox_len(source: &Arc<dyn Database>) -> anyhow::Result<usize> {
+    Ok(source
+        .outbox_source()
+        .read_batch(100_000)
+        .await?
+        .map_or(0, |b| b.messages.len()))
+}
+
+async fn wait_for_drain(source: &Arc<dyn Database>, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while outbox_len(source).await? > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the relay did not drain the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

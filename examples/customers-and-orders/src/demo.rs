@@ -1,0 +1,303 @@
+//! `tributary demo`: the whole system in one process on the embedded default, a workload of
+//! customers and concurrent orders (some approved, some rejected, some unknown customers, some
+//! approved ones cancelled), a progress bar, and a summary with the invariant checks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::Semaphore;
+use tributary_core::Position;
+
+use crate::invariants::{self, Check, State};
+use crate::order::OrderState;
+use crate::system::{self, Backends, Running};
+
+/// Options of the demo.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub customers: usize,
+    pub orders: usize,
+    /// Orders created at the same time.
+    pub concurrency: usize,
+    /// Offer orders at this rate (per second) instead of as fast as possible.
+    pub rate: Option<f64>,
+    /// Fraction of approved orders that are then cancelled.
+    pub cancel_fraction: f64,
+    /// Fraction of orders for customers that do not exist.
+    pub unknown_customer_fraction: f64,
+    /// Where the databases go (default: a temporary directory).
+    pub data_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            customers: 1000,
+            orders: 10_000,
+            concurrency: 64,
+            rate: None,
+            cancel_fraction: 0.1,
+            unknown_customer_fraction: 0.02,
+            data_dir: None,
+            progress: true,
+        }
+    }
+}
+
+/// What the demo measured and found.
+#[derive(Debug)]
+pub struct DemoSummary {
+    pub orders: usize,
+    pub approved: usize,
+    pub rejected: usize,
+    pub cancelled: usize,
+    pub seconds_to_settle: f64,
+    pub orders_per_sec: f64,
+    /// Order created (its command returned) → APPROVED/REJECTED committed, in ms.
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub checks: Vec<Check>,
+}
+
+impl DemoSummary {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+/// A tiny deterministic generator, so that runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % (hi - lo + 1) as u64) as i64
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
+    }
+}
+
+/// Runs the demo.
+///
+/// # Errors
+/// When the system cannot start or does not settle within two minutes.
+pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
+    let temp = tempfile_dir()?;
+    let dir = options.data_dir.clone().unwrap_or_else(|| temp.clone());
+    let running = system::start(Backends::embedded(&dir)?).await?;
+    let result = drive(&running, &options).await;
+    running.stop().await;
+    if options.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    result
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir =
+        std::env::temp_dir().join(format!("tributary-demo-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoSummary> {
+    let services = running.services.clone();
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+
+    // Customers first, concurrently.
+    let mut customer_ids = Vec::with_capacity(options.customers);
+    let limits: Vec<i64> = (0..options.customers)
+        .map(|_| rng.range(50, 200) * 100)
+        .collect();
+    let mut created = futures::stream::iter(limits.into_iter().enumerate().map(|(i, limit)| {
+        let customers = services.customers.clone();
+        async move { customers.create(format!("Customer {i}"), limit).await }
+    }))
+    .buffer_unordered(options.concurrency.max(1));
+    while let Some(c) = created.next().await {
+        customer_ids.push(c?.customer_id);
+    }
+
+    // Watch the order service's own events: when each order settles, and cancel some
+    // approved ones (the compensation releases their credit).
+    let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let settled = Arc::new(AtomicU64::new(0));
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let store = running.backends.orders.event_store();
+    let start = store
+        .read_all(Position::START, usize::MAX)
+        .await?
+        .last()
+        .map_or(Position::START, |e| e.position.next());
+    let cancels: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let watcher = {
+        let (created_at, latencies, settled, cancelled) = (
+            created_at.clone(),
+            latencies.clone(),
+            settled.clone(),
+            cancelled.clone(),
+        );
+        let cancels = cancels.clone();
+        let orders = services.orders.clone();
+        let cancel_fraction = options.cancel_fraction;
+        let mut events = store.subscribe_all(start);
+        tokio::spawn(async move {
+            let mut rng = Rng(0xcafe_f00d_1234_5678);
+            while let Some(Ok(e)) = events.next().await {
+                let id = e.envelope.subject.clone().unwrap_or_default();
+                match e.envelope.event_type.as_str() {
+                    "OrderApproved" | "OrderRejected" => {
+                        let now = Instant::now();
+                        // Creation is recorded when the create call returns; the decision may
+                        // land before that bookkeeping, so wait for it.
+                        let began = loop {
+                            if let Some(t) = created_at
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(&id)
+                            {
+                                break *t;
+                            }
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        };
+                        latencies
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(now.saturating_duration_since(began));
+                        if e.envelope.event_type == "OrderApproved" && rng.chance(cancel_fraction) {
+                            let orders = orders.clone();
+                            let cancelled = cancelled.clone();
+                            cancels
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(tokio::spawn(async move {
+                                    if orders.cancel(&id).await.is_ok() {
+                                        cancelled.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }));
+                        }
+                        // Counted last, so that a cancellation it starts is already known
+                        // when the count completes.
+                        settled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    let bar = progress_bar(options);
+    let started = Instant::now();
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..options.orders {
+        if let Some(rate) = options.rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let customer = if rng.chance(options.unknown_customer_fraction) {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            customer_ids[(rng.next() % customer_ids.len().max(1) as u64) as usize].clone()
+        };
+        let total = rng.range(5, 40) * 100;
+        let (orders, created_at) = (services.orders.clone(), created_at.clone());
+        tasks.spawn(async move {
+            let o = orders.create(customer, total).await;
+            if let Ok(o) = &o {
+                created_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(o.order_id.clone(), Instant::now());
+            }
+            drop(permit);
+            o.map(|_| ())
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+        bar.set_position(settled.load(Ordering::Relaxed));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while settled.load(Ordering::Relaxed) < options.orders as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "orders did not settle within two minutes"
+        );
+        bar.set_position(settled.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds_to_settle = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // Every order is decided; let the cancellations finish, then let the view and the credit
+    // releases catch up, and check everything.
+    let pending: Vec<_> = std::mem::take(&mut *cancels.lock().unwrap_or_else(|p| p.into_inner()));
+    for c in pending {
+        c.await?;
+    }
+    watcher.abort();
+    let checks = settle_and_check(running, Duration::from_secs(60)).await?;
+    let state = State::read(&services).await?;
+    let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    l.sort_unstable();
+    let pct = |q: f64| {
+        l.get(((l.len() as f64 * q).ceil() as usize).clamp(1, l.len().max(1)) - 1)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(DemoSummary {
+        orders: state.orders.len(),
+        approved: state.count(OrderState::Approved),
+        rejected: state.count(OrderState::Rejected),
+        cancelled: state.count(OrderState::Cancelled),
+        seconds_to_settle,
+        orders_per_sec: options.orders as f64 / seconds_to_settle,
+        latency_p50_ms: pct(0.5),
+        latency_p99_ms: pct(0.99),
+        checks,
+    })
+}
+
+/// Waits until the invariants hold (or `within` passes) and returns the final checks.
+async fn settle_and_check(running: &Running, within: Duration) -> anyhow::Result<Vec<Check>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let checks = invariants::all(&running.services, running.backends.broker.as_ref()).await?;
+        if checks.iter().all(|c| c.ok) || Instant::now() > deadline {
+            return Ok(checks);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn progress_bar(options: &DemoOptions) -> ProgressBar {
+    if !options.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(options.orders as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} orders settled {pos}/{len} [{bar:40}] {per_sec} {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}

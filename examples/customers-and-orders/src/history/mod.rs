@@ -1,0 +1,158 @@
+//! The order-history service: a CQRS view. It consumes customer and order events and keeps one
+//! JSON document per customer, and answers queries from that document only.
+//!
+//! Events of one order arrive in order (they share the order's key), but a customer's events
+//! and its orders' events travel on different topics and may interleave in any order, so
+//! every update merges into the document instead of assuming what came before.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tributary_core::{Database, UnitOfWork, UnitOfWorkExt};
+use tributary_runtime::{Dispatch, HandlerError};
+
+use crate::AppError;
+use crate::events::{CustomerCreated, OrderApproved, OrderCancelled, OrderCreated, OrderRejected};
+use crate::order::OrderState;
+
+const HISTORY: &str = "customer_order_history";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    pub order_total: i64,
+    pub state: OrderState,
+}
+
+/// One customer's view: name, limit, and every order with its current state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerHistory {
+    pub customer_id: String,
+    /// `None` until the customer's own event has arrived.
+    pub name: Option<String>,
+    pub credit_limit: Option<i64>,
+    pub orders: BTreeMap<String, OrderSummary>,
+}
+
+#[derive(Clone)]
+pub struct HistoryService {
+    db: Arc<dyn Database>,
+}
+
+impl HistoryService {
+    pub fn new(db: Arc<dyn Database>) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Arc<dyn Database> {
+        &self.db
+    }
+
+    /// A customer's history, if the view knows the customer.
+    pub async fn get(&self, customer_id: &str) -> Result<Option<CustomerHistory>, AppError> {
+        crate::validate_id("customer id", customer_id)?;
+        let doc: Option<CustomerHistory> = self
+            .db
+            .get_document(HISTORY, customer_id)
+            .await?
+            .map(|p| p.decode())
+            .transpose()?;
+        Ok(doc.filter(|h| h.name.is_some()))
+    }
+
+    /// Every document of the view (for invariant checks).
+    pub async fn all(&self) -> Result<Vec<CustomerHistory>, AppError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .db
+                .list_documents(HISTORY, after.as_deref(), 1000)
+                .await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(out);
+            };
+            after = Some(last.clone());
+            for (_, doc) in page {
+                out.push(doc.decode()?);
+            }
+        }
+    }
+
+    /// The view's consumer of both topics.
+    pub fn handler() -> Dispatch {
+        Dispatch::new()
+            .on(
+                "CustomerCreated",
+                |e: CustomerCreated, _, unit: &mut dyn UnitOfWork| {
+                    update(unit, &e.customer_id, |h| {
+                        h.name = Some(e.name.clone());
+                        h.credit_limit = Some(e.credit_limit);
+                    })
+                },
+            )
+            .on(
+                "OrderCreated",
+                |e: OrderCreated, _, unit: &mut dyn UnitOfWork| {
+                    update(unit, &e.customer_id, |h| {
+                        let order = h.orders.entry(e.order_id.clone()).or_default();
+                        order.order_total = e.order_total;
+                        if order.state == OrderState::None {
+                            order.state = OrderState::New;
+                        }
+                    })
+                },
+            )
+            .on(
+                "OrderApproved",
+                |e: OrderApproved, _, unit: &mut dyn UnitOfWork| {
+                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Approved)
+                },
+            )
+            .on(
+                "OrderRejected",
+                |e: OrderRejected, _, unit: &mut dyn UnitOfWork| {
+                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Rejected)
+                },
+            )
+            .on(
+                "OrderCancelled",
+                |e: OrderCancelled, _, unit: &mut dyn UnitOfWork| {
+                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Cancelled)
+                },
+            )
+            .ignore(&[
+                "CreditReserved",
+                "CreditLimitExceeded",
+                "CustomerValidationFailed",
+                "CreditReleased",
+            ])
+    }
+}
+
+fn update(
+    unit: &mut dyn UnitOfWork,
+    customer_id: &str,
+    change: impl FnOnce(&mut CustomerHistory),
+) -> Result<(), HandlerError> {
+    let mut history: CustomerHistory =
+        unit.get_as(HISTORY, customer_id)?
+            .unwrap_or_else(|| CustomerHistory {
+                customer_id: customer_id.to_owned(),
+                ..CustomerHistory::default()
+            });
+    change(&mut history);
+    unit.put_as(HISTORY, customer_id, &history)?;
+    Ok(())
+}
+
+fn set_state(
+    unit: &mut dyn UnitOfWork,
+    customer_id: &str,
+    order_id: &str,
+    state: OrderState,
+) -> Result<(), HandlerError> {
+    update(unit, customer_id, |h| {
+        h.orders.entry(order_id.to_owned()).or_default().state = state;
+    })
+}

@@ -1,0 +1,243 @@
+//! The HTTP API (axum, JSON). Errors are `{"error": "..."}` with a 4xx/5xx status.
+
+mod json;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tributary_runtime::Health;
+
+pub use json::ApiJson;
+
+use crate::AppError;
+use crate::order::Order;
+use crate::system::Services;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+    pub health: Arc<Vec<Health>>,
+}
+
+/// The application's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/customers", post(create_customer))
+        .route("/customers/{id}", get(get_customer))
+        .route("/customers/{id}/orderhistory", get(get_history))
+        .route("/orders", post(create_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
+        .route("/health", get(health))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        error(status, self.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCustomer {
+    name: String,
+    credit_limit: i64,
+}
+
+#[derive(Serialize)]
+struct CustomerView {
+    customer_id: String,
+    name: String,
+    credit_limit: i64,
+    available_credit: i64,
+}
+
+async fn create_customer(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<NewCustomer>,
+) -> Result<Response, AppError> {
+    let c = s
+        .services
+        .customers
+        .create(body.name, body.credit_limit)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "customer_id": c.customer_id })),
+    )
+        .into_response())
+}
+
+async fn get_customer(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CustomerView>, AppError> {
+    let c = s
+        .services
+        .customers
+        .get(&id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("customer {id}")))?;
+    Ok(Json(CustomerView {
+        available_credit: c.available_credit(),
+        customer_id: c.customer_id,
+        name: c.name,
+        credit_limit: c.credit_limit,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrder {
+    customer_id: String,
+    order_total: i64,
+}
+
+#[derive(Serialize)]
+struct OrderView {
+    order_id: String,
+    customer_id: String,
+    order_total: i64,
+    state: String,
+}
+
+impl From<Order> for OrderView {
+    fn from(o: Order) -> Self {
+        Self {
+            state: o.state.to_string(),
+            order_id: o.order_id,
+            customer_id: o.customer_id,
+            order_total: o.order_total,
+        }
+    }
+}
+
+async fn create_order(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<NewOrder>,
+) -> Result<Response, AppError> {
+    let o = s
+        .services
+        .orders
+        .create(body.customer_id, body.order_total)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "order_id": o.order_id, "state": o.state.to_string() })),
+    )
+        .into_response())
+}
+
+async fn get_order(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, AppError> {
+    let o = s
+        .services
+        .orders
+        .get(&id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("order {id}")))?;
+    Ok(Json(o.into()))
+}
+
+async fn cancel_order(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, AppError> {
+    Ok(Json(s.services.orders.cancel(&id).await?.into()))
+}
+
+async fn get_history(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let h = s
+        .services
+        .history
+        .get(&id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("order history of customer {id}")))?;
+    let orders: Vec<_> = h
+        .orders
+        .iter()
+        .map(|(order_id, o)| json!({ "order_id": order_id, "order_total": o.order_total, "state": o.state.to_string() }))
+        .collect();
+    Ok(Json(json!({
+        "customer_id": h.customer_id,
+        "name": h.name,
+        "credit_limit": h.credit_limit,
+        "orders": orders,
+    })))
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let components: serde_json::Map<String, serde_json::Value> = s
+        .health
+        .iter()
+        .map(|h| (h.name().to_owned(), json!(format!("{:?}", h.get()))))
+        .collect();
+    let ok = s.health.iter().all(Health::is_ok);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "status": if ok { "ok" } else { "degraded" }, "components": components })),
+    )
+        .into_response()
+}
+
+/// Serves `router` on `listen` until `stop` resolves, then stops accepting and lets requests
+/// in flight finish.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn serve(
+    listen: SocketAddr,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await?;
+    Ok(addr)
+}

@@ -1,0 +1,250 @@
+//! The invariants of the reference application, checked by the demo and the tests once the
+//! system is quiet.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use tributary_core::{Broker, Envelope, GroupName, Partition};
+
+use crate::AppError;
+use crate::customer::Customer;
+use crate::history::{CustomerHistory, OrderSummary};
+use crate::order::{Order, OrderState};
+use crate::system::{Services, topics};
+
+/// The result of one invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What the three services hold, read once.
+pub struct State {
+    pub customers: Vec<Customer>,
+    pub orders: BTreeMap<String, Order>,
+    pub history: Vec<CustomerHistory>,
+}
+
+impl State {
+    pub async fn read(services: &Services) -> Result<Self, AppError> {
+        Ok(Self {
+            customers: services.customers.all().await?,
+            orders: services.orders.all().await?,
+            history: services.history.all().await?,
+        })
+    }
+
+    pub fn count(&self, state: OrderState) -> usize {
+        self.orders.values().filter(|o| o.state == state).count()
+    }
+}
+
+fn check(name: &'static str, problems: Vec<String>, fine: String) -> Check {
+    Check {
+        name,
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            fine
+        } else {
+            format!(
+                "{} problem(s), e.g. {}",
+                problems.len(),
+                problems.into_iter().take(3).collect::<Vec<_>>().join("; ")
+            )
+        },
+    }
+}
+
+/// For every customer: credit reserved = the sum of its APPROVED orders' totals ≤ its limit.
+pub fn credit(state: &State) -> Check {
+    let mut approved: HashMap<&str, (i64, HashSet<&str>)> = HashMap::new();
+    for o in state
+        .orders
+        .values()
+        .filter(|o| o.state == OrderState::Approved)
+    {
+        let entry = approved.entry(o.customer_id.as_str()).or_default();
+        entry.0 += o.order_total;
+        entry.1.insert(o.order_id.as_str());
+    }
+    let mut problems = Vec::new();
+    for c in &state.customers {
+        let (sum, ids) = approved.remove(c.customer_id.as_str()).unwrap_or_default();
+        let reserved_ids: HashSet<&str> = c.reservations.keys().map(String::as_str).collect();
+        if c.reserved() != sum || reserved_ids != ids {
+            problems.push(format!(
+                "customer {} reserved {} for {} orders, approved orders total {} for {}",
+                c.customer_id,
+                c.reserved(),
+                reserved_ids.len(),
+                sum,
+                ids.len()
+            ));
+        }
+        if c.reserved() > c.credit_limit {
+            problems.push(format!(
+                "customer {} reserved {} over its limit {}",
+                c.customer_id,
+                c.reserved(),
+                c.credit_limit
+            ));
+        }
+    }
+    for (customer, (sum, _)) in approved {
+        problems.push(format!(
+            "{sum} approved for customer {customer}, whom the customer service does not know"
+        ));
+    }
+    check(
+        "credit reserved = approved orders ≤ credit limit",
+        problems,
+        format!("{} customers", state.customers.len()),
+    )
+}
+
+/// Every order reached APPROVED, REJECTED or CANCELLED.
+pub fn settled(state: &State) -> Check {
+    let problems = state
+        .orders
+        .values()
+        .filter(|o| !o.state.is_final())
+        .map(|o| format!("order {} is {}", o.order_id, o.state))
+        .collect();
+    check(
+        "every order settled",
+        problems,
+        format!("{} orders", state.orders.len()),
+    )
+}
+
+/// Each customer's history document equals what the customer and order services hold.
+pub fn history(state: &State) -> Check {
+    let mut expected: BTreeMap<&str, BTreeMap<String, OrderSummary>> = BTreeMap::new();
+    for o in state.orders.values() {
+        expected.entry(o.customer_id.as_str()).or_default().insert(
+            o.order_id.clone(),
+            OrderSummary {
+                order_total: o.order_total,
+                state: o.state,
+            },
+        );
+    }
+    let views: HashMap<&str, &CustomerHistory> = state
+        .history
+        .iter()
+        .map(|h| (h.customer_id.as_str(), h))
+        .collect();
+    let mut problems = Vec::new();
+    for c in &state.customers {
+        let Some(view) = views.get(c.customer_id.as_str()) else {
+            problems.push(format!("no history for customer {}", c.customer_id));
+            continue;
+        };
+        if view.name.as_deref() != Some(c.name.as_str())
+            || view.credit_limit != Some(c.credit_limit)
+        {
+            problems.push(format!(
+                "history of {} has name/limit {:?}/{:?}",
+                c.customer_id, view.name, view.credit_limit
+            ));
+        }
+        let orders = expected.remove(c.customer_id.as_str()).unwrap_or_default();
+        if view.orders != orders {
+            problems.push(format!(
+                "history of {} lists {} orders, the order service {}",
+                c.customer_id,
+                view.orders.len(),
+                orders.len()
+            ));
+        }
+    }
+    // Orders of unknown customers: the view keeps them under a nameless document.
+    for (customer, orders) in expected {
+        let listed = views.get(customer).map(|v| &v.orders);
+        if listed != Some(&orders) {
+            problems.push(format!(
+                "orders of unknown customer {customer} missing from the view"
+            ));
+        }
+    }
+    check(
+        "order history = customer and order services",
+        problems,
+        format!("{} documents", state.history.len()),
+    )
+}
+
+/// Reads every message of the application's topics with a fresh consumer group and checks that
+/// the customer service decided each order exactly once (no lost and no doubly handled
+/// `OrderCreated`) and that each order's events were published once.
+pub async fn audit_broker(broker: &dyn Broker, state: &State) -> Result<Check, AppError> {
+    let group = GroupName::new(format!("audit-{}", uuid::Uuid::now_v7().simple()))?;
+    let mut decisions: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut created: HashMap<String, usize> = HashMap::new();
+    for topic in topics() {
+        for p in 0..broker.partitions(&topic).await? {
+            let mut consumer = broker.consume(&group, &topic, Partition::new(p)).await?;
+            loop {
+                let batch = consumer.fetch(4096, Duration::from_millis(50)).await?;
+                let Some(last) = batch.last().map(|d| d.offset) else {
+                    break;
+                };
+                // Committing keeps the audit group from pinning the log against retention.
+                consumer.commit(last).await?;
+                for d in batch {
+                    let Ok(e) = Envelope::from_json(&d.payload) else {
+                        continue;
+                    };
+                    let order_id = e.data.to_value()["order_id"].as_str().map(str::to_owned);
+                    match (e.event_type.as_str(), order_id) {
+                        (
+                            "CreditReserved" | "CreditLimitExceeded" | "CustomerValidationFailed",
+                            Some(o),
+                        ) => {
+                            decisions.entry(o).or_default().insert(e.id.to_string());
+                        }
+                        ("OrderCreated", Some(o)) => *created.entry(o).or_default() += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for id in state.orders.keys() {
+        match decisions.get(id).map(HashSet::len) {
+            Some(1) => {}
+            n => problems.push(format!(
+                "order {id} got {} credit decisions",
+                n.unwrap_or(0)
+            )),
+        }
+        if created.get(id) != Some(&1) {
+            problems.push(format!(
+                "OrderCreated of {id} was published {} times",
+                created.get(id).copied().unwrap_or(0)
+            ));
+        }
+    }
+    Ok(check(
+        "each order decided once, each event published once",
+        problems,
+        format!(
+            "{} decisions",
+            decisions.values().map(HashSet::len).sum::<usize>()
+        ),
+    ))
+}
+
+/// Every invariant, including the broker audit.
+pub async fn all(services: &Services, broker: &dyn Broker) -> Result<Vec<Check>, AppError> {
+    let state = State::read(services).await?;
+    Ok(vec![
+        credit(&state),
+        settled(&state),
+        history(&state),
+        audit_broker(broker, &state).await?,
+    ])
+}
