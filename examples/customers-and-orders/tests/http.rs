@@ -1,0 +1,275 @@
+//! End-to-end tests of the reference application through its HTTP API, on the embedded
+//! default: every request goes over TCP to the real router, every saga step through the real
+//! relays, broker and consumers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use customers_and_orders::http::{self, AppState};
+use customers_and_orders::invariants;
+use customers_and_orders::system::{self, Backends, Running};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct App {
+    base: String,
+    client: reqwest::Client,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl App {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let running = system::start(Backends::embedded(dir.path()).unwrap()).await.unwrap();
+        let state = AppState {
+            services: running.services.clone(),
+            health: Arc::new(running.health()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            running: Some(running),
+            _dir: dir,
+            stop: Some(stop),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self.client.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn customer(&self, name: &str, limit: i64) -> String {
+        let (status, body) = self.post("/customers", json!({"name": name, "credit_limit": limit})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["customer_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn order(&self, customer: &str, total: i64) -> String {
+        let (status, body) = self.post("/orders", json!({"customer_id": customer, "order_total": total})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["state"], "NEW");
+        body["order_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the order until it leaves NEW.
+    async fn settled(&self, order: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get(&format!("/orders/{order}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body["state"] != "NEW" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "order {order} stayed NEW");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn available(&self, customer: &str) -> i64 {
+        self.get(&format!("/customers/{customer}")).await.1["available_credit"].as_i64().unwrap()
+    }
+
+    /// Polls until `check` holds for the customer's order history.
+    async fn history_until(&self, customer: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get(&format!("/customers/{customer}/orderhistory")).await;
+            if status == StatusCode::OK && check(&body) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "history never became as expected: {body}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn invariants_hold(&self) {
+        let running = self.running.as_ref().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let checks = invariants::all(&running.services, running.backends.broker.as_ref()).await.unwrap();
+            if checks.iter().all(|c| c.ok) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "invariants: {checks:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_affordable_order_is_approved_and_reserves_credit() {
+    let app = App::start().await;
+    let c = app.customer("Acme", 10_000).await;
+    let (status, body) = app.get(&format!("/customers/{c}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"customer_id": c, "name": "Acme", "credit_limit": 10_000, "available_credit": 10_000}));
+    let o = app.order(&c, 2_500).await;
+    let settled = app.settled(&o).await;
+    assert_eq!(settled, json!({"order_id": o, "customer_id": c, "order_total": 2_500, "state": "APPROVED"}));
+    assert_eq!(app.available(&c).await, 7_500);
+    let history = app.history_until(&c, |h| h["orders"][0]["state"] == "APPROVED").await;
+    assert_eq!(
+        history,
+        json!({"customer_id": c, "name": "Acme", "credit_limit": 10_000, "orders": [{"order_id": o, "order_total": 2_500, "state": "APPROVED"}]})
+    );
+    app.invariants_hold().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_over_the_limit_is_rejected_and_reserves_nothing() {
+    let app = App::start().await;
+    let c = app.customer("Small Ltd", 1_000).await;
+    let o = app.order(&c, 1_001).await;
+    assert_eq!(app.settled(&o).await["state"], "REJECTED");
+    assert_eq!(app.available(&c).await, 1_000);
+    app.history_until(&c, |h| h["orders"][0]["state"] == "REJECTED").await;
+    app.invariants_hold().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_for_an_unknown_customer_is_rejected() {
+    let app = App::start().await;
+    let stranger = uuid::Uuid::now_v7().to_string();
+    let o = app.order(&stranger, 100).await;
+    assert_eq!(app.settled(&o).await["state"], "REJECTED");
+    let (status, body) = app.get(&format!("/customers/{stranger}/orderhistory")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_releases_credit_so_a_later_order_is_approved() {
+    let app = App::start().await;
+    let c = app.customer("Cyclic", 5_000).await;
+    let first = app.order(&c, 4_000).await;
+    assert_eq!(app.settled(&first).await["state"], "APPROVED");
+    let second = app.order(&c, 3_000).await;
+    assert_eq!(app.settled(&second).await["state"], "REJECTED", "only 1000 left");
+    // Only an APPROVED order can be cancelled.
+    let (status, body) = app.post(&format!("/orders/{second}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("REJECTED"));
+    let (status, body) = app.post(&format!("/orders/{first}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "CANCELLED");
+    let (status, _) = app.post(&format!("/orders/{first}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "cancelling twice is refused");
+    // The release travels through the saga back to the customer service.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.available(&c).await != 5_000 {
+        assert!(Instant::now() < deadline, "credit was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let third = app.order(&c, 3_000).await;
+    assert_eq!(app.settled(&third).await["state"], "APPROVED");
+    assert_eq!(app.available(&c).await, 2_000);
+    app.history_until(&c, |h| {
+        let states: Vec<_> = h["orders"].as_array().unwrap().iter().map(|o| o["state"].as_str().unwrap().to_owned()).collect();
+        states == ["CANCELLED", "REJECTED", "APPROVED"]
+    })
+    .await;
+    app.invariants_hold().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_orders_racing_for_the_last_credit_approve_exactly_the_affordable_ones() {
+    let app = Arc::new(App::start().await);
+    let c = app.customer("Contended", 10_000).await;
+    // Twenty orders of 1,000 at once: exactly ten fit.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (app, c) = (app.clone(), c.clone());
+        tasks.push(tokio::spawn(async move {
+            let o = app.order(&c, 1_000).await;
+            app.settled(&o).await["state"].as_str().unwrap().to_owned()
+        }));
+    }
+    let mut states = Vec::new();
+    for t in tasks {
+        states.push(t.await.unwrap());
+    }
+    assert_eq!(states.iter().filter(|s| *s == "APPROVED").count(), 10, "{states:?}");
+    assert_eq!(states.iter().filter(|s| *s == "REJECTED").count(), 10, "{states:?}");
+    assert_eq!(app.available(&c).await, 0);
+    app.invariants_hold().await;
+    let app = Arc::into_inner(app).expect("no other handle");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
+    let app = App::start().await;
+    let c = app.customer("Valid", 100).await;
+    let url = |p: &str| format!("{}{p}", app.base);
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (app.client.post(url("/customers")).header("content-type", "application/json").body("{not json"), StatusCode::BAD_REQUEST, ""),
+        (app.client.post(url("/customers")).json(&json!({"name": "x"})), StatusCode::BAD_REQUEST, "credit_limit"),
+        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": -5})), StatusCode::BAD_REQUEST, "credit_limit"),
+        (app.client.post(url("/customers")).json(&json!({"name": "", "credit_limit": 5})), StatusCode::BAD_REQUEST, "name"),
+        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": "lots"})), StatusCode::BAD_REQUEST, ""),
+        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": 1.5})), StatusCode::BAD_REQUEST, ""),
+        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": 5, "vip": true})), StatusCode::BAD_REQUEST, "vip"),
+        (app.client.post(url("/customers")).body(r#"{"name":"x","credit_limit":5}"#), StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type"),
+        (app.client.post(url("/customers")).header("content-type", "application/json").body(format!(r#"{{"name":"{}","credit_limit":1}}"#, "x".repeat(20_000))), StatusCode::PAYLOAD_TOO_LARGE, "larger"),
+        (app.client.post(url("/orders")).json(&json!({"customer_id": c, "order_total": 0})), StatusCode::BAD_REQUEST, "order_total"),
+        (app.client.post(url("/orders")).json(&json!({"customer_id": c, "order_total": -100})), StatusCode::BAD_REQUEST, "order_total"),
+        (app.client.post(url("/orders")).json(&json!({"customer_id": "not-a-uuid", "order_total": 100})), StatusCode::BAD_REQUEST, "UUID"),
+        (app.client.post(url("/orders")).json(&json!({"order_total": 100})), StatusCode::BAD_REQUEST, "customer_id"),
+        (app.client.get(url(&format!("/customers/{}", uuid::Uuid::now_v7()))), StatusCode::NOT_FOUND, "not found"),
+        (app.client.get(url("/customers/garbage")), StatusCode::BAD_REQUEST, "UUID"),
+        (app.client.get(url(&format!("/orders/{}", uuid::Uuid::now_v7()))), StatusCode::NOT_FOUND, "not found"),
+        (app.client.post(url(&format!("/orders/{}/cancel", uuid::Uuid::now_v7()))), StatusCode::NOT_FOUND, "not found"),
+        (app.client.get(url("/nowhere")), StatusCode::NOT_FOUND, "route"),
+        (app.client.delete(url("/customers")), StatusCode::METHOD_NOT_ALLOWED, "method"),
+    ];
+    for (request, expected, mentions) in cases {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expected, "{body}");
+        let message = body["error"].as_str().unwrap_or_else(|| panic!("a JSON error body, got {body}"));
+        assert!(message.contains(mentions), "{message:?} should mention {mentions:?}");
+    }
+    // Nothing was half-written: still exactly one customer, no orders.
+    let running = app.running.as_ref().unwrap();
+    assert_eq!(running.services.customers.all().await.unwrap().len(), 1);
+    assert!(running.services.orders.all().await.unwrap().is_empty());
+    let (status, body) = app.get("/health").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok");
+    app.stop().await;
+}
