@@ -255,3 +255,72 @@ impl From<std::io::Error> for ReplicationError {
         ReplicationError::Io { source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str, message: &str, detail: Option<&str>) -> ErrorFields {
+        ErrorFields {
+            code: Some(code.into()),
+            message: Some(message.into()),
+            detail: detail.map(Into::into),
+            ..ErrorFields::default()
+        }
+    }
+
+    #[test]
+    fn server_slot_errors_map_to_their_variants() {
+        let missing = server_error("42704", "replication slot \"s\" does not exist", None);
+        assert!(matches!(
+            ReplicationError::from_server(missing, Some("s")),
+            ReplicationError::SlotMissing { slot } if slot == "s"
+        ));
+        let in_use = server_error(
+            "55006",
+            "replication slot \"s\" is active for PID 4242",
+            None,
+        );
+        assert!(matches!(
+            ReplicationError::from_server(in_use, Some("s")),
+            ReplicationError::SlotInUse {
+                pid: Some(4242),
+                ..
+            }
+        ));
+        let lost = server_error(
+            "55000",
+            "cannot read from logical replication slot \"s\"",
+            Some("This slot has been invalidated because it exceeded the maximum reserved size."),
+        );
+        assert!(matches!(
+            ReplicationError::from_server(lost, Some("s")),
+            ReplicationError::SlotInvalidated { .. }
+        ));
+        let publication = server_error("42704", "publication \"p\" does not exist", None);
+        assert!(matches!(
+            ReplicationError::from_server(publication, Some("s")),
+            ReplicationError::PublicationMissing { .. }
+        ));
+    }
+
+    #[test]
+    fn only_transient_server_errors_are_retryable() {
+        let shutdown = ReplicationError::from_server(
+            server_error("57P01", "terminating connection", None),
+            None,
+        );
+        assert!(shutdown.is_retryable());
+        let too_many =
+            ReplicationError::from_server(server_error("53300", "too many clients", None), None);
+        assert!(too_many.is_retryable());
+        let syntax =
+            ReplicationError::from_server(server_error("42601", "syntax error", None), None);
+        assert!(!syntax.is_retryable());
+        let auth = ReplicationError::from_server(
+            server_error("28P01", "password authentication failed", None),
+            None,
+        );
+        assert!(matches!(auth, ReplicationError::Auth { .. }) && !auth.is_retryable());
+    }
+}

@@ -41,8 +41,9 @@ pub enum ReplicationMessage {
 /// An XLogData message: one pgoutput payload and where it sits in the WAL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XLogData {
-    /// The WAL position of the data (for logical decoding: the LSN of the change, of the
-    /// transaction's first record for Begin, or of the end of the commit for Commit).
+    /// The WAL position of the data: the LSN of the change, of the transaction's first
+    /// change for Begin, of the end of the commit record for Commit. `0/0` for messages the
+    /// walsender writes ahead of another one (Relation, Type, Origin): it never repeats an LSN.
     pub wal_start: Lsn,
     /// The server's current end of WAL as sent by it.
     pub wal_end: Lsn,
