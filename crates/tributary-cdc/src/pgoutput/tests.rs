@@ -529,4 +529,14 @@ proptest! {
     fn random_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = decode_message(&bytes);
     }
+
+    #[test]
+    fn random_bodies_after_a_valid_tag_never_panic_the_decoder(
+        tag in proptest::sample::select(b"BCORYIUDTM".to_vec()),
+        body in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let mut bytes = vec![tag];
+        bytes.extend(body);
+        let _ = decode_message(&bytes);
+    }
 }
