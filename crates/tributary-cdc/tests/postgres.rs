@@ -658,3 +658,44 @@ async fn starting_on_an_invalidated_slot_is_a_typed_error() -> Result<()> {
     assert!(!error.is_retryable());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_consumer_does_not_let_the_server_time_the_stream_out() -> Result<()> {
+    let test = "a_busy_consumer_does_not_let_the_server_time_the_stream_out";
+    let Some(pg) = PrivatePostgres::start_or_skip(test, &["wal_sender_timeout = 1s"]) else {
+        return Ok(());
+    };
+    pg.create_database("busy")?;
+    let db = "busy";
+    pg.sql(
+        db,
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;",
+    )?;
+    pg.sql(
+        db,
+        "SELECT 1 FROM pg_create_logical_replication_slot('s', 'pgoutput');",
+    )?;
+    pg.sql(db, "INSERT INTO t SELECT generate_series(1, 50);")?;
+    // A buffer of 2 fills at once; status updates every 200 ms keep the session alive while
+    // nobody reads (with a 10 s interval the server ends it: checked by hand).
+    let config = pg.replication_config(db).with_buffer(2);
+    let start = StartReplication::new(SlotName::new("s")?, vec![PublicationName::new("pub")?]);
+    let mut stream = ReplicationConnection::connect(&config)
+        .await?
+        .start(start)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // B, R, 50 inserts, C: all still arrive.
+    let received = receive(&mut stream, 53).await?;
+    let last = received.last().context("messages")?;
+    let PgOutputMessage::Commit(commit) = tributary_cdc::decode_message(&last.payload)? else {
+        bail!("expected the commit last");
+    };
+    stream.confirm(commit.end_lsn);
+    stream.stop().await?;
+    assert_eq!(
+        slot_column(&pg, db, "s", "confirmed_flush_lsn")?,
+        commit.end_lsn.to_string()
+    );
+    Ok(())
+}

@@ -218,3 +218,45 @@ pub struct SystemIdentity {
     /// The connection's database.
     pub database: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        assert!(SlotName::new("orders_cdc_1").is_ok());
+        for bad in ["", "Orders", "a-b", "a b", "ä", &"x".repeat(64)] {
+            assert!(
+                matches!(
+                    SlotName::new(bad),
+                    Err(ReplicationError::InvalidName { kind: "slot", .. })
+                ),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn publication_names_are_sent_as_quoted_identifiers() {
+        assert_eq!(
+            PublicationName::new("Orders \"v2\"")
+                .map(|p| p.quoted())
+                .ok()
+                .as_deref(),
+            Some("\"Orders \"\"v2\"\"\"")
+        );
+        assert!(PublicationName::new("").is_err());
+        assert!(PublicationName::new("a\0b").is_err());
+    }
+
+    #[test]
+    fn slot_rows_are_read_by_position() {
+        let row = ["s", "pgoutput", "db", "f", "", "0/10", "0/20", "lost"]
+            .map(|v| (!v.is_empty()).then(|| v.to_owned()));
+        let info = SlotInfo::from_row(&row).expect("valid row");
+        assert_eq!(info.active_pid, None);
+        assert_eq!(info.confirmed_flush_lsn, Some(Lsn::new(0x20)));
+        assert_eq!(info.wal_status, Some(WalStatus::Lost));
+    }
+}
