@@ -17,9 +17,18 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -29,7 +38,10 @@ impl Server {
         let mut lines = BufReader::new(stdout).lines();
         let line = lines.next().expect("a line").expect("readable");
         assert!(line.starts_with("listening on http://"), "{line}");
-        Self { child, base: format!("http://127.0.0.1:{port}") }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     fn kill(mut self) {
@@ -38,7 +50,10 @@ impl Server {
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -73,17 +88,30 @@ async fn serve_killed_mid_burst_resumes_and_every_invariant_holds() {
     let server = Server::start(dir.path());
     let mut customers = Vec::new();
     for i in 0..30 {
-        let c = post(&client, format!("{}/customers", server.base), json!({"name": format!("C{i}"), "credit_limit": 20_000}))
-            .await
-            .expect("customer created");
+        let c = post(
+            &client,
+            format!("{}/customers", server.base),
+            json!({"name": format!("C{i}"), "credit_limit": 20_000}),
+        )
+        .await
+        .expect("customer created");
         customers.push(c["customer_id"].as_str().unwrap().to_owned());
     }
     // A burst of orders, killed in the middle.
     let mut burst = Vec::new();
     for i in 0..600 {
-        let (client, url, c) = (client.clone(), format!("{}/orders", server.base), customers[i % customers.len()].clone());
+        let (client, url, c) = (
+            client.clone(),
+            format!("{}/orders", server.base),
+            customers[i % customers.len()].clone(),
+        );
         burst.push(tokio::spawn(async move {
-            post(&client, url, json!({"customer_id": c, "order_total": 100 + (i as i64 % 20) * 100})).await
+            post(
+                &client,
+                url,
+                json!({"customer_id": c, "order_total": 100 + (i as i64 % 20) * 100}),
+            )
+            .await
         }));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -94,27 +122,44 @@ async fn serve_killed_mid_burst_resumes_and_every_invariant_holds() {
             acknowledged.push(o["order_id"].as_str().unwrap().to_owned());
         }
     }
-    assert!(!acknowledged.is_empty(), "some orders were accepted before the kill");
+    assert!(
+        !acknowledged.is_empty(),
+        "some orders were accepted before the kill"
+    );
     // Started again on the same data: it resumes and settles what was left in flight.
     let server = Server::start(dir.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     for o in &acknowledged {
         loop {
-            let r: Value = client.get(format!("{}/orders/{o}", server.base)).send().await.unwrap().json().await.unwrap();
+            let r: Value = client
+                .get(format!("{}/orders/{o}", server.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if r["state"] != "NEW" {
                 break;
             }
-            assert!(Instant::now() < deadline, "order {o} never settled after the restart");
+            assert!(
+                Instant::now() < deadline,
+                "order {o} never settled after the restart"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let status = server.terminate();
     assert!(status.success(), "SIGTERM stops serve gracefully: {status}");
     // Every order that exists (acknowledged or not) satisfies the invariants.
-    let running = system::start(Backends::embedded(dir.path()).unwrap()).await.unwrap();
+    let running = system::start(Backends::embedded(dir.path()).unwrap())
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let checks = loop {
-        let checks = invariants::all(&running.services, running.backends.broker.as_ref()).await.unwrap();
+        let checks = invariants::all(&running.services, running.backends.broker.as_ref())
+            .await
+            .unwrap();
         if checks.iter().all(|c| c.ok) || Instant::now() > deadline {
             break checks;
         }
@@ -122,7 +167,11 @@ async fn serve_killed_mid_burst_resumes_and_every_invariant_holds() {
     };
     let orders = running.services.orders.all().await.unwrap();
     running.stop().await;
-    eprintln!("{} orders acknowledged before the kill, {} exist: {checks:?}", acknowledged.len(), orders.len());
+    eprintln!(
+        "{} orders acknowledged before the kill, {} exist: {checks:?}",
+        acknowledged.len(),
+        orders.len()
+    );
     assert!(orders.len() >= acknowledged.len());
     assert!(checks.iter().all(|c| c.ok), "{checks:?}");
 }

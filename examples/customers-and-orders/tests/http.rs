@@ -23,7 +23,9 @@ struct App {
 impl App {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let running = system::start(Backends::embedded(dir.path()).unwrap()).await.unwrap();
+        let running = system::start(Backends::embedded(dir.path()).unwrap())
+            .await
+            .unwrap();
         let state = AppState {
             services: running.services.clone(),
             health: Arc::new(running.health()),
@@ -49,25 +51,43 @@ impl App {
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self.client.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     async fn customer(&self, name: &str, limit: i64) -> String {
-        let (status, body) = self.post("/customers", json!({"name": name, "credit_limit": limit})).await;
+        let (status, body) = self
+            .post("/customers", json!({"name": name, "credit_limit": limit}))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["customer_id"].as_str().unwrap().to_owned()
     }
 
     async fn order(&self, customer: &str, total: i64) -> String {
-        let (status, body) = self.post("/orders", json!({"customer_id": customer, "order_total": total})).await;
+        let (status, body) = self
+            .post(
+                "/orders",
+                json!({"customer_id": customer, "order_total": total}),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         assert_eq!(body["state"], "NEW");
         body["order_id"].as_str().unwrap().to_owned()
@@ -88,18 +108,25 @@ impl App {
     }
 
     async fn available(&self, customer: &str) -> i64 {
-        self.get(&format!("/customers/{customer}")).await.1["available_credit"].as_i64().unwrap()
+        self.get(&format!("/customers/{customer}")).await.1["available_credit"]
+            .as_i64()
+            .unwrap()
     }
 
     /// Polls until `check` holds for the customer's order history.
     async fn history_until(&self, customer: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (status, body) = self.get(&format!("/customers/{customer}/orderhistory")).await;
+            let (status, body) = self
+                .get(&format!("/customers/{customer}/orderhistory"))
+                .await;
             if status == StatusCode::OK && check(&body) {
                 return body;
             }
-            assert!(Instant::now() < deadline, "history never became as expected: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "history never became as expected: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -108,7 +135,9 @@ impl App {
         let running = self.running.as_ref().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let checks = invariants::all(&running.services, running.backends.broker.as_ref()).await.unwrap();
+            let checks = invariants::all(&running.services, running.backends.broker.as_ref())
+                .await
+                .unwrap();
             if checks.iter().all(|c| c.ok) {
                 return;
             }
@@ -133,12 +162,20 @@ async fn an_affordable_order_is_approved_and_reserves_credit() {
     let c = app.customer("Acme", 10_000).await;
     let (status, body) = app.get(&format!("/customers/{c}")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"customer_id": c, "name": "Acme", "credit_limit": 10_000, "available_credit": 10_000}));
+    assert_eq!(
+        body,
+        json!({"customer_id": c, "name": "Acme", "credit_limit": 10_000, "available_credit": 10_000})
+    );
     let o = app.order(&c, 2_500).await;
     let settled = app.settled(&o).await;
-    assert_eq!(settled, json!({"order_id": o, "customer_id": c, "order_total": 2_500, "state": "APPROVED"}));
+    assert_eq!(
+        settled,
+        json!({"order_id": o, "customer_id": c, "order_total": 2_500, "state": "APPROVED"})
+    );
     assert_eq!(app.available(&c).await, 7_500);
-    let history = app.history_until(&c, |h| h["orders"][0]["state"] == "APPROVED").await;
+    let history = app
+        .history_until(&c, |h| h["orders"][0]["state"] == "APPROVED")
+        .await;
     assert_eq!(
         history,
         json!({"customer_id": c, "name": "Acme", "credit_limit": 10_000, "orders": [{"order_id": o, "order_total": 2_500, "state": "APPROVED"}]})
@@ -154,7 +191,8 @@ async fn an_order_over_the_limit_is_rejected_and_reserves_nothing() {
     let o = app.order(&c, 1_001).await;
     assert_eq!(app.settled(&o).await["state"], "REJECTED");
     assert_eq!(app.available(&c).await, 1_000);
-    app.history_until(&c, |h| h["orders"][0]["state"] == "REJECTED").await;
+    app.history_until(&c, |h| h["orders"][0]["state"] == "REJECTED")
+        .await;
     app.invariants_hold().await;
     app.stop().await;
 }
@@ -165,7 +203,9 @@ async fn an_order_for_an_unknown_customer_is_rejected() {
     let stranger = uuid::Uuid::now_v7().to_string();
     let o = app.order(&stranger, 100).await;
     assert_eq!(app.settled(&o).await["state"], "REJECTED");
-    let (status, body) = app.get(&format!("/customers/{stranger}/orderhistory")).await;
+    let (status, body) = app
+        .get(&format!("/customers/{stranger}/orderhistory"))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     app.stop().await;
 }
@@ -177,15 +217,25 @@ async fn cancelling_releases_credit_so_a_later_order_is_approved() {
     let first = app.order(&c, 4_000).await;
     assert_eq!(app.settled(&first).await["state"], "APPROVED");
     let second = app.order(&c, 3_000).await;
-    assert_eq!(app.settled(&second).await["state"], "REJECTED", "only 1000 left");
+    assert_eq!(
+        app.settled(&second).await["state"],
+        "REJECTED",
+        "only 1000 left"
+    );
     // Only an APPROVED order can be cancelled.
-    let (status, body) = app.post(&format!("/orders/{second}/cancel"), json!({})).await;
+    let (status, body) = app
+        .post(&format!("/orders/{second}/cancel"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["error"].as_str().unwrap().contains("REJECTED"));
-    let (status, body) = app.post(&format!("/orders/{first}/cancel"), json!({})).await;
+    let (status, body) = app
+        .post(&format!("/orders/{first}/cancel"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"], "CANCELLED");
-    let (status, _) = app.post(&format!("/orders/{first}/cancel"), json!({})).await;
+    let (status, _) = app
+        .post(&format!("/orders/{first}/cancel"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "cancelling twice is refused");
     // The release travels through the saga back to the customer service.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -197,7 +247,12 @@ async fn cancelling_releases_credit_so_a_later_order_is_approved() {
     assert_eq!(app.settled(&third).await["state"], "APPROVED");
     assert_eq!(app.available(&c).await, 2_000);
     app.history_until(&c, |h| {
-        let states: Vec<_> = h["orders"].as_array().unwrap().iter().map(|o| o["state"].as_str().unwrap().to_owned()).collect();
+        let states: Vec<_> = h["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["state"].as_str().unwrap().to_owned())
+            .collect();
         states == ["CANCELLED", "REJECTED", "APPROVED"]
     })
     .await;
@@ -222,8 +277,16 @@ async fn concurrent_orders_racing_for_the_last_credit_approve_exactly_the_afford
     for t in tasks {
         states.push(t.await.unwrap());
     }
-    assert_eq!(states.iter().filter(|s| *s == "APPROVED").count(), 10, "{states:?}");
-    assert_eq!(states.iter().filter(|s| *s == "REJECTED").count(), 10, "{states:?}");
+    assert_eq!(
+        states.iter().filter(|s| *s == "APPROVED").count(),
+        10,
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| *s == "REJECTED").count(),
+        10,
+        "{states:?}"
+    );
     assert_eq!(app.available(&c).await, 0);
     app.invariants_hold().await;
     let app = Arc::into_inner(app).expect("no other handle");
@@ -236,33 +299,148 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     let c = app.customer("Valid", 100).await;
     let url = |p: &str| format!("{}{p}", app.base);
     let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
-        (app.client.post(url("/customers")).header("content-type", "application/json").body("{not json"), StatusCode::BAD_REQUEST, ""),
-        (app.client.post(url("/customers")).json(&json!({"name": "x"})), StatusCode::BAD_REQUEST, "credit_limit"),
-        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": -5})), StatusCode::BAD_REQUEST, "credit_limit"),
-        (app.client.post(url("/customers")).json(&json!({"name": "", "credit_limit": 5})), StatusCode::BAD_REQUEST, "name"),
-        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": "lots"})), StatusCode::BAD_REQUEST, ""),
-        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": 1.5})), StatusCode::BAD_REQUEST, ""),
-        (app.client.post(url("/customers")).json(&json!({"name": "x", "credit_limit": 5, "vip": true})), StatusCode::BAD_REQUEST, "vip"),
-        (app.client.post(url("/customers")).body(r#"{"name":"x","credit_limit":5}"#), StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type"),
-        (app.client.post(url("/customers")).header("content-type", "application/json").body(format!(r#"{{"name":"{}","credit_limit":1}}"#, "x".repeat(20_000))), StatusCode::PAYLOAD_TOO_LARGE, "larger"),
-        (app.client.post(url("/orders")).json(&json!({"customer_id": c, "order_total": 0})), StatusCode::BAD_REQUEST, "order_total"),
-        (app.client.post(url("/orders")).json(&json!({"customer_id": c, "order_total": -100})), StatusCode::BAD_REQUEST, "order_total"),
-        (app.client.post(url("/orders")).json(&json!({"customer_id": "not-a-uuid", "order_total": 100})), StatusCode::BAD_REQUEST, "UUID"),
-        (app.client.post(url("/orders")).json(&json!({"order_total": 100})), StatusCode::BAD_REQUEST, "customer_id"),
-        (app.client.get(url(&format!("/customers/{}", uuid::Uuid::now_v7()))), StatusCode::NOT_FOUND, "not found"),
-        (app.client.get(url("/customers/garbage")), StatusCode::BAD_REQUEST, "UUID"),
-        (app.client.get(url(&format!("/orders/{}", uuid::Uuid::now_v7()))), StatusCode::NOT_FOUND, "not found"),
-        (app.client.post(url(&format!("/orders/{}/cancel", uuid::Uuid::now_v7()))), StatusCode::NOT_FOUND, "not found"),
-        (app.client.get(url("/nowhere")), StatusCode::NOT_FOUND, "route"),
-        (app.client.delete(url("/customers")), StatusCode::METHOD_NOT_ALLOWED, "method"),
+        (
+            app.client
+                .post(url("/customers"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .json(&json!({"name": "x"})),
+            StatusCode::BAD_REQUEST,
+            "credit_limit",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .json(&json!({"name": "x", "credit_limit": -5})),
+            StatusCode::BAD_REQUEST,
+            "credit_limit",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .json(&json!({"name": "", "credit_limit": 5})),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .json(&json!({"name": "x", "credit_limit": "lots"})),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .json(&json!({"name": "x", "credit_limit": 1.5})),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .json(&json!({"name": "x", "credit_limit": 5, "vip": true})),
+            StatusCode::BAD_REQUEST,
+            "vip",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .body(r#"{"name":"x","credit_limit":5}"#),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        (
+            app.client
+                .post(url("/customers"))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"name":"{}","credit_limit":1}}"#,
+                    "x".repeat(20_000)
+                )),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger",
+        ),
+        (
+            app.client
+                .post(url("/orders"))
+                .json(&json!({"customer_id": c, "order_total": 0})),
+            StatusCode::BAD_REQUEST,
+            "order_total",
+        ),
+        (
+            app.client
+                .post(url("/orders"))
+                .json(&json!({"customer_id": c, "order_total": -100})),
+            StatusCode::BAD_REQUEST,
+            "order_total",
+        ),
+        (
+            app.client
+                .post(url("/orders"))
+                .json(&json!({"customer_id": "not-a-uuid", "order_total": 100})),
+            StatusCode::BAD_REQUEST,
+            "UUID",
+        ),
+        (
+            app.client
+                .post(url("/orders"))
+                .json(&json!({"order_total": 100})),
+            StatusCode::BAD_REQUEST,
+            "customer_id",
+        ),
+        (
+            app.client
+                .get(url(&format!("/customers/{}", uuid::Uuid::now_v7()))),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            app.client.get(url("/customers/garbage")),
+            StatusCode::BAD_REQUEST,
+            "UUID",
+        ),
+        (
+            app.client
+                .get(url(&format!("/orders/{}", uuid::Uuid::now_v7()))),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            app.client
+                .post(url(&format!("/orders/{}/cancel", uuid::Uuid::now_v7()))),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            app.client.get(url("/nowhere")),
+            StatusCode::NOT_FOUND,
+            "route",
+        ),
+        (
+            app.client.delete(url("/customers")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+        ),
     ];
     for (request, expected, mentions) in cases {
         let response = request.send().await.unwrap();
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(status, expected, "{body}");
-        let message = body["error"].as_str().unwrap_or_else(|| panic!("a JSON error body, got {body}"));
-        assert!(message.contains(mentions), "{message:?} should mention {mentions:?}");
+        let message = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a JSON error body, got {body}"));
+        assert!(
+            message.contains(mentions),
+            "{message:?} should mention {mentions:?}"
+        );
     }
     // Nothing was half-written: still exactly one customer, no orders.
     let running = app.running.as_ref().unwrap();

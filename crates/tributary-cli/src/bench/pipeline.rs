@@ -337,9 +337,7 @@ async fn fixed_rate(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> 
         );
         units.spawn(async move {
             let id = e.id;
-            source
-                .transact(move |unit| unit.publish(&t, e))
-                .await?;
+            source.transact(move |unit| unit.publish(&t, e)).await?;
             c.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((id, Instant::now()));
