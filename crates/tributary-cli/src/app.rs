@@ -114,3 +114,110 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
 }
+
+/// `tributary admin`: operating on a stopped (or running) embedded deployment.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Directory of the databases.
+    #[arg(long, default_value = "tributary-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AdminCommand {
+    /// Dead letters of the application's consumer groups.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// Rebuilds the order-history view from the broker's retained log. Run it while `serve`
+    /// is stopped; the view fills up again when `serve` starts.
+    RebuildHistory,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DeadLetterCommand {
+    /// Lists unresolved dead letters, oldest first, one JSON object per line.
+    List {
+        /// Only this service's groups: customers, orders or history.
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Replays the dead letters of the key of dead letter ID, in order, through the group's
+    /// handler; stops at the first that fails again.
+    Replay {
+        #[arg(long)]
+        service: String,
+        id: u64,
+    },
+    /// Resolves dead letter ID without processing it.
+    Skip {
+        #[arg(long)]
+        service: String,
+        id: u64,
+    },
+}
+
+pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    use customers_and_orders::system::{
+        HISTORY_COLLECTION, HISTORY_GROUP, Services, consumer_groups,
+    };
+    use tributary_core::{DeadLetterId, GroupName};
+    use tributary_runtime::{Consumer, DeadLetterAdmin};
+
+    anyhow::ensure!(
+        args.data_dir.join("broker.db").exists(),
+        "{} holds no Tributary deployment (no broker.db)",
+        args.data_dir.display()
+    );
+    let backends = Backends::embedded(&args.data_dir)?;
+    let services = Services::new(&backends);
+    let groups = consumer_groups(&backends, &services);
+    let find = |service: &str| {
+        groups.iter().find(|g| g.service == service).ok_or_else(|| {
+            anyhow::anyhow!("unknown service {service:?}: use customers, orders or history")
+        })
+    };
+    let admin_for = |service: &str| -> anyhow::Result<DeadLetterAdmin> {
+        let g = find(service)?;
+        Ok(DeadLetterAdmin::new(g.db.clone()).with_group(
+            g.group.clone(),
+            g.handler.clone(),
+            Default::default(),
+        ))
+    };
+    match args.command {
+        AdminCommand::DeadLetters(DeadLetterCommand::List { service, limit }) => {
+            let chosen: Vec<_> = match &service {
+                Some(s) => vec![find(s)?],
+                None => groups.iter().collect(),
+            };
+            for g in chosen {
+                for letter in g.db.dead_letters().list(Some(&g.group), limit).await? {
+                    println!("{}", serde_json::to_string(&letter)?);
+                }
+            }
+        }
+        AdminCommand::DeadLetters(DeadLetterCommand::Replay { service, id }) => {
+            let outcome = admin_for(&service)?.replay(DeadLetterId::new(id)).await?;
+            println!("replayed {} dead letter(s)", outcome.replayed.len());
+            if let Some((failed, reason)) = outcome.failed {
+                anyhow::bail!("dead letter {failed} failed again: {reason}");
+            }
+        }
+        AdminCommand::DeadLetters(DeadLetterCommand::Skip { service, id }) => {
+            admin_for(&service)?.skip(DeadLetterId::new(id)).await?;
+            println!("skipped dead letter {id}");
+        }
+        AdminCommand::RebuildHistory => {
+            let group = GroupName::new(HISTORY_GROUP)?;
+            Consumer::request_rebuild(&backends.history, &group, &[HISTORY_COLLECTION]).await?;
+            println!(
+                "the order-history view was cleared; it is rebuilt from the broker's log when serve starts"
+            );
+        }
+    }
+    Ok(())
+}

@@ -29,6 +29,8 @@ enum Command {
     Demo(app::DemoArgs),
     /// Serves the reference application's HTTP API on the embedded default.
     Serve(app::ServeArgs),
+    /// Operations on a deployment: dead letters, view rebuilds.
+    Admin(app::AdminArgs),
     /// Benchmarks; each result is one JSON object per line on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -37,7 +39,7 @@ enum Command {
     FaultTest(fault_test::FaultTestCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -46,6 +48,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, not a backtrace: this is for operators.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -53,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Demo(args) => app::demo(args).await,
             Command::Serve(args) => app::serve(args).await,
+            Command::Admin(args) => app::admin(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::FaultTest(command) => fault_test::run(command).await,
         }

@@ -95,6 +95,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The oldest a message can be when it is (re)delivered. Inbox entries must be kept longer.
     fn redelivery_horizon(&self) -> Duration;
+
+    /// Moves `group` back to the start of `topic`: on every partition, the group's next
+    /// message becomes the oldest one retained, so it receives the retained log again (to
+    /// rebuild a view). The group's consumers must be stopped while this runs.
+    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()>;
 }
 
 /// One group's cursor on one partition.

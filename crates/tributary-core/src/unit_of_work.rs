@@ -95,6 +95,9 @@ pub trait ConsumerTx: UnitOfWork {
     /// Records that `group` processed message `id`.
     fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()>;
 
+    /// Forgets every message `group` processed (before rebuilding its view); returns how many.
+    fn clear_inbox(&mut self, group: &GroupName) -> Result<u64>;
+
     /// The oldest unresolved dead letter of `group` with `key`: later messages with that key
     /// must be parked behind it.
     fn blocking_dead_letter(

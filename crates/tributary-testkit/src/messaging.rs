@@ -50,6 +50,7 @@ macro_rules! messaging_conformance {
             skipping_a_dead_letter_resolves_only_that_letter,
             inbox_retention_shorter_than_the_redelivery_horizon_is_rejected,
             a_projection_rebuilds_while_events_keep_arriving,
+            a_consumer_view_rebuilds_from_the_broker_log,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -999,4 +1000,90 @@ async fn view(db: &Arc<dyn Database>, key: &str) -> Ledger {
         .unwrap()
         .map(|p| p.decode().unwrap())
         .unwrap_or_default()
+}
+
+pub async fn a_consumer_view_rebuilds_from_the_broker_log(f: &MessagingFixture) {
+    let service = (f.new_database)();
+    let topic = fresh_topic();
+    f.broker.ensure_topic(&topic, 2).await.unwrap();
+    let group = fresh_group();
+    let publish = |from: u64, to: u64| {
+        let (broker, topic) = (f.broker.clone(), topic.clone());
+        async move {
+            let messages: Vec<_> = (from..=to)
+                .flat_map(|seq| {
+                    ["a", "b"]
+                        .map(|k| OutgoingMessage::from_envelope(topic.clone(), &numbered(k, seq)))
+                })
+                .collect();
+            broker.publish(&messages).await.unwrap();
+        }
+    };
+    publish(1, 30).await;
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &topic,
+        &service,
+        &f.broker,
+        ledger_handler(),
+    ));
+    assert!(
+        eventually(WITHIN, || {
+            let s = service.clone();
+            async move { ledger(&s, "b").await.last_seq == 30 }
+        })
+        .await
+    );
+    running.stop().await;
+    Consumer::request_rebuild(&service, &group, &["ledger"])
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger(&service, "a").await,
+        Ledger::default(),
+        "the view is cleared at once"
+    );
+    publish(31, 40).await;
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &topic,
+        &service,
+        &f.broker,
+        ledger_handler(),
+    ));
+    let rebuilt = eventually(WITHIN, || {
+        let s = service.clone();
+        async move { ledger(&s, "a").await.last_seq == 40 && ledger(&s, "b").await.last_seq == 40 }
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        rebuilt,
+        "the group replayed the retained log and what arrived since"
+    );
+    for k in ["a", "b"] {
+        assert_eq!(
+            ledger(&service, k).await,
+            Ledger {
+                last_seq: 40,
+                applied: 40,
+                out_of_order: 0
+            },
+            "key {k}"
+        );
+    }
+    // A later restart does not rebuild again.
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &topic,
+        &service,
+        &f.broker,
+        ledger_handler(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop().await;
+    assert_eq!(ledger(&service, "a").await.applied, 40);
 }

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tributary_core::{Broker, Database, GroupName, Topic};
-use tributary_runtime::{CancellationToken, Consumer, ConsumerConfig, Health, Relay, RelayConfig};
+use tributary_runtime::{
+    CancellationToken, Consumer, ConsumerConfig, Handler, Health, Relay, RelayConfig,
+};
 use tributary_sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
 
 use crate::customer::CustomerService;
@@ -83,8 +85,59 @@ impl Running {
     }
 }
 
-fn group(name: &str) -> anyhow::Result<GroupName> {
-    Ok(GroupName::new(name)?)
+/// The order-history view's consumer group and the collection it owns.
+pub const HISTORY_GROUP: &str = "order-history";
+pub const HISTORY_COLLECTION: &str = "customer_order_history";
+
+/// One consumer group of the application: which service, which topics, which handler.
+pub struct Group {
+    /// The service that owns the group: `customers`, `orders` or `history`.
+    pub service: &'static str,
+    pub group: GroupName,
+    pub topics: Vec<Topic>,
+    pub db: Arc<dyn Database>,
+    pub handler: Arc<dyn Handler>,
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::new(name).unwrap_or_else(|_| unreachable!("a valid group name"))
+}
+
+/// The application's consumer groups (what `start` runs, and what dead-letter replays use).
+pub fn consumer_groups(backends: &Backends, services: &Services) -> Vec<Group> {
+    vec![
+        Group {
+            service: "customers",
+            group: group("customer-service"),
+            topics: vec![order_topic()],
+            db: backends.customers.clone(),
+            handler: Arc::new(CustomerService::handler()),
+        },
+        Group {
+            service: "orders",
+            group: group("order-service"),
+            topics: vec![customer_topic()],
+            db: backends.orders.clone(),
+            handler: Arc::new(services.orders.handler()),
+        },
+        Group {
+            service: "history",
+            group: group(HISTORY_GROUP),
+            topics: vec![customer_topic(), order_topic()],
+            db: backends.history.clone(),
+            handler: Arc::new(HistoryService::handler()),
+        },
+    ]
+}
+
+impl Services {
+    pub fn new(backends: &Backends) -> Self {
+        Self {
+            customers: CustomerService::new(backends.customers.clone()),
+            orders: OrderService::new(backends.orders.clone()),
+            history: HistoryService::new(backends.history.clone()),
+        }
+    }
 }
 
 /// Starts all three services on `backends`.
@@ -95,11 +148,7 @@ pub async fn start(backends: Backends) -> anyhow::Result<Running> {
     for topic in [customer_topic(), order_topic()] {
         backends.broker.ensure_topic(&topic, PARTITIONS).await?;
     }
-    let services = Services {
-        customers: CustomerService::new(backends.customers.clone()),
-        orders: OrderService::new(backends.orders.clone()),
-        history: HistoryService::new(backends.history.clone()),
-    };
+    let services = Services::new(&backends);
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut health = Vec::new();
@@ -117,33 +166,14 @@ pub async fn start(backends: Backends) -> anyhow::Result<Running> {
             .event_store_source("order-relay", order_topic()),
         "orders",
     );
-    let consumers = [
-        (
-            "customer-service",
-            vec![order_topic()],
-            backends.customers.clone(),
-            Arc::new(CustomerService::handler()) as Arc<dyn tributary_runtime::Handler>,
-        ),
-        (
-            "order-service",
-            vec![customer_topic()],
-            backends.orders.clone(),
-            Arc::new(services.orders.handler()),
-        ),
-        (
-            "order-history",
-            vec![customer_topic(), order_topic()],
-            backends.history.clone(),
-            Arc::new(HistoryService::handler()),
-        ),
-    ];
-    for (name, topics, db, handler) in consumers {
+    let consumers = consumer_groups(&backends, &services);
+    for g in consumers {
         let consumer = Consumer::new(
-            group(name)?,
-            topics,
-            db,
+            g.group,
+            g.topics,
+            g.db,
             backends.broker.clone(),
-            handler,
+            g.handler,
             ConsumerConfig::default(),
         )?;
         health.push(consumer.health());

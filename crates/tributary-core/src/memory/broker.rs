@@ -167,6 +167,14 @@ impl Broker for InMemoryBroker {
         // Nothing is ever removed from the in-memory log.
         Duration::MAX
     }
+
+    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        let mut state = lock(&self.inner.state);
+        state
+            .committed
+            .retain(|(g, t, _), _| !(g == group && t == topic));
+        Ok(())
+    }
 }
 
 struct MemoryConsumer {

@@ -47,6 +47,7 @@ enum Undo {
     Document((String, String), Option<Payload>),
     Outbox(u64),
     Inbox((GroupName, EventId)),
+    InboxRemoved((GroupName, EventId)),
     DeadLetterInsert(u64),
     DeadLetterChange(u64, (DeadLetter, Option<Resolution>)),
     Checkpoint(String, Option<Position>),
@@ -135,6 +136,9 @@ impl MemoryTx<'_> {
                 }
                 Undo::Inbox(key) => {
                     s.inbox.remove(&key);
+                }
+                Undo::InboxRemoved(key) => {
+                    s.inbox.insert(key, Utc::now());
                 }
                 Undo::DeadLetterInsert(id) => {
                     s.dead_letters.remove(&id);
@@ -266,6 +270,21 @@ impl ConsumerTx for MemoryTx<'_> {
         }
         self.undo.push(Undo::Inbox(key));
         Ok(())
+    }
+
+    fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
+        let keys: Vec<_> = self
+            .state
+            .inbox
+            .keys()
+            .filter(|(g, _)| g == group)
+            .cloned()
+            .collect();
+        for key in &keys {
+            self.state.inbox.remove(key);
+            self.undo.push(Undo::InboxRemoved(key.clone()));
+        }
+        Ok(keys.len() as u64)
     }
 
     fn blocking_dead_letter(

@@ -15,7 +15,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tributary_core::{Broker, Database, Error, GroupName, Partition, Result, Topic, Upcasters};
+use tributary_core::{
+    Broker, Database, Error, GroupName, Partition, Position, Result, Topic, Upcasters,
+};
 
 use crate::backoff::Backoff;
 use crate::handler::Handler;
@@ -80,6 +82,12 @@ impl ConsumerConfig {
         self.fetch_wait = wait;
         self
     }
+}
+
+const REBUILD_REQUESTED: Position = Position::new(1);
+
+fn rebuild_marker(group: &GroupName) -> String {
+    format!("rebuild:{group}")
 }
 
 /// What every partition task of a group shares.
@@ -151,6 +159,52 @@ impl Consumer {
         &self.ctx.group
     }
 
+    /// Asks for `group`'s view to be rebuilt from the broker's retained log: in one
+    /// transaction, clears `collections` and the group's inbox and records the request; the
+    /// next [`Consumer::run`] of the group moves it back to the start of its topics before it
+    /// consumes. Call it while the group is stopped. Only for groups whose effects are the
+    /// cleared collections (a view): a group that publishes events would publish them again.
+    ///
+    /// The rebuild is complete only if the broker still retains every message the view
+    /// needs (see its retention settings).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn request_rebuild(
+        db: &Arc<dyn Database>,
+        group: &GroupName,
+        collections: &[&str],
+    ) -> Result<()> {
+        let (group, marker) = (group.clone(), rebuild_marker(group));
+        let collections: Vec<String> = collections.iter().map(|c| (*c).to_owned()).collect();
+        db.transact_consumer(move |tx| {
+            for c in &collections {
+                tx.clear_collection(c)?;
+            }
+            tx.clear_inbox(&group)?;
+            tx.set_checkpoint(&marker, REBUILD_REQUESTED)
+        })
+        .await
+    }
+
+    /// Performs a requested rebuild: the broker moves the group back, then the request is
+    /// cleared. Doing it twice is harmless (the inbox recognises what was applied since).
+    async fn rebuild_if_requested(&self) -> Result<()> {
+        let marker = rebuild_marker(&self.ctx.group);
+        if self.ctx.db.checkpoint(&marker).await? != Some(REBUILD_REQUESTED) {
+            return Ok(());
+        }
+        for topic in &self.topics {
+            self.ctx.broker.reset_group(&self.ctx.group, topic).await?;
+        }
+        self.ctx
+            .db
+            .transact_consumer(move |tx| tx.set_checkpoint(&marker, Position::START))
+            .await?;
+        tracing::info!(group = %self.ctx.group, "rebuilding from the broker's retained log");
+        Ok(())
+    }
+
     /// Runs every partition of every topic until `shutdown` is cancelled. Each partition
     /// task finishes the message it is handling and stops; unacknowledged messages are
     /// redelivered to the next run.
@@ -158,6 +212,7 @@ impl Consumer {
     /// # Errors
     /// When the topics' partition counts cannot be read at start.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        self.rebuild_if_requested().await?;
         let mut tasks = JoinSet::new();
         for topic in &self.topics {
             let partitions = self.ctx.broker.partitions(topic).await?;

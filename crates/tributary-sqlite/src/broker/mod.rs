@@ -272,4 +272,18 @@ impl Broker for SqliteBroker {
     fn redelivery_horizon(&self) -> Duration {
         self.config.max_age
     }
+
+    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        let (group, topic) = (group.clone(), topic.clone());
+        self.db
+            .write(move |tx| {
+                tx.connection()
+                    .prepare_cached(include_str!("reset_group.sql"))
+                    .context("preparing reset_group")?
+                    .execute(params![group.as_str(), topic.as_str()])
+                    .context("resetting a consumer group")
+                    .map(|_| ())
+            })
+            .await
+    }
 }

@@ -174,6 +174,16 @@ impl ConsumerTx for SqliteTx {
         Ok(())
     }
 
+    fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
+        let n = self
+            .conn
+            .prepare_cached(include_str!("clear_inbox.sql"))
+            .context("preparing clear_inbox")?
+            .execute([group.as_str()])
+            .context("clearing an inbox")?;
+        Ok(n as u64)
+    }
+
     fn blocking_dead_letter(
         &mut self,
         group: &GroupName,

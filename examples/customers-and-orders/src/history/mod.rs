@@ -16,7 +16,7 @@ use crate::AppError;
 use crate::events::{CustomerCreated, OrderApproved, OrderCancelled, OrderCreated, OrderRejected};
 use crate::order::OrderState;
 
-const HISTORY: &str = "customer_order_history";
+const HISTORY: &str = crate::system::HISTORY_COLLECTION;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderSummary {

@@ -1,0 +1,93 @@
+//! `tributary admin` on a real deployment directory.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use customers_and_orders::system::{self, Backends, Services};
+
+fn tributary(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilding_the_history_view_restores_it_from_the_broker_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let demo = tributary(&[
+        "demo",
+        "--quiet",
+        "--customers",
+        "20",
+        "--orders",
+        "300",
+        "--data-dir",
+        d,
+    ]);
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stdout)
+    );
+
+    let before = {
+        let services = Services::new(&Backends::embedded(dir.path()).unwrap());
+        services.history.all().await.unwrap()
+    };
+    assert!(before.len() >= 20);
+
+    let listed = tributary(&["admin", "--data-dir", d, "dead-letters", "list"]);
+    assert!(listed.status.success());
+    assert!(
+        listed.stdout.is_empty(),
+        "a healthy run leaves no dead letters"
+    );
+
+    let rebuilt = tributary(&["admin", "--data-dir", d, "rebuild-history"]);
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    {
+        let services = Services::new(&Backends::embedded(dir.path()).unwrap());
+        assert!(
+            services.history.all().await.unwrap().is_empty(),
+            "cleared at once"
+        );
+    }
+    // Starting the system replays the retained log into the empty view.
+    let running = system::start(Backends::embedded(dir.path()).unwrap())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = running.services.history.all().await.unwrap();
+        if now == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view was not rebuilt ({} of {} documents)",
+            now.len(),
+            before.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+
+    let bad = tributary(&[
+        "admin",
+        "--data-dir",
+        d,
+        "dead-letters",
+        "skip",
+        "--service",
+        "nope",
+        "1",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown service"));
+}

@@ -1,0 +1,1 @@
+DELETE FROM inbox WHERE consumer_group = ?1
