@@ -12,6 +12,10 @@ use crate::error::Result;
 use crate::ids::{EventId, Position};
 use crate::topic::{GroupName, Offset, Partition, Topic};
 
+/// A relay batch or a consumer fetch stops growing once its payloads pass this many bytes (it
+/// always holds at least one message), so large events cannot make batches huge.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
 /// A message on its way to a broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutgoingMessage {

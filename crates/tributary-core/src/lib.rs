@@ -19,8 +19,8 @@ pub use aggregate::{
     envelopes_for,
 };
 pub use broker::{
-    Broker, Delivery, LeaseGuard, OutgoingMessage, PartitionConsumer, RelaySource, SourceBatch,
-    topic_for_event,
+    Broker, Delivery, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, PartitionConsumer, RelaySource,
+    SourceBatch, topic_for_event,
 };
 pub use catch_up::{CatchUpConfig, Positioned, catch_up};
 pub use dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};

@@ -45,9 +45,10 @@ impl Payload {
         serde_json::from_str(self.0.get()).map_err(|e| Error::decode("payload", e))
     }
 
-    /// The payload as a generic JSON value.
+    /// The payload as a generic JSON value, for inspection (tests, tools). `Null` if the
+    /// document nests deeper than serde_json's recursion limit; code that must not lose data
+    /// uses [`Payload::decode`] instead.
     pub fn to_value(&self) -> serde_json::Value {
-        // Valid by construction, so this cannot fail except on pathological nesting depth.
         serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
     }
 

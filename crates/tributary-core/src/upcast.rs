@@ -84,7 +84,7 @@ impl Upcasters {
                 Some(event) => event,
                 None => current.insert(UpcastEvent {
                     event_type: envelope.event_type.clone(),
-                    data: envelope.data.to_value(),
+                    data: envelope.data.decode()?,
                 }),
             };
             transform(event).map_err(|e| {

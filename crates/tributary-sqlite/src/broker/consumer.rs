@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use rusqlite::params;
 use tokio::sync::watch;
 use tributary_core::{
-    Delivery, Error, EventId, GroupName, Offset, Partition, PartitionConsumer, Result, Topic,
+    Delivery, Error, EventId, GroupName, MAX_BATCH_BYTES, Offset, Partition, PartitionConsumer,
+    Result, Topic,
 };
 
 use crate::database::SqliteDatabase;
@@ -74,8 +75,11 @@ impl SqliteBrokerConsumer {
                         max.min(i64::MAX as usize) as i64
                     ])
                     .context("reading the log")?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().context("reading the log")? {
+                let mut out: Vec<Delivery> = Vec::new();
+                let mut bytes = 0;
+                while bytes < MAX_BATCH_BYTES
+                    && let Some(row) = rows.next().context("reading the log")?
+                {
                     let bad = |e: rusqlite::Error| Error::decode("log row", e);
                     let id: Vec<u8> = row.get(2).map_err(bad)?;
                     out.push(Delivery {
@@ -87,6 +91,7 @@ impl SqliteBrokerConsumer {
                         payload: row.get(3).map_err(bad)?,
                         delivery_count: 1,
                     });
+                    bytes += out.last().map_or(0, |d| d.payload.len());
                 }
                 Ok(out)
             })

@@ -68,6 +68,34 @@ pub(crate) fn read_stream_in(
     collect_events(rows, max)
 }
 
+/// As [`read_all_in`], but stops once the events' data passes `max_bytes` (at least one event).
+pub(crate) fn read_all_limited(
+    conn: &Connection,
+    from: Position,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let mut stmt = conn
+        .prepare_cached(include_str!("read_all.sql"))
+        .context("preparing read_all")?;
+    let mut rows = stmt
+        .query(params![
+            from.get() as i64,
+            max.min(i64::MAX as usize) as i64
+        ])
+        .context("reading all events")?;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while bytes < max_bytes
+        && let Some(row) = rows.next().context("reading events")?
+    {
+        let event = recorded_event(row)?;
+        bytes += event.envelope.data.len();
+        out.push(event);
+    }
+    Ok(out)
+}
+
 pub(crate) fn read_all_in(
     conn: &Connection,
     from: Position,

@@ -11,12 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tributary_core::{
-    Error, EventId, LeaseGuard, OutgoingMessage, Position, RelaySource, Result, SourceBatch, Topic,
-    topic_for_event,
+    Error, EventId, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, Position, RelaySource, Result,
+    SourceBatch, Topic, topic_for_event,
 };
 
 use crate::database::SqliteDatabase;
-use crate::event_store::read_all_in;
+use crate::event_store::read_all_limited;
 use crate::sql_error::SqlResultExt;
 
 /// The outbox table: published rows are deleted.
@@ -135,9 +135,13 @@ impl RelaySource for SqliteOutboxSource {
                     .context("reading the outbox")?;
                 let mut messages = Vec::new();
                 let mut last = 0;
-                while let Some(row) = rows.next().context("reading the outbox")? {
+                let mut bytes = 0;
+                while bytes < MAX_BATCH_BYTES
+                    && let Some(row) = rows.next().context("reading the outbox")?
+                {
                     let (id, message) = decode_outbox_row(row)?;
                     last = id;
+                    bytes += message.payload.len();
                     messages.push(message);
                 }
                 Ok((!messages.is_empty()).then(|| SourceBatch {
@@ -192,7 +196,7 @@ impl RelaySource for SqliteEventsSource {
                     .optional()
                     .context("reading a relay cursor")?;
                 let from = Position::new(cursor.unwrap_or(0) as u64).next();
-                let events = read_all_in(conn, from, max)?;
+                let events = read_all_limited(conn, from, max, MAX_BATCH_BYTES)?;
                 let Some(last) = events.last().map(|e| e.position) else {
                     return Ok(None);
                 };
