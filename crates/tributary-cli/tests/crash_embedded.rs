@@ -116,27 +116,13 @@ fn start_producer(
     })
 }
 
-async fn all_documents(db: &Arc<dyn Database>, collection: &str) -> Vec<(String, Payload)> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = db
-            .list_documents(collection, after.as_deref(), 1000)
-            .await
-            .expect("list");
-        let Some(last) = page.last() else { return out };
-        after = Some(last.0.clone());
-        out.extend(page);
-    }
-}
-
 async fn check(source: &Arc<dyn Database>, sink: &Arc<dyn Database>) -> DeliveryReport {
     let mut check = DeliveryCheck::default();
-    for (_, doc) in all_documents(source, "committed").await {
+    for (_, doc) in source.all_documents("committed").await.expect("committed") {
         let c: Committed = doc.decode().expect("committed doc");
         check.committed.entry(c.key).or_default().push(c.seq);
     }
-    for (key, doc) in all_documents(sink, "applied").await {
+    for (key, doc) in sink.all_documents("applied").await.expect("applied") {
         let a: Applied = doc.decode().expect("applied doc");
         check.applied.insert(key, a.seqs);
     }

@@ -265,16 +265,7 @@ impl<A: Aggregate> Repository<A> {
                 .store
                 .read_stream(&stream, loaded.version.next(), self.page)
                 .await?;
-            let done = events.len() < self.page;
-            let events = events
-                .into_iter()
-                .map(|mut r| {
-                    r.envelope = self.upcasters.upcast(r.envelope)?;
-                    Ok(r)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            loaded.apply_recorded(&events)?;
-            if done {
+            if self.apply_page(&mut loaded, events)? {
                 return Ok(loaded);
             }
         }
@@ -343,6 +334,20 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
+    /// Upcasts and applies one page of a stream; returns whether it was the last page.
+    fn apply_page(&self, loaded: &mut Loaded<A>, page: Vec<RecordedEvent>) -> Result<bool> {
+        let done = page.len() < self.page;
+        let events = page
+            .into_iter()
+            .map(|mut r| {
+                r.envelope = self.upcasters.upcast(r.envelope)?;
+                Ok(r)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        loaded.apply_recorded(&events)?;
+        Ok(done)
+    }
+
     /// Loads the aggregate inside a unit of work (as of the unit's transaction; snapshots are
     /// not used).
     ///
@@ -353,16 +358,7 @@ impl<A: Aggregate> Repository<A> {
         let mut loaded = Loaded::<A>::default();
         loop {
             let events = unit.read_stream(&stream, loaded.version.next(), self.page)?;
-            let done = events.len() < self.page;
-            let events = events
-                .into_iter()
-                .map(|mut r| {
-                    r.envelope = self.upcasters.upcast(r.envelope)?;
-                    Ok(r)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            loaded.apply_recorded(&events)?;
-            if done {
+            if self.apply_page(&mut loaded, events)? {
                 return Ok(loaded);
             }
         }

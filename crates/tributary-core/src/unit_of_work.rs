@@ -223,6 +223,25 @@ impl dyn Database {
         }
     }
 
+    /// Every document of `collection`, in id order, read page by page. For tools, audits and
+    /// tests: it holds the whole collection in memory.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn all_documents(&self, collection: &str) -> Result<Vec<(String, Payload)>> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map(|(id, _): &(String, Payload)| id.clone());
+            let page = self
+                .list_documents(collection, after.as_deref(), 1000)
+                .await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+
     /// Runs runtime work (inbox, dead letters, checkpoints) as one unit.
     ///
     /// # Errors

@@ -115,21 +115,12 @@ impl CustomerService {
 
     /// Every customer, in id order (for the demo's invariant checks).
     pub async fn all(&self) -> Result<Vec<Customer>, AppError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .db
-                .list_documents(CUSTOMERS, after.as_deref(), 1000)
-                .await?;
-            let Some((last, _)) = page.last() else {
-                return Ok(out);
-            };
-            after = Some(last.clone());
-            for (_, doc) in page {
-                out.push(doc.decode()?);
-            }
-        }
+        self.db
+            .all_documents(CUSTOMERS)
+            .await?
+            .into_iter()
+            .map(|(_, doc)| Ok(doc.decode()?))
+            .collect()
     }
 
     /// The customer service's consumer of the order topic: the credit side of the saga.

@@ -62,21 +62,12 @@ impl HistoryService {
 
     /// Every document of the view (for invariant checks).
     pub async fn all(&self) -> Result<Vec<CustomerHistory>, AppError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .db
-                .list_documents(HISTORY, after.as_deref(), 1000)
-                .await?;
-            let Some((last, _)) = page.last() else {
-                return Ok(out);
-            };
-            after = Some(last.clone());
-            for (_, doc) in page {
-                out.push(doc.decode()?);
-            }
-        }
+        self.db
+            .all_documents(HISTORY)
+            .await?
+            .into_iter()
+            .map(|(_, doc)| Ok(doc.decode()?))
+            .collect()
     }
 
     /// The view's consumer of both topics.
