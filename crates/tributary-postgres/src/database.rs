@@ -1,0 +1,235 @@
+//! A service's PostgreSQL database: a connection pool, the service's schema, and the commit
+//! listener that wakes readers.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use tokio::sync::{oneshot, watch};
+use tributary_core::{Error, Result};
+
+use crate::config::{PgConfig, validate_schema};
+use crate::error::SqlxResultExt;
+use crate::lag::PgHorizonHolder;
+use crate::outbox::PgOutbox;
+use crate::schema;
+use crate::sql::Statements;
+
+/// A service's database on PostgreSQL: every table in the configured schema, reached through
+/// a pool. Cheap to clone; clones share the pool and the commit listener.
+///
+/// It implements [`tributary_core::Database`] (units of work, documents, outbox, inbox,
+/// dead letters, checkpoints, the event store and the relay sources).
+#[derive(Clone)]
+pub struct PgDatabase {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) config: PgConfig,
+    pub(crate) sql: Statements,
+    commits: watch::Sender<u64>,
+    /// Dropping it stops the listener task.
+    _stop_listener: oneshot::Sender<()>,
+}
+
+impl Inner {
+    /// Wakes local readers after a commit made through this handle.
+    pub(crate) fn committed(&self) {
+        self.commits.send_modify(|c| *c = c.wrapping_add(1));
+    }
+
+    pub(crate) fn commits_receiver(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+}
+
+impl PgDatabase {
+    /// Connects, creates the schema if needed, applies pending migrations and starts listening
+    /// for commits (`LISTEN "tributary.<schema>"`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad schema name or URL; [`Error::Storage`] for a schema
+    /// that is not Tributary's or comes from a newer version; [`Error::Unavailable`] when the
+    /// server cannot be reached.
+    pub async fn connect(config: PgConfig) -> Result<Self> {
+        validate_schema(&config.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect(&config.url)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Configuration(_) => {
+                    Error::invalid(format!("bad PostgreSQL URL {:?}: {e}", redact(&config.url)))
+                }
+                other => crate::error::db_error("connecting", other),
+            })?;
+        let listener = PgListener::connect(&config.url)
+            .await
+            .context("connecting the commit listener")?;
+        Self::start(pool, listener, config).await
+    }
+
+    /// Uses an existing pool (shared with the application's own queries). The commit
+    /// listener keeps one of its connections. `config.url` is not used.
+    ///
+    /// # Errors
+    /// As [`PgDatabase::connect`].
+    pub async fn from_pool(pool: PgPool, config: PgConfig) -> Result<Self> {
+        validate_schema(&config.schema)?;
+        let listener = PgListener::connect_with(&pool)
+            .await
+            .context("connecting the commit listener")?;
+        Self::start(pool, listener, config).await
+    }
+
+    async fn start(pool: PgPool, mut listener: PgListener, config: PgConfig) -> Result<Self> {
+        {
+            let mut conn = pool.acquire().await.context("connecting")?;
+            schema::prepare(&mut conn, &config.schema).await?;
+        }
+        listener
+            .listen(&channel(&config.schema))
+            .await
+            .context("listening for commits")?;
+        let (stop, stopped) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            sql: Statements::for_schema(&config.schema),
+            pool,
+            commits: watch::channel(0).0,
+            _stop_listener: stop,
+            config,
+        });
+        tokio::spawn(listen(listener, Arc::downgrade(&inner), stopped));
+        Ok(Self { inner })
+    }
+
+    /// The pool, for the application's own queries and transactions.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.inner.config.schema
+    }
+
+    pub fn config(&self) -> &PgConfig {
+        &self.inner.config
+    }
+
+    /// The `NOTIFY` channel commits to this schema's events and outbox are announced on.
+    pub fn channel(&self) -> String {
+        channel(self.schema())
+    }
+
+    /// The outbox, for writing events in the application's own sqlx transactions.
+    pub fn outbox(&self) -> PgOutbox {
+        PgOutbox::new(self.clone())
+    }
+
+    /// The event store of this database (the same as [`tributary_core::Database::event_store`],
+    /// with its PostgreSQL-specific methods).
+    pub fn events(&self) -> crate::PgEventStore {
+        crate::PgEventStore::new(self.clone())
+    }
+
+    /// The oldest running transaction on the server that has a transaction id, if any: the
+    /// one that holds back every reader's horizon.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server cannot be reached.
+    pub async fn horizon_holder(&self) -> Result<Option<PgHorizonHolder>> {
+        crate::lag::horizon_holder(self).await
+    }
+
+    /// Deletes the schema and everything in it. For tests and decommissioning; irreversible.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server cannot be reached.
+    pub async fn drop_schema(self) -> Result<()> {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(self.pool())
+            .await
+            .context("dropping the schema")?;
+        self.inner.pool.close().await;
+        Ok(())
+    }
+
+    /// Closes the pool: waits for checked-out connections to come back, then closes them.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+}
+
+impl std::fmt::Debug for PgDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDatabase")
+            .field("url", &redact(&self.inner.config.url))
+            .field("schema", &self.inner.config.schema)
+            .finish()
+    }
+}
+
+fn channel(schema: &str) -> String {
+    format!("tributary.{schema}")
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Turns notifications into ticks of the commit watch until the database is dropped.
+/// A lost listener connection is re-established by sqlx; notifications sent meanwhile are
+/// lost, so a reconnect also ticks (readers then look), and readers poll anyway.
+async fn listen(mut listener: PgListener, db: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
+    let mut failures = 0u32;
+    loop {
+        let received = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.try_recv() => r,
+        };
+        let Some(db) = db.upgrade() else { return };
+        match received {
+            Ok(_) => {
+                failures = 0;
+                db.committed();
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = Duration::from_millis(100 * u64::from(failures.min(50)));
+                tracing::warn!(schema = %db.config.schema, error = %e, ?delay, "commit listener failed; readers fall back to polling");
+                drop(db);
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_in_messages() {
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+    }
+}
