@@ -4,8 +4,8 @@
 //! connection cut — loses it at once, and a standby's next `try_lease` succeeds. The holder
 //! pings its connection; when a ping fails, [`PgLease::is_held`] turns false and the relay
 //! stops publishing (the server has ended, or will end, the session and its lock). Lease
-//! connections carry the application name `tributary-lease <schema>:<source>`, so operators
-//! can see who holds a lease in `pg_stat_activity`.
+//! connections carry the application name `lease <source>@<schema>` (cut to 63 bytes by the
+//! server), so operators can see who holds a lease in `pg_stat_activity`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +54,7 @@ impl std::fmt::Debug for PgLease {
 /// [`tributary_core::Error::Unavailable`] when the server cannot be reached.
 pub(crate) async fn try_lease(db: &PgDatabase, source: &str) -> Result<Option<PgLease>> {
     let name = format!("{}:{source}", db.schema());
-    let application = format!("tributary-lease {name}");
+    let application = format!("lease {source}@{}", db.schema());
     let options = db
         .pool()
         .connect_options()
