@@ -67,26 +67,36 @@ impl PgDatabase {
                 }
                 other => crate::error::db_error("connecting", other),
             })?;
-        let listener = PgListener::connect(&config.url)
-            .await
-            .context("connecting the commit listener")?;
-        Self::start(pool, listener, config).await
+        Self::start(pool, config).await
     }
 
-    /// Uses an existing pool (shared with the application's own queries). The commit
-    /// listener keeps one of its connections. `config.url` is not used.
+    /// Uses an existing pool (shared with the application's own queries); `config.url` and
+    /// `config.max_connections` are not used.
     ///
     /// # Errors
     /// As [`PgDatabase::connect`].
     pub async fn from_pool(pool: PgPool, config: PgConfig) -> Result<Self> {
         validate_schema(&config.schema)?;
-        let listener = PgListener::connect_with(&pool)
-            .await
-            .context("connecting the commit listener")?;
-        Self::start(pool, listener, config).await
+        Self::start(pool, config).await
     }
 
-    async fn start(pool: PgPool, mut listener: PgListener, config: PgConfig) -> Result<Self> {
+    async fn start(pool: PgPool, config: PgConfig) -> Result<Self> {
+        // The listener's own single connection (sqlx re-establishes it), named for operators.
+        let options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name(&format!("listen {}", config.schema));
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(options)
+            .await
+            .context("connecting the commit listener")?;
+        let mut listener = PgListener::connect_with(&listener_pool)
+            .await
+            .context("connecting the commit listener")?;
         {
             let mut conn = pool.acquire().await.context("connecting")?;
             schema::prepare(&mut conn, &config.schema).await?;

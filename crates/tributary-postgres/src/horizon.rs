@@ -3,11 +3,14 @@
 //! Readers only return rows of transactions below the snapshot's xmin (see the `position`
 //! module). Right after a commit, that usually excludes the rows just committed whenever any
 //! older transaction on the server is still running — often one of a few milliseconds. So a
-//! read that comes back short looks whether committed rows wait above the horizon and, if so,
-//! waits (up to `settle_timeout`) for the horizon to pass the newest of them, then reads once
-//! more. Every row committed before a read began is then returned by it, unless a transaction
-//! older than those rows stays open longer than the timeout: those rows come with a later
-//! read, never out of order.
+//! read first notes the newest transaction whose committed rows wait above the horizon; if
+//! the read then comes back short, it waits (up to `settle_timeout`) for the horizon to pass
+//! that transaction and reads once more. Every row committed before a read began is then
+//! returned by it (up to `max`), unless a transaction older than those rows stays open longer
+//! than the timeout: those rows come with a later read, never out of order.
+//!
+//! The note must be taken *before* the read: rows held back during the read may have become
+//! readable by the time a later check looks, and would then be missed by this read.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -35,35 +38,31 @@ where
     R: FnMut(TxPosition, usize) -> Fut,
     Fut: Future<Output = Result<Vec<(TxPosition, T)>>>,
 {
-    let mut out = Vec::new();
-    let mut from = from;
-    let mut waited = false;
-    while out.len() < max {
-        let rows = read(from, max - out.len()).await?;
-        if let Some((last, _)) = rows.last() {
-            from = after(*last);
-        }
-        out.extend(rows);
-        if out.len() >= max || waited {
-            break;
-        }
-        let (_, newest_held): (i64, Option<i64>) = sqlx::query_as(held_back.sql())
-            .fetch_one(&db.pool)
-            .await
-            .context("looking for rows held back by running transactions")?;
-        let Some(newest_held) = newest_held else {
-            break;
-        };
-        if !wait_for_horizon(db, newest_held, db.config.settle_timeout).await? {
-            tracing::debug!(
-                schema = %db.config.schema,
-                tx_id = newest_held,
-                "committed rows stay held back by an older running transaction"
-            );
-            break;
-        }
-        waited = true;
+    if max == 0 {
+        return Ok(Vec::new());
     }
+    let (_, newest_held): (i64, Option<i64>) = sqlx::query_as(held_back.sql())
+        .fetch_one(&db.pool)
+        .await
+        .context("looking for rows held back by running transactions")?;
+    let mut out = read(from, max).await?;
+    let Some(newest_held) = newest_held else {
+        return Ok(out);
+    };
+    if out.len() >= max {
+        return Ok(out);
+    }
+    if !wait_for_horizon(db, newest_held, db.config.settle_timeout).await? {
+        tracing::debug!(
+            schema = %db.config.schema,
+            tx_id = newest_held,
+            "committed rows stay held back by an older running transaction"
+        );
+        return Ok(out);
+    }
+    let next = out.last().map_or(from, |(last, _)| after(*last));
+    let more = read(next, max - out.len()).await?;
+    out.extend(more);
     Ok(out)
 }
 

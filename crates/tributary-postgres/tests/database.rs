@@ -15,6 +15,10 @@ use tributary_core::{
 };
 use tributary_postgres::{PgConfig, PgDatabase, PgTx, TxPosition, latest_version};
 
+/// Taken by the tests that keep a transaction open on purpose, so that the lag test sees its
+/// own long transaction as the oldest one (the horizon is server-wide).
+static LONG_TRANSACTIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn event(n: u64) -> Envelope {
     Envelope::new(
         "test",
@@ -76,6 +80,7 @@ async fn documents_read_in_a_unit_are_locked_so_concurrent_updates_are_not_lost(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creating_a_document_another_unit_created_meanwhile_is_a_retryable_conflict() {
+    let _long = LONG_TRANSACTIONS.lock().await;
     let Some((db, _guard)) = common::database("postgres units").await else {
         return;
     };
@@ -229,6 +234,7 @@ async fn savepoints_undo_only_the_nested_work_even_after_a_failed_statement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_append_that_loses_a_race_in_a_unit_conflicts_and_leaves_the_unit_usable() {
+    let _long = LONG_TRANSACTIONS.lock().await;
     let Some((pg, _guard)) = common::database("postgres units").await else {
         return;
     };
@@ -315,6 +321,68 @@ async fn positions_pack_the_writing_transaction_and_the_row_within_it() {
         .map(|e| TxPosition::from_position(e.position).ordinal)
         .collect();
     assert_eq!(ordinals, vec![0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_right_after_a_commit_returns_it_while_other_transactions_come_and_go() {
+    let Some((pg, _guard)) = common::database("postgres reads").await else {
+        return;
+    };
+    // Short transactions with transaction ids, all the time, as on a busy server: each holds
+    // the horizon back for a moment.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut churn = Vec::new();
+    for i in 0..3u64 {
+        let (pool, stop) = (pg.pool().clone(), stop.clone());
+        churn.push(tokio::spawn(async move {
+            let mut n = i;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("SELECT pg_current_xact_id()")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                tokio::time::sleep(Duration::from_micros(500 + (n >> 33) % 3000)).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let (store, source) = (pg.events(), pg.outbox_source());
+    let stream = StreamId::new("s").unwrap();
+    let topic = Topic::new("T").unwrap();
+    let mut next = Position::START;
+    for i in 0..150 {
+        let out = store
+            .append(&stream, ExpectedVersion::Any, vec![event(i)])
+            .await
+            .unwrap();
+        let read = store.read_all(next, 10).await.unwrap();
+        assert_eq!(
+            read.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![out.last_position],
+            "round {i}: read_all returns the event just committed"
+        );
+        next = out.last_position.next();
+        let t = topic.clone();
+        db.transact(move |unit| unit.publish(&t, event(i)))
+            .await
+            .unwrap();
+        let batch = source.read_batch(10).await.unwrap();
+        assert_eq!(
+            batch.as_ref().map(|b| b.messages.len()),
+            Some(1),
+            "round {i}: the outbox row just committed is readable"
+        );
+        source.mark_published(batch.unwrap().through).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in churn {
+        c.await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -419,6 +487,54 @@ async fn commits_made_through_another_handle_wake_readers_by_notification() {
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_commit_listener_comes_back_after_its_connection_is_killed() {
+    let Some((pg, _guard)) = common::database("postgres notify").await else {
+        return;
+    };
+    let other = PgDatabase::connect(pg.config().clone()).await.unwrap();
+    let app = format!("listen {}", pg.schema());
+    let listeners = async || -> Vec<i32> {
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = left($1, 63)")
+            .bind(&app)
+            .fetch_all(other.pool())
+            .await
+            .unwrap()
+    };
+    // Both handles listen; kill them all, as a network cut or a server restart would.
+    let before = listeners().await;
+    assert_eq!(before.len(), 2);
+    for pid in &before {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(other.pool())
+            .await
+            .unwrap();
+    }
+    let back = eventually(Duration::from_secs(10), async || {
+        let now = listeners().await;
+        now.len() == 2 && now.iter().all(|p| !before.contains(p))
+    })
+    .await;
+    assert!(back, "the listeners reconnected");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut commits = Database::commits(&pg);
+    commits.borrow_and_update();
+    other
+        .events()
+        .append(
+            &StreamId::new("s").unwrap(),
+            ExpectedVersion::Any,
+            vec![event(1)],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), commits.changed())
+        .await
+        .expect("notifications flow again")
+        .unwrap();
+}
+
 async fn terminate_lease_connection(pg: &PgDatabase, name: &str) -> bool {
     let app = format!("lease {name}@{}", pg.schema());
     sqlx::query_scalar::<_, bool>(
@@ -467,6 +583,7 @@ async fn a_lease_is_exclusive_and_is_lost_with_its_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lag_shows_rows_held_back_by_a_long_transaction_and_who_holds_them() {
+    let _long = LONG_TRANSACTIONS.lock().await;
     let Some((pg, _guard)) = common::database_with(
         "postgres lag",
         common::config().with_settle_timeout(Duration::from_millis(300)),
@@ -505,9 +622,9 @@ async fn lag_shows_rows_held_back_by_a_long_transaction_and_who_holds_them() {
         "the committed row waits behind the open transaction"
     );
     long.commit().await.unwrap();
-    let lag = source.lag().await.unwrap();
-    assert_eq!((lag.readable, lag.held_back, lag.unread()), (2, 0, 2));
-    assert!(lag.horizon_holder.is_none());
+    // Both rows are unread; whether they are readable yet depends on every other transaction
+    // on the server, so only the total is certain.
+    assert_eq!(source.lag().await.unwrap().unread(), 2);
     let batch = source.read_batch(10).await.unwrap().expect("both rows");
     assert_eq!(batch.messages.len(), 2);
     source.mark_published(batch.through).await.unwrap();
@@ -522,7 +639,7 @@ async fn lag_shows_rows_held_back_by_a_long_transaction_and_who_holds_them() {
         )
         .await
         .unwrap();
-    assert_eq!(store.lag(Position::START).await.unwrap().readable, 1);
+    assert_eq!(store.lag(Position::START).await.unwrap().unread(), 1);
     let last = store.read_all(Position::START, 10).await.unwrap()[0].position;
     assert_eq!(store.lag(last.next()).await.unwrap().unread(), 0);
 }
