@@ -38,7 +38,10 @@ impl PgOutbox {
     }
 
     /// Records `event` in the outbox inside `tx`, to be published on `topic` once `tx`
-    /// commits (and never if it rolls back).
+    /// commits (and never if it rolls back). The transaction also announces its commit to
+    /// waiting relays (`NOTIFY`); PostgreSQL serializes the commits of notifying
+    /// transactions, so at high commit rates prefer units of work, which announce after
+    /// commit.
     ///
     /// # Errors
     /// [`tributary_core::Error::TooLarge`] / [`tributary_core::Error::InvalidInput`] for an
@@ -51,7 +54,8 @@ impl PgOutbox {
         event: &Envelope,
     ) -> Result<()> {
         let inner = &self.db.inner;
-        insert(tx, &inner.sql, topic, event, inner.config.max_event_bytes).await
+        insert(tx, &inner.sql, topic, event, inner.config.max_event_bytes).await?;
+        inner.notify_at_commit(tx).await
     }
 }
 

@@ -90,6 +90,7 @@ statements! {
     horizon_holder => "service/horizon_holder.sql",
     lease => "service/lease.sql",
     unlease => "service/unlease.sql",
+    notify => "service/notify.sql",
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ impl PgEventStore {
     /// Appends in the caller's own transaction (for applications that use sqlx directly):
     /// the events commit or roll back with it. Same rules as [`EventStore::append`]; a lost
     /// race is rolled back to a savepoint, so the transaction stays usable after a conflict.
+    /// The transaction announces its commit to waiting readers (see
+    /// [`crate::PgOutbox::publish`] for what that costs).
     ///
     /// # Errors
     /// As [`EventStore::append`].
@@ -55,15 +57,20 @@ impl PgEventStore {
     ) -> Result<AppendOutcome> {
         validate_batch(&events, self.db.inner.config.max_event_bytes)?;
         let conn: &mut PgConnection = tx;
-        append(
+        let inner = &self.db.inner;
+        let outcome = append(
             conn,
-            &self.db.inner.sql,
+            &inner.sql,
             stream,
             expected,
             &events,
             Mode::InTransaction,
         )
-        .await
+        .await?;
+        if !outcome.deduplicated {
+            inner.notify_at_commit(conn).await?;
+        }
+        Ok(outcome)
     }
 
     /// How far a reader of [`EventStore::read_all`] / [`EventStore::subscribe_all`] whose

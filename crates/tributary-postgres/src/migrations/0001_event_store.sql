@@ -38,19 +38,6 @@ $$;
 CREATE TRIGGER events_are_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON __SCHEMA__.events
     FOR EACH STATEMENT EXECUTE FUNCTION __SCHEMA__.tributary_append_only();
 
--- Wakes readers (relays, subscriptions) on commit: NOTIFY is delivered when the writing
--- transaction commits, and not at all if it rolls back. Readers also poll, so a lost
--- notification only delays them.
-CREATE FUNCTION __SCHEMA__.tributary_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('tributary.' || TG_TABLE_SCHEMA, TG_TABLE_NAME);
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER events_notify AFTER INSERT ON __SCHEMA__.events
-    FOR EACH STATEMENT EXECUTE FUNCTION __SCHEMA__.tributary_notify();
-
 CREATE TABLE __SCHEMA__.snapshots (
     stream_id text   PRIMARY KEY,
     version   bigint NOT NULL,

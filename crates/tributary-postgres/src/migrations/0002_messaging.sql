@@ -21,9 +21,6 @@ CREATE TABLE __SCHEMA__.outbox (
     CONSTRAINT outbox_in_reading_order PRIMARY KEY (tx_id, tx_ordinal)
 );
 
-CREATE TRIGGER outbox_notify AFTER INSERT ON __SCHEMA__.outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION __SCHEMA__.tributary_notify();
-
 -- Messages each consumer group has processed (exactly-once effects).
 CREATE TABLE __SCHEMA__.inbox (
     consumer_group text        NOT NULL,
