@@ -386,6 +386,47 @@ async fn a_read_right_after_a_commit_returns_it_while_other_transactions_come_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pruning_the_inbox_deletes_only_entries_recorded_before_the_cutoff() {
+    let Some((pg, _guard)) = common::database("postgres inbox").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg);
+    let group = tributary_core::GroupName::new("g").unwrap();
+    let (old, new) = (
+        tributary_core::EventId::new(),
+        tributary_core::EventId::new(),
+    );
+    let g = group.clone();
+    db.transact_consumer(move |tx| tx.inbox_insert(&g, &old))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cutoff = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let g = group.clone();
+    db.transact_consumer(move |tx| {
+        tx.inbox_insert(&g, &new)?;
+        // Recording the same message twice is refused without breaking the unit.
+        assert!(matches!(
+            tx.inbox_insert(&g, &new),
+            Err(Error::InvalidInput { .. })
+        ));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.prune_inbox(cutoff).await.unwrap(), 1);
+    let g = group.clone();
+    let kept = db
+        .transact_consumer(move |tx| {
+            Ok((tx.inbox_contains(&g, &old)?, tx.inbox_contains(&g, &new)?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, (false, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrations_are_recorded_once_and_reopening_is_harmless() {
     let Some((pg, _guard)) = common::database("postgres schema").await else {
         return;

@@ -240,8 +240,9 @@ async fn deduplicate(
     events: &[Envelope],
 ) -> Result<AppendOutcome> {
     let stored = stored_at(conn, sql, events).await?;
-    let first = stored
-        .get(&events[0].id)
+    let first = events
+        .first()
+        .and_then(|e| stored.get(&e.id))
         .cloned()
         .ok_or_else(|| Error::storage_msg("a stored event id vanished (events are append-only)"))?;
     dedup_outcome(stream, events, first, |id| Ok(stored.get(id).cloned()))
