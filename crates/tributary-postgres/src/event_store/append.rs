@@ -1,0 +1,249 @@
+//! Appending: optimistic concurrency through the `(stream_id, version)` unique key, idempotent
+//! retries through the `event_id` unique key.
+//!
+//! The stream's version is read, checked against the expectation, and the batch is inserted in
+//! one statement with the versions that follow. Two appenders that read the same version race
+//! on the unique key: the second waits for the first to commit, fails, and checks again — now
+//! seeing the first's events, it reports a conflict (or, expecting any version, appends after
+//! them).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use tributary_core::{
+    AppendOutcome, Envelope, Error, EventId, ExpectedVersion, Result, StoredAt, StreamId,
+    StreamVersion, dedup_outcome,
+};
+use uuid::Uuid;
+
+use crate::error::{SqlxResultExt, constraint, db_error, is_unique_violation};
+use crate::position::TxPosition;
+use crate::sql::Statements;
+
+/// How often an append re-checks after losing a race before it reports `Unavailable`.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// Whether the connection is inside a transaction that must survive a failed insert (a unit
+/// of work, a caller's transaction) or in autocommit mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Each statement commits by itself; the insert is one atomic statement.
+    Autocommit,
+    /// Inside a transaction: the insert runs in a savepoint so that losing a race leaves the
+    /// transaction usable.
+    InTransaction,
+}
+
+/// The batch as the arrays `insert_events.sql` unnests.
+struct Columns {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    sources: Vec<String>,
+    subjects: Vec<Option<String>>,
+    times: Vec<DateTime<Utc>>,
+    aggregate_types: Vec<Option<String>>,
+    partition_keys: Vec<Option<String>>,
+    correlation_ids: Vec<Option<String>>,
+    causation_ids: Vec<Option<String>>,
+    traceparents: Vec<Option<String>>,
+    schema_versions: Vec<i32>,
+    data: Vec<String>,
+}
+
+impl Columns {
+    fn of(events: &[Envelope]) -> Result<Self> {
+        let schema_versions = events
+            .iter()
+            .map(|e| {
+                i32::try_from(e.schema_version).map_err(|_| {
+                    Error::invalid(format!(
+                        "event {} has schema version {}, above {}",
+                        e.id,
+                        e.schema_version,
+                        i32::MAX
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            ids: events.iter().map(|e| e.id.as_uuid()).collect(),
+            types: events.iter().map(|e| e.event_type.clone()).collect(),
+            sources: events.iter().map(|e| e.source.clone()).collect(),
+            subjects: events.iter().map(|e| e.subject.clone()).collect(),
+            times: events.iter().map(|e| e.time).collect(),
+            aggregate_types: events.iter().map(|e| e.aggregate_type.clone()).collect(),
+            partition_keys: events.iter().map(|e| e.partition_key.clone()).collect(),
+            correlation_ids: events.iter().map(|e| e.correlation_id.clone()).collect(),
+            causation_ids: events.iter().map(|e| e.causation_id.clone()).collect(),
+            traceparents: events.iter().map(|e| e.traceparent.clone()).collect(),
+            schema_versions,
+            data: events.iter().map(|e| e.data.as_str().to_owned()).collect(),
+        })
+    }
+}
+
+/// Appends an already validated batch (see `tributary_core::validate_batch`) with the rules of
+/// `EventStore::append`.
+pub(crate) async fn append(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[Envelope],
+    mode: Mode,
+) -> Result<AppendOutcome> {
+    let Some(first) = events.first() else {
+        return Err(Error::invalid("nothing to append: the batch is empty"));
+    };
+    let columns = Columns::of(events)?;
+    for _ in 0..MAX_ATTEMPTS {
+        let (actual, stored): (i64, bool) = sqlx::query_as(sql.append_check.sql())
+            .bind(stream.as_str())
+            .bind(first.id.as_uuid())
+            .fetch_one(&mut *conn)
+            .await
+            .context("checking a stream before appending")?;
+        if stored {
+            return deduplicate(conn, sql, stream, events).await;
+        }
+        let actual = version(actual)?;
+        if !expected.matches(actual) {
+            return Err(Error::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual,
+            });
+        }
+        if mode == Mode::InTransaction {
+            savepoint(conn, "SAVEPOINT tributary_append").await?;
+        }
+        let inserted: Result<Vec<(i64, i32)>, sqlx::Error> =
+            sqlx::query_as(sql.insert_events.sql())
+                .bind(stream.as_str())
+                .bind(actual.get() as i64)
+                .bind(&columns.ids)
+                .bind(&columns.types)
+                .bind(&columns.sources)
+                .bind(&columns.subjects)
+                .bind(&columns.times)
+                .bind(&columns.aggregate_types)
+                .bind(&columns.partition_keys)
+                .bind(&columns.correlation_ids)
+                .bind(&columns.causation_ids)
+                .bind(&columns.traceparents)
+                .bind(&columns.schema_versions)
+                .bind(&columns.data)
+                .fetch_all(&mut *conn)
+                .await;
+        let failed = inserted.is_err();
+        if mode == Mode::InTransaction {
+            if failed {
+                savepoint(conn, "ROLLBACK TO SAVEPOINT tributary_append").await?;
+            }
+            savepoint(conn, "RELEASE SAVEPOINT tributary_append").await?;
+        }
+        match inserted {
+            Ok(rows) => {
+                let mut last = None;
+                for (tx_id, ordinal) in rows {
+                    last = last.max(Some(TxPosition::from_row(tx_id, ordinal)?));
+                }
+                let last = last.ok_or_else(|| Error::storage_msg("an append inserted no rows"))?;
+                return Ok(AppendOutcome {
+                    first_version: actual.next(),
+                    next_expected: StreamVersion::new(actual.get() + events.len() as u64),
+                    last_position: last.to_position()?,
+                    deduplicated: false,
+                });
+            }
+            Err(e) if is_unique_violation(&e) => {
+                if constraint(&e) == Some("events_event_id_key") {
+                    let stored = stored_at(conn, sql, events).await?;
+                    if stored.contains_key(&first.id) {
+                        // The same batch was stored meanwhile (a concurrent retry).
+                        return deduplicate(conn, sql, stream, events).await;
+                    }
+                    if let Some(e) = events.iter().find(|e| stored.contains_key(&e.id)) {
+                        return Err(Error::invalid(format!(
+                            "event id {} is already stored; an id may be used for one event only",
+                            e.id
+                        )));
+                    }
+                }
+                // Another append took the version (or an id) first: check again.
+            }
+            Err(e) => {
+                if let Some(code) = crate::error::sqlstate(&e)
+                    && code == "23514"
+                {
+                    return Err(Error::invalid(format!(
+                        "a transaction may append at most {} events: {e}",
+                        crate::position::MAX_ROWS_PER_TRANSACTION
+                    )));
+                }
+                return Err(db_error("appending events", e));
+            }
+        }
+    }
+    Err(Error::unavailable(
+        format!("event stream {stream}"),
+        "too many concurrent appends to the same stream; try again",
+    ))
+}
+
+async fn savepoint(conn: &mut PgConnection, statement: &'static str) -> Result<()> {
+    sqlx::raw_sql(statement)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .context("managing the append savepoint")
+}
+
+fn version(v: i64) -> Result<StreamVersion> {
+    u64::try_from(v)
+        .map(StreamVersion::new)
+        .map_err(|_| Error::decode("stream version", "negative"))
+}
+
+/// Where each of `events` is stored, for those that are.
+async fn stored_at(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    events: &[Envelope],
+) -> Result<HashMap<EventId, StoredAt>> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
+    let rows: Vec<(Uuid, String, i64, i64, i32)> = sqlx::query_as(sql.find_events.sql())
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .context("looking up event ids")?;
+    rows.into_iter()
+        .map(|(id, stream, v, tx_id, ordinal)| {
+            Ok((
+                EventId::from_uuid(id),
+                StoredAt {
+                    stream: StreamId::new(stream)?,
+                    version: version(v)?,
+                    position: TxPosition::from_row(tx_id, ordinal)?.to_position()?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The outcome of a batch whose first event is stored: an exact retry, or a misuse of ids.
+async fn deduplicate(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream: &StreamId,
+    events: &[Envelope],
+) -> Result<AppendOutcome> {
+    let stored = stored_at(conn, sql, events).await?;
+    let first = events
+        .first()
+        .and_then(|e| stored.get(&e.id))
+        .cloned()
+        .ok_or_else(|| Error::storage_msg("a stored event id vanished (events are append-only)"))?;
+    dedup_outcome(stream, events, first, |id| Ok(stored.get(id).cloned()))
+}

@@ -1,0 +1,6 @@
+-- The horizon now, and the newest transaction whose committed events wait behind it.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+       (SELECT tx_id::text::bigint FROM __SCHEMA__.events
+        WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY tx_id DESC
+        LIMIT 1)

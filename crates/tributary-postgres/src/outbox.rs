@@ -1,0 +1,81 @@
+//! The outbox for applications that use sqlx directly: events written in the caller's own
+//! transaction, published by the relay after it commits.
+
+use sqlx::{PgConnection, Postgres, Transaction};
+use tributary_core::{Envelope, OutgoingMessage, Result, Topic, validate_batch};
+
+use crate::database::PgDatabase;
+use crate::error::SqlxResultExt;
+use crate::sql::Statements;
+
+/// Writes outbox rows in transactions the application manages itself.
+///
+/// ```no_run
+/// use tributary_core::{Envelope, Payload, Topic};
+/// use tributary_postgres::{PgConfig, PgDatabase};
+///
+/// # async fn f() -> tributary_core::Result<()> {
+/// let db = PgDatabase::connect(PgConfig::default().with_schema("orders")).await?;
+/// let outbox = db.outbox();
+/// let mut tx = db.pool().begin().await.expect("begin");
+/// sqlx::query("UPDATE my_orders SET state = 'approved' WHERE id = 7")
+///     .execute(&mut *tx)
+///     .await
+///     .expect("update");
+/// let event = Envelope::new("orders", "OrderApproved", Payload::null()).with_subject("7");
+/// outbox.publish(&mut tx, &Topic::new("Order")?, &event).await?;
+/// tx.commit().await.expect("commit"); // the state change and the event, or neither
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgOutbox {
+    db: PgDatabase,
+}
+
+impl PgOutbox {
+    pub fn new(db: PgDatabase) -> Self {
+        Self { db }
+    }
+
+    /// Records `event` in the outbox inside `tx`, to be published on `topic` once `tx`
+    /// commits (and never if it rolls back). The transaction also announces its commit to
+    /// waiting relays (`NOTIFY`); PostgreSQL serializes the commits of notifying
+    /// transactions, so at high commit rates prefer units of work, which announce after
+    /// commit.
+    ///
+    /// # Errors
+    /// [`tributary_core::Error::TooLarge`] / [`tributary_core::Error::InvalidInput`] for an
+    /// event the store refuses; [`tributary_core::Error::Unavailable`] when the statement
+    /// fails for a retryable reason (the transaction is then aborted: roll it back).
+    pub async fn publish(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        topic: &Topic,
+        event: &Envelope,
+    ) -> Result<()> {
+        let inner = &self.db.inner;
+        insert(tx, &inner.sql, topic, event, inner.config.max_event_bytes).await?;
+        inner.notify_at_commit(tx).await
+    }
+}
+
+/// Inserts one outbox row on `conn` (inside the caller's transaction, or by itself).
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    topic: &Topic,
+    event: &Envelope,
+    max_event_bytes: usize,
+) -> Result<()> {
+    validate_batch(std::slice::from_ref(event), max_event_bytes)?;
+    let message = OutgoingMessage::from_envelope(topic.clone(), event);
+    sqlx::query(sql.insert_outbox.sql())
+        .bind(message.topic.as_str())
+        .bind(&message.key)
+        .bind(message.id.as_uuid())
+        .bind(&message.payload)
+        .execute(conn)
+        .await
+        .context("writing to the outbox")?;
+    Ok(())
+}

@@ -1,0 +1,4 @@
+SELECT id, body::text FROM __SCHEMA__.documents
+WHERE collection = $1 AND id > $2
+ORDER BY id
+LIMIT $3

@@ -1,0 +1,131 @@
+//! The PostgreSQL service database as a [`Database`]: units of work, document and
+//! dead-letter reads on the pool, and the relay sources.
+
+mod dead_letters;
+mod lease;
+mod relay_source;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tributary_core::{
+    Database, DeadLetterStore, Error, EventStore, Payload, Position, RelaySource, Result, Topic,
+    Work, WorkError, validate_document_key,
+};
+
+use crate::database::PgDatabase;
+use crate::error::SqlxResultExt;
+use crate::event_store::{PgEventStore, limit};
+
+pub use dead_letters::PgDeadLetters;
+pub(crate) use dead_letters::decode as decode_dead_letter;
+pub use lease::PgLease;
+pub use relay_source::{PgEventsSource, PgOutboxSource};
+
+#[async_trait]
+impl Database for PgDatabase {
+    async fn execute(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
+        crate::unit_of_work::execute(self, work).await
+    }
+
+    fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.commits_receiver()
+    }
+
+    async fn get_document(&self, collection: &str, id: &str) -> Result<Option<Payload>> {
+        validate_document_key(collection, id)?;
+        let body: Option<String> = sqlx::query_scalar(self.inner.sql.read_document.sql())
+            .bind(collection)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .context("reading a document")?;
+        body.map(|b| Payload::from_json_str(b).map_err(|e| Error::decode("document", e)))
+            .transpose()
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Payload)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(self.inner.sql.list_documents.sql())
+            .bind(collection)
+            .bind(after.unwrap_or(""))
+            .bind(limit(max))
+            .fetch_all(self.pool())
+            .await
+            .context("listing documents")?;
+        rows.into_iter()
+            .map(|(id, body)| {
+                Payload::from_json_str(body)
+                    .map(|p| (id, p))
+                    .map_err(|e| Error::decode("document", e))
+            })
+            .collect()
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Position>> {
+        let p: Option<i64> = sqlx::query_scalar(self.inner.sql.get_checkpoint.sql())
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .context("reading a checkpoint")?;
+        // Positions are u64 stored bit for bit in a bigint.
+        Ok(p.map(|p| Position::new(p as u64)))
+    }
+
+    async fn drop_collection(&self, collection: &str) -> Result<u64> {
+        validate_document_key(collection, "-")?;
+        let done = sqlx::query(self.inner.sql.clear_collection.sql())
+            .bind(collection)
+            .execute(self.pool())
+            .await
+            .context("dropping a collection")?;
+        self.inner.committed();
+        Ok(done.rows_affected())
+    }
+
+    fn event_store(&self) -> Arc<dyn EventStore> {
+        Arc::new(PgEventStore::new(self.clone()))
+    }
+
+    fn outbox_source(&self) -> Arc<dyn RelaySource> {
+        Arc::new(PgOutboxSource::new(self.clone()))
+    }
+
+    fn event_store_source(&self, name: &str, default_topic: Topic) -> Arc<dyn RelaySource> {
+        Arc::new(PgEventsSource::new(self.clone(), name, default_topic))
+    }
+
+    fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        Arc::new(PgDeadLetters::new(self.clone()))
+    }
+
+    async fn prune_inbox(&self, before: DateTime<Utc>) -> Result<u64> {
+        // Small chunks, so that pruning a large inbox never holds locks for long.
+        const CHUNK: i64 = 5_000;
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(self.inner.sql.prune_inbox.sql())
+                .bind(before)
+                .bind(CHUNK)
+                .execute(self.pool())
+                .await
+                .context("pruning the inbox")?
+                .rows_affected();
+            total += n;
+            if n < CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn poll_every(&self) -> Duration {
+        self.inner.config.poll_every
+    }
+}

@@ -1,0 +1,1 @@
+DELETE FROM __SCHEMA__.inbox WHERE consumer_group = $1

@@ -1,0 +1,712 @@
+//! What the PostgreSQL backend promises beyond the conformance suites: row locks and
+//! conflicts inside units, the raw transaction, savepoints, migrations, notifications,
+//! leases and lag figures.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::Connection;
+use tributary_core::{
+    ConsumerTx, Database, Envelope, Error, EventStore, ExpectedVersion, Payload, Position,
+    RelaySource, StreamId, Topic, UnitOfWork, UnitOfWorkExt,
+};
+use tributary_postgres::{PgConfig, PgDatabase, PgTx, TxPosition, latest_version};
+
+/// Taken by the tests that keep a transaction open on purpose, so that the lag test sees its
+/// own long transaction as the oldest one (the horizon is server-wide).
+static LONG_TRANSACTIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn event(n: u64) -> Envelope {
+    Envelope::new(
+        "test",
+        "Numbered",
+        Payload::from_value(&json!({ "n": n })).expect("json"),
+    )
+}
+
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn documents_read_in_a_unit_are_locked_so_concurrent_updates_are_not_lost() {
+    let Some((db, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(db);
+    db.transact(|unit| unit.put_as("counters", "c", &0u64))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                db.transact(|unit| {
+                    let n: u64 = unit.get_as("counters", "c")?.unwrap_or(0);
+                    // Widen the window between read and write.
+                    std::thread::sleep(Duration::from_millis(1));
+                    unit.put_as("counters", "c", &(n + 1))
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n: u64 = db
+        .get_document("counters", "c")
+        .await
+        .unwrap()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(n, 60, "every increment read the previous one's result");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creating_a_document_another_unit_created_meanwhile_is_a_retryable_conflict() {
+    let _long = LONG_TRANSACTIONS.lock().await;
+    let Some((db, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(db);
+    let (read_tx, read_rx) = std::sync::mpsc::channel::<()>();
+    let (created_tx, created_rx) = std::sync::mpsc::channel::<()>();
+    let first = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.transact(move |unit| {
+                assert!(unit.get("users", "ada")?.is_none());
+                read_tx.send(()).unwrap();
+                created_rx.recv().unwrap();
+                unit.put_as("users", "ada", &json!({"by": "first"}))
+            })
+            .await
+        })
+    };
+    read_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    db.transact(|unit| {
+        assert!(unit.get("users", "ada")?.is_none());
+        unit.put_as("users", "ada", &json!({"by": "second"}))
+    })
+    .await
+    .unwrap();
+    created_tx.send(()).unwrap();
+    let err = first.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }) && err.is_retryable(),
+        "got {err:?}"
+    );
+    let doc = db.get_document("users", "ada").await.unwrap().unwrap();
+    assert_eq!(
+        doc.to_value()["by"],
+        "second",
+        "the winner's document stays"
+    );
+    // A blind put (no read first) simply replaces.
+    db.transact(|unit| unit.put_as("users", "ada", &json!({"by": "blind"})))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_raw_transaction_commits_and_rolls_back_with_the_unit() {
+    let Some((pg, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let table = format!("\"{}\".my_rows", pg.schema());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (n int PRIMARY KEY)"
+    )))
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let insert = format!("INSERT INTO {table} (n) VALUES ($1)");
+    for (n, commit) in [(1, true), (2, false)] {
+        let insert = insert.clone();
+        let topic = Topic::new("Rows").unwrap();
+        let result = db
+            .transact(move |unit: &mut dyn UnitOfWork| {
+                let pg = PgTx::from_unit(unit).expect("a PostgreSQL unit");
+                assert!(pg.schema().starts_with("tributary_test_"));
+                let (runtime, tx) = pg.parts();
+                runtime
+                    .block_on(
+                        sqlx::query(sqlx::AssertSqlSafe(insert))
+                            .bind(n)
+                            .execute(&mut **tx),
+                    )
+                    .map_err(|e| Error::storage("inserting", e))?;
+                unit.publish(&topic, event(n as u64))?;
+                if commit {
+                    Ok(())
+                } else {
+                    Err(Error::invalid("changed my mind"))
+                }
+            })
+            .await;
+        assert_eq!(result.is_ok(), commit);
+    }
+    let rows: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT n FROM {table} ORDER BY n"
+    )))
+    .fetch_all(pg.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![1], "the committed unit's row only");
+    let batch = pg.outbox_source().read_batch(10).await.unwrap().unwrap();
+    assert_eq!(batch.messages.len(), 1, "and its event only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_unit_that_ignores_a_failed_statement_is_rolled_back_not_half_committed() {
+    let Some((pg, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg);
+    let err = db
+        .transact(|unit: &mut dyn UnitOfWork| {
+            unit.put_as("docs", "a", &1)?;
+            // A document PostgreSQL cannot store (jsonb refuses \u0000): the error is ignored.
+            let bad = Payload::from_json_str(r#"{"nul":"\u0000"}"#)?;
+            assert!(unit.put("docs", "b", bad).is_err());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "got {err:?}");
+    assert!(
+        db.get_document("docs", "a").await.unwrap().is_none(),
+        "nothing of the unit was committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn savepoints_undo_only_the_nested_work_even_after_a_failed_statement() {
+    let Some((pg, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg);
+    db.transact_consumer(|tx: &mut dyn ConsumerTx| {
+        tx.put_as("docs", "before", &1)?;
+        tx.savepoint()?;
+        tx.put_as("docs", "inside", &2)?;
+        let bad = Payload::from_json_str(r#"{"nul":"\u0000"}"#)?;
+        assert!(tx.put("docs", "broken", bad).is_err());
+        tx.rollback_savepoint()?;
+        tx.savepoint()?;
+        tx.put_as("docs", "kept", &3)?;
+        tx.release_savepoint()?;
+        tx.put_as("docs", "after", &4)
+    })
+    .await
+    .unwrap();
+    for (id, present) in [
+        ("before", true),
+        ("inside", false),
+        ("broken", false),
+        ("kept", true),
+        ("after", true),
+    ] {
+        assert_eq!(
+            db.get_document("docs", id).await.unwrap().is_some(),
+            present,
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_that_loses_a_race_in_a_unit_conflicts_and_leaves_the_unit_usable() {
+    let _long = LONG_TRANSACTIONS.lock().await;
+    let Some((pg, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let stream = StreamId::new("race-1").unwrap();
+    let (appended_tx, appended_rx) = std::sync::mpsc::channel::<()>();
+    let (other_tx, other_rx) = std::sync::mpsc::channel::<()>();
+    let s = stream.clone();
+    let slow = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.transact(move |unit| {
+                unit.append(&s, ExpectedVersion::NoStream, vec![event(1)])?;
+                appended_tx.send(()).unwrap();
+                other_rx.recv().unwrap();
+                Ok::<_, Error>(())
+            })
+            .await
+        })
+    };
+    appended_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let s = stream.clone();
+    let racer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.transact(move |unit| {
+                // Blocks on the slow unit's uncommitted version 1, then loses.
+                let lost = unit.append(&s, ExpectedVersion::NoStream, vec![event(2)]);
+                let conflict =
+                    matches!(lost, Err(Error::Conflict { actual, .. }) if actual.get() == 1);
+                // The unit goes on and commits other work.
+                unit.put_as("notes", "racer", &conflict)?;
+                Ok::<_, Error>(conflict)
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    other_tx.send(()).unwrap();
+    slow.await.unwrap().unwrap();
+    assert!(
+        racer.await.unwrap().unwrap(),
+        "the racer saw a conflict at version 1"
+    );
+    assert_eq!(
+        db.get_document("notes", "racer")
+            .await
+            .unwrap()
+            .unwrap()
+            .to_value(),
+        json!(true)
+    );
+    assert_eq!(pg.events().stream_version(&stream).await.unwrap().get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn positions_pack_the_writing_transaction_and_the_row_within_it() {
+    let Some((pg, _guard)) = common::database("postgres positions").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let (a, b) = (StreamId::new("a").unwrap(), StreamId::new("b").unwrap());
+    let (first, second) = db
+        .transact(move |unit| {
+            let first = unit.append(&a, ExpectedVersion::Any, vec![event(1), event(2)])?;
+            let second = unit.append(&b, ExpectedVersion::Any, vec![event(3)])?;
+            Ok::<_, Error>((first, second))
+        })
+        .await
+        .unwrap();
+    let (p1, p2) = (
+        TxPosition::from_position(first.last_position),
+        TxPosition::from_position(second.last_position),
+    );
+    assert_eq!(p1.tx_id, p2.tx_id, "one transaction");
+    assert_eq!(
+        (p1.ordinal, p2.ordinal),
+        (1, 2),
+        "rows numbered in insert order"
+    );
+    let all = pg.events().read_all(Position::START, 10).await.unwrap();
+    let ordinals: Vec<u32> = all
+        .iter()
+        .map(|e| TxPosition::from_position(e.position).ordinal)
+        .collect();
+    assert_eq!(ordinals, vec![0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_right_after_a_commit_returns_it_while_other_transactions_come_and_go() {
+    let Some((pg, _guard)) = common::database("postgres reads").await else {
+        return;
+    };
+    // Short transactions with transaction ids, all the time, as on a busy server: each holds
+    // the horizon back for a moment.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut churn = Vec::new();
+    for i in 0..3u64 {
+        let (pool, stop) = (pg.pool().clone(), stop.clone());
+        churn.push(tokio::spawn(async move {
+            let mut n = i;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("SELECT pg_current_xact_id()")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                tokio::time::sleep(Duration::from_micros(500 + (n >> 33) % 3000)).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let (store, source) = (pg.events(), pg.outbox_source());
+    let stream = StreamId::new("s").unwrap();
+    let topic = Topic::new("T").unwrap();
+    let mut next = Position::START;
+    for i in 0..150 {
+        let out = store
+            .append(&stream, ExpectedVersion::Any, vec![event(i)])
+            .await
+            .unwrap();
+        let read = store.read_all(next, 10).await.unwrap();
+        assert_eq!(
+            read.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![out.last_position],
+            "round {i}: read_all returns the event just committed"
+        );
+        next = out.last_position.next();
+        let t = topic.clone();
+        db.transact(move |unit| unit.publish(&t, event(i)))
+            .await
+            .unwrap();
+        let batch = source.read_batch(10).await.unwrap();
+        assert_eq!(
+            batch.as_ref().map(|b| b.messages.len()),
+            Some(1),
+            "round {i}: the outbox row just committed is readable"
+        );
+        source.mark_published(batch.unwrap().through).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in churn {
+        c.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pruning_the_inbox_deletes_only_entries_recorded_before_the_cutoff() {
+    let Some((pg, _guard)) = common::database("postgres inbox").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg);
+    let group = tributary_core::GroupName::new("g").unwrap();
+    let (old, new) = (
+        tributary_core::EventId::new(),
+        tributary_core::EventId::new(),
+    );
+    let g = group.clone();
+    db.transact_consumer(move |tx| tx.inbox_insert(&g, &old))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cutoff = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let g = group.clone();
+    db.transact_consumer(move |tx| {
+        tx.inbox_insert(&g, &new)?;
+        // Recording the same message twice is refused without breaking the unit.
+        assert!(matches!(
+            tx.inbox_insert(&g, &new),
+            Err(Error::InvalidInput { .. })
+        ));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.prune_inbox(cutoff).await.unwrap(), 1);
+    let g = group.clone();
+    let kept = db
+        .transact_consumer(move |tx| {
+            Ok((tx.inbox_contains(&g, &old)?, tx.inbox_contains(&g, &new)?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, (false, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_are_recorded_once_and_reopening_is_harmless() {
+    let Some((pg, _guard)) = common::database("postgres schema").await else {
+        return;
+    };
+    let config = pg.config().clone();
+    let again = PgDatabase::connect(config).await.unwrap();
+    let versions: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM \"{}\".tributary_migrations ORDER BY version",
+        pg.schema()
+    )))
+    .fetch_all(again.pool())
+    .await
+    .unwrap();
+    assert_eq!(versions, (1..=latest_version()).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schema_from_a_newer_version_is_refused() {
+    let Some((pg, _guard)) = common::database("postgres schema").await else {
+        return;
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{}\".tributary_migrations (version, description) VALUES (99, 'future')",
+        pg.schema()
+    )))
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    let err = PgDatabase::connect(pg.config().clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Storage { reason, .. } if reason.contains("newer")),
+        "got {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schema_holding_other_tables_is_refused() {
+    let Some(()) = common::server("postgres schema") else {
+        return;
+    };
+    let guard = common::SchemaGuard::new();
+    let config = common::config();
+    guard.track(&config.schema);
+    let mut conn = sqlx::PgConnection::connect(&config.url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".theirs (x int)",
+        config.schema
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = PgDatabase::connect(config).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "got {err:?}");
+    assert!(matches!(
+        PgDatabase::connect(PgConfig::default().with_schema("Not-Valid")).await,
+        Err(Error::InvalidInput { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_made_through_another_handle_wake_readers_by_notification() {
+    let Some((pg, _guard)) = common::database("postgres notify").await else {
+        return;
+    };
+    // Another process, as far as `pg` can tell: its own pool and listener.
+    let other = PgDatabase::connect(pg.config().clone()).await.unwrap();
+    let mut commits = Database::commits(&pg);
+    commits.borrow_and_update();
+    other
+        .events()
+        .append(
+            &StreamId::new("s").unwrap(),
+            ExpectedVersion::Any,
+            vec![event(1)],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), commits.changed())
+        .await
+        .expect("a NOTIFY reached the other handle")
+        .unwrap();
+    // Outbox rows written in an application's own transaction notify too.
+    commits.borrow_and_update();
+    let mut tx = other.pool().begin().await.unwrap();
+    other
+        .outbox()
+        .publish(&mut tx, &Topic::new("T").unwrap(), &event(2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !commits.has_changed().unwrap(),
+        "nothing is announced before the commit"
+    );
+    tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), commits.changed())
+        .await
+        .expect("the commit was announced")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_commit_listener_comes_back_after_its_connection_is_killed() {
+    let Some((pg, _guard)) = common::database("postgres notify").await else {
+        return;
+    };
+    let other = PgDatabase::connect(pg.config().clone()).await.unwrap();
+    let app = format!("listen {}", pg.schema());
+    let listeners = async || -> Vec<i32> {
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = left($1, 63)")
+            .bind(&app)
+            .fetch_all(other.pool())
+            .await
+            .unwrap()
+    };
+    // Both handles listen; kill them all, as a network cut or a server restart would.
+    let before = listeners().await;
+    assert_eq!(before.len(), 2);
+    for pid in &before {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(other.pool())
+            .await
+            .unwrap();
+    }
+    let back = eventually(Duration::from_secs(10), async || {
+        let now = listeners().await;
+        now.len() == 2 && now.iter().all(|p| !before.contains(p))
+    })
+    .await;
+    assert!(back, "the listeners reconnected");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut commits = Database::commits(&pg);
+    commits.borrow_and_update();
+    other
+        .events()
+        .append(
+            &StreamId::new("s").unwrap(),
+            ExpectedVersion::Any,
+            vec![event(1)],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), commits.changed())
+        .await
+        .expect("notifications flow again")
+        .unwrap();
+}
+
+async fn terminate_lease_connection(pg: &PgDatabase, name: &str) -> bool {
+    let app = format!("lease {name}@{}", pg.schema());
+    sqlx::query_scalar::<_, bool>(
+        "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) FROM pg_stat_activity WHERE application_name = left($1, 63)",
+    )
+    .bind(app)
+    .fetch_one(pg.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_is_exclusive_and_is_lost_with_its_connection() {
+    let Some((pg, _guard)) = common::database("postgres leases").await else {
+        return;
+    };
+    let source = pg.outbox_source();
+    let first = source.try_lease().await.unwrap().expect("a free lease");
+    assert!(first.is_held());
+    assert!(
+        source.try_lease().await.unwrap().is_none(),
+        "one holder at a time"
+    );
+    // Another source of the same database has a lease of its own.
+    let events = pg.event_store_source("x", Topic::new("T").unwrap());
+    assert!(events.try_lease().await.unwrap().is_some());
+    // Dropping the guard releases the lease (its keeper unlocks right away).
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let held = loop {
+        if let Some(lease) = source.try_lease().await.unwrap() {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "a dropped lease can be taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The holder's connection dies (e.g. a network cut): the lease is gone and says so.
+    assert!(terminate_lease_connection(&pg, "outbox").await);
+    assert!(
+        eventually(Duration::from_secs(5), async || !held.is_held()).await,
+        "is_held turns false once the connection is lost"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            source.try_lease().await.unwrap().is_some()
+        })
+        .await,
+        "the server released the lock with the session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lag_shows_rows_held_back_by_a_long_transaction_and_who_holds_them() {
+    let _long = LONG_TRANSACTIONS.lock().await;
+    let Some((pg, _guard)) = common::database_with(
+        "postgres lag",
+        common::config().with_settle_timeout(Duration::from_millis(300)),
+    )
+    .await
+    else {
+        return;
+    };
+    let topic = Topic::new("T").unwrap();
+    let source = tributary_postgres::PgOutboxSource::new(pg.clone());
+    // A transaction that wrote early and stays open.
+    let mut long = pg.pool().begin().await.unwrap();
+    pg.outbox()
+        .publish(&mut long, &topic, &event(1))
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *long)
+        .await
+        .unwrap();
+    // A later one commits.
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let t = topic.clone();
+    db.transact(move |unit| unit.publish(&t, event(2)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lag = source.lag().await.unwrap();
+    assert_eq!((lag.readable, lag.held_back), (0, 1), "{lag:?}");
+    let holder = lag.horizon_holder.expect("the holder is named");
+    assert_eq!(holder.pid, pid);
+    assert!(holder.transaction_age >= Duration::from_millis(100));
+    assert!(lag.oldest_unread_age.is_some());
+    assert!(
+        source.read_batch(10).await.unwrap().is_none(),
+        "the committed row waits behind the open transaction"
+    );
+    long.commit().await.unwrap();
+    // Both rows are unread; whether they are readable yet depends on every other transaction
+    // on the server, so only the total is certain.
+    assert_eq!(source.lag().await.unwrap().unread(), 2);
+    let batch = source.read_batch(10).await.unwrap().expect("both rows");
+    assert_eq!(batch.messages.len(), 2);
+    source.mark_published(batch.through).await.unwrap();
+    assert_eq!(source.lag().await.unwrap().unread(), 0);
+    // The event store's lag works from a reader's next position.
+    let store = pg.events();
+    store
+        .append(
+            &StreamId::new("s").unwrap(),
+            ExpectedVersion::Any,
+            vec![event(3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.lag(Position::START).await.unwrap().unread(), 1);
+    let last = store.read_all(Position::START, 10).await.unwrap()[0].position;
+    assert_eq!(store.lag(last.next()).await.unwrap().unread(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_raw_insert_baseline_measures_and_cleans_up() {
+    let Some(()) = common::server("postgres bench") else {
+        return;
+    };
+    let url = tributary_testkit::servers::postgres_url();
+    let report = tributary_postgres::bench::raw_single_row_commits(&url, 200, 100, 2)
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 200);
+    assert!(report.rows_per_sec > 0.0);
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tributary_bench_%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the baseline's schema is dropped");
+}
