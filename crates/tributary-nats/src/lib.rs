@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod broker;
+mod config;
+mod consumer;
+mod naming;
+
+pub use broker::NatsBroker;
+pub use config::{NatsBrokerConfig, NatsStorage};
+pub use naming::{KEY_HEADER, MAX_PARTITIONS};
