@@ -192,14 +192,33 @@ impl Inner {
         subject: String,
         payload: &serde_json::Value,
     ) -> Result<Result<T, ApiError>> {
-        let response: Response<T> = self
-            .js
-            .request(subject, payload)
-            .await
-            .map_err(|e: RequestError| Error::unavailable(what.to_owned(), e))?;
+        let request = async {
+            self.js
+                .request(subject, payload)
+                .await
+                .map_err(|e: RequestError| Error::unavailable(what.to_owned(), e))
+        };
+        let response: Response<T> = self.bounded(what, request).await?;
         Ok(match response {
             Response::Ok(value) => Ok(value),
             Response::Err { error } => Err(error),
+        })
+    }
+
+    /// Bounds a call into the client by `request_timeout`. While the connection is down, the
+    /// client's command queue fills up and sending into it waits for the reconnection, outside
+    /// the client's own timeouts.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.config.request_timeout;
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(Error::unavailable(
+                what.to_owned(),
+                format!("no answer within {limit:?}"),
+            ))
         })
     }
 

@@ -40,7 +40,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::datetime::DateTime;
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{
     AckPolicy, DeliverPolicy, Info as ConsumerInfo, PullConsumer,
@@ -84,9 +83,10 @@ pub(crate) struct NatsPartitionConsumer {
     name: String,
     filter: String,
     consumer: PullConsumer,
-    /// When the server consumer this instance drives was created: another one with the same
-    /// name means another instance took the partition over.
-    created: DateTime,
+    /// The incarnation token in the description of the server consumer this instance drives
+    /// (its creation time is not stable across server restarts): another token under the
+    /// same name means another instance took the partition over.
+    incarnation: String,
     /// The group is done with everything up to here (as far as this instance knows).
     committed: u64,
     /// Highest stream sequence returned by `fetch`.
@@ -150,11 +150,14 @@ impl NatsPartitionConsumer {
                     && info.config.ack_wait == inner.config.ack_wait
                     && info.config.max_ack_pending == i64::from(inner.config.max_ack_pending);
                 if clean {
-                    let c: PullConsumer = inner
-                        .js
-                        .get_consumer_from_stream(&name, &stream)
-                        .await
-                        .map_err(|e| unavailable(&stream, &name, e))?;
+                    let get = async {
+                        inner
+                            .js
+                            .get_consumer_from_stream(&name, &stream)
+                            .await
+                            .map_err(|e| unavailable(&stream, &name, e))
+                    };
+                    let c: PullConsumer = inner.bounded(&name, get).await?;
                     let dseq = c.cached_info().delivered.consumer_sequence;
                     (c, start, dseq)
                 } else {
@@ -165,7 +168,7 @@ impl NatsPartitionConsumer {
             }
         };
         Ok(Self {
-            created: consumer.cached_info().created,
+            incarnation: incarnation_of(consumer.cached_info()),
             inner,
             group: group.clone(),
             topic: topic.clone(),
@@ -200,7 +203,8 @@ impl NatsPartitionConsumer {
     async fn own_info(&self) -> Result<ConsumerInfo> {
         match consumer_info(&self.inner, &self.stream, &self.name).await? {
             Some(info)
-                if info.created == self.created && info.config.filter_subject == self.filter =>
+                if incarnation_of(&info) == self.incarnation
+                    && info.config.filter_subject == self.filter =>
             {
                 Ok(info)
             }
@@ -233,7 +237,7 @@ impl NatsPartitionConsumer {
             &start,
         )
         .await?;
-        self.created = self.consumer.cached_info().created;
+        self.incarnation = incarnation_of(self.consumer.cached_info());
         self.committed = start.floor;
         self.redelivered_through = start.redelivered_through;
         self.dseq = 0;
@@ -484,15 +488,23 @@ impl PartitionConsumer for NatsPartitionConsumer {
             ));
         };
         let dseq = *dseq;
-        acker
-            .double_ack()
-            .await
-            .map_err(|e| Error::unavailable(self.what(), e))?;
+        let what = self.what();
+        let ack = async {
+            acker
+                .double_ack()
+                .await
+                .map_err(|e| Error::unavailable(what.clone(), e))
+        };
+        self.inner.bounded(&what, ack).await?;
         self.acked_dseq = dseq;
         self.committed = target;
         self.pending = self.pending.split_off(&(target + 1));
         Ok(())
     }
+}
+
+fn incarnation_of(info: &ConsumerInfo) -> String {
+    naming::incarnation_in_description(info.config.description.as_deref().unwrap_or(""))
 }
 
 /// Where a server consumer that replaces `info` starts.
@@ -558,6 +570,7 @@ async fn create(
             group,
             topic,
             partition,
+            &EventId::new().as_uuid().simple().to_string(),
             start.floor,
             start.redelivered_through,
         )),
@@ -576,9 +589,12 @@ async fn create(
         filter_subject: naming::subject(&inner.config.stream_prefix, topic, partition),
         ..Default::default()
     };
-    inner
-        .js
-        .create_consumer_on_stream(config, stream)
-        .await
-        .map_err(|e| unavailable(stream, name, e))
+    let call = async {
+        inner
+            .js
+            .create_consumer_on_stream(config, stream)
+            .await
+            .map_err(|e| unavailable(stream, name, e))
+    };
+    inner.bounded(name, call).await
 }

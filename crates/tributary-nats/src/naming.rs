@@ -74,26 +74,38 @@ pub fn partitions_in_description(description: &str) -> Option<u32> {
         .and_then(|n| n.parse().ok())
 }
 
-/// The description of a consumer: which group it serves, the ack floor it was created at (a
-/// new consumer starting at sequence n + 1 reports an ack floor of 0 until its first ack), and
-/// through which stream sequence messages were already delivered to an earlier incarnation of
-/// it (see the consumer module).
+/// The description of a consumer: which group it serves, a token naming this incarnation of
+/// it (the consumer is recreated under the same name, see the consumer module), the ack floor
+/// it was created at (a consumer starting at sequence n + 1 reports an ack floor of 0 until
+/// its first ack), and through which stream sequence messages were already delivered to an
+/// earlier incarnation.
 pub fn consumer_description(
     group: &GroupName,
     topic: &Topic,
     partition: Partition,
+    incarnation: &str,
     floor: u64,
     redelivered_through: u64,
 ) -> String {
     format!(
-        "tributary group={group} topic={topic} partition={partition} floor={floor} redelivered-through={redelivered_through}"
+        "tributary group={group} topic={topic} partition={partition} incarnation={incarnation} floor={floor} redelivered-through={redelivered_through}"
     )
 }
 
-fn number_in_description(description: &str, name: &str) -> u64 {
+fn word_in_description<'a>(description: &'a str, name: &str) -> Option<&'a str> {
     description
         .split_whitespace()
         .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+}
+
+pub fn incarnation_in_description(description: &str) -> String {
+    word_in_description(description, "incarnation")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn number_in_description(description: &str, name: &str) -> u64 {
+    word_in_description(description, name)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
@@ -200,7 +212,8 @@ mod tests {
         );
         assert_eq!(partitions_in_description("made by hand"), None);
         let group = GroupName::new("g").unwrap();
-        let d = consumer_description(&group, &topic, Partition::new(1), 70, 77);
+        let d = consumer_description(&group, &topic, Partition::new(1), "abc", 70, 77);
+        assert_eq!(incarnation_in_description(&d), "abc");
         assert_eq!(floor_in_description(&d), 70);
         assert_eq!(redelivered_through_in_description(&d), 77);
         assert_eq!(redelivered_through_in_description(""), 0);
