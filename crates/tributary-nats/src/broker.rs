@@ -440,9 +440,20 @@ impl Broker for NatsBroker {
         // the call after about one `request_timeout`, not one per message.
         let mut acks = FuturesOrdered::new();
         let mut failure = None;
+        let mut order = BatchOrder::default();
         for m in messages {
+            // Commands sent while disconnected wait in the client and go out after the
+            // reconnection, long after this call gave up: see `BatchOrder`.
+            if inner.client.connection_state() != async_nats::connection::State::Connected {
+                failure = Some(Error::unavailable(
+                    format!("NATS server at {}", inner.config.url),
+                    "not connected (reconnecting)",
+                ));
+                break;
+            }
             let partitions = counts.get(&m.topic).copied().unwrap_or(1);
-            let subject = naming::subject(prefix, &m.topic, Partition::for_key(&m.key, partitions));
+            let partition = Partition::for_key(&m.key, partitions);
+            let subject = naming::subject(prefix, &m.topic, partition);
             let mut headers = HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
@@ -454,25 +465,32 @@ impl Broker for NatsBroker {
                 .publish_with_headers(subject, headers, m.payload.clone().into())
                 .await
             {
-                Ok(ack) => acks.push_back(async move { (m, ack.await) }),
+                Ok(ack) => acks.push_back(async move { (m, partition, ack.await) }),
                 Err(e) => {
                     failure = Some(publish_error(inner, m, e));
                     break;
                 }
             }
             if acks.len() >= inner.config.publish_window
-                && let Some((m, ack)) = acks.next().await
-                && let Err(e) = check_ack(inner, m, ack)
+                && let Some((m, partition, ack)) = acks.next().await
             {
-                failure = Some(e);
-                break;
+                match check_ack(inner, m, ack) {
+                    Ok(ack) => order.record(m, partition, &ack),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
         }
         if failure.is_none() {
-            while let Some((m, ack)) = acks.next().await {
-                if let Err(e) = check_ack(inner, m, ack) {
-                    failure = Some(e);
-                    break;
+            while let Some((m, partition, ack)) = acks.next().await {
+                match check_ack(inner, m, ack) {
+                    Ok(ack) => order.record(m, partition, &ack),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
         }
@@ -508,6 +526,41 @@ impl Broker for NatsBroker {
     }
 }
 
+/// Watches one batch for per-key order that JetStream could not keep.
+///
+/// A batch that failed part-way may have been stored in part, and not necessarily as a prefix:
+/// when the connection drops, the message being written is lost while the ones queued behind
+/// it in the client go out after the reconnection. Publishing the batch again (as the trait
+/// asks) then stores the lost message *after* later ones of the same key. JetStream 2.9 has no
+/// way to prevent it short of one publish round trip per message (2.12's atomic batches would);
+/// what can be done is to notice it here, from the sequences in the acknowledgements
+/// (a duplicate's acknowledgement carries the sequence of the copy stored first).
+#[derive(Default)]
+struct BatchOrder {
+    last: HashMap<(Topic, Partition), (u64, tributary_core::EventId)>,
+}
+
+impl BatchOrder {
+    fn record(
+        &mut self,
+        m: &OutgoingMessage,
+        partition: Partition,
+        ack: &jetstream::publish::PublishAck,
+    ) {
+        let slot = (m.topic.clone(), partition);
+        if let Some((seq, id)) = self.last.get(&slot)
+            && ack.sequence < *seq
+        {
+            tracing::warn!(
+                topic = %m.topic, %partition, earlier = %m.id, later = %id,
+                "a retried batch was stored out of order: a previous attempt stored part of it; \
+                 consumers of this partition will see these messages of the batch reordered"
+            );
+        }
+        self.last.insert(slot, (ack.sequence, m.id));
+    }
+}
+
 fn check_ack(
     inner: &Inner,
     m: &OutgoingMessage,
@@ -515,7 +568,7 @@ fn check_ack(
         jetstream::publish::PublishAck,
         async_nats::jetstream::context::PublishError,
     >,
-) -> Result<()> {
+) -> Result<jetstream::publish::PublishAck> {
     let ack = ack.map_err(|e| publish_error(inner, m, e))?;
     let expected = naming::stream_name(&inner.config.stream_prefix, &m.topic);
     if ack.stream != expected {
@@ -527,7 +580,7 @@ fn check_ack(
             },
         ));
     }
-    Ok(())
+    Ok(ack)
 }
 
 fn publish_error(

@@ -159,6 +159,14 @@ impl PrivateServer {
         }
     }
 
+    /// Kills the server (SIGKILL to its own pid) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts it again on the same port and store directory.
     pub fn restart(&mut self) {
         self.stop();
