@@ -121,6 +121,13 @@ impl NatsBroker {
         &self.inner.config
     }
 
+    /// The version the server reported when the connection was (last) established, for
+    /// benchmark settings and diagnostics: what an acknowledgement means on disk depends on it
+    /// (see the crate docs on durability).
+    pub fn server_version(&self) -> String {
+        self.inner.client.server_info().version
+    }
+
     /// The JetStream stream holding `topic`.
     pub fn stream_name(&self, topic: &Topic) -> String {
         naming::stream_name(&self.inner.config.stream_prefix, topic)

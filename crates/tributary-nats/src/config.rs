@@ -21,6 +21,13 @@ pub enum NatsStorage {
 /// Settings of a [`crate::NatsBroker`]. Every process using the same streams must agree on the
 /// stream settings (`stream_prefix`, `max_age`, `duplicate_window`, `replicas`, `storage`):
 /// an existing stream whose settings differ is refused, never reconfigured.
+///
+/// Durability is not a setting here but the server's: JetStream acknowledges a publish before
+/// the message reaches stable storage. nats-server 2.9 never fsyncs its file store (it has no
+/// setting for it); 2.10 and later fsync every `sync_interval` (server config, default 2
+/// minutes; `always` fsyncs each write before acknowledging, at a large throughput cost).
+/// A killed server process loses nothing the kernel already holds; a power loss can lose
+/// acknowledged messages unless `replicas` ≥ 3 spreads them over machines.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct NatsBrokerConfig {
@@ -44,7 +51,7 @@ pub struct NatsBrokerConfig {
     pub duplicate_window: Duration,
     /// Stream replicas (1 on a single server; 3 or 5 in a cluster).
     pub replicas: usize,
-    /// Where streams keep their messages.
+    /// Where streams keep their messages (see above for what "kept" means on disk).
     pub storage: NatsStorage,
     /// Bound on one JetStream API request and on waiting for one publish acknowledgement.
     pub request_timeout: Duration,

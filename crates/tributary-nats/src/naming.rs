@@ -18,7 +18,8 @@ pub const MAX_PARTITIONS: u32 = 1024;
 /// The longest stream prefix accepted.
 pub const MAX_PREFIX_LEN: usize = 32;
 
-/// The header carrying the message key (percent-encoded, see [`encode_key`]).
+/// The header carrying the message key, percent-encoded: bytes other than ASCII letters,
+/// digits and `-._~:@!$&'()*+,;=/` become `%XX`, so any UTF-8 key fits a header value.
 pub const KEY_HEADER: &str = "Tributary-Key";
 
 /// Checks a stream prefix: it becomes the first subject token and the start of stream names.

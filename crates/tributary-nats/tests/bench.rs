@@ -65,9 +65,10 @@ async fn print_raw_and_tributary_publish_throughput() {
         "{{\"bench\":\"publish\",\"backend\":\"nats\",\"events\":{messages},\"payload_bytes\":{size},\
          \"events_per_sec\":{tributary:.0},\"baseline\":\"raw async-nats JetStream publish, \
          window {w}\",\"baseline_events_per_sec\":{raw:.0},\"ratio\":{:.3},\
-         \"settings\":{{\"storage\":\"file\",\"server\":\"nats-server 2.9 (no fsync)\",\
-         \"batch\":{batch_size},\"partitions\":4}}}}",
+         \"settings\":{{\"storage\":\"file\",\"server\":\"nats-server {v}\",\
+         \"sync\":\"server default\",\"batch\":{batch_size},\"partitions\":4}}}}",
         tributary / raw,
         w = config.publish_window,
+        v = broker.server_version(),
     );
 }
