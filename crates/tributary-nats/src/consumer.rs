@@ -167,6 +167,9 @@ impl NatsPartitionConsumer {
                 }
             }
         };
+        // JetStream ignores an "ack all" at or below the consumer's ack floor (in delivery
+        // sequences).
+        let acked_dseq = consumer.cached_info().ack_floor.consumer_sequence;
         Ok(Self {
             incarnation: incarnation_of(consumer.cached_info()),
             inner,
@@ -181,7 +184,7 @@ impl NatsPartitionConsumer {
             returned: start.floor,
             seen: start.floor,
             dseq,
-            acked_dseq: 0,
+            acked_dseq,
             redelivered_through: start.redelivered_through,
             pending: BTreeMap::new(),
             buffer: VecDeque::new(),
@@ -241,7 +244,7 @@ impl NatsPartitionConsumer {
         self.committed = start.floor;
         self.redelivered_through = start.redelivered_through;
         self.dseq = 0;
-        self.acked_dseq = 0;
+        self.acked_dseq = self.consumer.cached_info().ack_floor.consumer_sequence;
         self.pending = self.pending.split_off(&(start.floor + 1));
         for p in self.pending.values_mut() {
             p.acker = None;
