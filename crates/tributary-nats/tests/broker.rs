@@ -1,0 +1,273 @@
+//! NATS-specific behaviour beyond the conformance suite, on the shared server (each test
+//! under a stream prefix of its own).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tributary_core::{Broker, Error, EventId, OutgoingMessage, Partition, Topic};
+use tributary_nats::{NatsBroker, NatsBrokerConfig, NatsStorage};
+use tributary_testkit::broker::{fetch_n, fresh_group, fresh_topic};
+
+fn message(topic: &Topic, key: &str, n: usize) -> OutgoingMessage {
+    OutgoingMessage {
+        topic: topic.clone(),
+        key: key.to_owned(),
+        id: EventId::new(),
+        payload: format!("{{\"n\":{n}}}").into_bytes(),
+    }
+}
+
+fn batch(topic: &Topic, n: usize) -> Vec<OutgoingMessage> {
+    (0..n).map(|i| message(topic, "k", i)).collect()
+}
+
+async fn connect(config: NatsBrokerConfig) -> (NatsBroker, common::DeleteStreams) {
+    let broker = NatsBroker::connect(config).await.expect("connect");
+    let cleanup = common::DeleteStreams(broker.clone());
+    (broker, cleanup)
+}
+
+async fn js(url: &str) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_stream_with_other_settings_is_refused_not_reconfigured() {
+    let Some(url) = common::shared_server("NATS stream settings check") else {
+        return;
+    };
+    let config = common::test_config(url.clone()).with_max_age(Duration::from_secs(3600));
+    let (broker, _cleanup) = connect(config.clone()).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 2).await.unwrap();
+
+    for (what, other) in [
+        (
+            "max_age",
+            config.clone().with_max_age(Duration::from_secs(7200)),
+        ),
+        (
+            "duplicate_window",
+            config
+                .clone()
+                .with_duplicate_window(Duration::from_secs(30)),
+        ),
+        ("storage", config.clone().with_storage(NatsStorage::Memory)),
+    ] {
+        // Checked when connecting: every stream under the prefix.
+        let err = NatsBroker::connect(other).await.err();
+        assert!(
+            matches!(&err, Some(Error::InvalidInput { reason }) if reason.contains(what)),
+            "a different {what} must be refused at start, got {err:?}"
+        );
+    }
+    let err = broker.ensure_topic(&topic, 3).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "got {err:?}");
+
+    let stream = js(&url)
+        .await
+        .get_stream(broker.stream_name(&topic))
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info");
+    assert_eq!(stream.config.max_age, Duration::from_secs(3600));
+    assert_eq!(stream.config.subjects.len(), 2, "nothing was reconfigured");
+    assert_eq!(broker.partitions(&topic).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_not_created_by_tributary_is_refused() {
+    let Some(url) = common::shared_server("NATS stream settings check") else {
+        return;
+    };
+    let config = common::test_config(url.clone());
+    let (broker, _cleanup) = connect(config.clone()).await;
+    let topic = fresh_topic();
+    js(&url)
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: broker.stream_name(&topic),
+            subjects: vec![format!("{}.{topic}.>", config.stream_prefix)],
+            ..Default::default()
+        })
+        .await
+        .expect("foreign stream");
+    let err = broker.partitions(&topic).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput { reason } if reason.contains("not created by Tributary")),
+        "got {err:?}"
+    );
+    let err = broker.publish(&batch(&topic, 1)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "got {err:?}");
+    let err = NatsBroker::connect(config).await.err();
+    assert!(
+        matches!(err, Some(Error::InvalidInput { .. })),
+        "refused at start too, got {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_an_unreachable_server_fails_unavailable_within_the_connect_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = NatsBroker::connect(common::test_config(format!("nats://127.0.0.1:{port}")))
+        .await
+        .err();
+    assert!(
+        matches!(err, Some(Error::Unavailable { .. })),
+        "got {err:?}"
+    );
+    assert!(err.is_some_and(|e| e.is_retryable()));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let err = NatsBroker::connect(common::test_config("nats://[not a url"))
+        .await
+        .err();
+    assert!(
+        matches!(err, Some(Error::InvalidInput { .. })),
+        "got {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_past_ack_wait_are_not_returned_twice_and_later_commits_count() {
+    let Some(url) = common::shared_server("NATS consumer redelivery") else {
+        return;
+    };
+    let config = common::test_config(url).with_ack_wait(Duration::from_secs(1));
+    let (broker, _cleanup) = connect(config).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let sent = batch(&topic, 6);
+    broker.publish(&sent).await.unwrap();
+    let (group, p0) = (fresh_group(), Partition::new(0));
+    let mut c = broker.consume(&group, &topic, p0).await.unwrap();
+    let got = fetch_n(c.as_mut(), 6, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 6);
+
+    // The server redelivers the uncommitted messages to this instance after ack_wait.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = c.fetch(10, Duration::from_millis(500)).await.unwrap();
+    assert!(again.is_empty(), "already fetched: {again:?}");
+    c.commit(got[1].offset).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        c.fetch(10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An earlier commit used a newer delivery; this one must still move the floor.
+    c.commit(got[3].offset).await.unwrap();
+    drop(c);
+
+    let mut next = broker.consume(&group, &topic, p0).await.unwrap();
+    let rest = fetch_n(next.as_mut(), 2, Duration::from_secs(10)).await;
+    let ids: Vec<_> = rest.iter().map(|d| d.id).collect();
+    assert_eq!(ids, vec![Some(sent[4].id), Some(sent[5].id)]);
+    assert!(
+        rest.iter().all(|d| d.delivery_count >= 2),
+        "delivered before: {rest:?}"
+    );
+    let more = next.fetch(10, Duration::from_millis(300)).await.unwrap();
+    assert!(more.is_empty(), "nothing else: {more:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_consumer_of_the_same_partition_takes_it_over() {
+    let Some(url) = common::shared_server("NATS consumer takeover") else {
+        return;
+    };
+    let (broker, _cleanup) = connect(common::test_config(url)).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let sent = batch(&topic, 4);
+    broker.publish(&sent).await.unwrap();
+    let (group, p0) = (fresh_group(), Partition::new(0));
+    let mut old = broker.consume(&group, &topic, p0).await.unwrap();
+    let got = fetch_n(old.as_mut(), 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    old.commit(got[0].offset).await.unwrap();
+
+    let mut new = broker.consume(&group, &topic, p0).await.unwrap();
+    let took = fetch_n(new.as_mut(), 3, Duration::from_secs(10)).await;
+    let ids: Vec<_> = took.iter().map(|d| d.id).collect();
+    let expected: Vec<_> = sent[1..].iter().map(|m| Some(m.id)).collect();
+    assert_eq!(ids, expected, "starts after the committed offset, in order");
+
+    broker.publish(&batch(&topic, 1)).await.unwrap();
+    let err = old.fetch(10, Duration::from_millis(500)).await.err();
+    assert!(
+        matches!(err, Some(Error::Shutdown { .. })),
+        "the old instance stops instead of fighting back, got {err:?}"
+    );
+    let last = fetch_n(new.as_mut(), 1, Duration::from_secs(10)).await;
+    assert_eq!(last.len(), 1, "the new instance keeps going");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_past_the_last_fetched_offset_commits_only_what_was_fetched() {
+    let Some(url) = common::shared_server("NATS consumer commit") else {
+        return;
+    };
+    let (broker, _cleanup) = connect(common::test_config(url)).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let sent = batch(&topic, 5);
+    broker.publish(&sent).await.unwrap();
+    let (group, p0) = (fresh_group(), Partition::new(0));
+    let mut c = broker.consume(&group, &topic, p0).await.unwrap();
+    let got = c.fetch(2, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    c.commit(tributary_core::Offset::new(u64::MAX))
+        .await
+        .unwrap();
+    drop(c);
+    let mut next = broker.consume(&group, &topic, p0).await.unwrap();
+    let rest = fetch_n(next.as_mut(), 3, Duration::from_secs(10)).await;
+    let ids: Vec<_> = rest.iter().map(|d| d.id).collect();
+    let expected: Vec<_> = sent[2..].iter().map(|m| Some(m.id)).collect();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_after_a_newer_redelivery_was_acknowledged_still_moves_the_floor() {
+    let Some(url) = common::shared_server("NATS consumer redelivery") else {
+        return;
+    };
+    let config = common::test_config(url).with_ack_wait(Duration::from_secs(1));
+    let (broker, _cleanup) = connect(config).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let sent = batch(&topic, 7);
+    broker.publish(&sent).await.unwrap();
+    let (group, p0) = (fresh_group(), Partition::new(0));
+    let mut c = broker.consume(&group, &topic, p0).await.unwrap();
+    // Two fetches half an ack_wait apart: the first three come back (to this instance, which
+    // skips them) before the next three do, so their newer deliveries carry higher delivery
+    // sequences than the later messages' first deliveries. JetStream ignores an "ack all"
+    // whose delivery sequence is below one it already processed.
+    let first = c.fetch(3, Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = c.fetch(3, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((first.len(), second.len()), (3, 3));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let skipped = c.fetch(3, Duration::from_millis(300)).await.unwrap();
+    let seventh: Vec<_> = skipped.iter().map(|d| d.id).collect();
+    assert!(seventh.len() <= 1, "only the 7th is new: {skipped:?}");
+    c.commit(first[1].offset).await.unwrap();
+    c.commit(second[1].offset).await.unwrap();
+    drop(c);
+
+    let mut next = broker.consume(&group, &topic, p0).await.unwrap();
+    let rest = fetch_n(next.as_mut(), 2, Duration::from_secs(10)).await;
+    let ids: Vec<_> = rest.iter().map(|d| d.id).collect();
+    assert_eq!(ids, vec![Some(sent[5].id), Some(sent[6].id)]);
+}
