@@ -1,12 +1,91 @@
-//! `tributary demo` and `tributary serve`: the reference application.
+//! `tributary demo`, `serve` and `admin`: the reference application.
+//!
+//! Backends are chosen by URL (see `customers_and_orders::system`): flags, then the
+//! `TRIBUTARY_*` environment variables, then a TOML file given with `--config`, then the
+//! embedded default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::Context;
 use customers_and_orders::demo::{self, DemoOptions};
 use customers_and_orders::http::{self, AppState};
-use customers_and_orders::system::{self, Backends};
+use customers_and_orders::system::{self, Backends, BrokerUrl, DbUrl, ServiceName, Services};
+use serde::Deserialize;
+
+/// Where a deployment's data and broker are, from flags, environment or a file.
+#[derive(Debug, Default, clap::Args)]
+pub struct BackendArgs {
+    /// Databases: sqlite://DIR (one file per service) or postgres://user@host/db (one schema
+    /// per service).
+    #[arg(long, env = "TRIBUTARY_DB")]
+    db: Option<String>,
+    /// Broker: embedded://DIR or nats://host:port.
+    #[arg(long, env = "TRIBUTARY_BROKER")]
+    broker: Option<String>,
+    /// Shorthand for --db sqlite://DIR --broker embedded://DIR.
+    #[arg(long, env = "TRIBUTARY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML file with any of: db, broker, data_dir, service, listen.
+    #[arg(long, env = "TRIBUTARY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The settings a `--config` file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    db: Option<String>,
+    broker: Option<String>,
+    data_dir: Option<PathBuf>,
+    service: Option<String>,
+    listen: Option<SocketAddr>,
+}
+
+fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid configuration", path.display()))
+}
+
+/// The backends a command runs on, resolved from flags, environment and file.
+struct Resolved {
+    db: DbUrl,
+    broker: BrokerUrl,
+    file: FileConfig,
+}
+
+impl BackendArgs {
+    fn resolve(&self, default_dir: Option<&Path>) -> anyhow::Result<Resolved> {
+        let file = read_config(self.config.as_deref())?;
+        let dir = self
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .or_else(|| default_dir.map(Path::to_owned));
+        let db = match self.db.clone().or_else(|| file.db.clone()) {
+            Some(url) => url.parse::<DbUrl>().map_err(anyhow::Error::msg)?,
+            None => DbUrl::Sqlite(
+                dir.clone()
+                    .context("no database given: use --db or --data-dir")?,
+            ),
+        };
+        let broker = match self.broker.clone().or_else(|| file.broker.clone()) {
+            Some(url) => url.parse::<BrokerUrl>().map_err(anyhow::Error::msg)?,
+            None => match (&db, dir) {
+                (DbUrl::Sqlite(d), _) => BrokerUrl::Embedded(d.clone()),
+                (_, Some(d)) => BrokerUrl::Embedded(d),
+                _ => anyhow::bail!("no broker given: use --broker nats://… or embedded://DIR"),
+            },
+        };
+        Ok(Resolved { db, broker, file })
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -22,17 +101,28 @@ pub struct DemoArgs {
     /// Offer orders at this rate per second (default: as fast as they are accepted).
     #[arg(long)]
     rate: Option<f64>,
-    /// Keep the databases here instead of a temporary directory.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    backends: BackendArgs,
 }
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let b = &args.backends;
+    let distributed = b.db.is_some() || b.broker.is_some() || b.config.is_some();
+    let (db, broker) = if distributed {
+        let r = b.resolve(None)?;
+        (Some(r.db), Some(r.broker))
+    } else {
+        (None, None)
+    };
+    let on = match (&db, &broker) {
+        (Some(db), Some(broker)) => format!("{db} + {broker}"),
+        _ => "the embedded default (SQLite, synchronous=FULL)".into(),
+    };
     eprintln!(
-        "demo: {} customers, {} orders, {} at a time, on the embedded default (SQLite, synchronous=FULL)",
+        "demo: {} customers, {} orders, {} at a time, on {on}",
         args.customers, args.orders, args.concurrency
     );
     let summary = demo::run(DemoOptions {
@@ -40,7 +130,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         orders: args.orders,
         concurrency: args.concurrency,
         rate: args.rate,
-        data_dir: args.data_dir,
+        data_dir: b.data_dir.clone(),
+        db,
+        broker,
         progress: !args.quiet,
         ..DemoOptions::default()
     })
@@ -72,22 +164,44 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Directory of the databases (one SQLite file per service, plus the broker's).
-    #[arg(long, default_value = "tributary-data")]
-    data_dir: PathBuf,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "TRIBUTARY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Run one service (customer, order or history) instead of all three.
+    #[arg(long, env = "TRIBUTARY_SERVICE")]
+    service: Option<String>,
+    #[command(flatten)]
+    backends: BackendArgs,
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let running = system::start(Backends::embedded(&args.data_dir)?).await?;
-    eprintln!("data in {}", args.data_dir.display());
+    let resolved = args.backends.resolve(Some(Path::new("tributary-data")))?;
+    let services = match args
+        .service
+        .clone()
+        .or_else(|| resolved.file.service.clone())
+    {
+        Some(s) => vec![s.parse::<ServiceName>().map_err(anyhow::Error::msg)?],
+        None => ServiceName::ALL.to_vec(),
+    };
+    let listen = args
+        .listen
+        .or(resolved.file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let backends = Backends::connect(&resolved.db, &resolved.broker, &services).await?;
+    let running = system::start(backends).await?;
+    let names: Vec<_> = services.iter().map(|s| s.as_str()).collect();
+    eprintln!(
+        "serving {} on {} + {}",
+        names.join(", "),
+        resolved.db,
+        resolved.broker
+    );
     let state = AppState {
         services: running.services.clone(),
         health: Arc::new(running.health()),
     };
-    http::serve(args.listen, http::router(state), shutdown_signal()).await?;
+    http::serve(listen, http::router(state), shutdown_signal()).await?;
     eprintln!("stopping: finishing in-flight batches");
     running.stop().await;
     Ok(())
@@ -115,12 +229,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// `tributary admin`: operating on a stopped (or running) embedded deployment.
+/// `tributary admin`: operations on a deployment.
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
-    /// Directory of the databases.
-    #[arg(long, default_value = "tributary-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    backends: BackendArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -130,8 +243,8 @@ enum AdminCommand {
     /// Dead letters of the application's consumer groups.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// Rebuilds the order-history view from the broker's retained log. Run it while `serve`
-    /// is stopped; the view fills up again when `serve` starts.
+    /// Rebuilds the order-history view from the broker's retained log. Run it while the
+    /// history service is stopped; the view fills up again when it starts.
     RebuildHistory,
 }
 
@@ -139,7 +252,7 @@ enum AdminCommand {
 enum DeadLetterCommand {
     /// Lists unresolved dead letters, oldest first, one JSON object per line.
     List {
-        /// Only this service's groups: customers, orders or history.
+        /// Only this service's group: customer, order or history.
         #[arg(long)]
         service: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -160,28 +273,44 @@ enum DeadLetterCommand {
     },
 }
 
+fn service_arg(s: &str) -> anyhow::Result<ServiceName> {
+    s.parse().map_err(anyhow::Error::msg)
+}
+
 pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
-    use customers_and_orders::system::{
-        HISTORY_COLLECTION, HISTORY_GROUP, Services, consumer_groups,
-    };
+    use customers_and_orders::system::{HISTORY_COLLECTION, HISTORY_GROUP, consumer_groups};
     use tributary_core::{DeadLetterId, GroupName};
     use tributary_runtime::{Consumer, DeadLetterAdmin};
 
-    anyhow::ensure!(
-        args.data_dir.join("broker.db").exists(),
-        "{} holds no Tributary deployment (no broker.db)",
-        args.data_dir.display()
-    );
-    let backends = Backends::embedded(&args.data_dir)?;
-    let services = Services::new(&backends);
-    let groups = consumer_groups(&backends, &services);
-    let find = |service: &str| {
-        groups.iter().find(|g| g.service == service).ok_or_else(|| {
-            anyhow::anyhow!("unknown service {service:?}: use customers, orders or history")
+    let resolved = args.backends.resolve(Some(Path::new("tributary-data")))?;
+    if let DbUrl::Sqlite(dir) = &resolved.db {
+        anyhow::ensure!(
+            dir.join("broker.db").exists() || !matches!(resolved.broker, BrokerUrl::Embedded(_)),
+            "{} holds no Tributary deployment (no broker.db)",
+            dir.display()
+        );
+    }
+    let only = match &args.command {
+        AdminCommand::DeadLetters(DeadLetterCommand::List {
+            service: Some(s), ..
         })
+        | AdminCommand::DeadLetters(DeadLetterCommand::Replay { service: s, .. })
+        | AdminCommand::DeadLetters(DeadLetterCommand::Skip { service: s, .. }) => {
+            vec![service_arg(s)?]
+        }
+        AdminCommand::RebuildHistory => vec![ServiceName::History],
+        AdminCommand::DeadLetters(DeadLetterCommand::List { service: None, .. }) => {
+            ServiceName::ALL.to_vec()
+        }
     };
-    let admin_for = |service: &str| -> anyhow::Result<DeadLetterAdmin> {
-        let g = find(service)?;
+    let backends = Backends::connect(&resolved.db, &resolved.broker, &only).await?;
+    let services = Services::new(&backends);
+    let groups = consumer_groups(&services);
+    let admin_for = |service: ServiceName| -> anyhow::Result<DeadLetterAdmin> {
+        let g = groups
+            .iter()
+            .find(|g| g.service == service)
+            .context("no consumer group for that service")?;
         Ok(DeadLetterAdmin::new(g.db.clone()).with_group(
             g.group.clone(),
             g.handler.clone(),
@@ -189,33 +318,34 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         ))
     };
     match args.command {
-        AdminCommand::DeadLetters(DeadLetterCommand::List { service, limit }) => {
-            let chosen: Vec<_> = match &service {
-                Some(s) => vec![find(s)?],
-                None => groups.iter().collect(),
-            };
-            for g in chosen {
+        AdminCommand::DeadLetters(DeadLetterCommand::List { limit, .. }) => {
+            for g in &groups {
                 for letter in g.db.dead_letters().list(Some(&g.group), limit).await? {
                     println!("{}", serde_json::to_string(&letter)?);
                 }
             }
         }
         AdminCommand::DeadLetters(DeadLetterCommand::Replay { service, id }) => {
-            let outcome = admin_for(&service)?.replay(DeadLetterId::new(id)).await?;
+            let outcome = admin_for(service_arg(&service)?)?
+                .replay(DeadLetterId::new(id))
+                .await?;
             println!("replayed {} dead letter(s)", outcome.replayed.len());
             if let Some((failed, reason)) = outcome.failed {
                 anyhow::bail!("dead letter {failed} failed again: {reason}");
             }
         }
         AdminCommand::DeadLetters(DeadLetterCommand::Skip { service, id }) => {
-            admin_for(&service)?.skip(DeadLetterId::new(id)).await?;
+            admin_for(service_arg(&service)?)?
+                .skip(DeadLetterId::new(id))
+                .await?;
             println!("skipped dead letter {id}");
         }
         AdminCommand::RebuildHistory => {
             let group = GroupName::new(HISTORY_GROUP)?;
-            Consumer::request_rebuild(&backends.history, &group, &[HISTORY_COLLECTION]).await?;
+            let db = backends.history.as_ref().context("no history database")?;
+            Consumer::request_rebuild(db, &group, &[HISTORY_COLLECTION]).await?;
             println!(
-                "the order-history view was cleared; it is rebuilt from the broker's log when serve starts"
+                "the order-history view was cleared; it is rebuilt from the broker's log when the history service starts"
             );
         }
     }

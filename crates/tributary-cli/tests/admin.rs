@@ -34,7 +34,7 @@ async fn rebuilding_the_history_view_restores_it_from_the_broker_log() {
 
     let before = {
         let services = Services::new(&Backends::embedded(dir.path()).unwrap());
-        services.history.all().await.unwrap()
+        services.history().unwrap().all().await.unwrap()
     };
     assert!(before.len() >= 20);
 
@@ -54,7 +54,7 @@ async fn rebuilding_the_history_view_restores_it_from_the_broker_log() {
     {
         let services = Services::new(&Backends::embedded(dir.path()).unwrap());
         assert!(
-            services.history.all().await.unwrap().is_empty(),
+            services.history().unwrap().all().await.unwrap().is_empty(),
             "cleared at once"
         );
     }
@@ -64,7 +64,7 @@ async fn rebuilding_the_history_view_restores_it_from_the_broker_log() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let now = running.services.history.all().await.unwrap();
+        let now = running.services.history().unwrap().all().await.unwrap();
         if now == before {
             break;
         }

@@ -165,7 +165,7 @@ async fn serve_killed_mid_burst_resumes_and_every_invariant_holds() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let orders = running.services.orders.all().await.unwrap();
+    let orders = running.services.orders().unwrap().all().await.unwrap();
     running.stop().await;
     eprintln!(
         "{} orders acknowledged before the kill, {} exist: {checks:?}",

@@ -194,6 +194,14 @@ pub trait Database: Send + Sync + 'static {
 
     /// How often readers poll for commits made by other processes.
     fn poll_every(&self) -> Duration;
+
+    /// How many consumed messages the runtime handles in one transaction. A single-writer
+    /// database wants many (one commit serves them all); a database with row locks wants one,
+    /// because a transaction holding the rows of several messages deadlocks with another
+    /// partition's transaction taking the same rows in another order.
+    fn messages_per_unit(&self) -> usize {
+        1
+    }
 }
 
 impl dyn Database {

@@ -9,9 +9,12 @@ use tributary_core::{Envelope, Error, UnitOfWork};
 /// Why a handler did not process a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandlerError {
-    /// Worth trying again later (a busy database, a conflict). Otherwise the message goes
-    /// straight to the dead letters.
+    /// Worth trying again later. Otherwise the message goes straight to the dead letters.
     pub retryable: bool,
+    /// The infrastructure failed, not the message (the database was busy, a deadlock, a
+    /// concurrent writer): retried for as long as it takes, without counting attempts, so a
+    /// database hiccup never dead-letters good messages.
+    pub transient: bool,
     pub message: String,
 }
 
@@ -20,6 +23,7 @@ impl HandlerError {
     pub fn retry(message: impl Into<String>) -> Self {
         Self {
             retryable: true,
+            transient: false,
             message: message.into(),
         }
     }
@@ -28,6 +32,7 @@ impl HandlerError {
     pub fn reject(message: impl Into<String>) -> Self {
         Self {
             retryable: false,
+            transient: false,
             message: message.into(),
         }
     }
@@ -45,6 +50,7 @@ impl From<Error> for HandlerError {
     fn from(e: Error) -> Self {
         Self {
             retryable: e.is_retryable(),
+            transient: e.is_retryable(),
             message: e.to_string(),
         }
     }

@@ -15,7 +15,7 @@ use tributary_core::Position;
 
 use crate::invariants::{self, Check, State};
 use crate::order::OrderState;
-use crate::system::{self, Backends, Running};
+use crate::system::{self, Backends, BrokerUrl, DbUrl, Running, ServiceName};
 
 /// Options of the demo.
 #[derive(Clone, Debug)]
@@ -30,8 +30,12 @@ pub struct DemoOptions {
     pub cancel_fraction: f64,
     /// Fraction of orders for customers that do not exist.
     pub unknown_customer_fraction: f64,
-    /// Where the databases go (default: a temporary directory).
+    /// Where the databases go on the embedded default (default: a temporary directory).
     pub data_dir: Option<PathBuf>,
+    /// Distributed backends instead: the demo gets fresh schemas and streams of its own on
+    /// them, and removes them at the end.
+    pub db: Option<DbUrl>,
+    pub broker: Option<BrokerUrl>,
     pub progress: bool,
 }
 
@@ -45,6 +49,8 @@ impl Default for DemoOptions {
             cancel_fraction: 0.1,
             unknown_customer_fraction: 0.02,
             data_dir: None,
+            db: None,
+            broker: None,
             progress: true,
         }
     }
@@ -96,13 +102,63 @@ impl Rng {
 pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let temp = tempfile_dir()?;
     let dir = options.data_dir.clone().unwrap_or_else(|| temp.clone());
-    let running = system::start(Backends::embedded(&dir)?).await?;
+    let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let db = match &options.db {
+        None => DbUrl::Sqlite(dir.clone()),
+        Some(DbUrl::Postgres { url, .. }) => DbUrl::Postgres {
+            url: url.clone(),
+            schema_prefix: format!("demo_{run_id}_"),
+        },
+        Some(other) => other.clone(),
+    };
+    let broker = match &options.broker {
+        None => match &db {
+            DbUrl::Sqlite(d) => BrokerUrl::Embedded(d.clone()),
+            DbUrl::Postgres { .. } => {
+                anyhow::bail!("a PostgreSQL demo needs a broker URL (nats://… or embedded://DIR)")
+            }
+        },
+        Some(BrokerUrl::Nats { url, .. }) => BrokerUrl::Nats {
+            url: url.clone(),
+            prefix: format!("DEMO{}", run_id.to_uppercase()),
+        },
+        Some(other) => other.clone(),
+    };
+    let backends = Backends::connect(&db, &broker, &ServiceName::ALL).await?;
+    let running = system::start(backends).await?;
     let result = drive(&running, &options).await;
     running.stop().await;
+    cleanup(&db, &broker).await;
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&temp);
     }
     result
+}
+
+/// Removes the demo's schemas and streams from shared servers.
+async fn cleanup(db: &DbUrl, broker: &BrokerUrl) {
+    if let DbUrl::Postgres { url, schema_prefix } = db {
+        for service in ServiceName::ALL {
+            let config = tributary_postgres::PgConfig::default()
+                .with_url(url.clone())
+                .with_schema(format!("{schema_prefix}{service}"));
+            if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await
+                && let Err(e) = db.drop_schema().await
+            {
+                tracing::warn!(error = %e, "could not drop the demo's schema");
+            }
+        }
+    }
+    if let BrokerUrl::Nats { url, prefix } = broker {
+        let config = tributary_nats::NatsBrokerConfig::default()
+            .with_url(url.clone())
+            .with_stream_prefix(prefix.clone());
+        if let Ok(nats) = tributary_nats::NatsBroker::connect(config).await {
+            for topic in system::topics() {
+                let _ = nats.delete_topic(&topic).await;
+            }
+        }
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -114,6 +170,8 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let services = running.services.clone();
+    let (customer_service, order_service) =
+        (services.customers()?.clone(), services.orders()?.clone());
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
 
     // Customers first, concurrently.
@@ -122,7 +180,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
         .map(|_| rng.range(50, 200) * 100)
         .collect();
     let mut created = futures::stream::iter(limits.into_iter().enumerate().map(|(i, limit)| {
-        let customers = services.customers.clone();
+        let customers = customer_service.clone();
         async move { customers.create(format!("Customer {i}"), limit).await }
     }))
     .buffer_unordered(options.concurrency.max(1));
@@ -136,7 +194,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let settled = Arc::new(AtomicU64::new(0));
     let cancelled = Arc::new(AtomicU64::new(0));
-    let store = running.backends.orders.event_store();
+    let store = order_service.database().event_store();
     let start = store
         .read_all(Position::START, usize::MAX)
         .await?
@@ -151,7 +209,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
             cancelled.clone(),
         );
         let cancels = cancels.clone();
-        let orders = services.orders.clone();
+        let orders = order_service.clone();
         let cancel_fraction = options.cancel_fraction;
         let mut events = store.subscribe_all(start);
         tokio::spawn(async move {
@@ -215,7 +273,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
             customer_ids[(rng.next() % customer_ids.len().max(1) as u64) as usize].clone()
         };
         let total = rng.range(5, 40) * 100;
-        let (orders, created_at) = (services.orders.clone(), created_at.clone());
+        let (orders, created_at) = (order_service.clone(), created_at.clone());
         tasks.spawn(async move {
             let o = orders.create(customer, total).await;
             if let Ok(o) = &o {

@@ -30,9 +30,9 @@ pub struct State {
 impl State {
     pub async fn read(services: &Services) -> Result<Self, AppError> {
         Ok(Self {
-            customers: services.customers.all().await?,
-            orders: services.orders.all().await?,
-            history: services.history.all().await?,
+            customers: services.customers()?.all().await?,
+            orders: services.orders()?.all().await?,
+            history: services.history()?.all().await?,
         })
     }
 

@@ -444,8 +444,27 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     }
     // Nothing was half-written: still exactly one customer, no orders.
     let running = app.running.as_ref().unwrap();
-    assert_eq!(running.services.customers.all().await.unwrap().len(), 1);
-    assert!(running.services.orders.all().await.unwrap().is_empty());
+    assert_eq!(
+        running
+            .services
+            .customers()
+            .unwrap()
+            .all()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        running
+            .services
+            .orders()
+            .unwrap()
+            .all()
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let (status, body) = app.get("/health").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");

@@ -464,6 +464,10 @@ impl Database for InMemoryDatabase {
     fn poll_every(&self) -> Duration {
         Duration::from_millis(500)
     }
+
+    fn messages_per_unit(&self) -> usize {
+        256
+    }
 }
 
 #[async_trait]

@@ -41,6 +41,11 @@ pub struct ConsumerConfig {
     pub inbox_retention: Option<Duration>,
     /// How often old inbox entries are pruned.
     pub prune_every: Duration,
+    /// Messages handled per transaction; `None` takes the database's choice
+    /// ([`Database::messages_per_unit`]). Raise it on PostgreSQL only if each handler touches
+    /// rows of its own message's key alone (keys never share a row across partitions):
+    /// otherwise transactions of two partitions deadlock on shared rows (retried, but slow).
+    pub messages_per_unit: Option<usize>,
 }
 
 impl Default for ConsumerConfig {
@@ -53,6 +58,7 @@ impl Default for ConsumerConfig {
             upcasters: Upcasters::new(),
             inbox_retention: None,
             prune_every: Duration::from_secs(3600),
+            messages_per_unit: None,
         }
     }
 }
@@ -76,6 +82,10 @@ impl ConsumerConfig {
     }
     pub fn with_inbox_retention(mut self, retention: Duration) -> Self {
         self.inbox_retention = Some(retention);
+        self
+    }
+    pub fn with_messages_per_unit(mut self, n: usize) -> Self {
+        self.messages_per_unit = Some(n.max(1));
         self
     }
     pub fn with_fetch_wait(mut self, wait: Duration) -> Self {

@@ -9,7 +9,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tributary_core::{
     ConsumerTx, DeadLetterId, Delivery, Envelope, Error, NewDeadLetter, Partition,
-    PartitionConsumer, Result, Topic, UnitOfWork,
+    PartitionConsumer, Result, Topic, UnitOfWork, Work, WorkError,
 };
 
 use super::Context;
@@ -19,6 +19,8 @@ use crate::health::HealthState;
 #[derive(Clone, Debug)]
 pub(crate) struct Failure {
     pub retryable: bool,
+    /// Not the message's fault (see `HandlerError::transient`): does not count as an attempt.
+    pub transient: bool,
     pub reason: String,
 }
 
@@ -114,8 +116,14 @@ async fn handle_all(
 ) -> bool {
     let mut next = 0;
     let mut store_failures = 0;
+    let per_unit = ctx
+        .config
+        .messages_per_unit
+        .unwrap_or_else(|| ctx.db.messages_per_unit())
+        .max(1);
     while next < deliveries.len() {
-        let progress = run_unit(ctx, &deliveries, next, deliveries.len()).await;
+        let end = deliveries.len().min(next + per_unit);
+        let progress = run_unit(ctx, &deliveries, next, end).await;
         match progress {
             Ok(Progress {
                 done,
@@ -160,7 +168,8 @@ async fn retry_one(
     shutdown: &CancellationToken,
 ) -> bool {
     let first_failed_at = Utc::now();
-    let mut attempts = 1;
+    let mut attempts = u32::from(!failure.transient);
+    let mut naps = 1;
     loop {
         if !failure.retryable || attempts >= ctx.config.max_attempts {
             return dead_letter(
@@ -175,19 +184,27 @@ async fn retry_one(
             .await;
         }
         tracing::debug!(group = %ctx.group, attempts, reason = %failure.reason, "handler failed; retrying");
-        if !nap(ctx.config.backoff.delay(attempts), shutdown).await {
+        if failure.transient {
+            ctx.health.set(HealthState::Degraded(format!(
+                "handling a message: {}",
+                failure.reason
+            )));
+        }
+        if !nap(ctx.config.backoff.delay(naps), shutdown).await {
             return false;
         }
-        attempts += 1;
+        naps += 1;
         match run_unit(ctx, deliveries, index, index + 1).await {
             Ok(Progress { failure: None, .. }) => return true,
             Ok(Progress {
                 failure: Some(again),
                 ..
-            }) => failure = again,
+            }) => {
+                attempts += u32::from(!again.transient);
+                failure = again;
+            }
             Err(e) => {
                 // A store failure is not the message's fault: do not count it.
-                attempts -= 1;
                 degraded(ctx, "handling a message", &e);
             }
         }
@@ -245,15 +262,34 @@ async fn run_unit(
     to: usize,
 ) -> Result<Progress> {
     let (c, d) = (ctx.clone(), deliveries.clone());
-    ctx.db
-        .transact_consumer(move |tx| handle_in_unit(tx, &c, &d[from..to]))
-        .await
+    let work: Work = Box::new(move |tx: &mut dyn ConsumerTx| {
+        let single = to - from == 1;
+        match handle_in_unit(tx, &c, &d[from..to], single) {
+            // A lone message that failed has nothing else to commit: abort the whole unit
+            // instead of paying for a savepoint (two round trips on a networked database).
+            Ok(progress) if single && progress.failure.is_some() => {
+                Err(WorkError::Aborted(Box::new(progress)))
+            }
+            Ok(progress) => Ok(Box::new(progress) as Box<dyn std::any::Any + Send>),
+            Err(e) => Err(WorkError::Failed(e)),
+        }
+    });
+    match ctx.db.execute(work).await {
+        Ok(progress) | Err(WorkError::Aborted(progress)) => progress
+            .downcast::<Progress>()
+            .map(|p| *p)
+            .map_err(|_| Error::storage_msg("a consumer unit returned something else")),
+        Err(WorkError::Failed(e)) => Err(e),
+    }
 }
 
+/// Handles `deliveries` in order inside one unit, each in a savepoint of its own unless it is
+/// the only one (`single`: the caller rolls the unit back on failure).
 fn handle_in_unit(
     tx: &mut dyn ConsumerTx,
     ctx: &Context,
     deliveries: &[Delivery],
+    single: bool,
 ) -> Result<Progress> {
     for (done, delivery) in deliveries.iter().enumerate() {
         let envelope = match decode(ctx, delivery) {
@@ -270,27 +306,35 @@ fn handle_in_unit(
             park(tx, ctx, delivery, &envelope, blocker)?;
             continue;
         }
-        tx.savepoint()?;
+        if !single {
+            tx.savepoint()?;
+        }
         let unit: &mut dyn UnitOfWork = &mut *tx;
         let outcome = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(&envelope, unit)));
         let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(Failure {
                 retryable: e.retryable,
+                transient: e.transient,
                 reason: e.message,
             }),
             Err(panic) => Some(Failure {
                 retryable: false,
+                transient: false,
                 reason: Error::panicked("handler", panic.as_ref()).to_string(),
             }),
         };
         match failure {
             None => {
-                tx.release_savepoint()?;
+                if !single {
+                    tx.release_savepoint()?;
+                }
                 tx.inbox_insert(&ctx.group, &envelope.id)?;
             }
             Some(failure) => {
-                tx.rollback_savepoint()?;
+                if !single {
+                    tx.rollback_savepoint()?;
+                }
                 return Ok(Progress {
                     done,
                     failure: Some(failure),

@@ -142,4 +142,9 @@ impl Database for SqliteDatabase {
     fn poll_every(&self) -> Duration {
         self.config().poll_every
     }
+
+    /// One writer, no row locks: a batch of messages costs one commit.
+    fn messages_per_unit(&self) -> usize {
+        256
+    }
 }

@@ -18,7 +18,7 @@ pub use json::ApiJson;
 
 use crate::AppError;
 use crate::order::Order;
-use crate::system::Services;
+use crate::system::{ServiceName, Services};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -29,16 +29,25 @@ pub struct AppState {
     pub health: Arc<Vec<Health>>,
 }
 
-/// The application's routes.
+/// The routes of the services this process runs (all three, or one in a distributed
+/// deployment).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/customers", post(create_customer))
-        .route("/customers/{id}", get(get_customer))
-        .route("/customers/{id}/orderhistory", get(get_history))
-        .route("/orders", post(create_order))
-        .route("/orders/{id}", get(get_order))
-        .route("/orders/{id}/cancel", post(cancel_order))
-        .route("/health", get(health))
+    let mut router = Router::new().route("/health", get(health));
+    if state.services.runs(ServiceName::Customers) {
+        router = router
+            .route("/customers", post(create_customer))
+            .route("/customers/{id}", get(get_customer));
+    }
+    if state.services.runs(ServiceName::History) {
+        router = router.route("/customers/{id}/orderhistory", get(get_history));
+    }
+    if state.services.runs(ServiceName::Orders) {
+        router = router
+            .route("/orders", post(create_order))
+            .route("/orders/{id}", get(get_order))
+            .route("/orders/{id}/cancel", post(cancel_order));
+    }
+    router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
         .method_not_allowed_fallback(|| async {
             error(
@@ -91,7 +100,7 @@ async fn create_customer(
 ) -> Result<Response, AppError> {
     let c = s
         .services
-        .customers
+        .customers()?
         .create(body.name, body.credit_limit)
         .await?;
     Ok((
@@ -107,7 +116,7 @@ async fn get_customer(
 ) -> Result<Json<CustomerView>, AppError> {
     let c = s
         .services
-        .customers
+        .customers()?
         .get(&id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("customer {id}")))?;
@@ -151,7 +160,7 @@ async fn create_order(
 ) -> Result<Response, AppError> {
     let o = s
         .services
-        .orders
+        .orders()?
         .create(body.customer_id, body.order_total)
         .await?;
     Ok((
@@ -167,7 +176,7 @@ async fn get_order(
 ) -> Result<Json<OrderView>, AppError> {
     let o = s
         .services
-        .orders
+        .orders()?
         .get(&id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("order {id}")))?;
@@ -178,7 +187,7 @@ async fn cancel_order(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, AppError> {
-    Ok(Json(s.services.orders.cancel(&id).await?.into()))
+    Ok(Json(s.services.orders()?.cancel(&id).await?.into()))
 }
 
 async fn get_history(
@@ -187,7 +196,7 @@ async fn get_history(
 ) -> Result<Json<serde_json::Value>, AppError> {
     let h = s
         .services
-        .history
+        .history()?
         .get(&id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("order history of customer {id}")))?;

@@ -1,0 +1,200 @@
+//! Wiring the services to their databases and the broker: relays, consumer groups, health.
+//! One process can run all three services (the demo, `serve` on the embedded default) or just
+//! one (`serve --service …` in a distributed deployment); only the URLs differ.
+
+mod backends;
+
+use std::sync::Arc;
+
+use tributary_core::{Database, GroupName, Topic};
+use tributary_runtime::{
+    CancellationToken, Consumer, ConsumerConfig, Handler, Health, Relay, RelayConfig,
+};
+
+pub use backends::{Backends, BrokerUrl, DbUrl, ServiceName};
+
+use crate::AppError;
+use crate::customer::CustomerService;
+use crate::events::{customer_topic, order_topic};
+use crate::history::HistoryService;
+use crate::order::OrderService;
+
+/// Partitions of the two topics.
+pub const PARTITIONS: u32 = 8;
+
+/// The order-history view's consumer group and the collection it owns.
+pub const HISTORY_GROUP: &str = "order-history";
+pub const HISTORY_COLLECTION: &str = "customer_order_history";
+
+/// The services a process runs.
+#[derive(Clone)]
+pub struct Services {
+    customers: Option<CustomerService>,
+    orders: Option<OrderService>,
+    history: Option<HistoryService>,
+}
+
+fn absent(service: &str) -> AppError {
+    AppError::NotFound(format!("the {service} service in this process"))
+}
+
+impl Services {
+    pub fn new(backends: &Backends) -> Self {
+        Self {
+            customers: backends.customers.clone().map(CustomerService::new),
+            orders: backends.orders.clone().map(OrderService::new),
+            history: backends.history.clone().map(HistoryService::new),
+        }
+    }
+
+    /// # Errors
+    /// [`AppError::NotFound`] when this process does not run the customer service.
+    pub fn customers(&self) -> Result<&CustomerService, AppError> {
+        self.customers.as_ref().ok_or_else(|| absent("customer"))
+    }
+
+    /// # Errors
+    /// [`AppError::NotFound`] when this process does not run the order service.
+    pub fn orders(&self) -> Result<&OrderService, AppError> {
+        self.orders.as_ref().ok_or_else(|| absent("order"))
+    }
+
+    /// # Errors
+    /// [`AppError::NotFound`] when this process does not run the order-history service.
+    pub fn history(&self) -> Result<&HistoryService, AppError> {
+        self.history.as_ref().ok_or_else(|| absent("order-history"))
+    }
+
+    pub fn runs(&self, service: ServiceName) -> bool {
+        match service {
+            ServiceName::Customers => self.customers.is_some(),
+            ServiceName::Orders => self.orders.is_some(),
+            ServiceName::History => self.history.is_some(),
+        }
+    }
+}
+
+/// A started system: the services, and the relays and consumers that connect them.
+pub struct Running {
+    pub services: Services,
+    pub backends: Backends,
+    health: Vec<Health>,
+    shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Every relay and consumer group, with its state.
+    pub fn health(&self) -> Vec<Health> {
+        self.health.clone()
+    }
+
+    /// Stops every relay and consumer: each finishes (or abandons, to be redone) its batch.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One consumer group of the application: which service, which topics, which handler.
+pub struct Group {
+    pub service: ServiceName,
+    pub group: GroupName,
+    pub topics: Vec<Topic>,
+    pub db: Arc<dyn Database>,
+    pub handler: Arc<dyn Handler>,
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::new(name).unwrap_or_else(|_| unreachable!("a valid group name"))
+}
+
+/// The consumer groups of the services in `services` (what `start` runs, and what dead-letter
+/// replays use).
+pub fn consumer_groups(services: &Services) -> Vec<Group> {
+    let mut groups = Vec::new();
+    if let Ok(c) = services.customers() {
+        groups.push(Group {
+            service: ServiceName::Customers,
+            group: group("customer-service"),
+            topics: vec![order_topic()],
+            db: c.database().clone(),
+            handler: Arc::new(CustomerService::handler()),
+        });
+    }
+    if let Ok(o) = services.orders() {
+        groups.push(Group {
+            service: ServiceName::Orders,
+            group: group("order-service"),
+            topics: vec![customer_topic()],
+            db: o.database().clone(),
+            handler: Arc::new(o.handler()),
+        });
+    }
+    if let Ok(h) = services.history() {
+        groups.push(Group {
+            service: ServiceName::History,
+            group: group(HISTORY_GROUP),
+            topics: vec![customer_topic(), order_topic()],
+            db: h.database().clone(),
+            handler: Arc::new(HistoryService::handler()),
+        });
+    }
+    groups
+}
+
+/// Starts the services `backends` holds databases for: each with its relay and its consumer
+/// group.
+///
+/// # Errors
+/// When a topic cannot be created or a consumer is misconfigured.
+pub async fn start(backends: Backends) -> anyhow::Result<Running> {
+    for topic in topics() {
+        backends.broker.ensure_topic(&topic, PARTITIONS).await?;
+    }
+    let services = Services::new(&backends);
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut health = Vec::new();
+    let mut relays = Vec::new();
+    if let Some(db) = &backends.customers {
+        relays.push(db.outbox_source());
+    }
+    if let Some(db) = &backends.orders {
+        relays.push(db.event_store_source("order-relay", order_topic()));
+    }
+    for source in relays {
+        let relay = Relay::new(source, backends.broker.clone(), RelayConfig::default());
+        health.push(relay.health());
+        tasks.spawn(relay.run(shutdown.clone()));
+    }
+    for g in consumer_groups(&services) {
+        let consumer = Consumer::new(
+            g.group,
+            g.topics,
+            g.db,
+            backends.broker.clone(),
+            g.handler,
+            ConsumerConfig::default(),
+        )?;
+        health.push(consumer.health());
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = consumer.run(s).await {
+                tracing::error!(error = %e, "consumer group stopped");
+            }
+        });
+    }
+    Ok(Running {
+        services,
+        backends,
+        health,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Topics of the application, for tools that audit the broker.
+pub fn topics() -> Vec<Topic> {
+    vec![customer_topic(), order_topic()]
+}
