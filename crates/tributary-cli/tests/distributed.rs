@@ -1,0 +1,146 @@
+//! The reference application as three OS processes — customer, order and order-history
+//! services, one `tributary serve --service …` each — on PostgreSQL (a schema per service)
+//! and NATS JetStream, sharing nothing but the broker. Skips without the servers unless
+//! `TRIBUTARY_TEST_SERVERS=required`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tributary_testkit::servers::{nats_url, postgres_url, reachable, skip};
+
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    fn start(service: &str, db: &str, broker: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["serve", "--service", service, "--listen", &format!("127.0.0.1:{port}"), "--db", db, "--broker", broker])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = lines.next().expect("a line").expect("readable");
+        assert!(line.starts_with("listening on http://"), "{line}");
+        Self { child, base: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn terminate(mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn until(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn cleanup(pg: &str, schema_prefix: &str, nats: &str, stream_prefix: &str) {
+    for service in ["customers", "orders", "history"] {
+        let config = tributary_postgres::PgConfig::default().with_url(pg).with_schema(format!("{schema_prefix}{service}"));
+        if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await {
+            let _ = db.drop_schema().await;
+        }
+    }
+    let config = tributary_nats::NatsBrokerConfig::default().with_url(nats).with_stream_prefix(stream_prefix);
+    if let Ok(broker) = tributary_nats::NatsBroker::connect(config).await {
+        for topic in customers_and_orders::system::topics() {
+            let _ = broker.delete_topic(&topic).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_services_in_three_processes_on_postgres_and_nats() {
+    let (pg, nats) = (postgres_url(), nats_url());
+    if !reachable(&pg) {
+        return skip::<()>("distributed end-to-end test", &format!("PostgreSQL is not reachable at {pg}")).unwrap_or(());
+    }
+    if !reachable(&nats) {
+        return skip::<()>("distributed end-to-end test", &format!("NATS is not reachable at {nats}")).unwrap_or(());
+    }
+    let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let (schema_prefix, stream_prefix) = (format!("e2e_{run}_"), format!("E2E{}", run.to_uppercase()));
+    let db = format!("{pg}?schema_prefix={schema_prefix}");
+    let broker = format!("{nats}?prefix={stream_prefix}");
+
+    let customers = Service::start("customer", &db, &broker);
+    let orders = Service::start("order", &db, &broker);
+    let history = Service::start("history", &db, &broker);
+    let client = reqwest::Client::new();
+    let post = async |base: &str, path: &str, body: Value| {
+        let r = client.post(format!("{base}{path}")).json(&body).send().await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let get = async |base: &str, path: &str| {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+
+    // Each process serves only its own service.
+    let (status, _) = post(&customers.base, "/orders", json!({"customer_id": uuid::Uuid::now_v7().to_string(), "order_total": 1})).await;
+    assert_eq!(status, 404, "the customer process does not take orders");
+
+    let (status, body) = post(&customers.base, "/customers", json!({"name": "Distributed Inc", "credit_limit": 5000})).await;
+    assert_eq!(status, 201, "{body}");
+    let c = body["customer_id"].as_str().unwrap().to_owned();
+    let (status, body) = post(&orders.base, "/orders", json!({"customer_id": c, "order_total": 3000})).await;
+    assert_eq!(status, 201, "{body}");
+    let approved = body["order_id"].as_str().unwrap().to_owned();
+    let (_, body) = post(&orders.base, "/orders", json!({"customer_id": c, "order_total": 3000})).await;
+    let rejected = body["order_id"].as_str().unwrap().to_owned();
+
+    let state_of = async |id: &str| get(&orders.base, &format!("/orders/{id}")).await.1["state"].as_str().unwrap_or("").to_owned();
+    assert!(until(Duration::from_secs(60), async || state_of(&approved).await == "APPROVED").await, "the saga approves through NATS");
+    assert!(until(Duration::from_secs(60), async || state_of(&rejected).await == "REJECTED").await, "and rejects the second order");
+    let (_, body) = get(&customers.base, &format!("/customers/{c}")).await;
+    assert_eq!(body["available_credit"], 2000);
+
+    let (status, body) = post(&orders.base, &format!("/orders/{approved}/cancel"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        until(Duration::from_secs(60), async || get(&customers.base, &format!("/customers/{c}")).await.1["available_credit"] == 5000).await,
+        "cancelling releases the credit in the other process"
+    );
+    assert!(
+        until(Duration::from_secs(60), async || {
+            let (status, h) = get(&history.base, &format!("/customers/{c}/orderhistory")).await;
+            status == 200 && h["orders"].as_array().is_some_and(|o| {
+                let states: Vec<_> = o.iter().map(|o| o["state"].as_str().unwrap_or("").to_owned()).collect();
+                states.len() == 2 && states.contains(&"CANCELLED".to_owned()) && states.contains(&"REJECTED".to_owned())
+            })
+        })
+        .await,
+        "the history process's view follows both services"
+    );
+    for (name, s) in [("customer", customers), ("order", orders), ("history", history)] {
+        assert!(s.terminate(), "the {name} process stops gracefully on SIGTERM");
+    }
+    cleanup(&pg, &schema_prefix, &nats, &stream_prefix).await;
+}
