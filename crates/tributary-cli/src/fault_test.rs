@@ -13,28 +13,62 @@ use tributary_runtime::{
     Backoff, CancellationToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay,
     RelayConfig,
 };
+use customers_and_orders::system::{BrokerUrl, DbUrl, connect_broker, connect_named};
 use tributary_sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum FaultTestCommand {
-    /// Relays `source.db`'s outbox to `broker.db` until killed.
+    /// Relays the `source` database's outbox to the broker until killed.
     Relay {
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        at: Where,
         /// Marks rows published before the broker acknowledged them (the bug the crash test
         /// must catch).
         #[arg(long)]
         naive: bool,
-        #[arg(long, default_value_t = 50)]
-        poll_ms: u64,
     },
-    /// Consumes the `ledger` topic of `broker.db` into `sink.db` until killed.
+    /// Consumes the `ledger` topic into the `sink` database until killed.
     Consume {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 50)]
-        poll_ms: u64,
+        #[command(flatten)]
+        at: Where,
     },
+}
+
+/// Where the databases and the broker are: a directory (embedded) or URLs.
+#[derive(Debug, clap::Args)]
+pub struct Where {
+    /// Embedded: `source.db`, `sink.db` and `broker.db` in this directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Or a database URL (the `source` and `sink` databases, e.g. schemas `<prefix>source`).
+    #[arg(long)]
+    db: Option<String>,
+    /// And a broker URL.
+    #[arg(long)]
+    broker: Option<String>,
+    /// How often embedded readers poll for other processes' commits.
+    #[arg(long, default_value_t = 50)]
+    poll_ms: u64,
+}
+
+impl Where {
+    async fn open(&self, database: &str) -> anyhow::Result<(Arc<dyn Database>, Arc<dyn Broker>)> {
+        if let Some(dir) = &self.dir {
+            let db: Arc<dyn Database> =
+                Arc::new(SqliteDatabase::open(dir.join(format!("{database}.db")), config(self.poll_ms))?);
+            let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(
+                dir.join("broker.db"),
+                SqliteBrokerConfig::default().with_sqlite(config(self.poll_ms)),
+            )?);
+            return Ok((db, broker));
+        }
+        let (Some(db), Some(broker)) = (&self.db, &self.broker) else {
+            anyhow::bail!("give --dir, or --db and --broker");
+        };
+        let db: DbUrl = db.parse().map_err(anyhow::Error::msg)?;
+        let broker: BrokerUrl = broker.parse().map_err(anyhow::Error::msg)?;
+        Ok((connect_named(&db, database).await?, connect_broker(&broker).await?))
+    }
 }
 
 /// The data of the events the crash tests publish.
@@ -56,23 +90,15 @@ fn config(poll_ms: u64) -> SqliteConfig {
 
 pub async fn run(command: FaultTestCommand) -> anyhow::Result<()> {
     match command {
-        FaultTestCommand::Relay {
-            dir,
-            naive,
-            poll_ms,
-        } => relay(dir, naive, poll_ms).await,
-        FaultTestCommand::Consume { dir, poll_ms } => consume(dir, poll_ms).await,
+        FaultTestCommand::Relay { at, naive } => relay(at, naive).await,
+        FaultTestCommand::Consume { at } => consume(at).await,
     }
 }
 
-async fn relay(dir: PathBuf, naive: bool, poll_ms: u64) -> anyhow::Result<()> {
+async fn relay(at: Where, naive: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    let source = SqliteDatabase::open(dir.join("source.db"), config(poll_ms))?;
-    let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(
-        dir.join("broker.db"),
-        SqliteBrokerConfig::default().with_sqlite(config(poll_ms)),
-    )?);
-    let outbox = Database::outbox_source(&source);
+    let (source, broker) = at.open("source").await?;
+    let outbox = source.outbox_source();
     if naive {
         return naive_relay(outbox, broker).await;
     }
@@ -116,13 +142,8 @@ async fn naive_relay(source: Arc<dyn RelaySource>, broker: Arc<dyn Broker>) -> a
     }
 }
 
-async fn consume(dir: PathBuf, poll_ms: u64) -> anyhow::Result<()> {
-    let sink: Arc<dyn Database> =
-        Arc::new(SqliteDatabase::open(dir.join("sink.db"), config(poll_ms))?);
-    let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(
-        dir.join("broker.db"),
-        SqliteBrokerConfig::default().with_sqlite(config(poll_ms)),
-    )?);
+async fn consume(at: Where) -> anyhow::Result<()> {
+    let (sink, broker) = at.open("sink").await?;
     let handler = Dispatch::new().on(
         "LedgerEvent",
         |e: LedgerEvent, _envelope, unit: &mut dyn UnitOfWork| -> Result<(), HandlerError> {

@@ -68,3 +68,108 @@ mod tests {
         assert!(!reachable("not a url"));
     }
 }
+
+/// A NATS server of a test's own, on a free loopback port with a temporary storage directory,
+/// for tests that stop, kill or restart a server (the shared one must stay up). Stopped by its
+/// own process id when dropped.
+pub struct PrivateNats {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+    _temp: Option<TempDirGuard>,
+}
+
+/// Removes a directory when dropped.
+struct TempDirGuard(std::path::PathBuf);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nats_server_binary() -> Option<std::path::PathBuf> {
+    let candidates = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"];
+    candidates
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("nats-server"))
+                    .find(|p| p.exists())
+            })
+        })
+}
+
+impl PrivateNats {
+    /// Starts a server, or skips (see [`skip`]) when `nats-server` is not installed.
+    #[track_caller]
+    pub fn start(suite: &str) -> Option<Self> {
+        let Some(binary) = nats_server_binary() else {
+            return skip(suite, "nats-server is not installed");
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let dir = std::env::temp_dir().join(format!("tributary-nats-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let mut server = Self {
+            child: None,
+            port,
+            dir: dir.clone(),
+            _temp: Some(TempDirGuard(dir)),
+        };
+        server.launch(&binary);
+        Some(server)
+    }
+
+    fn launch(&mut self, binary: &std::path::Path) {
+        let child = std::process::Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !reachable(&self.url()) {
+            assert!(std::time::Instant::now() < deadline, "the private nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the server gets no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let binary = nats_server_binary().unwrap_or_else(|| panic!("nats-server vanished"));
+        self.launch(&binary);
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}

@@ -238,11 +238,20 @@ impl Backends {
 }
 
 async fn connect_database(db: &DbUrl, service: ServiceName) -> anyhow::Result<Arc<dyn Database>> {
+    connect_named(db, service.as_str()).await
+}
+
+/// Opens the database called `name` at `db`: the file `DIR/<name>.db`, or the schema
+/// `<prefix><name>`.
+///
+/// # Errors
+/// When the server cannot be reached or the file or schema is not a Tributary database.
+pub async fn connect_named(db: &DbUrl, name: &str) -> anyhow::Result<Arc<dyn Database>> {
     Ok(match db {
         DbUrl::Sqlite(dir) => {
             std::fs::create_dir_all(dir)?;
             Arc::new(SqliteDatabase::open(
-                dir.join(format!("{service}.db")),
+                dir.join(format!("{name}.db")),
                 SqliteConfig::default(),
             )?)
         }
@@ -250,14 +259,18 @@ async fn connect_database(db: &DbUrl, service: ServiceName) -> anyhow::Result<Ar
             PgDatabase::connect(
                 PgConfig::default()
                     .with_url(url.clone())
-                    .with_schema(format!("{schema_prefix}{service}")),
+                    .with_schema(format!("{schema_prefix}{name}")),
             )
             .await?,
         ),
     })
 }
 
-async fn connect_broker(broker: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
+/// Connects to the broker at `broker`.
+///
+/// # Errors
+/// When the server cannot be reached or the file is not a broker log.
+pub async fn connect_broker(broker: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
     Ok(match broker {
         BrokerUrl::Embedded(dir) => {
             std::fs::create_dir_all(dir)?;

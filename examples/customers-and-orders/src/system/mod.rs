@@ -11,7 +11,7 @@ use tributary_runtime::{
     CancellationToken, Consumer, ConsumerConfig, Handler, Health, Relay, RelayConfig,
 };
 
-pub use backends::{Backends, BrokerUrl, DbUrl, ServiceName};
+pub use backends::{Backends, BrokerUrl, DbUrl, ServiceName, connect_broker, connect_named};
 
 use crate::AppError;
 use crate::customer::CustomerService;
