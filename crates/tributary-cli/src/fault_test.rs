@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use customers_and_orders::system::{BrokerUrl, DbUrl, connect_broker, connect_named};
 use serde::{Deserialize, Serialize};
 use tributary_core::{Broker, Database, GroupName, RelaySource, Topic, UnitOfWork, UnitOfWorkExt};
 use tributary_runtime::{
     Backoff, CancellationToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay,
     RelayConfig,
 };
-use customers_and_orders::system::{BrokerUrl, DbUrl, connect_broker, connect_named};
 use tributary_sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
 
 #[derive(Debug, clap::Subcommand)]
@@ -54,8 +54,10 @@ pub struct Where {
 impl Where {
     async fn open(&self, database: &str) -> anyhow::Result<(Arc<dyn Database>, Arc<dyn Broker>)> {
         if let Some(dir) = &self.dir {
-            let db: Arc<dyn Database> =
-                Arc::new(SqliteDatabase::open(dir.join(format!("{database}.db")), config(self.poll_ms))?);
+            let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(
+                dir.join(format!("{database}.db")),
+                config(self.poll_ms),
+            )?);
             let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(
                 dir.join("broker.db"),
                 SqliteBrokerConfig::default().with_sqlite(config(self.poll_ms)),
@@ -67,7 +69,10 @@ impl Where {
         };
         let db: DbUrl = db.parse().map_err(anyhow::Error::msg)?;
         let broker: BrokerUrl = broker.parse().map_err(anyhow::Error::msg)?;
-        Ok((connect_named(&db, database).await?, connect_broker(&broker).await?))
+        Ok((
+            connect_named(&db, database).await?,
+            connect_broker(&broker).await?,
+        ))
     }
 }
 

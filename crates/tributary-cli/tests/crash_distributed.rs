@@ -32,7 +32,10 @@ impl Distributed {
         }
         let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
         let schema_prefix = format!("crash_{run}_");
-        let db = DbUrl::Postgres { url: pg.clone(), schema_prefix: schema_prefix.clone() };
+        let db = DbUrl::Postgres {
+            url: pg.clone(),
+            schema_prefix: schema_prefix.clone(),
+        };
         let source = connect_named(&db, "source").await.expect("source schema");
         let sink = connect_named(&db, "sink").await.expect("sink schema");
         let worker_args = vec![
@@ -41,7 +44,15 @@ impl Distributed {
             "--broker".to_owned(),
             format!("{nats}?prefix=CRASH{}", run.to_uppercase()),
         ];
-        Some(Self { d: Deployment { worker_args, source, sink }, pg, schema_prefix })
+        Some(Self {
+            d: Deployment {
+                worker_args,
+                source,
+                sink,
+            },
+            pg,
+            schema_prefix,
+        })
     }
 
     async fn drop_schemas(self) {
@@ -58,7 +69,9 @@ impl Distributed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_relay_on_postgres_and_nats_loses_nothing() {
-    let Some(t) = Distributed::new("distributed relay crash test", &nats_url()).await else { return };
+    let Some(t) = Distributed::new("distributed relay crash test", &nats_url()).await else {
+        return;
+    };
     let report = kill_loop(&t.d, "relay", "consume", 20, false).await;
     eprintln!("relay kills (PostgreSQL + NATS): {report}");
     assert!(report.committed > 200, "enough load: {report}");
@@ -68,7 +81,9 @@ async fn killing_the_relay_on_postgres_and_nats_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_consumer_on_postgres_and_nats_applies_nothing_twice() {
-    let Some(t) = Distributed::new("distributed consumer crash test", &nats_url()).await else { return };
+    let Some(t) = Distributed::new("distributed consumer crash test", &nats_url()).await else {
+        return;
+    };
     let report = kill_loop(&t.d, "consume", "relay", 20, false).await;
     eprintln!("consumer kills (PostgreSQL + NATS): {report}");
     assert!(report.committed > 200, "enough load: {report}");
@@ -78,8 +93,12 @@ async fn killing_the_consumer_on_postgres_and_nats_applies_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_the_nats_server_mid_stream_loses_nothing() {
-    let Some(mut nats) = PrivateNats::start("NATS restart crash test") else { return };
-    let Some(t) = Distributed::new("NATS restart crash test", &nats.url()).await else { return };
+    let Some(mut nats) = PrivateNats::start("NATS restart crash test") else {
+        return;
+    };
+    let Some(t) = Distributed::new("NATS restart crash test", &nats.url()).await else {
+        return;
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let producer = start_producer(t.d.source.clone(), stop.clone());
     let relay = Worker::start("relay", &t.d, false);

@@ -16,10 +16,19 @@ use tributary_sqlite::{SqliteConfig, SqliteDatabase};
 fn setup() -> (tempfile::TempDir, Deployment) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = SqliteConfig::default().with_poll_every(Duration::from_millis(50));
-    let source: Arc<dyn Database> = Arc::new(SqliteDatabase::open(dir.path().join("source.db"), config.clone()).unwrap());
-    let sink: Arc<dyn Database> = Arc::new(SqliteDatabase::open(dir.path().join("sink.db"), config).unwrap());
+    let source: Arc<dyn Database> =
+        Arc::new(SqliteDatabase::open(dir.path().join("source.db"), config.clone()).unwrap());
+    let sink: Arc<dyn Database> =
+        Arc::new(SqliteDatabase::open(dir.path().join("sink.db"), config).unwrap());
     let worker_args = vec!["--dir".to_owned(), dir.path().display().to_string()];
-    (dir, Deployment { worker_args, source, sink })
+    (
+        dir,
+        Deployment {
+            worker_args,
+            source,
+            sink,
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,5 +54,8 @@ async fn the_checker_catches_a_relay_that_does_not_wait_for_acknowledgements() {
     let (_dir, d) = setup();
     let report = kill_loop(&d, "relay", "consume", 15, true).await;
     eprintln!("naive relay kills: {report}");
-    assert!(!report.lost.is_empty(), "the naive relay must lose events: {report}");
+    assert!(
+        !report.lost.is_empty(),
+        "the naive relay must lose events: {report}"
+    );
 }

@@ -17,9 +17,23 @@ struct Service {
 
 impl Service {
     fn start(service: &str, db: &str, broker: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["serve", "--service", service, "--listen", &format!("127.0.0.1:{port}"), "--db", db, "--broker", broker])
+            .args([
+                "serve",
+                "--service",
+                service,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--db",
+                db,
+                "--broker",
+                broker,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -27,11 +41,16 @@ impl Service {
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let line = lines.next().expect("a line").expect("readable");
         assert!(line.starts_with("listening on http://"), "{line}");
-        Self { child, base: format!("http://127.0.0.1:{port}") }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     fn terminate(mut self) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -63,12 +82,16 @@ async fn until(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
 
 async fn cleanup(pg: &str, schema_prefix: &str, nats: &str, stream_prefix: &str) {
     for service in ["customers", "orders", "history"] {
-        let config = tributary_postgres::PgConfig::default().with_url(pg).with_schema(format!("{schema_prefix}{service}"));
+        let config = tributary_postgres::PgConfig::default()
+            .with_url(pg)
+            .with_schema(format!("{schema_prefix}{service}"));
         if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await {
             let _ = db.drop_schema().await;
         }
     }
-    let config = tributary_nats::NatsBrokerConfig::default().with_url(nats).with_stream_prefix(stream_prefix);
+    let config = tributary_nats::NatsBrokerConfig::default()
+        .with_url(nats)
+        .with_stream_prefix(stream_prefix);
     if let Ok(broker) = tributary_nats::NatsBroker::connect(config).await {
         for topic in customers_and_orders::system::topics() {
             let _ = broker.delete_topic(&topic).await;
@@ -80,13 +103,22 @@ async fn cleanup(pg: &str, schema_prefix: &str, nats: &str, stream_prefix: &str)
 async fn three_services_in_three_processes_on_postgres_and_nats() {
     let (pg, nats) = (postgres_url(), nats_url());
     if !reachable(&pg) {
-        return skip::<()>("distributed end-to-end test", &format!("PostgreSQL is not reachable at {pg}")).unwrap_or(());
+        return skip::<()>(
+            "distributed end-to-end test",
+            &format!("PostgreSQL is not reachable at {pg}"),
+        )
+        .unwrap_or(());
     }
     if !reachable(&nats) {
-        return skip::<()>("distributed end-to-end test", &format!("NATS is not reachable at {nats}")).unwrap_or(());
+        return skip::<()>(
+            "distributed end-to-end test",
+            &format!("NATS is not reachable at {nats}"),
+        )
+        .unwrap_or(());
     }
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let (schema_prefix, stream_prefix) = (format!("e2e_{run}_"), format!("E2E{}", run.to_uppercase()));
+    let (schema_prefix, stream_prefix) =
+        (format!("e2e_{run}_"), format!("E2E{}", run.to_uppercase()));
     let db = format!("{pg}?schema_prefix={schema_prefix}");
     let broker = format!("{nats}?prefix={stream_prefix}");
 
@@ -95,7 +127,12 @@ async fn three_services_in_three_processes_on_postgres_and_nats() {
     let history = Service::start("history", &db, &broker);
     let client = reqwest::Client::new();
     let post = async |base: &str, path: &str, body: Value| {
-        let r = client.post(format!("{base}{path}")).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
     };
     let get = async |base: &str, path: &str| {
@@ -104,43 +141,103 @@ async fn three_services_in_three_processes_on_postgres_and_nats() {
     };
 
     // Each process serves only its own service.
-    let (status, _) = post(&customers.base, "/orders", json!({"customer_id": uuid::Uuid::now_v7().to_string(), "order_total": 1})).await;
+    let (status, _) = post(
+        &customers.base,
+        "/orders",
+        json!({"customer_id": uuid::Uuid::now_v7().to_string(), "order_total": 1}),
+    )
+    .await;
     assert_eq!(status, 404, "the customer process does not take orders");
 
-    let (status, body) = post(&customers.base, "/customers", json!({"name": "Distributed Inc", "credit_limit": 5000})).await;
+    let (status, body) = post(
+        &customers.base,
+        "/customers",
+        json!({"name": "Distributed Inc", "credit_limit": 5000}),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let c = body["customer_id"].as_str().unwrap().to_owned();
-    let (status, body) = post(&orders.base, "/orders", json!({"customer_id": c, "order_total": 3000})).await;
+    let (status, body) = post(
+        &orders.base,
+        "/orders",
+        json!({"customer_id": c, "order_total": 3000}),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let approved = body["order_id"].as_str().unwrap().to_owned();
-    let (_, body) = post(&orders.base, "/orders", json!({"customer_id": c, "order_total": 3000})).await;
+    let (_, body) = post(
+        &orders.base,
+        "/orders",
+        json!({"customer_id": c, "order_total": 3000}),
+    )
+    .await;
     let rejected = body["order_id"].as_str().unwrap().to_owned();
 
-    let state_of = async |id: &str| get(&orders.base, &format!("/orders/{id}")).await.1["state"].as_str().unwrap_or("").to_owned();
-    assert!(until(Duration::from_secs(60), async || state_of(&approved).await == "APPROVED").await, "the saga approves through NATS");
-    assert!(until(Duration::from_secs(60), async || state_of(&rejected).await == "REJECTED").await, "and rejects the second order");
+    let state_of = async |id: &str| {
+        get(&orders.base, &format!("/orders/{id}")).await.1["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        until(Duration::from_secs(60), async || state_of(&approved).await
+            == "APPROVED")
+        .await,
+        "the saga approves through NATS"
+    );
+    assert!(
+        until(Duration::from_secs(60), async || state_of(&rejected).await
+            == "REJECTED")
+        .await,
+        "and rejects the second order"
+    );
     let (_, body) = get(&customers.base, &format!("/customers/{c}")).await;
     assert_eq!(body["available_credit"], 2000);
 
-    let (status, body) = post(&orders.base, &format!("/orders/{approved}/cancel"), json!({})).await;
+    let (status, body) = post(
+        &orders.base,
+        &format!("/orders/{approved}/cancel"),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        until(Duration::from_secs(60), async || get(&customers.base, &format!("/customers/{c}")).await.1["available_credit"] == 5000).await,
+        until(Duration::from_secs(60), async || get(
+            &customers.base,
+            &format!("/customers/{c}")
+        )
+        .await
+        .1["available_credit"]
+            == 5000)
+        .await,
         "cancelling releases the credit in the other process"
     );
     assert!(
         until(Duration::from_secs(60), async || {
             let (status, h) = get(&history.base, &format!("/customers/{c}/orderhistory")).await;
-            status == 200 && h["orders"].as_array().is_some_and(|o| {
-                let states: Vec<_> = o.iter().map(|o| o["state"].as_str().unwrap_or("").to_owned()).collect();
-                states.len() == 2 && states.contains(&"CANCELLED".to_owned()) && states.contains(&"REJECTED".to_owned())
-            })
+            status == 200
+                && h["orders"].as_array().is_some_and(|o| {
+                    let states: Vec<_> = o
+                        .iter()
+                        .map(|o| o["state"].as_str().unwrap_or("").to_owned())
+                        .collect();
+                    states.len() == 2
+                        && states.contains(&"CANCELLED".to_owned())
+                        && states.contains(&"REJECTED".to_owned())
+                })
         })
         .await,
         "the history process's view follows both services"
     );
-    for (name, s) in [("customer", customers), ("order", orders), ("history", history)] {
-        assert!(s.terminate(), "the {name} process stops gracefully on SIGTERM");
+    for (name, s) in [
+        ("customer", customers),
+        ("order", orders),
+        ("history", history),
+    ] {
+        assert!(
+            s.terminate(),
+            "the {name} process stops gracefully on SIGTERM"
+        );
     }
     cleanup(&pg, &schema_prefix, &nats, &stream_prefix).await;
 }

@@ -89,7 +89,11 @@ impl Drop for TempDirGuard {
 }
 
 fn nats_server_binary() -> Option<std::path::PathBuf> {
-    let candidates = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"];
+    let candidates = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ];
     candidates
         .iter()
         .map(std::path::PathBuf::from)
@@ -128,7 +132,14 @@ impl PrivateNats {
 
     fn launch(&mut self, binary: &std::path::Path) {
         let child = std::process::Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -137,7 +148,10 @@ impl PrivateNats {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !reachable(&self.url()) {
-            assert!(std::time::Instant::now() < deadline, "the private nats-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private nats-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,6 +184,8 @@ impl Drop for PrivateNats {
 
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!("{}-{nanos}", std::process::id())
 }

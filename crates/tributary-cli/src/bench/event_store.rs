@@ -30,6 +30,9 @@ pub struct EventStoreBenchArgs {
     /// Directory for the database files (default: a fresh temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run on PostgreSQL at this URL (a fresh schema, dropped afterwards) instead of SQLite.
+    #[arg(long)]
+    pub db: Option<String>,
     /// SQLite durability: full (fsync every commit, the default) or normal.
     #[arg(long, default_value = "full", value_parser = parse_synchronous)]
     pub synchronous: Synchronous,
@@ -124,6 +127,10 @@ fn settings(args: &EventStoreBenchArgs, events_per_txn: u64, writers: u64) -> se
 }
 
 pub async fn append(args: EventStoreBenchArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.db {
+        let scenarios = pick(APPEND_SCENARIOS, &args.scenario)?;
+        return super::postgres::append(url, &scenarios, args.events, args.payload_bytes).await;
+    }
     for scenario in pick(APPEND_SCENARIOS, &args.scenario)? {
         match scenario {
             "one_event_per_txn" => writers_scenario(&args, scenario, 1, 3_000).await?,

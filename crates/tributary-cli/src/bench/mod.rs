@@ -3,6 +3,7 @@
 mod baseline;
 mod event_store;
 mod pipeline;
+mod postgres;
 mod report;
 
 pub use event_store::EventStoreBenchArgs;

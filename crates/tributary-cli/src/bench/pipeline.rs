@@ -1,5 +1,7 @@
 //! `tributary bench pipeline`: outbox write → relay → broker → consumer with inbox, on the
-//! embedded default (three SQLite files in one process).
+//! embedded default (three SQLite files in one process) or, with `--db postgres://…
+//! --broker nats://…`, on PostgreSQL (fresh schemas) and NATS JetStream (fresh streams),
+//! removed afterwards.
 //!
 //! - `sustained`: producers write as fast as they can; events/s end to end, and each stage's
 //!   own rate (committed to the outbox, published by the relay, handled by the consumer).
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use customers_and_orders::system::{BrokerUrl, DbUrl, connect_broker, connect_named};
 use serde_json::json;
 use tributary_core::{
     Broker, Database, Envelope, Error, EventId, GroupName, Payload, Topic, UnitOfWork,
@@ -56,6 +59,17 @@ pub struct PipelineBenchArgs {
     /// Size of each event's JSON data in bytes.
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
+    /// Distributed: a PostgreSQL URL for the source and sink databases.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// Distributed: a NATS URL.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Messages per consumer transaction (default: the database's choice — 256 on SQLite,
+    /// 1 on PostgreSQL). The benchmark's handler only touches its own key's row, so batching
+    /// is safe here on PostgreSQL too.
+    #[arg(long)]
+    pub messages_per_unit: Option<usize>,
     /// Directory for the database files (default: a fresh temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -87,19 +101,109 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
             }
             None => temp.path().to_owned(),
         };
-        match scenario {
-            "sustained" => sustained(&args, &dir).await?,
-            "fixed_rate" => fixed_rate(&args, &dir).await?,
-            _ => relay_restart(&args, &dir).await?,
-        }
+        let backend = Backend::open(&args, &dir).await?;
+        let outcome = match scenario {
+            "sustained" => sustained(&args, &backend).await,
+            "fixed_rate" => fixed_rate(&args, &backend).await,
+            _ => relay_restart(&args, &backend).await,
+        };
+        backend.remove().await;
+        outcome?;
     }
     Ok(())
+}
+
+/// Where a pipeline runs.
+struct Backend {
+    name: &'static str,
+    source: Arc<dyn Database>,
+    sink: Arc<dyn Database>,
+    broker: Arc<dyn Broker>,
+    /// The sink's writer, on SQLite, for its units-per-commit figure.
+    sqlite_sink: Option<SqliteDatabase>,
+    /// Arguments telling a `fault-test` child where this is.
+    worker_args: Vec<String>,
+    cleanup: Option<Cleanup>,
+}
+
+/// Schemas and streams of a distributed run, removed at the end.
+struct Cleanup {
+    pg: String,
+    schema_prefix: String,
+    nats: String,
+    stream_prefix: String,
+}
+
+impl Backend {
+    async fn open(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<Self> {
+        match (&args.db, &args.broker) {
+            (None, None) => {
+                let sink = SqliteDatabase::open(dir.join("sink.db"), sqlite())?;
+                Ok(Self {
+                    name: "embedded",
+                    source: Arc::new(SqliteDatabase::open(dir.join("source.db"), sqlite())?),
+                    sink: Arc::new(sink.clone()),
+                    broker: Arc::new(SqliteBroker::open(
+                        dir.join("broker.db"),
+                        SqliteBrokerConfig::default().with_sqlite(sqlite()),
+                    )?),
+                    sqlite_sink: Some(sink),
+                    worker_args: vec!["--dir".into(), dir.display().to_string()],
+                    cleanup: None,
+                })
+            }
+            (Some(pg), Some(nats)) => {
+                let run = EventId::new().as_uuid().simple().to_string()[20..].to_owned();
+                let cleanup = Cleanup {
+                    pg: pg.clone(),
+                    schema_prefix: format!("bench_{run}_"),
+                    nats: nats.clone(),
+                    stream_prefix: format!("BENCH{}", run.to_uppercase()),
+                };
+                let db_url = format!("{pg}?schema_prefix={}", cleanup.schema_prefix);
+                let broker_url = format!("{nats}?prefix={}", cleanup.stream_prefix);
+                let db: DbUrl = db_url.parse().map_err(anyhow::Error::msg)?;
+                let broker: BrokerUrl = broker_url.parse().map_err(anyhow::Error::msg)?;
+                Ok(Self {
+                    name: "postgres+nats",
+                    source: connect_named(&db, "source").await?,
+                    sink: connect_named(&db, "sink").await?,
+                    broker: connect_broker(&broker).await?,
+                    sqlite_sink: None,
+                    worker_args: vec!["--db".into(), db_url, "--broker".into(), broker_url],
+                    cleanup: Some(cleanup),
+                })
+            }
+            _ => anyhow::bail!("give both --db postgres://… and --broker nats://…, or neither"),
+        }
+    }
+
+    async fn remove(self) {
+        let Some(c) = self.cleanup else { return };
+        for name in ["source", "sink"] {
+            let config = tributary_postgres::PgConfig::default()
+                .with_url(c.pg.clone())
+                .with_schema(format!("{}{name}", c.schema_prefix));
+            if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await {
+                let _ = db.drop_schema().await;
+            }
+        }
+        let config = tributary_nats::NatsBrokerConfig::default()
+            .with_url(c.nats.clone())
+            .with_stream_prefix(c.stream_prefix.clone());
+        if let Ok(nats) = tributary_nats::NatsBroker::connect(config).await {
+            for topic in ["pipeline", "ledger"] {
+                if let Ok(t) = Topic::new(topic) {
+                    let _ = nats.delete_topic(&t).await;
+                }
+            }
+        }
+    }
 }
 
 /// The three databases and the running relay and consumer.
 struct Pipeline {
     source: Arc<dyn Database>,
-    sink: Arc<SqliteDatabase>,
     relay_stats: Arc<RelayStats>,
     handled: Arc<AtomicU64>,
     handled_at: Arc<Mutex<HashMap<EventId, Instant>>>,
@@ -112,14 +216,17 @@ fn sqlite() -> SqliteConfig {
 }
 
 impl Pipeline {
-    async fn start(dir: &Path, partitions: u32, track_latency: bool) -> anyhow::Result<Self> {
-        let source: Arc<dyn Database> =
-            Arc::new(SqliteDatabase::open(dir.join("source.db"), sqlite())?);
-        let sink = Arc::new(SqliteDatabase::open(dir.join("sink.db"), sqlite())?);
-        let broker = Arc::new(SqliteBroker::open(
-            dir.join("broker.db"),
-            SqliteBrokerConfig::default().with_sqlite(sqlite()),
-        )?);
+    async fn start(
+        backend: &Backend,
+        args: &PipelineBenchArgs,
+        track_latency: bool,
+    ) -> anyhow::Result<Self> {
+        let (source, sink, broker) = (
+            backend.source.clone(),
+            backend.sink.clone(),
+            backend.broker.clone(),
+        );
+        let partitions = args.partitions;
         let topic = Topic::new("pipeline")?;
         broker.ensure_topic(&topic, partitions).await?;
         let shutdown = CancellationToken::new();
@@ -152,13 +259,15 @@ impl Pipeline {
                 Ok(())
             },
         );
+        let mut config = ConsumerConfig::default();
+        config.messages_per_unit = args.messages_per_unit;
         let consumer = Consumer::new(
             GroupName::new("pipeline-bench")?,
             vec![topic],
             sink.clone(),
             broker,
             Arc::new(handler),
-            ConsumerConfig::default(),
+            config,
         )?;
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -169,7 +278,7 @@ impl Pipeline {
         if track_latency {
             // Handled = the consumer's transaction committed: stamp what its handlers saw
             // when the sink database reports the commit.
-            let mut commits = Database::commits(sink.as_ref());
+            let mut commits = sink.commits();
             let (p, at, s) = (pending.clone(), handled_at.clone(), shutdown.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -187,7 +296,6 @@ impl Pipeline {
         }
         Ok(Self {
             source,
-            sink,
             relay_stats,
             handled,
             handled_at,
@@ -246,8 +354,8 @@ async fn produce(
     Ok(committed)
 }
 
-async fn sustained(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> {
-    let pipeline = Pipeline::start(dir, args.partitions, false).await?;
+async fn sustained(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(backend, args, false).await?;
     let topic = Topic::new("pipeline")?;
     let data = payload(args.payload_bytes);
     let per_producer = args.events / args.producers.max(1);
@@ -300,23 +408,50 @@ async fn sustained(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> {
         "published_by_relay": (total as f64 / relay_time.as_secs_f64()).round(),
         "handled_by_consumer": (total as f64 / end_to_end.as_secs_f64()).round(),
     });
-    settings["sink_units_per_commit"] = {
-        let s = pipeline.sink.writer_stats();
-        json!((s.units as f64 / s.commits.max(1) as f64 * 10.0).round() / 10.0)
-    };
+    if let Some(sink) = &backend.sqlite_sink {
+        let s = sink.writer_stats();
+        settings["sink_units_per_commit"] =
+            json!((s.units as f64 / s.commits.max(1) as f64 * 10.0).round() / 10.0);
+    }
+    settings["messages_per_unit"] = json!(
+        args.messages_per_unit
+            .unwrap_or_else(|| backend.sink.messages_per_unit())
+    );
     settings
         .as_object_mut()
         .map(|o| o.remove("source_units_per_commit"));
-    BenchResult::new("pipeline", "sustained", "embedded", total, end_to_end)
+    if backend.name == "embedded" {
+        settings["synchronous"] = json!("FULL");
+    } else {
+        settings["synchronous"] =
+            json!("PostgreSQL synchronous_commit=on; NATS 2.9 file storage, no fsync");
+    }
+    let mut result = BenchResult::new("pipeline", "sustained", backend.name, total, end_to_end)
         .with_peak_rss(peak_rss_mb())
-        .with_settings(settings)
-        .emit();
+        .with_settings(settings);
+    if let Some(c) = &backend.cleanup {
+        // The raw limit of the broker from the same run: plain JetStream publishes with acks.
+        let config = tributary_nats::NatsBrokerConfig::default()
+            .with_url(c.nats.clone())
+            .with_stream_prefix(c.stream_prefix.clone());
+        let raw = tributary_nats::bench::raw_publish_throughput(
+            &config,
+            total.min(100_000) as usize,
+            args.payload_bytes,
+        )
+        .await?;
+        result = result.against(
+            "plain JetStream publishes with acks (async-nats, pipelined)",
+            raw,
+        );
+    }
+    result.emit();
     pipeline.stop().await;
     Ok(())
 }
 
-async fn fixed_rate(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> {
-    let pipeline = Pipeline::start(dir, args.partitions, true).await?;
+async fn fixed_rate(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(backend, args, true).await?;
     let topic = Topic::new("pipeline")?;
     let data = payload(args.payload_bytes);
     let total = args.rate * args.seconds;
@@ -373,7 +508,7 @@ async fn fixed_rate(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> 
         .iter()
         .filter_map(|(id, at)| handled_at.get(id).map(|h| h.saturating_duration_since(*at)))
         .collect();
-    let mut result = BenchResult::new("pipeline", "fixed_rate", "embedded", total, offered_for)
+    let mut result = BenchResult::new("pipeline", "fixed_rate", backend.name, total, offered_for)
         .with_latencies(&mut latencies)
         .with_settings(json!({
             "synchronous": "FULL",
@@ -388,9 +523,8 @@ async fn fixed_rate(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn relay_restart(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<()> {
-    let source: Arc<dyn Database> =
-        Arc::new(SqliteDatabase::open(dir.join("source.db"), sqlite())?);
+async fn relay_restart(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<()> {
+    let source = backend.source.clone();
     let topic = Topic::new("ledger")?;
     let exe = std::env::current_exe()?;
     let data = payload(args.payload_bytes);
@@ -407,8 +541,8 @@ async fn relay_restart(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<(
         .await?;
         // Start, let it publish, then kill it mid-stream.
         let mut child = std::process::Command::new(&exe)
-            .args(["fault-test", "relay", "--dir"])
-            .arg(dir)
+            .args(["fault-test", "relay"])
+            .args(&backend.worker_args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
@@ -427,8 +561,8 @@ async fn relay_restart(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<(
         // The crash left 1000 rows behind; the restarted relay must pick them up.
         let restarted = Instant::now();
         let mut child = std::process::Command::new(&exe)
-            .args(["fault-test", "relay", "--dir"])
-            .arg(dir)
+            .args(["fault-test", "relay"])
+            .args(&backend.worker_args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
@@ -448,7 +582,7 @@ async fn relay_restart(args: &PipelineBenchArgs, dir: &Path) -> anyhow::Result<(
         child.kill()?;
         child.wait()?;
     }
-    BenchResult::new("pipeline", "relay_restart", "embedded", restarts.len() as u64, restarts.iter().sum())
+    BenchResult::new("pipeline", "relay_restart", backend.name, restarts.len() as u64, restarts.iter().sum())
         .with_latencies(&mut restarts)
         .with_settings(json!({
             "measured": "SIGKILL, start a new relay process, until its first batch is acknowledged and deleted",

@@ -69,7 +69,10 @@ impl Drop for Worker {
 
 /// Writes units of 1–3 events over 40 keys until stopped; every event is also recorded as a
 /// `committed` document in the same unit. Returns the number of units.
-pub fn start_producer(source: Arc<dyn Database>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+pub fn start_producer(
+    source: Arc<dyn Database>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let topic = Topic::new("ledger").expect("topic");
         let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
@@ -91,11 +94,17 @@ pub fn start_producer(source: Arc<dyn Database>, stop: Arc<AtomicBool>) -> tokio
                 .transact(move |unit| {
                     for (key, seq) in &picks {
                         let data = Payload::from_value(&json!({"key": key, "seq": seq}))?;
-                        unit.publish(&t, Envelope::new("crash-test", "LedgerEvent", data).with_subject(key))?;
+                        unit.publish(
+                            &t,
+                            Envelope::new("crash-test", "LedgerEvent", data).with_subject(key),
+                        )?;
                         unit.put(
                             "committed",
                             &format!("{key}:{seq:08}"),
-                            Payload::from_value(&Committed { key: key.clone(), seq: *seq })?,
+                            Payload::from_value(&Committed {
+                                key: key.clone(),
+                                seq: *seq,
+                            })?,
                         )?;
                     }
                     Ok::<_, Error>(())
@@ -111,7 +120,12 @@ pub fn start_producer(source: Arc<dyn Database>, stop: Arc<AtomicBool>) -> tokio
 
 pub async fn check(d: &Deployment) -> DeliveryReport {
     let mut check = DeliveryCheck::default();
-    for (_, doc) in d.source.all_documents("committed").await.expect("committed") {
+    for (_, doc) in d
+        .source
+        .all_documents("committed")
+        .await
+        .expect("committed")
+    {
         let c: Committed = doc.decode().expect("committed doc");
         check.committed.entry(c.key).or_default().push(c.seq);
     }
@@ -136,7 +150,13 @@ pub async fn quiesce(d: &Deployment, within: Duration) -> DeliveryReport {
 
 /// Runs `victim` as a child killed at random points `kills` times while the producer writes;
 /// `steady` runs the whole time. Then the victim runs uninterrupted until everything settles.
-pub async fn kill_loop(d: &Deployment, victim: &str, steady: &str, kills: usize, naive: bool) -> DeliveryReport {
+pub async fn kill_loop(
+    d: &Deployment,
+    victim: &str,
+    steady: &str,
+    kills: usize,
+    naive: bool,
+) -> DeliveryReport {
     let stop = Arc::new(AtomicBool::new(false));
     let producer = start_producer(d.source.clone(), stop.clone());
     let steady_worker = Worker::start(steady, d, false);
