@@ -259,8 +259,10 @@ impl Pipeline {
                 Ok(())
             },
         );
-        let mut config = ConsumerConfig::default();
-        config.messages_per_unit = args.messages_per_unit;
+        let config = ConsumerConfig {
+            messages_per_unit: args.messages_per_unit,
+            ..ConsumerConfig::default()
+        };
         let consumer = Consumer::new(
             GroupName::new("pipeline-bench")?,
             vec![topic],
