@@ -54,21 +54,6 @@ pub fn reachable(url: &str) -> bool {
         .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unused_port_is_not_reachable() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert!(reachable(&format!("nats://127.0.0.1:{port}")));
-        drop(listener);
-        assert!(!reachable(&format!("nats://127.0.0.1:{port}")));
-        assert!(!reachable("not a url"));
-    }
-}
-
 /// A NATS server of a test's own, on a free loopback port with a temporary storage directory,
 /// for tests that stop, kill or restart a server (the shared one must stay up). Stopped by its
 /// own process id when dropped.
@@ -188,4 +173,19 @@ fn uuid_like() -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{}-{nanos}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unused_port_is_not_reachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(reachable(&format!("nats://127.0.0.1:{port}")));
+        drop(listener);
+        assert!(!reachable(&format!("nats://127.0.0.1:{port}")));
+        assert!(!reachable("not a url"));
+    }
 }
