@@ -214,6 +214,14 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row read some other way than from the stream (the initial snapshot reads tables with
+    /// SQL, which prints values in the same text form). The caller makes `values` as long as
+    /// `relation.columns`.
+    pub(crate) fn from_parts(relation: Arc<Relation>, values: Vec<TupleValue>) -> Self {
+        debug_assert_eq!(relation.columns.len(), values.len());
+        Row { relation, values }
+    }
+
     /// The table.
     pub fn relation(&self) -> &Relation {
         &self.relation

@@ -18,6 +18,8 @@ pub mod type_oid {
 
     /// `bool`
     pub const BOOL: Oid = Oid(16);
+    /// `bytea`
+    pub const BYTEA: Oid = Oid(17);
     /// `int8` (`bigint`)
     pub const INT8: Oid = Oid(20);
     /// `int2` (`smallint`)
