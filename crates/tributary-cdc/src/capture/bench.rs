@@ -78,12 +78,18 @@ pub async fn bench_capture(
     let state = StateSql::new(&config.state_schema, &slot);
     let mut session = SqlSession::connect(&config.connection).await?;
     cleanup(&mut session, &state).await?;
+    // Separate commands: a multi-statement query is one transaction, and slots cannot be
+    // created in a transaction that wrote.
     session
         .query(&format!(
             "CREATE TABLE {TABLE} (id bigint PRIMARY KEY, k text NOT NULL, payload text NOT NULL);
-             CREATE PUBLICATION {TABLE} FOR TABLE {TABLE};
-             SELECT pg_create_logical_replication_slot('{CAPTURE_SLOT}', 'pgoutput'),
-                    pg_create_logical_replication_slot('{BASELINE_SLOT}', 'pgoutput');"
+             CREATE PUBLICATION {TABLE} FOR TABLE {TABLE};"
+        ))
+        .await?;
+    session
+        .query(&format!(
+            "SELECT pg_create_logical_replication_slot('{CAPTURE_SLOT}', 'pgoutput'),
+                    pg_create_logical_replication_slot('{BASELINE_SLOT}', 'pgoutput')"
         ))
         .await?;
     let mut written = 0;
