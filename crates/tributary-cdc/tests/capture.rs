@@ -32,7 +32,10 @@ fn server(test: &str, db: &str) -> Result<Option<PrivatePostgres>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn table_changes_reach_the_broker_as_envelopes_in_commit_order() -> Result<()> {
     let db = "tables";
-    let Some(pg) = server("table_changes_reach_the_broker_as_envelopes_in_commit_order", db)?
+    let Some(pg) = server(
+        "table_changes_reach_the_broker_as_envelopes_in_commit_order",
+        db,
+    )?
     else {
         return Ok(());
     };
@@ -147,8 +150,7 @@ async fn table_changes_reach_the_broker_as_envelopes_in_commit_order() -> Result
         "replica identity FULL gives the whole old row"
     );
     assert_eq!(
-        audit["audit"][0].event_type,
-        "AuditEntry.truncated",
+        audit["audit"][0].event_type, "AuditEntry.truncated",
         "a truncate is keyed by its table"
     );
     for events in items.values().chain(audit.values()) {
@@ -321,7 +323,11 @@ async fn logical_messages_inside_transactions_become_events() -> Result<()> {
     let audit = wait_for(broker.as_ref(), "audit-log", 1).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let orders_now = read_topic(broker.as_ref(), "Order").await?;
-    assert_eq!(orders_now.len(), 3, "nothing rolled back or non-transactional");
+    assert_eq!(
+        orders_now.len(),
+        3,
+        "nothing rolled back or non-transactional"
+    );
     let envelopes: Vec<Envelope> = orders.iter().map(envelope).collect();
     let notes: Vec<Value> = envelopes
         .iter()
@@ -427,7 +433,10 @@ async fn snapshot_publishes_existing_rows_once_then_the_stream() -> Result<()> {
                     replayed.insert(id, data["new"]["balance"].as_i64().context("balance")?);
                 }
                 "accounts.updated" => {
-                    ensure!(replayed.contains_key(&id), "key {key} updated before it existed");
+                    ensure!(
+                        replayed.contains_key(&id),
+                        "key {key} updated before it existed"
+                    );
                     replayed.insert(id, data["new"]["balance"].as_i64().context("balance")?);
                 }
                 "accounts.deleted" => {
@@ -438,7 +447,10 @@ async fn snapshot_publishes_existing_rows_once_then_the_stream() -> Result<()> {
         }
     }
     assert_eq!(replayed, end_state, "no gap and no double");
-    ensure!(snapshot_rows >= 2480, "the snapshot had the existing rows ({snapshot_rows})");
+    ensure!(
+        snapshot_rows >= 2480,
+        "the snapshot had the existing rows ({snapshot_rows})"
+    );
     let recorded = pg.sql(
         db,
         "SELECT status || ',' || snapshot_rows FROM tributary_cdc_slots WHERE slot_name = 'cdc';",
@@ -505,7 +517,10 @@ async fn restart_rereads_unconfirmed_changes_with_the_same_ids_and_one_capture_h
     // The second transaction is twice the batch size: split, confirming nothing new.
     let part = next_batch(&first).await?;
     assert_eq!(part.messages.len(), 50);
-    assert_eq!(part.through, small.through, "part of a transaction moves nothing");
+    assert_eq!(
+        part.through, small.through,
+        "part of a transaction moves nothing"
+    );
     first.mark_published(part.through).await?;
     let rest = next_batch(&first).await?;
     assert_eq!(rest.messages.len(), 50);
@@ -544,7 +559,10 @@ async fn restart_rereads_unconfirmed_changes_with_the_same_ids_and_one_capture_h
     let end = current_lsn(&pg, db)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while confirmed_flush(&pg, db)? < end {
-        ensure!(std::time::Instant::now() < deadline, "the slot stayed behind");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the slot stayed behind"
+        );
         assert!(second.read_batch(50).await?.is_none());
     }
     second.close().await;
@@ -552,8 +570,7 @@ async fn restart_rereads_unconfirmed_changes_with_the_same_ids_and_one_capture_h
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dropped_or_recreated_slot_stops_the_capture_with_the_resnapshot_command() -> Result<()>
-{
+async fn a_dropped_or_recreated_slot_stops_the_capture_with_the_resnapshot_command() -> Result<()> {
     let db = "slotloss";
     let Some(pg) = server(
         "a_dropped_or_recreated_slot_stops_the_capture_with_the_resnapshot_command",
@@ -642,7 +659,10 @@ async fn heartbeats_advance_the_slot_while_only_uncaptured_tables_change() -> Re
         )?;
     }
     let written = current_lsn(&pg, db)?;
-    ensure!(written.as_u64() - start.as_u64() > 500_000, "enough WAL written");
+    ensure!(
+        written.as_u64() - start.as_u64() > 500_000,
+        "enough WAL written"
+    );
     eventually(Duration::from_secs(20), || {
         Ok((confirmed_flush(&pg, db)? >= written).then_some(()))
     })

@@ -128,7 +128,9 @@ impl Assembler {
                 self.commit_time = Some(commit.commit_time);
                 self.complete_outbox_max = self.complete_outbox_max.max(open.outbox_max);
             }
-            PgOutputMessage::Insert(_) | PgOutputMessage::Update(_) | PgOutputMessage::Delete(_) => {
+            PgOutputMessage::Insert(_)
+            | PgOutputMessage::Update(_)
+            | PgOutputMessage::Delete(_) => {
                 let (context, index) = self.next_change()?;
                 let change = decoder
                     .change(message)?

@@ -170,7 +170,14 @@ async fn run_pg_recvlogical(config: &CdcConfig, program: &Path, end: Lsn) -> Res
         .arg(&connection.database)
         .arg("-p")
         .arg(connection.port.to_string())
-        .args(["-S", BASELINE_SLOT, "--start", "--no-loop", "-f", "/dev/null"])
+        .args([
+            "-S",
+            BASELINE_SLOT,
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
         .args(["-o", "proto_version=1", "-o"])
         .arg(format!("publication_names={TABLE}"))
         .arg("-E")
@@ -202,7 +209,9 @@ async fn run_pg_recvlogical(config: &CdcConfig, program: &Path, end: Lsn) -> Res
 /// `/usr/lib/postgresql/*/bin` (Debian keeps it off PATH), else PATH.
 pub fn find_pg_recvlogical() -> Option<PathBuf> {
     let usable = |dir: &Path| dir.join("pg_recvlogical").is_file();
-    if let Ok(output) = std::process::Command::new("pg_config").arg("--bindir").output()
+    if let Ok(output) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
         && output.status.success()
     {
         let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());

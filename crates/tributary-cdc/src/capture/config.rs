@@ -457,7 +457,10 @@ mod tests {
     #[test]
     fn table_names_become_valid_topics() {
         assert_eq!(topic_for_name("orders").as_str(), "orders");
-        assert_eq!(topic_for_name("public.Order Lines").as_str(), "public_Order_Lines");
+        assert_eq!(
+            topic_for_name("public.Order Lines").as_str(),
+            "public_Order_Lines"
+        );
         assert_eq!(topic_for_name("").as_str(), "cdc");
         assert_eq!(topic_for_name(&"ä".repeat(80)).as_str().len(), 64);
     }

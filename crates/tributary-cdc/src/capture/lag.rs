@@ -46,7 +46,10 @@ pub async fn slot_lag(config: &CdcConfig) -> Result<SlotLag> {
         })
 }
 
-pub(crate) async fn query_lag(session: &mut SqlSession, slot: &SlotName) -> Result<Option<SlotLag>> {
+pub(crate) async fn query_lag(
+    session: &mut SqlSession,
+    slot: &SlotName,
+) -> Result<Option<SlotLag>> {
     let result = session
         .query(&fill(
             include_str!("sql/lag.sql"),

@@ -134,9 +134,7 @@ impl Mapper {
                     RowChange::Delete { old } => ("deleted", None, Some(old)),
                 };
                 let key_row = new.or(old.map(OldRow::row));
-                let id = self
-                    .ids
-                    .change(tx.commit_lsn, index, 0, unix_ms(tx.time()));
+                let id = self.ids.change(tx.commit_lsn, index, 0, unix_ms(tx.time()));
                 let event = TableEvent {
                     table,
                     relation,
@@ -147,7 +145,11 @@ impl Mapper {
                     transaction: Some((tx, index)),
                     extra: Vec::new(),
                 };
-                Ok(Some(Mapped::plain(self.table_event(id, tx.time(), event)?)))
+                Ok(Some(Mapped::plain(self.table_event(
+                    id,
+                    tx.time(),
+                    event,
+                )?)))
             }
         }
     }
@@ -292,7 +294,12 @@ impl Mapper {
             .collect()
     }
 
-    fn table_event(&self, id: EventId, time: DateTime<Utc>, event: TableEvent<'_>) -> Result<OutgoingMessage> {
+    fn table_event(
+        &self,
+        id: EventId,
+        time: DateTime<Utc>,
+        event: TableEvent<'_>,
+    ) -> Result<OutgoingMessage> {
         let relation = event.relation;
         let prefix = event
             .table
@@ -392,15 +399,15 @@ impl Mapper {
             _ => None,
         };
         let outbox_id = text(&outbox.id_column).and_then(|id| id.parse::<i64>().ok());
-        let payload = match (row.get(&outbox.payload_column), payload_is_bytea(row, outbox)) {
+        let payload = match (
+            row.get(&outbox.payload_column),
+            payload_is_bytea(row, outbox),
+        ) {
             (Some(TupleValue::Text(text)), true) => unhex(text),
             (Some(TupleValue::Text(text)), false) => Some(text.as_bytes().to_vec()),
             _ => None,
         };
-        let fallback_id = || {
-            self.ids
-                .change(tx.commit_lsn, index, 0, unix_ms(tx.time()))
-        };
+        let fallback_id = || self.ids.change(tx.commit_lsn, index, 0, unix_ms(tx.time()));
         let Some(payload) = payload else {
             // Nothing to publish as written; say so where operators look, rather than drop it.
             let data = json!({
@@ -415,7 +422,10 @@ impl Mapper {
             )
             .with_id(fallback_id());
             return Ok(Mapped {
-                message: OutgoingMessage::from_envelope(self.config.invalid_topic.clone(), &envelope),
+                message: OutgoingMessage::from_envelope(
+                    self.config.invalid_topic.clone(),
+                    &envelope,
+                ),
                 outbox_id,
             });
         };

@@ -101,7 +101,11 @@ impl SnapshotReader {
     }
 
     /// Up to `max` rows as messages, table after table; empty once every table is done.
-    pub(crate) async fn read(&mut self, max: usize, mapper: &Mapper) -> Result<Vec<OutgoingMessage>> {
+    pub(crate) async fn read(
+        &mut self,
+        max: usize,
+        mapper: &Mapper,
+    ) -> Result<Vec<OutgoingMessage>> {
         let mut out = Vec::new();
         for table in self.tables.iter_mut().filter(|t| !t.done) {
             let wanted = max.saturating_sub(out.len());
@@ -137,7 +141,9 @@ impl SnapshotReader {
             let width = relation.columns.len();
             for values in result.rows {
                 if values.len() != width {
-                    return Err(CdcError::protocol("snapshot row does not match its columns"));
+                    return Err(CdcError::protocol(
+                        "snapshot row does not match its columns",
+                    ));
                 }
                 let values = values
                     .into_iter()

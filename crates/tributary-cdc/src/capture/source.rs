@@ -23,8 +23,8 @@ use super::state::{self, SlotStatus, StateSql};
 use crate::lsn::Lsn;
 use crate::pgoutput::{PgOutputDecoder, PgTimestamp};
 use crate::replication::{
-    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
-    SnapshotAction, StartReplication,
+    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream, SnapshotAction,
+    StartReplication,
 };
 use crate::sql::{SqlSession, fill, ident};
 
@@ -457,8 +457,8 @@ impl CdcSource {
             }
         };
         drop(control_guard);
-        let start = StartReplication::new(slot.clone(), config.publications.clone())
-            .with_messages(true);
+        let start =
+            StartReplication::new(slot.clone(), config.publications.clone()).with_messages(true);
         let stream = replication
             .start(start)
             .await
@@ -713,7 +713,10 @@ impl RelaySource for CdcSource {
         *self.inner.control.lock().await = Some(session);
         self.inner.lease_held.store(true, Ordering::SeqCst);
         let keeper = tokio::spawn(keep_lease(Arc::downgrade(&self.inner), epoch));
-        tracing::info!(slot = config.slot.as_str(), "capture holds the slot's lease");
+        tracing::info!(
+            slot = config.slot.as_str(),
+            "capture holds the slot's lease"
+        );
         Ok(Some(Box::new(CdcLease {
             inner: Arc::downgrade(&self.inner),
             epoch,
@@ -800,7 +803,10 @@ async fn keep_lease(inner: Weak<Inner>, epoch: u64) {
                     Ok(Err(error)) => error.to_string(),
                     _ => "timed out".to_owned(),
                 };
-                tracing::warn!(reason, "the capture's control connection failed; lease lost");
+                tracing::warn!(
+                    reason,
+                    "the capture's control connection failed; lease lost"
+                );
                 *control = None;
                 inner.lease_held.store(false, Ordering::SeqCst);
                 return;
@@ -816,7 +822,9 @@ fn lease_lost() -> CdcError {
 }
 
 fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn validate(config: &CdcConfig) -> Result<()> {
@@ -856,7 +864,9 @@ pub async fn capture(
     broker: Arc<dyn Broker>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    Arc::new(CdcSource::new(config)?).run(broker, shutdown).await
+    Arc::new(CdcSource::new(config)?)
+        .run(broker, shutdown)
+        .await
 }
 
 /// The operator's re-snapshot: drops the slot and forgets the capture's record of it, so that

@@ -80,7 +80,10 @@ impl StateSql {
     pub(crate) async fn ensure_table(&self, session: &mut SqlSession) -> Result<()> {
         if self.schema != "public" {
             session
-                .query(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(&self.schema)))
+                .query(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    ident(&self.schema)
+                ))
                 .await?;
         }
         session
@@ -214,7 +217,11 @@ impl StateSql {
             .transpose()
     }
 
-    pub(crate) async fn snapshot_progress(&self, session: &mut SqlSession, rows: usize) -> Result<()> {
+    pub(crate) async fn snapshot_progress(
+        &self,
+        session: &mut SqlSession,
+        rows: usize,
+    ) -> Result<()> {
         session
             .query(&fill(
                 include_str!("sql/snapshot_progress.sql"),

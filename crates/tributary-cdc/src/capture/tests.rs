@@ -13,9 +13,9 @@ use super::ids::IdSpace;
 use super::mapping::Mapper;
 use crate::lsn::Lsn;
 use crate::pgoutput::{
-    Begin, Commit, Delete, Insert, LogicalMessage, Oid, OldTuple, PgOutputDecoder,
-    PgOutputMessage, PgTimestamp, Relation, RelationColumn, RelationId, ReplicaIdentity,
-    Truncate, TupleData, TupleValue, Update, Xid, type_oid,
+    Begin, Commit, Delete, Insert, LogicalMessage, Oid, OldTuple, PgOutputDecoder, PgOutputMessage,
+    PgTimestamp, Relation, RelationColumn, RelationId, ReplicaIdentity, Truncate, TupleData,
+    TupleValue, Update, Xid, type_oid,
 };
 
 const ITEMS: RelationId = RelationId(16_384);
@@ -184,8 +184,15 @@ fn a_transaction_larger_than_a_batch_is_split_and_confirms_only_at_its_commit() 
     parts.push(h.assembler.take(2, confirmed).expect("the tail"));
     let ids: Vec<Vec<i64>> = parts.iter().map(ids_of).collect();
     assert_eq!(ids, [vec![1, 2], vec![3, 4], vec![5]]);
-    assert!(parts[..2].iter().all(|p| p.partial && p.through == confirmed));
-    assert_eq!((parts[2].partial, parts[2].through), (false, Lsn::new(5008)));
+    assert!(
+        parts[..2]
+            .iter()
+            .all(|p| p.partial && p.through == confirmed)
+    );
+    assert_eq!(
+        (parts[2].partial, parts[2].through),
+        (false, Lsn::new(5008))
+    );
 }
 
 #[test]
@@ -278,7 +285,11 @@ fn table_events_carry_operation_key_rows_and_transaction() {
         })
     );
     let update = envelopes[1].data.to_value();
-    assert_eq!(update["old"], json!({"id": 7}), "the old key of a key change");
+    assert_eq!(
+        update["old"],
+        json!({"id": 7}),
+        "the old key of a key change"
+    );
     assert_eq!(update["new"], json!({"id": 8}));
     assert_eq!(update["unchanged_toast"], json!(["name"]));
     assert_eq!(update["transaction"]["index"], 1);
@@ -394,10 +405,7 @@ fn logical_messages_publish_envelopes_as_written_and_wrap_other_payloads() {
         commit(7000),
     ]);
     // Outside a transaction: written even on rollback, never published.
-    assert_eq!(
-        h.feed(&[message(false, "orders", b"{}")]),
-        [Step::Continue]
-    );
+    assert_eq!(h.feed(&[message(false, "orders", b"{}")]), [Step::Continue]);
     let batch = h.assembler.take(10, Lsn::ZERO).expect("a batch");
     assert_eq!(batch.messages.len(), 4);
     let wrapped = Envelope::from_json(&batch.messages[0].payload).expect("envelope");

@@ -75,10 +75,7 @@ pub fn broker(dir: &tempfile::TempDir) -> Result<Arc<SqliteBroker>> {
 pub async fn read_topic(broker: &dyn Broker, topic: &str) -> Result<Vec<Delivery>> {
     static READERS: AtomicU64 = AtomicU64::new(0);
     let topic = Topic::new(topic)?;
-    let group = GroupName::new(format!(
-        "check-{}",
-        READERS.fetch_add(1, Ordering::Relaxed)
-    ))?;
+    let group = GroupName::new(format!("check-{}", READERS.fetch_add(1, Ordering::Relaxed)))?;
     let mut out = Vec::new();
     for partition in 0..broker.partitions(&topic).await? {
         let mut consumer = broker
