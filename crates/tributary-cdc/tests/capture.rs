@@ -507,7 +507,7 @@ async fn restart_rereads_unconfirmed_changes_with_the_same_ids_and_one_capture_h
         "INSERT INTO t SELECT g, 'a' FROM generate_series(1, 30) g;
          INSERT INTO t SELECT g, 'b' FROM generate_series(31, 130) g;",
     )?;
-    // The first transaction, whole; handed out again until it is marked.
+    // The first transaction, whole; read again (from the slot) until it is marked.
     let small = next_batch(&first).await?;
     assert_eq!(small.messages.len(), 30);
     assert_eq!(next_batch(&first).await?, small);
@@ -684,13 +684,23 @@ async fn bench_helper_reports_capture_and_pg_recvlogical_rates() -> Result<()> {
     };
     let program = tributary_cdc::capture::bench::find_pg_recvlogical()
         .context("pg_recvlogical beside the server")?;
-    let broker: Arc<dyn Broker> = Arc::new(tributary_core::InMemoryBroker::new(
-        tributary_core::InMemoryBrokerConfig::default(),
-    ));
+    // Small by default; `CDC_BENCH_ROWS=200000 CDC_BENCH_BROKER=sqlite cargo test --release`
+    // for figures.
+    let rows = std::env::var("CDC_BENCH_ROWS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5000);
+    let dir = tempfile::tempdir()?;
+    let broker: Arc<dyn Broker> = match std::env::var("CDC_BENCH_BROKER").as_deref() {
+        Ok("sqlite") => broker(&dir)?,
+        _ => Arc::new(tributary_core::InMemoryBroker::new(
+            tributary_core::InMemoryBrokerConfig::default(),
+        )),
+    };
     let report = tributary_cdc::capture::bench::bench_capture(
         &config(&pg, db),
         broker,
-        5000,
+        rows,
         1000,
         &program,
     )

@@ -34,8 +34,10 @@ pub struct CdcConfig {
     /// Most messages handed to the broker at once.
     pub batch_size: usize,
     /// How often a heartbeat is written on the control connection, so that a quiet captured
-    /// database does not keep the slot from releasing WAL. `None`: no heartbeats (the slot
-    /// then still moves on the server's keepalives, see the module doc).
+    /// database does not keep the slot from releasing WAL (see the module doc). `None`: no
+    /// heartbeats; positions without data (keepalives) are then confirmed only up to the
+    /// position recorded with the last captured change, so a captured database whose
+    /// tables stay quiet while other WAL is written keeps that WAL. Keep them on.
     pub heartbeat_interval: Option<Duration>,
     /// How often the control connection (which holds the lease) is checked.
     pub lease_check_interval: Duration,

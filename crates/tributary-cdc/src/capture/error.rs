@@ -153,6 +153,15 @@ impl CdcError {
                 slot: slot.to_owned(),
                 detail,
             },
+            ReplicationError::SlotAhead {
+                confirmed_flush,
+                resume_from,
+                ..
+            } => CdcError::SlotRecreated {
+                slot: slot.to_owned(),
+                slot_confirmed: confirmed_flush,
+                recorded: resume_from,
+            },
             other => CdcError::Replication(other),
         }
     }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tributary_core::{Envelope, EventId, OutgoingMessage, Payload, Topic};
 
 use super::config::{
@@ -26,7 +26,7 @@ use super::ids::IdSpace;
 use crate::lsn::Lsn;
 use crate::pgoutput::{
     LogicalMessage, OldRow, PgTimestamp, Relation, Row, RowChange, Truncate, TupleValue, Xid,
-    type_oid,
+    type_oid, write_json_string,
 };
 
 /// The transaction a change belongs to.
@@ -74,8 +74,8 @@ enum Target<'a> {
 pub(crate) struct Mapper {
     config: Arc<CdcConfig>,
     ids: IdSpace,
-    /// Primary key columns by (schema, table), read from the catalog when streaming starts.
-    primary_keys: HashMap<(String, String), Vec<String>>,
+    /// Primary key columns by schema and table, read from the catalog when streaming starts.
+    primary_keys: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
 impl Mapper {
@@ -84,10 +84,14 @@ impl Mapper {
         ids: IdSpace,
         primary_keys: HashMap<(String, String), Vec<String>>,
     ) -> Self {
+        let mut by_schema: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+        for ((schema, table), columns) in primary_keys {
+            by_schema.entry(schema).or_default().insert(table, columns);
+        }
         Mapper {
             config,
             ids,
-            primary_keys,
+            primary_keys: by_schema,
         }
     }
 
@@ -225,22 +229,29 @@ impl Mapper {
         }
         .map_err(|e| CdcError::protocol(format!("logical message payload: {e}")))?;
         let time = tx.time();
-        let envelope = Envelope::new(
-            self.config.name.clone(),
-            route
+        let envelope = Envelope {
+            id: self.ids.change(tx.commit_lsn, index, 0, unix_ms(time)),
+            source: self.config.name.clone(),
+            event_type: route
                 .event_type
                 .clone()
                 .unwrap_or_else(|| message.prefix.clone()),
+            subject: None,
+            time,
             data,
-        )
-        .with_id(self.ids.change(tx.commit_lsn, index, 0, unix_ms(time)))
-        .with_partition_key(
-            route
-                .partition_key
-                .clone()
-                .unwrap_or_else(|| message.prefix.clone()),
-        );
-        let envelope = Envelope { time, ..envelope };
+            aggregate_type: None,
+            sequence: None,
+            partition_key: Some(
+                route
+                    .partition_key
+                    .clone()
+                    .unwrap_or_else(|| message.prefix.clone()),
+            ),
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            schema_version: 1,
+        };
         Ok(Some(Mapped::plain(OutgoingMessage::from_envelope(
             route.topic,
             &envelope,
@@ -276,22 +287,22 @@ impl Mapper {
         Ok(Mapped::plain(self.table_event(id, time, event)?))
     }
 
-    fn key_columns(&self, table: Option<&TableConfig>, relation: &Relation) -> Vec<String> {
-        if let Some(columns) = table.and_then(|t| t.key_columns.clone()) {
-            return columns;
+    fn key_columns<'a>(
+        &'a self,
+        table: Option<&'a TableConfig>,
+        relation: &'a Relation,
+    ) -> KeyColumns<'a> {
+        if let Some(columns) = table.and_then(|t| t.key_columns.as_deref()) {
+            return KeyColumns::Named(columns);
         }
         if let Some(columns) = self
             .primary_keys
-            .get(&(relation.namespace.clone(), relation.name.clone()))
+            .get(relation.namespace.as_str())
+            .and_then(|tables| tables.get(relation.name.as_str()))
         {
-            return columns.clone();
+            return KeyColumns::Named(columns);
         }
-        relation
-            .columns
-            .iter()
-            .filter(|c| c.is_key)
-            .map(|c| c.name.clone())
-            .collect()
+        KeyColumns::Identity
     }
 
     fn table_event(
@@ -303,8 +314,8 @@ impl Mapper {
         let relation = event.relation;
         let prefix = event
             .table
-            .and_then(|t| t.event_prefix.clone())
-            .unwrap_or_else(|| relation.name.clone());
+            .and_then(|t| t.event_prefix.as_deref())
+            .unwrap_or(&relation.name);
         let topic = event
             .table
             .and_then(|t| t.topic.clone())
@@ -316,74 +327,79 @@ impl Mapper {
             "truncated" => "truncate",
             other => other,
         };
-        let mut data = Map::new();
-        data.insert("operation".into(), operation.into());
-        data.insert("schema".into(), relation.namespace.clone().into());
-        data.insert("table".into(), relation.name.clone().into());
-        let mut key_text = None;
-        match event.key_row {
-            Some(row) => {
-                let columns = self.key_columns(event.table, relation);
-                let (key, text) = key_of(row, &columns)?;
-                data.insert("key".into(), Value::Object(key));
-                key_text = text;
-            }
+        // The data is written straight to JSON text: building a `Value` per row costs more
+        // than the rest of the capture together.
+        let mut data = String::with_capacity(256);
+        data.push_str("{\"operation\":");
+        write_json_string(operation, &mut data);
+        data.push_str(",\"schema\":");
+        write_json_string(&relation.namespace, &mut data);
+        data.push_str(",\"table\":");
+        write_json_string(&relation.name, &mut data);
+        data.push_str(",\"key\":");
+        let key_text = match event.key_row {
+            Some(row) => write_key(row, self.key_columns(event.table, relation), &mut data)?,
             None => {
-                data.insert("key".into(), Value::Null);
+                data.push_str("null");
+                None
+            }
+        };
+        data.push_str(",\"new\":");
+        match event.new {
+            Some(row) => row.write_json(&mut data, |_| true)?,
+            None => data.push_str("null"),
+        }
+        data.push_str(",\"old\":");
+        match event.old {
+            Some(OldRow::Key(row)) => row.write_json(&mut data, |c| c.is_key)?,
+            Some(OldRow::Full(row)) => row.write_json(&mut data, |_| true)?,
+            None => data.push_str("null"),
+        }
+        data.push_str(",\"unchanged_toast\":[");
+        if let Some(row) = event.new {
+            for (i, name) in row.unchanged_toast_columns().enumerate() {
+                if i > 0 {
+                    data.push(',');
+                }
+                write_json_string(name, &mut data);
             }
         }
-        data.insert(
-            "new".into(),
-            event
-                .new
-                .map(|row| row.to_json().map(Value::Object))
-                .transpose()?
-                .unwrap_or(Value::Null),
-        );
-        data.insert(
-            "old".into(),
-            event
-                .old
-                .map(|old| match old {
-                    OldRow::Key(row) => row.key_to_json(),
-                    OldRow::Full(row) => row.to_json(),
-                })
-                .transpose()?
-                .map_or(Value::Null, Value::Object),
-        );
-        data.insert(
-            "unchanged_toast".into(),
-            event
-                .new
-                .map(|row| row.unchanged_toast_columns().map(Value::from).collect())
-                .unwrap_or_else(|| Value::Array(Vec::new())),
-        );
-        data.insert(
-            "transaction".into(),
-            event.transaction.map_or(Value::Null, |(tx, index)| {
-                json!({"xid": tx.xid.0, "commit_lsn": tx.commit_lsn.to_string(), "index": index})
-            }),
-        );
+        data.push_str("],\"transaction\":");
+        match event.transaction {
+            Some((tx, index)) => {
+                data.push_str(&format!(
+                    "{{\"xid\":{},\"commit_lsn\":\"{}\",\"index\":{index}}}",
+                    tx.xid.0, tx.commit_lsn
+                ));
+            }
+            None => data.push_str("null"),
+        }
         for (name, value) in event.extra {
-            data.insert(name.into(), value);
+            data.push(',');
+            write_json_string(name, &mut data);
+            data.push(':');
+            data.push_str(&value.to_string());
         }
-        let payload = Payload::from_value(&Value::Object(data))
+        data.push('}');
+        let data = Payload::from_json_str(data)
             .map_err(|e| CdcError::protocol(format!("event data: {e}")))?;
-        let mut envelope = Envelope::new(
-            self.config.name.clone(),
-            format!("{prefix}.{}", event.operation),
-            payload,
-        )
-        .with_id(id)
-        .with_aggregate_type(relation.name.clone());
-        envelope.time = time;
-        match key_text {
-            Some(key) => {
-                envelope = envelope.with_subject(key.clone()).with_partition_key(key);
-            }
+        let partition_key = key_text.clone().unwrap_or_else(|| relation.name.clone());
+        let envelope = Envelope {
+            id,
+            source: self.config.name.clone(),
+            event_type: format!("{prefix}.{}", event.operation),
+            subject: key_text,
+            time,
+            data,
+            aggregate_type: Some(relation.name.clone()),
+            sequence: None,
             // No key: the table is one ordered stream.
-            None => envelope = envelope.with_partition_key(relation.name.clone()),
-        }
+            partition_key: Some(partition_key),
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            schema_version: 1,
+        };
         Ok(OutgoingMessage::from_envelope(topic, &envelope))
     }
 
@@ -467,25 +483,62 @@ struct TableEvent<'a> {
     extra: Vec<(&'static str, Value)>,
 }
 
-/// The key columns of `row` as JSON, and their values joined with `:` (`None` without key
-/// columns).
-fn key_of(row: &Row, columns: &[String]) -> Result<(Map<String, Value>, Option<String>)> {
-    let mut object = Map::new();
-    let mut parts = Vec::with_capacity(columns.len());
-    for name in columns {
-        let Some((column, value)) = row.columns().find(|(c, _)| &c.name == name) else {
-            continue;
+/// Which columns make a table's key.
+enum KeyColumns<'a> {
+    /// These, by name (configured, or the primary key).
+    Named(&'a [String]),
+    /// The replica identity columns the Relation message marks.
+    Identity,
+}
+
+/// Appends the key columns of `row` as a JSON object to `out`, and returns their values
+/// joined with `:` (`None` without key columns).
+fn write_key(row: &Row, columns: KeyColumns<'_>, out: &mut String) -> Result<Option<String>> {
+    let mut text: Option<String> = None;
+    let mut add = |value: &TupleValue| {
+        let part = match value {
+            TupleValue::Text(text) => text.as_str(),
+            _ => "",
         };
-        if let Some(json) = crate::pgoutput::value_to_json(column, value)? {
-            object.insert(name.clone(), json);
+        match text.as_mut() {
+            Some(text) => {
+                text.push(':');
+                text.push_str(part);
+            }
+            None => text = Some(part.to_owned()),
         }
-        parts.push(match value {
-            TupleValue::Text(text) => text.clone(),
-            _ => String::new(),
-        });
+    };
+    match columns {
+        KeyColumns::Named(names) => {
+            out.push('{');
+            let mut first = true;
+            for name in names {
+                let Some((column, value)) = row.columns().find(|(c, _)| &c.name == name) else {
+                    continue;
+                };
+                add(value);
+                let mark = out.len();
+                if !first {
+                    out.push(',');
+                }
+                write_json_string(name, out);
+                out.push(':');
+                if crate::pgoutput::write_value_json(column, value, out)? {
+                    first = false;
+                } else {
+                    out.truncate(mark);
+                }
+            }
+            out.push('}');
+        }
+        KeyColumns::Identity => {
+            for (_, value) in row.columns().filter(|(c, _)| c.is_key) {
+                add(value);
+            }
+            row.write_json(out, |c| c.is_key)?;
+        }
     }
-    let text = (!parts.is_empty()).then(|| parts.join(":"));
-    Ok((object, text))
+    Ok(text)
 }
 
 fn payload_is_bytea(row: &Row, outbox: &OutboxCapture) -> bool {

@@ -31,8 +31,9 @@
 //!
 //! So after a crash, what is read again is at most the batch that was in flight plus the rest
 //! of the transaction it belonged to; nothing committed is skipped, and nothing uncommitted
-//! was ever read (no phantoms). A batch handed out and never marked (the relay stopped
-//! between publishing and marking) is handed out again as it was.
+//! was ever read (no phantoms). A batch handed out and never marked (the relay gave up on it)
+//! is read again from the slot when the next batch is asked for: the same changes, with the
+//! same ids.
 //!
 //! Event ids are computed, not drawn: a UUIDv7 whose time is the commit time and whose other
 //! bits are SHA-256 of (cluster system id, database, slot, commit LSN, index of the change in

@@ -85,7 +85,7 @@ struct Reader {
     assembler: Assembler,
     decoder: PgOutputDecoder,
     mapper: Option<Mapper>,
-    /// The batch handed out and not yet marked published; read again as it is.
+    /// The batch handed out and not yet marked published.
     outstanding: Option<Outstanding>,
 }
 
@@ -99,7 +99,8 @@ enum Phase {
 }
 
 struct Outstanding {
-    batch: SourceBatch,
+    through: Position,
+    messages: usize,
     kind: BatchKind,
 }
 
@@ -275,7 +276,8 @@ impl CdcSource {
                         messages,
                     };
                     reader.outstanding = Some(Outstanding {
-                        batch: batch.clone(),
+                        through: batch.through,
+                        messages: batch.messages.len(),
                         kind: BatchKind::Snapshot {
                             rows: batch.messages.len(),
                             done: snapshot.is_done(),
@@ -344,7 +346,8 @@ impl CdcSource {
             through: Position::new(taken.through.as_u64()),
         };
         *outstanding = Some(Outstanding {
-            batch: batch.clone(),
+            through: batch.through,
+            messages: batch.messages.len(),
             kind: BatchKind::Stream {
                 through: taken.through,
                 outbox_max: taken.outbox_max,
@@ -435,8 +438,10 @@ impl CdcSource {
         reader.mapper = Some(Mapper::new(Arc::clone(&config), ids, primary_keys));
         reader.assembler.reset();
         reader.decoder = PgOutputDecoder::new();
-        let limit = match limit {
-            Some(limit) => limit,
+        // Where the slot stands; starting there explicitly makes the server refuse a slot
+        // that moved since it was checked (dropped and recreated in between).
+        let (limit, resume) = match limit {
+            Some(limit) => (limit, slot_confirmed),
             None => {
                 let created = self
                     .create(control, &mut replication, &system.system_id, &database)
@@ -453,12 +458,16 @@ impl CdcSource {
                     return Ok(());
                 }
                 let record = self.inner.state.load(control).await?;
-                record.and_then(|r| r.position_limit).unwrap_or(Lsn::ZERO)
+                let created = record.and_then(|r| r.position_limit).unwrap_or(Lsn::ZERO);
+                (created, created)
             }
         };
         drop(control_guard);
-        let start =
+        let mut start =
             StartReplication::new(slot.clone(), config.publications.clone()).with_messages(true);
+        if !resume.is_zero() {
+            start = start.with_resume_from(resume);
+        }
         let stream = replication
             .start(start)
             .await
@@ -607,7 +616,7 @@ impl CdcSource {
                 }
             }
         }
-        lock(&self.inner.progress).published += outstanding.batch.messages.len() as u64;
+        lock(&self.inner.progress).published += outstanding.messages as u64;
         Ok(())
     }
 
@@ -631,9 +640,11 @@ impl RelaySource for CdcSource {
             return Err(error);
         }
         let mut reader = self.inner.reader.lock().await;
-        if let Some(outstanding) = &reader.outstanding {
-            // Handed out but never marked: the same batch again.
-            return Ok(Some(outstanding.batch.clone()));
+        if reader.outstanding.is_some() {
+            // Handed out but never marked (the relay gave up on it): read again from the
+            // slot, which gives the same changes with the same ids. Rare enough not to keep
+            // a copy of every batch for it. (A snapshot batch restarts the snapshot.)
+            reader.stop().await;
         }
         match self.read(&mut reader, max.max(1)).await {
             Ok(batch) => Ok(batch),
@@ -649,9 +660,9 @@ impl RelaySource for CdcSource {
         let Some(outstanding) = reader.outstanding.take() else {
             return Ok(());
         };
-        if outstanding.batch.through != through {
+        if outstanding.through != through {
             tracing::warn!(
-                expected = %outstanding.batch.through,
+                expected = %outstanding.through,
                 got = %through,
                 "mark_published for another batch than the one handed out"
             );
