@@ -311,7 +311,10 @@ impl CdcSource {
             } else {
                 deadline.saturating_duration_since(Instant::now())
             };
-            let received = tokio::select! {
+            // A backlog is read without timers; waiting needs them.
+            let received = match stream.try_recv() {
+                Some(message) => Some(message),
+                None => tokio::select! {
                 biased;
                 () = self.inner.stop.cancelled() => None,
                 received = tokio::time::timeout(wait, stream.recv()) => match received {
@@ -321,6 +324,7 @@ impl CdcSource {
                     Ok(Err(error)) => {
                         return Err(CdcError::from_stream(error, slot, self.confirmed()));
                     }
+                },
                 },
             };
             let Some(message) = received else { break };

@@ -135,6 +135,13 @@ impl ReplicationStream {
         flatten(result).map(|()| None)
     }
 
+    /// The next message if one is already waiting; `None` if none is (or the stream ended:
+    /// [`recv`](Self::recv) then says why). Cheaper than `recv` under a timeout when reading
+    /// a backlog.
+    pub fn try_recv(&mut self) -> Option<ReplicationMessage> {
+        self.events.try_recv().ok()
+    }
+
     /// Confirms that everything before `lsn` has been handled for good (published and
     /// acknowledged by the broker), so the slot may release it. A standby status update carrying
     /// it is sent at once. Positions only move forward: an older `lsn` is ignored.
