@@ -217,7 +217,8 @@ pub struct TableConfig {
     pub key_columns: Option<Vec<String>>,
     /// The first word of the event types (`<prefix>.inserted`); by default the table name.
     pub event_prefix: Option<String>,
-    /// Publish the existing rows (`<prefix>.snapshot`) when the slot is created.
+    /// Publish the existing rows (`<prefix>.snapshot`) when the slot is created. Only then:
+    /// a table given a snapshot later gets one at the next re-snapshot.
     pub snapshot: bool,
 }
 
