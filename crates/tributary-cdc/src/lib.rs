@@ -1,9 +1,15 @@
 #![doc = include_str!("../README.md")]
 
+pub mod capture;
 mod lsn;
 pub mod pgoutput;
 mod replication;
+mod sql;
 
+pub use capture::{
+    CdcConfig, CdcError, CdcSource, MessageCapture, MessageRoute, OutboxCapture, SlotLag,
+    TableCapture, TableConfig, capture, resnapshot, slot_lag,
+};
 pub use lsn::{Lsn, ParseLsnError};
 pub use pgoutput::{DecodeError, PgOutputDecoder, PgOutputMessage, Row, RowChange, decode_message};
 pub use replication::{

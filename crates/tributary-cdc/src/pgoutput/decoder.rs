@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::decode::decode_message;
 use super::error::DecodeError;
-use super::json::value_to_json;
+use super::json::{value_to_json, write_json_string, write_value_json};
 use super::message::{
     Oid, OldTuple, PgOutputMessage, Relation, RelationColumn, RelationId, Truncate, TupleData,
     TupleValue, TypeInfo,
@@ -214,6 +214,14 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row read some other way than from the stream (the initial snapshot reads tables with
+    /// SQL, which prints values in the same text form). The caller makes `values` as long as
+    /// `relation.columns`.
+    pub(crate) fn from_parts(relation: Arc<Relation>, values: Vec<TupleValue>) -> Self {
+        debug_assert_eq!(relation.columns.len(), values.len());
+        Row { relation, values }
+    }
+
     /// The table.
     pub fn relation(&self) -> &Relation {
         &self.relation
@@ -266,6 +274,33 @@ impl Row {
     /// As [`value_to_json`].
     pub fn key_to_json(&self) -> Result<Map<String, Value>, DecodeError> {
         self.json_of(|column| column.is_key)
+    }
+
+    /// Appends the columns `keep` selects as a JSON object to `out`, the same object
+    /// [`to_json`](Self::to_json) gives, without building it (unchanged TOAST values are
+    /// left out).
+    pub(crate) fn write_json(
+        &self,
+        out: &mut String,
+        keep: impl Fn(&RelationColumn) -> bool,
+    ) -> Result<(), DecodeError> {
+        out.push('{');
+        let mut first = true;
+        for (column, value) in self.columns().filter(|(column, _)| keep(column)) {
+            let mark = out.len();
+            if !first {
+                out.push(',');
+            }
+            write_json_string(&column.name, out);
+            out.push(':');
+            if write_value_json(column, value, out)? {
+                first = false;
+            } else {
+                out.truncate(mark);
+            }
+        }
+        out.push('}');
+        Ok(())
     }
 
     fn json_of(

@@ -18,6 +18,8 @@ pub mod type_oid {
 
     /// `bool`
     pub const BOOL: Oid = Oid(16);
+    /// `bytea`
+    pub const BYTEA: Oid = Oid(17);
     /// `int8` (`bigint`)
     pub const INT8: Oid = Oid(20);
     /// `int2` (`smallint`)
@@ -106,4 +108,86 @@ pub fn value_to_json(
         _ => Value::String(text.clone()),
     };
     Ok(Some(json))
+}
+
+/// Appends the JSON form of one column value to `out`, exactly as [`value_to_json`] would
+/// give it (JSON documents are appended as the server printed them, after a check that they
+/// parse), without building a [`Value`]: the capture writes every row this way. Returns
+/// `false`, appending nothing, for an unchanged TOAST value.
+///
+/// # Errors
+///
+/// As [`value_to_json`].
+pub(crate) fn write_value_json(
+    column: &RelationColumn,
+    value: &TupleValue,
+    out: &mut String,
+) -> Result<bool, DecodeError> {
+    let text = match value {
+        TupleValue::Null => {
+            out.push_str("null");
+            return Ok(true);
+        }
+        TupleValue::UnchangedToast => return Ok(false),
+        TupleValue::Binary(_) => {
+            return Err(DecodeError::BinaryValue {
+                column: column.name.clone(),
+                type_oid: column.type_oid,
+            });
+        }
+        TupleValue::Text(text) => text,
+    };
+    let invalid = |expected: &'static str| DecodeError::InvalidValue {
+        column: column.name.clone(),
+        type_oid: column.type_oid,
+        value: text.chars().take(64).collect(),
+        expected,
+    };
+    match column.type_oid {
+        type_oid::BOOL => match text.as_str() {
+            "t" => out.push_str("true"),
+            "f" => out.push_str("false"),
+            _ => return Err(invalid("boolean ('t' or 'f')")),
+        },
+        type_oid::INT2 | type_oid::INT4 | type_oid::INT8 => {
+            let number: i64 = text.parse().map_err(|_| invalid("integer"))?;
+            out.push_str(&number.to_string());
+        }
+        type_oid::FLOAT4 | type_oid::FLOAT8 => {
+            let number: f64 = text.parse().map_err(|_| invalid("floating-point number"))?;
+            match Number::from_f64(number) {
+                Some(number) => out.push_str(&number.to_string()),
+                None => write_json_string(text, out),
+            }
+        }
+        type_oid::JSON | type_oid::JSONB => {
+            serde_json::from_str::<&serde_json::value::RawValue>(text)
+                .map_err(|_| invalid("JSON document"))?;
+            out.push_str(text.trim());
+        }
+        _ => write_json_string(text, out),
+    }
+    Ok(true)
+}
+
+/// Appends `text` as a JSON string.
+pub(crate) fn write_json_string(text: &str, out: &mut String) {
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut rest = text;
+    while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+        out.push_str(&rest[..at]);
+        let c = rest[at..].chars().next().unwrap_or(' ');
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+        }
+        rest = &rest[at + c.len_utf8()..];
+    }
+    out.push_str(rest);
+    out.push('"');
 }

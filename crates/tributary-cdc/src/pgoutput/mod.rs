@@ -25,6 +25,7 @@ pub use decoder::{OldRow, PgOutputDecoder, Row, RowChange};
 pub use encode::encode_message;
 pub use error::DecodeError;
 pub use json::{type_oid, value_to_json};
+pub(crate) use json::{write_json_string, write_value_json};
 pub use message::{
     Begin, Commit, Delete, Insert, LogicalMessage, Oid, OldTuple, Origin, PgOutputMessage,
     PgTimestamp, Relation, RelationColumn, RelationId, ReplicaIdentity, Truncate, TupleData,

@@ -279,9 +279,28 @@ fn json_conversion_follows_the_column_type() {
         };
         assert_eq!(
             value_to_json(&column, &text(input)),
-            Ok(Some(expected)),
+            Ok(Some(expected.clone())),
             "{type_oid} {input}"
         );
+        let mut written = String::new();
+        assert_eq!(
+            super::json::write_value_json(&column, &text(input), &mut written),
+            Ok(true)
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&written).ok(),
+            Some(expected),
+            "written {written}"
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn written_json_strings_parse_back_to_the_text(input in ".*") {
+        let mut written = String::new();
+        super::json::write_json_string(&input, &mut written);
+        prop_assert_eq!(serde_json::from_str::<String>(&written).ok(), Some(input));
     }
 }
 

@@ -22,6 +22,7 @@ use super::slot::{
 };
 use super::stream::ReplicationStream;
 use crate::lsn::Lsn;
+use crate::pgoutput::Oid;
 
 /// Anything the connection can run over (TCP or TLS).
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -30,7 +31,22 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
 pub(crate) type Io = BufReader<Box<dyn Transport>>;
 
 /// One row of a simple-query answer: text values, `None` for NULL.
-type Row = Vec<Option<String>>;
+pub(crate) type Row = Vec<Option<String>>;
+
+/// A column of a simple-query answer, from its RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ColumnDescription {
+    pub(crate) name: String,
+    pub(crate) type_oid: Oid,
+}
+
+/// Every row of a simple-query answer (of all its statements), with the columns of the last
+/// statement that returned rows.
+#[derive(Debug, Default)]
+pub(crate) struct QueryResult {
+    pub(crate) columns: Vec<ColumnDescription>,
+    pub(crate) rows: Vec<Row>,
+}
 
 /// Where and how to start streaming.
 #[derive(Debug, Clone)]
@@ -80,6 +96,9 @@ pub struct ReplicationConnection {
     io: Io,
     reader: MessageReader,
     config: PgReplicationConfig,
+    /// `replication=database`; a plain SQL session (see [`connect_sql`](Self::connect_sql))
+    /// otherwise.
+    replication: bool,
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -103,6 +122,18 @@ impl ReplicationConnection {
     /// [`ReplicationError::Connect`], [`ReplicationError::Tls`], [`ReplicationError::Auth`] or
     /// a server error (for example too many connections, or `max_wal_senders` reached).
     pub async fn connect(config: &PgReplicationConfig) -> Result<Self> {
+        Self::open(config, true).await
+    }
+
+    /// Connects a plain SQL session (no `replication` parameter): the capture's control
+    /// connection (lease, state, heartbeats), snapshot reads and outbox deletes. It speaks the
+    /// simple query protocol only, which is all those need, so the crate carries no second
+    /// PostgreSQL driver.
+    pub(crate) async fn connect_sql(config: &PgReplicationConfig) -> Result<Self> {
+        Self::open(config, false).await
+    }
+
+    async fn open(config: &PgReplicationConfig, replication: bool) -> Result<Self> {
         let address = format!("{}:{}", config.host, config.port);
         let connect_error = |source| ReplicationError::Connect {
             address: address.clone(),
@@ -132,21 +163,27 @@ impl ReplicationConnection {
             io: BufReader::with_capacity(128 * 1024, transport),
             reader: MessageReader::new().with_max_message_size(config.max_message_size),
             config: config.clone(),
+            replication,
         };
         connection.startup().await?;
         Ok(connection)
     }
 
     async fn startup(&mut self) -> Result<()> {
-        let params = [
+        let mut params = vec![
             ("user", self.config.user.as_str()),
             ("database", self.config.database.as_str()),
-            ("replication", "database"),
             ("client_encoding", "UTF8"),
             ("DateStyle", "ISO, MDY"),
             ("TimeZone", "UTC"),
+            // SQL literals are written with only quotes doubled (no bind parameters in the
+            // simple protocol); that is only safe while backslashes are not escapes.
+            ("standard_conforming_strings", "on"),
             ("application_name", self.config.application_name.as_str()),
         ];
+        if self.replication {
+            params.push(("replication", "database"));
+        }
         write_startup_message(&mut self.io, 196_608, &params).await?;
         let mut scram = None;
         let mut scram_state = None;
@@ -239,22 +276,36 @@ impl ReplicationConnection {
 
     /// Runs one command with the simple query protocol and returns its rows as text.
     async fn query(&mut self, sql: &str, slot: Option<&str>) -> Result<Vec<Row>> {
+        self.query_described(sql, slot)
+            .await
+            .map(|result| result.rows)
+    }
+
+    /// Runs one or more statements with the simple query protocol and returns every row as
+    /// text, with the column descriptions. The first error is returned once the server is
+    /// ready again (inside an explicit transaction block, the block is then aborted).
+    pub(crate) async fn query_described(
+        &mut self,
+        sql: &str,
+        slot: Option<&str>,
+    ) -> Result<QueryResult> {
         write_query(&mut self.io, sql).await?;
-        let mut rows = Vec::new();
+        let mut result = QueryResult::default();
         let mut error = None;
         loop {
             let message = self.reader.read(&mut self.io).await?;
             match message.tag {
-                b'D' => rows.push(data_row(&message.payload)?),
+                b'T' => result.columns = row_description(&message.payload)?,
+                b'D' => result.rows.push(data_row(&message.payload)?),
                 b'E' => {
-                    error = Some(ReplicationError::from_server(
+                    error.get_or_insert(ReplicationError::from_server(
                         ErrorFields::parse(&message.payload),
                         slot,
-                    ))
+                    ));
                 }
                 // The server is ready for the next command, also after an error.
-                b'Z' => return error.map_or(Ok(rows), Err),
-                // RowDescription, CommandComplete, EmptyQueryResponse, notices.
+                b'Z' => return error.map_or(Ok(result), Err),
+                // CommandComplete, EmptyQueryResponse, notices.
                 _ => {}
             }
         }
@@ -513,6 +564,36 @@ fn data_row(payload: &[u8]) -> Result<Row> {
         }
     }
     Ok(row)
+}
+
+/// A RowDescription ('T') payload: Int16 field count, then per field its name (NUL-terminated),
+/// table OID (Int32), column number (Int16), type OID (Int32), type size (Int16), type
+/// modifier (Int32) and format code (Int16).
+fn row_description(payload: &[u8]) -> Result<Vec<ColumnDescription>> {
+    let malformed = || protocol("malformed RowDescription");
+    let (count, mut rest) = payload.split_first_chunk::<2>().ok_or_else(malformed)?;
+    let count = i16::from_be_bytes(*count);
+    let mut columns = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for _ in 0..count {
+        let end = rest.iter().position(|&b| b == 0).ok_or_else(malformed)?;
+        let (name, fields) = rest.split_at(end);
+        let name = std::str::from_utf8(name)
+            .map_err(|_| protocol("RowDescription field name is not UTF-8"))?
+            .to_owned();
+        let fields = fields.get(1..).ok_or_else(malformed)?;
+        // The table OID (4 bytes) and column number (2) come before the type OID.
+        let type_oid: [u8; 4] = fields
+            .get(6..10)
+            .and_then(|oid| oid.try_into().ok())
+            .ok_or_else(malformed)?;
+        let type_oid = u32::from_be_bytes(type_oid);
+        rest = fields.get(18..).ok_or_else(malformed)?;
+        columns.push(ColumnDescription {
+            name,
+            type_oid: Oid(type_oid),
+        });
+    }
+    Ok(columns)
 }
 
 /// How long [`ReplicationStream::stop`] waits for the server to finish the stream.

@@ -13,6 +13,7 @@ mod slot;
 mod stream;
 
 pub use config::{PgReplicationConfig, TlsMode};
+pub(crate) use connection::QueryResult;
 pub use connection::{ReplicationConnection, StartReplication};
 pub use error::{ReplicationError, Result};
 pub use slot::{

@@ -48,6 +48,12 @@ impl SlotName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A name known to be valid (defaults in this crate).
+    pub(crate) fn from_static(name: &'static str) -> Self {
+        debug_assert!(Self::new(name).is_ok());
+        SlotName(name.to_owned())
+    }
 }
 
 impl fmt::Display for SlotName {
@@ -92,6 +98,12 @@ impl PublicationName {
         &self.0
     }
 
+    /// A name known to be valid (defaults in this crate).
+    pub(crate) fn from_static(name: &'static str) -> Self {
+        debug_assert!(Self::new(name).is_ok());
+        PublicationName(name.to_owned())
+    }
+
     /// The name as a double-quoted identifier, as `publication_names` parses it.
     pub(crate) fn quoted(&self) -> String {
         format!("\"{}\"", self.0.replace('"', "\"\""))
@@ -120,7 +132,7 @@ pub enum WalStatus {
 }
 
 impl WalStatus {
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         match text {
             "reserved" => WalStatus::Reserved,
             "extended" => WalStatus::Extended,

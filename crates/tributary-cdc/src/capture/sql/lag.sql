@@ -1,0 +1,7 @@
+-- How far the slot is behind the server. $1: slot.
+SELECT pg_current_wal_lsn(),
+       confirmed_flush_lsn,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+       wal_status
+FROM pg_catalog.pg_replication_slots
+WHERE slot_name = $1
