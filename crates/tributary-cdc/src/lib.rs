@@ -8,7 +8,7 @@ mod sql;
 
 pub use capture::{
     CdcConfig, CdcError, CdcSource, MessageCapture, MessageRoute, OutboxCapture, SlotLag,
-    TableCapture, TableConfig, capture, resnapshot, slot_lag,
+    TableCapture, TableConfig, capture, ensure_publication, resnapshot, retire_capture, slot_lag,
 };
 pub use lsn::{Lsn, ParseLsnError};
 pub use pgoutput::{DecodeError, PgOutputDecoder, PgOutputMessage, Row, RowChange, decode_message};

@@ -277,6 +277,72 @@ async fn outbox_rows_are_published_from_the_wal_and_their_deletes_are_not() -> R
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn outbox_rows_written_before_the_first_start_are_published_once_then_the_stream()
+-> Result<()> {
+    let db = "outbox_snapshot";
+    let Some(pg) = server(
+        "outbox_rows_written_before_the_first_start_are_published_once_then_the_stream",
+        db,
+    )?
+    else {
+        return Ok(());
+    };
+    pg.sql(
+        db,
+        "CREATE TABLE outbox (id bigserial PRIMARY KEY, topic text NOT NULL,
+                              message_key text NOT NULL, event_id uuid NOT NULL,
+                              payload bytea NOT NULL);
+         CREATE PUBLICATION pub FOR TABLE outbox;",
+    )?;
+    let insert = |event: &Envelope| {
+        let hex: String = event
+            .to_json()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "INSERT INTO outbox (topic, message_key, event_id, payload)
+             VALUES ('Order', 'k', '{}', decode('{hex}', 'hex'));",
+            event.id
+        )
+    };
+    let event = |n: u64| -> Result<Envelope> {
+        Ok(Envelope::new(
+            "orders",
+            "OrderCreated",
+            Payload::from_value(&json!({"n": n}))?,
+        )
+        .with_subject("k"))
+    };
+    // The service wrote (and committed) before any capture existed.
+    let before: Vec<Envelope> = (0..30).map(event).collect::<Result<_>>()?;
+    pg.sql(db, &before.iter().map(insert).collect::<String>())?;
+    let dir = tempfile::tempdir()?;
+    let broker = broker(&dir)?;
+    let capture = config(&pg, db)
+        .without_tables()
+        .with_outbox(OutboxCapture::default().with_delete_published(true));
+    let running = Running::start(capture, broker.clone())?;
+    wait_streaming(&pg, db).await?;
+    let after: Vec<Envelope> = (30..40).map(event).collect::<Result<_>>()?;
+    pg.sql(db, &after.iter().map(insert).collect::<String>())?;
+    let stored = wait_for(broker.as_ref(), "Order", 40).await?;
+    let published: Vec<_> = stored.iter().filter_map(|d| d.id).collect();
+    let written: Vec<_> = before.iter().chain(&after).map(|e| e.id).collect();
+    assert_eq!(
+        published, written,
+        "every row once, the old ones first, in order"
+    );
+    eventually(Duration::from_secs(20), || {
+        Ok((pg.sql(db, "SELECT count(*) FROM outbox;")? == "0").then_some(()))
+    })
+    .await
+    .context("published rows, old and new, are deleted")?;
+    running.stop().await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn logical_messages_inside_transactions_become_events() -> Result<()> {
     let db = "messages";
     let Some(pg) = server("logical_messages_inside_transactions_become_events", db)? else {

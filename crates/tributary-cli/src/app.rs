@@ -11,7 +11,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use customers_and_orders::demo::{self, DemoOptions};
 use customers_and_orders::http::{self, AppState};
-use customers_and_orders::system::{self, Backends, BrokerUrl, DbUrl, ServiceName, Services};
+use customers_and_orders::system::{
+    self, Backends, BrokerUrl, DbUrl, Publishing, ServiceName, Services,
+};
 use serde::Deserialize;
 
 /// Where a deployment's data and broker are, from flags, environment or a file.
@@ -104,6 +106,9 @@ pub struct DemoArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// How the customer outbox reaches the broker: relay, or cdc (PostgreSQL's WAL).
+    #[arg(long, default_value = "relay")]
+    publish: String,
     #[command(flatten)]
     backends: BackendArgs,
 }
@@ -133,6 +138,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: b.data_dir.clone(),
         db,
         broker,
+        cdc: match args.publish.as_str() {
+            "relay" => false,
+            "cdc" => true,
+            other => anyhow::bail!("--publish {other:?}: use relay or cdc"),
+        },
         progress: !args.quiet,
         ..DemoOptions::default()
     })
@@ -170,6 +180,10 @@ pub struct ServeArgs {
     /// Run one service (customer, order or history) instead of all three.
     #[arg(long, env = "TRIBUTARY_SERVICE")]
     service: Option<String>,
+    /// How the customer outbox reaches the broker: relay (default), cdc (a capture of
+    /// PostgreSQL's WAL in this process) or external (a separate `tributary cdc` process).
+    #[arg(long, env = "TRIBUTARY_PUBLISH", default_value = "relay")]
+    publish: String,
     #[command(flatten)]
     backends: BackendArgs,
 }
@@ -188,8 +202,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .listen
         .or(resolved.file.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let publishing = match args.publish.as_str() {
+        "relay" => Publishing::Relay,
+        "cdc" => Publishing::Cdc(resolved.db.clone()),
+        "external" => Publishing::External,
+        other => anyhow::bail!("--publish {other:?}: use relay, cdc or external"),
+    };
     let backends = Backends::connect(&resolved.db, &resolved.broker, &services).await?;
-    let running = system::start(backends).await?;
+    let running = system::start_with(backends, publishing).await?;
     let names: Vec<_> = services.iter().map(|s| s.as_str()).collect();
     eprintln!(
         "serving {} on {} + {}",
@@ -208,7 +228,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

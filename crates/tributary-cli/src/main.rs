@@ -2,6 +2,7 @@
 
 mod app;
 mod bench;
+mod cdc;
 mod fault_test;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,
@@ -31,6 +32,9 @@ enum Command {
     Serve(app::ServeArgs),
     /// Operations on a deployment: dead letters, view rebuilds.
     Admin(app::AdminArgs),
+    /// Change data capture: publishes table changes, outbox rows or logical messages from
+    /// PostgreSQL's WAL.
+    Cdc(cdc::CdcArgs),
     /// Benchmarks; each result is one JSON object per line on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -67,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Demo(args) => app::demo(args).await,
             Command::Serve(args) => app::serve(args).await,
             Command::Admin(args) => app::admin(args).await,
+            Command::Cdc(args) => cdc::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::FaultTest(command) => fault_test::run(command).await,
         }

@@ -15,7 +15,7 @@ use tributary_core::Position;
 
 use crate::invariants::{self, Check, State};
 use crate::order::OrderState;
-use crate::system::{self, Backends, BrokerUrl, DbUrl, Running, ServiceName};
+use crate::system::{self, Backends, BrokerUrl, DbUrl, Publishing, Running, ServiceName};
 
 /// Options of the demo.
 #[derive(Clone, Debug)]
@@ -36,6 +36,8 @@ pub struct DemoOptions {
     /// them, and removes them at the end.
     pub db: Option<DbUrl>,
     pub broker: Option<BrokerUrl>,
+    /// Publish the customer outbox from PostgreSQL's WAL (CDC) instead of by the relay.
+    pub cdc: bool,
     pub progress: bool,
 }
 
@@ -51,6 +53,7 @@ impl Default for DemoOptions {
             data_dir: None,
             db: None,
             broker: None,
+            cdc: false,
             progress: true,
         }
     }
@@ -125,9 +128,25 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         Some(other) => other.clone(),
     };
     let backends = Backends::connect(&db, &broker, &ServiceName::ALL).await?;
-    let running = system::start(backends).await?;
+    let publishing = if options.cdc {
+        Publishing::Cdc(db.clone())
+    } else {
+        Publishing::Relay
+    };
+    let running = match system::start_with(backends, publishing).await {
+        Ok(running) => running,
+        Err(e) => {
+            cleanup(&db, &broker).await;
+            return Err(e);
+        }
+    };
     let result = drive(&running, &options).await;
     running.stop().await;
+    if options.cdc
+        && let Err(e) = system::cdc::retire_customer_outbox_capture(&db).await
+    {
+        tracing::warn!(error = %e, "could not remove the demo's replication slot");
+    }
     cleanup(&db, &broker).await;
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&temp);

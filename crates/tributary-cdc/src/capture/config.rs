@@ -173,7 +173,12 @@ impl CdcConfig {
 
     /// Whether the slot is created with an exported snapshot for an initial load.
     pub fn wants_snapshot(&self) -> bool {
-        self.snapshot_tables().next().is_some()
+        self.snapshot_tables().next().is_some() || self.snapshot_outbox().is_some()
+    }
+
+    /// The outbox, if its existing rows are published when the slot is created.
+    pub fn snapshot_outbox(&self) -> Option<&OutboxCapture> {
+        self.outbox.as_ref().filter(|o| o.snapshot)
     }
 }
 
@@ -296,6 +301,10 @@ pub struct OutboxCapture {
     /// <= the batch's highest id`). Those deletes stream through the slot too and are never
     /// published.
     pub delete_published: bool,
+    /// When the slot is created, publish the rows already in the outbox (read in the slot's
+    /// exported snapshot, so they meet the stream exactly). Without it, rows written before
+    /// the capture's first start would never be published. On by default.
+    pub snapshot: bool,
 }
 
 impl Default for OutboxCapture {
@@ -309,6 +318,7 @@ impl Default for OutboxCapture {
             event_id_column: "event_id".into(),
             payload_column: "payload".into(),
             delete_published: false,
+            snapshot: true,
         }
     }
 }
@@ -342,6 +352,12 @@ impl OutboxCapture {
     /// Deletes published rows after each acknowledged batch.
     pub fn with_delete_published(mut self, delete: bool) -> Self {
         self.delete_published = delete;
+        self
+    }
+
+    /// Publishes the rows already in the outbox when the slot is created (the default).
+    pub fn with_snapshot(mut self, snapshot: bool) -> Self {
+        self.snapshot = snapshot;
         self
     }
 

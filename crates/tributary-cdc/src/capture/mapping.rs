@@ -127,7 +127,10 @@ impl Mapper {
         match self.target(&relation.namespace, &relation.name) {
             Target::Ignore => Ok(None),
             Target::Outbox(outbox) => match change {
-                RowChange::Insert { new } => Ok(Some(self.outbox_row(tx, index, outbox, new)?)),
+                RowChange::Insert { new } => {
+                    let fallback = || self.ids.change(tx.commit_lsn, index, 0, unix_ms(tx.time()));
+                    Ok(Some(self.outbox_row(fallback, outbox, new)?))
+                }
                 // Deleting published rows (ours or anyone's) and fixing rows are not events.
                 RowChange::Update { .. } | RowChange::Delete { .. } => Ok(None),
             },
@@ -403,10 +406,27 @@ impl Mapper {
         Ok(OutgoingMessage::from_envelope(topic, &envelope))
     }
 
+    /// An outbox row that already existed when the slot was created (the initial snapshot).
+    pub(crate) fn outbox_snapshot_row(
+        &self,
+        consistent_point: Lsn,
+        time: DateTime<Utc>,
+        ordinal: u64,
+        outbox: &OutboxCapture,
+        row: &Row,
+    ) -> Result<Mapped> {
+        let qualified = format!("{}.{}", outbox.schema, outbox.table);
+        let fallback = || {
+            self.ids
+                .snapshot(consistent_point, &qualified, ordinal, unix_ms(time))
+        };
+        self.outbox_row(fallback, outbox, row)
+    }
+
+    /// The row's own envelope; `fallback_id` names it when the row carries no usable id.
     fn outbox_row(
         &self,
-        tx: &TxContext,
-        index: u32,
+        fallback_id: impl Fn() -> EventId,
         outbox: &OutboxCapture,
         row: &Row,
     ) -> Result<Mapped> {
@@ -423,7 +443,6 @@ impl Mapper {
             (Some(TupleValue::Text(text)), false) => Some(text.as_bytes().to_vec()),
             _ => None,
         };
-        let fallback_id = || self.ids.change(tx.commit_lsn, index, 0, unix_ms(tx.time()));
         let Some(payload) = payload else {
             // Nothing to publish as written; say so where operators look, rather than drop it.
             let data = json!({

@@ -142,6 +142,7 @@
 //! lock also covers slot creation, the snapshot and the record, which happen before any
 //! stream exists. A process that dies drops its connections, and the server releases both.
 
+mod admin;
 mod assembler;
 mod config;
 mod error;
@@ -154,6 +155,7 @@ mod state;
 
 pub mod bench;
 
+pub use admin::{ensure_publication, retire_capture};
 pub use config::{
     CdcConfig, HEARTBEAT_PREFIX, MessageCapture, MessageRoute, OutboxCapture, TableCapture,
     TableConfig, topic_for_name,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tributary_core::OutgoingMessage;
 
-use super::config::TableConfig;
+use super::config::{OutboxCapture, TableConfig};
 use super::error::{CdcError, Result};
 use super::mapping::Mapper;
 use crate::lsn::Lsn;
@@ -30,11 +30,22 @@ struct SnapshotTable {
     done: bool,
 }
 
-/// Reads the snapshot tables, a batch at a time, in one `REPEATABLE READ` transaction that
-/// imported the slot's snapshot.
+/// The outbox being read, in id order.
+#[derive(Debug)]
+struct SnapshotOutbox {
+    config: OutboxCapture,
+    read: u64,
+    done: bool,
+}
+
+const OUTBOX_CURSOR: &str = "tributary_snapshot_outbox";
+
+/// Reads the outbox (first) and the snapshot tables, a batch at a time, in one
+/// `REPEATABLE READ` transaction that imported the slot's snapshot.
 #[derive(Debug)]
 pub(crate) struct SnapshotReader {
     session: SqlSession,
+    outbox: Option<SnapshotOutbox>,
     tables: Vec<SnapshotTable>,
     consistent_point: Lsn,
     time: DateTime<Utc>,
@@ -47,6 +58,7 @@ impl SnapshotReader {
         connection: &PgReplicationConfig,
         snapshot_name: &str,
         tables: Vec<TableConfig>,
+        outbox: Option<OutboxCapture>,
         consistent_point: Lsn,
         time: DateTime<Utc>,
     ) -> Result<Self> {
@@ -57,6 +69,16 @@ impl SnapshotReader {
                 literal(snapshot_name)
             ))
             .await?;
+        if let Some(outbox) = &outbox {
+            session
+                .query(&format!(
+                    "DECLARE {OUTBOX_CURSOR} NO SCROLL CURSOR FOR SELECT * FROM {}.{} ORDER BY {}",
+                    ident(&outbox.schema),
+                    ident(&outbox.table),
+                    ident(&outbox.id_column)
+                ))
+                .await?;
+        }
         let mut opened = Vec::with_capacity(tables.len());
         for (i, config) in tables.into_iter().enumerate() {
             let key_columns = match &config.key_columns {
@@ -84,15 +106,20 @@ impl SnapshotReader {
         }
         Ok(SnapshotReader {
             session,
+            outbox: outbox.map(|config| SnapshotOutbox {
+                config,
+                read: 0,
+                done: false,
+            }),
             tables: opened,
             consistent_point,
             time,
         })
     }
 
-    /// Whether every table was read to its end.
+    /// Whether the outbox and every table were read to their end.
     pub(crate) fn is_done(&self) -> bool {
-        self.tables.iter().all(|t| t.done)
+        self.tables.iter().all(|t| t.done) && self.outbox.as_ref().is_none_or(|o| o.done)
     }
 
     /// The snapshot's position (the slot's consistent point).
@@ -100,13 +127,60 @@ impl SnapshotReader {
         self.consistent_point
     }
 
-    /// Up to `max` rows as messages, table after table; empty once every table is done.
+    /// Up to `max` rows as messages, the outbox first, then table after table; empty once
+    /// everything is done. Also the highest outbox id among them (to delete once published).
     pub(crate) async fn read(
         &mut self,
         max: usize,
         mapper: &Mapper,
-    ) -> Result<Vec<OutgoingMessage>> {
+    ) -> Result<(Vec<OutgoingMessage>, Option<i64>)> {
         let mut out = Vec::new();
+        let mut outbox_max = None;
+        if let Some(outbox) = self.outbox.as_mut().filter(|o| !o.done) {
+            let result = self
+                .session
+                .query(&format!("FETCH FORWARD {max} FROM {OUTBOX_CURSOR}"))
+                .await?;
+            if result.rows.len() < max {
+                outbox.done = true;
+            }
+            let relation = Arc::new(Relation {
+                id: RelationId(0),
+                namespace: outbox.config.schema.clone(),
+                name: outbox.config.table.clone(),
+                replica_identity: ReplicaIdentity::Default,
+                columns: result
+                    .columns
+                    .iter()
+                    .map(|c| RelationColumn {
+                        is_key: c.name == outbox.config.id_column,
+                        name: c.name.clone(),
+                        type_oid: c.type_oid,
+                        type_modifier: -1,
+                    })
+                    .collect(),
+            });
+            for values in result.rows {
+                if values.len() != relation.columns.len() {
+                    return Err(CdcError::protocol("outbox row does not match its columns"));
+                }
+                let values = values
+                    .into_iter()
+                    .map(|v| v.map_or(TupleValue::Null, TupleValue::Text))
+                    .collect();
+                let row = Row::from_parts(Arc::clone(&relation), values);
+                let mapped = mapper.outbox_snapshot_row(
+                    self.consistent_point,
+                    self.time,
+                    outbox.read,
+                    &outbox.config,
+                    &row,
+                )?;
+                outbox.read += 1;
+                outbox_max = outbox_max.max(mapped.outbox_id);
+                out.push(mapped.message);
+            }
+        }
         for table in self.tables.iter_mut().filter(|t| !t.done) {
             let wanted = max.saturating_sub(out.len());
             if wanted == 0 {
@@ -161,7 +235,7 @@ impl SnapshotReader {
                 out.push(mapped.message);
             }
         }
-        Ok(out)
+        Ok((out, outbox_max))
     }
 
     /// Ends the snapshot transaction.

@@ -113,6 +113,7 @@ enum BatchKind {
     Snapshot {
         rows: usize,
         done: bool,
+        outbox_max: Option<i64>,
     },
 }
 
@@ -266,7 +267,7 @@ impl CdcSource {
                         .mapper
                         .as_ref()
                         .ok_or_else(|| CdcError::protocol("snapshot without a mapper"))?;
-                    let messages = snapshot.read(max, mapper).await?;
+                    let (messages, outbox_max) = snapshot.read(max, mapper).await?;
                     if messages.is_empty() {
                         self.finish_snapshot(reader).await?;
                         continue;
@@ -281,6 +282,7 @@ impl CdcSource {
                         kind: BatchKind::Snapshot {
                             rows: batch.messages.len(),
                             done: snapshot.is_done(),
+                            outbox_max,
                         },
                     });
                     return Ok(Some(batch));
@@ -494,7 +496,8 @@ impl CdcSource {
     ) -> Result<Option<SnapshotReader>> {
         let config = &self.inner.config;
         let tables: Vec<_> = config.snapshot_tables().cloned().collect();
-        let status = if tables.is_empty() {
+        let outbox = config.snapshot_outbox().cloned();
+        let status = if !config.wants_snapshot() {
             SlotStatus::Creating
         } else {
             SlotStatus::Snapshot
@@ -504,13 +507,13 @@ impl CdcSource {
             .begin_creating(control, system_id, database, status)
             .await?;
         state.drop_slot(control).await?;
-        let action = if tables.is_empty() {
-            SnapshotAction::NoExport
-        } else {
+        let action = if config.wants_snapshot() {
             SnapshotAction::Export
+        } else {
+            SnapshotAction::NoExport
         };
         let created = replication.create_slot(&config.slot, action).await?;
-        if tables.is_empty() {
+        if !config.wants_snapshot() {
             state
                 .slot_created(control, SlotStatus::Streaming, created.consistent_point)
                 .await?;
@@ -525,6 +528,7 @@ impl CdcSource {
             &config.connection,
             &name,
             tables,
+            outbox,
             created.consistent_point,
             Utc::now(),
         )
@@ -558,11 +562,16 @@ impl CdcSource {
     /// Records a published batch; see [`RelaySource::mark_published`].
     async fn mark(&self, reader: &mut Reader, outstanding: &Outstanding) -> Result<()> {
         match outstanding.kind {
-            BatchKind::Snapshot { rows, done } => {
+            BatchKind::Snapshot {
+                rows,
+                done,
+                outbox_max,
+            } => {
                 let mut control = self.inner.control.lock().await;
                 let session = control.as_mut().ok_or_else(lease_lost)?;
                 self.inner.state.snapshot_progress(session, rows).await?;
                 drop(control);
+                self.delete_published(outbox_max).await;
                 if done {
                     self.finish_snapshot(reader).await?;
                 }
@@ -599,29 +608,36 @@ impl CdcSource {
                         progress.last_confirmed_commit = Some(time);
                     }
                 }
-                if let (Some(outbox), Some(id)) = (&self.inner.config.outbox, outbox_max)
-                    && outbox.delete_published
-                {
-                    let sql = fill(
-                        include_str!("sql/delete_outbox.sql"),
-                        &[
-                            &format!("{}.{}", ident(&outbox.schema), ident(&outbox.table)),
-                            &ident(&outbox.id_column),
-                            &id.to_string(),
-                        ],
-                    );
-                    let mut control = self.inner.control.lock().await;
-                    if let Some(session) = control.as_mut()
-                        && let Err(error) = session.query(&sql).await
-                    {
-                        // Not worth failing the batch: the next delete covers these rows.
-                        tracing::warn!(%error, "deleting published outbox rows failed");
-                    }
-                }
+                self.delete_published(outbox_max).await;
             }
         }
         lock(&self.inner.progress).published += outstanding.messages as u64;
         Ok(())
+    }
+
+    /// Deletes the outbox rows up to `outbox_max` once they were published, if configured.
+    async fn delete_published(&self, outbox_max: Option<i64>) {
+        let (Some(outbox), Some(id)) = (&self.inner.config.outbox, outbox_max) else {
+            return;
+        };
+        if !outbox.delete_published {
+            return;
+        }
+        let sql = fill(
+            include_str!("sql/delete_outbox.sql"),
+            &[
+                &format!("{}.{}", ident(&outbox.schema), ident(&outbox.table)),
+                &ident(&outbox.id_column),
+                &id.to_string(),
+            ],
+        );
+        let mut control = self.inner.control.lock().await;
+        if let Some(session) = control.as_mut()
+            && let Err(error) = session.query(&sql).await
+        {
+            // Not worth failing the batch: the next delete covers these rows.
+            tracing::warn!(%error, "deleting published outbox rows failed");
+        }
     }
 
     /// Drops the control connection (releasing the lease) after it failed.

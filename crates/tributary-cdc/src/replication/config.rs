@@ -89,6 +89,58 @@ impl PgReplicationConfig {
         }
     }
 
+    /// Settings from a `postgres://user[:password]@host[:port]/database` URL (query
+    /// parameters are ignored; TLS stays disabled unless `sslmode=require`).
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the URL.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| format!("{url:?} is not a postgres:// URL"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, database) = rest.split_once('/').unwrap_or((rest, "postgres"));
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in {url:?}"))?,
+            ),
+            None => (hostport, 5432),
+        };
+        if host.is_empty() {
+            return Err(format!("no host in {url:?}"));
+        }
+        let mut config = Self::new(
+            host,
+            port,
+            "postgres",
+            if database.is_empty() {
+                "postgres"
+            } else {
+                database
+            },
+        );
+        if let Some(userinfo) = userinfo {
+            match userinfo.split_once(':') {
+                Some((user, password)) => {
+                    config.user = user.to_owned();
+                    config.password = Some(password.to_owned());
+                }
+                None => config.user = userinfo.to_owned(),
+            }
+        }
+        if query.split('&').any(|kv| kv == "sslmode=require") {
+            config.tls = TlsMode::Require;
+        }
+        Ok(config)
+    }
+
     /// Sets the password.
     pub fn with_password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
@@ -145,5 +197,35 @@ impl PgReplicationConfig {
             TlsMode::VerifyFull { ca } => tls = TlsConfig::verify_full(ca.clone()),
         }
         tls
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_url_gives_the_connection_settings() {
+        let c = PgReplicationConfig::from_url(
+            "postgres://app:s3cret@db.example:6543/shop?schema_prefix=x",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.host.as_str(),
+                c.port,
+                c.user.as_str(),
+                c.database.as_str()
+            ),
+            ("db.example", 6543, "app", "shop")
+        );
+        assert_eq!(c.password.as_deref(), Some("s3cret"));
+        let c = PgReplicationConfig::from_url("postgresql://127.0.0.1/test").unwrap();
+        assert_eq!(
+            (c.port, c.user.as_str(), c.password),
+            (5432, "postgres", None)
+        );
+        assert!(PgReplicationConfig::from_url("mysql://x/y").is_err());
+        assert!(PgReplicationConfig::from_url("postgres://u@:abc/db").is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! one (`serve --service …` in a distributed deployment); only the URLs differ.
 
 mod backends;
+pub mod cdc;
 
 use std::sync::Arc;
 
@@ -143,12 +144,34 @@ pub fn consumer_groups(services: &Services) -> Vec<Group> {
     groups
 }
 
-/// Starts the services `backends` holds databases for: each with its relay and its consumer
-/// group.
+/// How the customer service's outbox reaches the broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Publishing {
+    /// The relay reads the outbox table (woken by commits, polling as a fallback).
+    #[default]
+    Relay,
+    /// A capture of the outbox table from PostgreSQL's WAL (logical replication), run in this
+    /// process. Needs the customer database on PostgreSQL with `wal_level = logical`.
+    Cdc(DbUrl),
+    /// Nothing in this process: a separate `tributary cdc` process publishes the outbox.
+    External,
+}
+
+/// Starts the services `backends` holds databases for, each with its relay (or capture) and
+/// its consumer group.
 ///
 /// # Errors
 /// When a topic cannot be created or a consumer is misconfigured.
 pub async fn start(backends: Backends) -> anyhow::Result<Running> {
+    start_with(backends, Publishing::Relay).await
+}
+
+/// As [`start`], with the customer outbox published as `publishing` says.
+///
+/// # Errors
+/// As [`start`]; for [`Publishing::Cdc`], when the database is not PostgreSQL or its
+/// publication cannot be created.
+pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::Result<Running> {
     for topic in topics() {
         backends.broker.ensure_topic(&topic, PARTITIONS).await?;
     }
@@ -158,7 +181,25 @@ pub async fn start(backends: Backends) -> anyhow::Result<Running> {
     let mut health = Vec::new();
     let mut relays = Vec::new();
     if let Some(db) = &backends.customers {
-        relays.push(db.outbox_source());
+        match &publishing {
+            Publishing::Relay => relays.push(db.outbox_source()),
+            Publishing::External => {}
+            Publishing::Cdc(url) => {
+                let config = cdc::customer_outbox_capture(url).await?;
+                let h = Health::new("cdc customer outbox");
+                health.push(h.clone());
+                let (broker, s) = (backends.broker.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    h.set(tributary_runtime::HealthState::Running);
+                    if let Err(e) = tributary_cdc::capture(config, broker, s).await {
+                        tracing::error!(error = %e, "the customer outbox capture stopped");
+                        h.set(tributary_runtime::HealthState::Degraded(e.to_string()));
+                    } else {
+                        h.set(tributary_runtime::HealthState::Stopped);
+                    }
+                });
+            }
+        }
     }
     if let Some(db) = &backends.orders {
         relays.push(db.event_store_source("order-relay", order_topic()));

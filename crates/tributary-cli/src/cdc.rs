@@ -1,0 +1,146 @@
+//! `tributary cdc`: change data capture from PostgreSQL's WAL as a process of its own.
+
+use anyhow::Context;
+use customers_and_orders::system::{BrokerUrl, connect_broker};
+use tributary_cdc::{
+    CdcConfig, MessageCapture, OutboxCapture, PgReplicationConfig, PublicationName, SlotName,
+    TableCapture, TableConfig, capture, ensure_publication, resnapshot, slot_lag,
+};
+use tributary_runtime::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub struct CdcArgs {
+    /// The captured database: postgres://user[:password]@host[:port]/database (needs
+    /// wal_level=logical and a user with REPLICATION).
+    #[arg(long, env = "TRIBUTARY_DB")]
+    db: String,
+    /// Where to publish: nats://host:port or embedded://DIR.
+    #[arg(long, env = "TRIBUTARY_BROKER")]
+    broker: Option<String>,
+    /// The replication slot (one active capture per slot).
+    #[arg(long)]
+    slot: String,
+    /// The publication to read (default: the slot's name).
+    #[arg(long)]
+    publication: Option<String>,
+    /// Create the publication for the captured tables and outbox if it is missing.
+    #[arg(long)]
+    create_publication: bool,
+    /// Table changes of these tables (`schema.table`, comma separated).
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Publish the tables' existing rows first (when the slot is created).
+    #[arg(long)]
+    snapshot: bool,
+    /// Outbox tailing: publish the rows inserted into this outbox table (`schema.table`).
+    #[arg(long)]
+    outbox: Option<String>,
+    /// With --outbox: delete rows once the broker acknowledged them.
+    #[arg(long)]
+    delete_published: bool,
+    /// Publish pg_logical_emit_message(true, prefix, payload) messages (topic = prefix).
+    #[arg(long)]
+    messages: bool,
+    /// Operator command after a lost or recreated slot: drop the slot and the capture's record
+    /// of it, so the next start creates it again and re-publishes the snapshot.
+    #[arg(long)]
+    resnapshot: bool,
+    /// Print the slot's lag (bytes of WAL and time behind) as JSON and exit.
+    #[arg(long)]
+    lag: bool,
+}
+
+fn config(args: &CdcArgs) -> anyhow::Result<CdcConfig> {
+    let connection = PgReplicationConfig::from_url(&args.db).map_err(anyhow::Error::msg)?;
+    let slot = SlotName::new(args.slot.clone()).context("--slot")?;
+    let publication = PublicationName::new(
+        args.publication
+            .clone()
+            .unwrap_or_else(|| args.slot.clone()),
+    )
+    .context("--publication")?;
+    let mut config = CdcConfig::default()
+        .with_connection(connection)
+        .with_name(format!("cdc-{}", args.slot))
+        .with_slot(slot)
+        .with_publication(publication)
+        .without_tables();
+    if !args.tables.is_empty() {
+        config = config.with_tables(TableCapture::only(
+            args.tables
+                .iter()
+                .map(|t| TableConfig::new(t).with_snapshot(args.snapshot))
+                .collect(),
+        ));
+    }
+    if let Some(outbox) = &args.outbox {
+        config = config.with_outbox(
+            OutboxCapture::default()
+                .with_table(outbox)
+                .with_delete_published(args.delete_published),
+        );
+    }
+    if args.messages {
+        config = config.with_messages(MessageCapture::default());
+    }
+    anyhow::ensure!(
+        config.tables.is_some()
+            || config.outbox.is_some()
+            || config.messages.is_some()
+            || args.resnapshot
+            || args.lag,
+        "nothing to capture: give --tables, --outbox or --messages"
+    );
+    Ok(config)
+}
+
+pub async fn run(args: CdcArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    if args.resnapshot {
+        resnapshot(&config).await?;
+        println!(
+            "slot {} dropped; the next start creates it and publishes the snapshot again",
+            args.slot
+        );
+        return Ok(());
+    }
+    if args.lag {
+        let lag = slot_lag(&config).await?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "slot": lag.slot,
+                "current_wal_lsn": lag.current_wal_lsn.to_string(),
+                "confirmed_flush_lsn": lag.confirmed_flush_lsn.map(|l| l.to_string()),
+                "bytes": lag.bytes,
+                "wal_status": lag.wal_status.map(|s| format!("{s:?}")),
+            })
+        );
+        return Ok(());
+    }
+    if args.create_publication {
+        let mut tables = args.tables.clone();
+        tables.extend(args.outbox.clone());
+        let created =
+            ensure_publication(&config.connection, &config.publications[0], &tables).await?;
+        if created {
+            eprintln!("created publication {}", config.publications[0]);
+        }
+    }
+    let broker_url: BrokerUrl = args
+        .broker
+        .as_deref()
+        .context("--broker is required")?
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let broker = connect_broker(&broker_url).await?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        crate::app::shutdown_signal().await;
+        stop.cancel();
+    });
+    eprintln!("capturing slot {} into {broker_url}", args.slot);
+    capture(config, broker, shutdown).await?;
+    Ok(())
+}
