@@ -1,6 +1,7 @@
 //! `tributary bench …`: benchmarks that print one JSON object per result on stdout.
 
 mod baseline;
+mod cdc;
 mod event_store;
 mod pipeline;
 mod postgres;
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     Read(EventStoreBenchArgs),
     /// Outbox -> relay -> broker -> consumer: sustained, fixed_rate, relay_restart.
     Pipeline(PipelineBenchArgs),
+    /// Change data capture from PostgreSQL's WAL: throughput (vs pg_recvlogical), latency.
+    Cdc(cdc::CdcBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -24,5 +27,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Append(args) => event_store::append(args).await,
         BenchCommand::Read(args) => event_store::read(args).await,
         BenchCommand::Pipeline(args) => pipeline::run(args).await,
+        BenchCommand::Cdc(args) => cdc::run(args).await,
     }
 }
