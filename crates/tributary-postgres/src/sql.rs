@@ -69,6 +69,7 @@ statements! {
     append_check => "event_store/append_check.sql",
     find_events => "event_store/find_events.sql",
     insert_events => "event_store/insert_events.sql",
+    insert_events_expecting => "event_store/insert_events_expecting.sql",
     stream_version => "event_store/stream_version.sql",
     read_stream => "event_store/read_stream.sql",
     read_all => "event_store/read_all.sql",

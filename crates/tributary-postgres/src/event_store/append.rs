@@ -85,6 +85,70 @@ impl Columns {
 
 /// Appends an already validated batch (see `tributary_core::validate_batch`) with the rules of
 /// `EventStore::append`.
+/// The common case in one round trip (outside a caller's transaction, where a failed statement
+/// costs nothing): insert if the stream is at `expected`. `None` when that did not work —
+/// another version, a retried batch, a race — and the careful path must decide.
+async fn append_optimistically(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[Envelope],
+    columns: &Columns,
+) -> Result<Option<AppendOutcome>> {
+    let expected_version: i64 = match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => 0,
+        ExpectedVersion::Exact(v) => v.get() as i64,
+    };
+    let inserted: Result<Vec<(i64, i32, i64)>, sqlx::Error> =
+        sqlx::query_as(sql.insert_events_expecting.sql())
+            .bind(stream.as_str())
+            .bind(expected_version)
+            .bind(&columns.ids)
+            .bind(&columns.types)
+            .bind(&columns.sources)
+            .bind(&columns.subjects)
+            .bind(&columns.times)
+            .bind(&columns.aggregate_types)
+            .bind(&columns.partition_keys)
+            .bind(&columns.correlation_ids)
+            .bind(&columns.causation_ids)
+            .bind(&columns.traceparents)
+            .bind(&columns.schema_versions)
+            .bind(&columns.data)
+            .fetch_all(&mut *conn)
+            .await;
+    let rows = match inserted {
+        Ok(rows) if rows.len() == events.len() => rows,
+        Ok(_) => return Ok(None),
+        Err(e) if is_unique_violation(&e) => return Ok(None),
+        Err(e) => {
+            if crate::error::sqlstate(&e).as_deref() == Some("23514") {
+                return Err(Error::invalid(format!(
+                    "a transaction may append at most {} events: {e}",
+                    crate::position::MAX_ROWS_PER_TRANSACTION
+                )));
+            }
+            return Err(db_error("appending events", e));
+        }
+    };
+    let mut last = None;
+    let (mut first_version, mut last_version) = (i64::MAX, 0);
+    for (tx_id, ordinal, version) in rows {
+        last = last.max(Some(TxPosition::from_row(tx_id, ordinal)?));
+        first_version = first_version.min(version);
+        last_version = last_version.max(version);
+    }
+    let last = last.ok_or_else(|| Error::storage_msg("an append inserted no rows"))?;
+    Ok(Some(AppendOutcome {
+        first_version: StreamVersion::new(first_version.max(0) as u64),
+        next_expected: StreamVersion::new(last_version.max(0) as u64),
+        last_position: last.to_position()?,
+        deduplicated: false,
+    }))
+}
+
 pub(crate) async fn append(
     conn: &mut PgConnection,
     sql: &Statements,
@@ -97,6 +161,12 @@ pub(crate) async fn append(
         return Err(Error::invalid("nothing to append: the batch is empty"));
     };
     let columns = Columns::of(events)?;
+    if mode == Mode::Autocommit
+        && let Some(outcome) =
+            append_optimistically(conn, sql, stream, expected, events, &columns).await?
+    {
+        return Ok(outcome);
+    }
     for _ in 0..MAX_ATTEMPTS {
         let (actual, stored): (i64, bool) = sqlx::query_as(sql.append_check.sql())
             .bind(stream.as_str())
