@@ -10,7 +10,7 @@ use tributary_runtime::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct CdcArgs {
-    /// The captured database: postgres://user[:password]@host[:port]/database (needs
+    /// The captured database: `postgres://user[:password]@host[:port]/database` (needs
     /// wal_level=logical and a user with REPLICATION).
     #[arg(long, env = "TRIBUTARY_DB")]
     db: String,
