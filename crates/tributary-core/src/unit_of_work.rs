@@ -189,8 +189,9 @@ pub trait Database: Send + Sync + 'static {
     /// Read access to dead letters.
     fn dead_letters(&self) -> Arc<dyn DeadLetterStore>;
 
-    /// Deletes inbox entries recorded before `before`; returns how many.
-    async fn prune_inbox(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Deletes `group`'s inbox entries recorded before `before`; returns how many. Other
+    /// groups' entries are theirs to prune, with their own retention.
+    async fn prune_inbox(&self, group: &GroupName, before: DateTime<Utc>) -> Result<u64>;
 
     /// How often readers poll for commits made by other processes.
     fn poll_every(&self) -> Duration;

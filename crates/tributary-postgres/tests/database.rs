@@ -415,7 +415,7 @@ async fn pruning_the_inbox_deletes_only_entries_recorded_before_the_cutoff() {
     })
     .await
     .unwrap();
-    assert_eq!(db.prune_inbox(cutoff).await.unwrap(), 1);
+    assert_eq!(db.prune_inbox(&group, cutoff).await.unwrap(), 1);
     let g = group.clone();
     let kept = db
         .transact_consumer(move |tx| {

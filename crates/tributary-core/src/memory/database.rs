@@ -454,10 +454,10 @@ impl Database for InMemoryDatabase {
         Arc::new(self.clone())
     }
 
-    async fn prune_inbox(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_inbox(&self, group: &GroupName, before: DateTime<Utc>) -> Result<u64> {
         let mut state = lock(&self.shared.state);
         let n = state.inbox.len();
-        state.inbox.retain(|_, at| *at >= before);
+        state.inbox.retain(|(g, _), at| g != group || *at >= before);
         Ok((n - state.inbox.len()) as u64)
     }
 

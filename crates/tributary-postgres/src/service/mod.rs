@@ -106,12 +106,17 @@ impl Database for PgDatabase {
         Arc::new(PgDeadLetters::new(self.clone()))
     }
 
-    async fn prune_inbox(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_inbox(
+        &self,
+        group: &tributary_core::GroupName,
+        before: DateTime<Utc>,
+    ) -> Result<u64> {
         // Small chunks, so that pruning a large inbox never holds locks for long.
         const CHUNK: i64 = 5_000;
         let mut total = 0;
         loop {
             let n = sqlx::query(self.inner.sql.prune_inbox.sql())
+                .bind(group.as_str())
                 .bind(before)
                 .bind(CHUNK)
                 .execute(self.pool())

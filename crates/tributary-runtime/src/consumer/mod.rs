@@ -266,7 +266,7 @@ async fn prune_inbox(ctx: Arc<Context>, retention: Duration, shutdown: Cancellat
         let Ok(age) = chrono::Duration::from_std(retention) else {
             return;
         };
-        match ctx.db.prune_inbox(Utc::now() - age).await {
+        match ctx.db.prune_inbox(&ctx.group, Utc::now() - age).await {
             Ok(n) if n > 0 => tracing::info!(group = %ctx.group, pruned = n, "pruned the inbox"),
             Ok(_) => {}
             Err(e) => tracing::warn!(group = %ctx.group, error = %e, "pruning the inbox failed"),

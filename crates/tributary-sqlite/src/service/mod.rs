@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 use tributary_core::{
-    Database, DeadLetterStore, Error, EventStore, Payload, Position, RelaySource, Result, Topic,
-    Work, WorkError, validate_document_key,
+    Database, DeadLetterStore, Error, EventStore, GroupName, Payload, Position, RelaySource,
+    Result, Topic, Work, WorkError, validate_document_key,
 };
 
 use crate::database::SqliteDatabase;
@@ -117,18 +117,19 @@ impl Database for SqliteDatabase {
         Arc::new(dead_letters::SqliteDeadLetters::new(self.clone()))
     }
 
-    async fn prune_inbox(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_inbox(&self, group: &GroupName, before: DateTime<Utc>) -> Result<u64> {
         // Small chunks, so that pruning a large inbox never holds the writer for long.
         const CHUNK: i64 = 5_000;
         let cutoff = before.timestamp_millis();
         let mut total = 0;
         loop {
+            let group = group.as_str().to_owned();
             let n = self
                 .write(move |tx| {
                     tx.connection()
                         .prepare_cached(include_str!("prune_inbox.sql"))
                         .context("preparing prune_inbox")?
-                        .execute(params![cutoff, CHUNK])
+                        .execute(params![group, cutoff, CHUNK])
                         .context("pruning the inbox")
                 })
                 .await?;
