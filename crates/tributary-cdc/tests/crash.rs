@@ -76,6 +76,9 @@ impl Broker for LoggingBroker {
     async fn reset_group(&self, group: &GroupName, topic: &Topic) -> tributary_core::Result<()> {
         self.inner.reset_group(group, topic).await
     }
+    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> tributary_core::Result<()> {
+        self.inner.delete_group(group, topic).await
+    }
 }
 
 fn worker_config(port: u16, db: &str) -> Result<CdcConfig> {

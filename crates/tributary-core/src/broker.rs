@@ -104,6 +104,11 @@ pub trait Broker: Send + Sync + 'static {
     /// message becomes the oldest one retained, so it receives the retained log again (to
     /// rebuild a view). The group's consumers must be stopped while this runs.
     async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()>;
+
+    /// Forgets `group` on `topic`: its committed offsets go, so it no longer holds messages
+    /// back from retention (a group that will not come back, e.g. an audit). The group's
+    /// consumers must be stopped.
+    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()>;
 }
 
 /// One group's cursor on one partition.

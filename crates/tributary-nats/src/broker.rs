@@ -532,6 +532,11 @@ impl Broker for NatsBroker {
         }
     }
 
+    /// Deletes the group's durable consumers (what a group is, on JetStream).
+    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        self.reset_group(group, topic).await
+    }
+
     /// Deletes the group's durable consumers of every partition: the next `consume` creates
     /// them again with deliver-all, starting at the oldest message the stream retains.
     async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {

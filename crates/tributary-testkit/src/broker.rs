@@ -47,6 +47,7 @@ macro_rules! broker_conformance {
             ensure_topic_refuses_a_different_partition_count,
             fetch_waits_for_new_messages_and_returns_empty_when_none_come,
             consuming_a_partition_that_does_not_exist_is_an_error,
+            a_deleted_group_starts_over_like_a_new_one,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -357,4 +358,29 @@ pub async fn consuming_a_partition_that_does_not_exist_is_an_error(broker: Arc<d
             .await
             .is_err()
     );
+}
+
+pub async fn a_deleted_group_starts_over_like_a_new_one(broker: Arc<dyn Broker>) {
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    broker
+        .publish(
+            &(0..3)
+                .map(|i| message(&topic, "k", &i.to_string()))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let group = fresh_group();
+    let p0 = Partition::new(0);
+    let mut c = broker.consume(&group, &topic, p0).await.unwrap();
+    let got = fetch_n(c.as_mut(), 3, Duration::from_secs(10)).await;
+    c.commit(got[2].offset).await.unwrap();
+    drop(c);
+    broker.delete_group(&group, &topic).await.unwrap();
+    let mut again = broker.consume(&group, &topic, p0).await.unwrap();
+    let all = fetch_n(again.as_mut(), 3, Duration::from_secs(10)).await;
+    assert_eq!(all.len(), 3, "the deleted group's progress is gone");
+    drop(again);
+    broker.delete_group(&group, &topic).await.unwrap();
 }

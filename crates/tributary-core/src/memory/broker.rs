@@ -168,6 +168,17 @@ impl Broker for InMemoryBroker {
         Duration::MAX
     }
 
+    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        let mut state = lock(&self.inner.state);
+        state
+            .committed
+            .retain(|(g, t, _), _| !(g == group && t == topic));
+        state
+            .delivered
+            .retain(|(g, t, _), _| !(g == group && t == topic));
+        Ok(())
+    }
+
     async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
         let mut state = lock(&self.inner.state);
         state

@@ -269,8 +269,26 @@ impl Broker for SqliteBroker {
         ))
     }
 
+    /// Unbounded: retention never removes a message a group has not committed, so a group
+    /// that stops between handling a message and committing it gets it again whenever it
+    /// comes back, however long that takes. Inbox entries are therefore kept (the default
+    /// consumer configuration does not prune them on this broker).
     fn redelivery_horizon(&self) -> Duration {
-        self.config.max_age
+        Duration::MAX
+    }
+
+    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        let (group, topic) = (group.clone(), topic.clone());
+        self.db
+            .write(move |tx| {
+                tx.connection()
+                    .prepare_cached(include_str!("delete_group.sql"))
+                    .context("preparing delete_group")?
+                    .execute(params![group.as_str(), topic.as_str()])
+                    .context("deleting a consumer group")
+                    .map(|_| ())
+            })
+            .await
     }
 
     async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
