@@ -111,20 +111,23 @@ impl Envelope {
         }
     }
 
-    /// An upper bound of the envelope's stored size in bytes (data plus metadata), the
-    /// figure size limits are checked against.
+    /// An upper bound of the envelope's size as CloudEvents JSON (what a broker carries), the
+    /// figure size limits are checked against: the data as it is, every string attribute as if
+    /// each of its bytes needed a six-byte escape, and the attribute names, id, time and
+    /// numbers.
     pub fn size_hint(&self) -> usize {
         let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        self.data.len()
-            + self.source.len()
+        let strings = self.source.len()
             + self.event_type.len()
             + opt(&self.subject)
             + opt(&self.aggregate_type)
             + opt(&self.partition_key)
             + opt(&self.correlation_id)
             + opt(&self.causation_id)
-            + opt(&self.traceparent)
-            + 64
+            + opt(&self.traceparent);
+        // Names and quotes of 15 attributes, a UUID, an RFC 3339 time, two integers.
+        const FIXED: usize = 400;
+        self.data.len() + strings * 6 + FIXED
     }
 
     /// The CloudEvents structured-mode JSON form.
@@ -293,6 +296,21 @@ mod tests {
         assert_eq!(second.causation_id, Some(first.id.to_string()));
         assert_eq!(third.correlation_id, Some(first.id.to_string()));
         assert_eq!(third.causation_id, Some(second.id.to_string()));
+    }
+
+    #[test]
+    fn size_hint_bounds_the_json_form() {
+        let mut e = sample().caused_by(&sample());
+        e.subject = Some("\u{1}\"\\ž".repeat(50));
+        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        e.sequence = Some(StreamVersion::new(u64::MAX));
+        e.schema_version = u32::MAX;
+        assert!(
+            e.to_json().len() <= e.size_hint(),
+            "{} > {}",
+            e.to_json().len(),
+            e.size_hint()
+        );
     }
 
     #[test]

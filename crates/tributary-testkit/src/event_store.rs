@@ -162,6 +162,16 @@ pub async fn append_rejects_stale_expected_version(store: Arc<dyn EventStore>) {
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert!(err_is_retryable_conflict(&store, &s).await);
+    // An expectation no stream can meet is a conflict too, never "any version".
+    let err = store
+        .append(
+            &s,
+            ExpectedVersion::Exact(StreamVersion::new(u64::MAX)),
+            vec![event(3)],
+        )
+        .await
+        .expect_err("an impossible version must conflict");
+    assert!(matches!(err, Error::Conflict { .. }), "got {err:?}");
     assert_eq!(
         store.stream_version(&s).await.unwrap(),
         StreamVersion::new(2)

@@ -51,6 +51,8 @@ macro_rules! messaging_conformance {
             inbox_retention_shorter_than_the_redelivery_horizon_is_rejected,
             a_projection_rebuilds_while_events_keep_arriving,
             a_consumer_view_rebuilds_from_the_broker_log,
+            a_failed_append_inside_a_unit_leaves_nothing_behind,
+            pruning_a_groups_inbox_leaves_other_groups_entries,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -472,15 +474,21 @@ pub async fn redelivered_messages_do_not_run_the_handler_again(f: &MessagingFixt
     );
     running.stop().await;
     // The same messages arrive again (a redelivery, here through a second topic the group
-    // also reads): the inbox recognises every one.
+    // also reads), followed by one new message of the same key: once that one is applied,
+    // every copy before it in its partition was handled, and the inbox must have recognised
+    // them all.
     let replay_topic = fresh_topic();
-    let again: Vec<_> = messages
+    let mut again: Vec<_> = messages
         .iter()
         .map(|m| OutgoingMessage {
             topic: replay_topic.clone(),
             ..m.clone()
         })
         .collect();
+    again.push(OutgoingMessage::from_envelope(
+        replay_topic.clone(),
+        &numbered("k", 11),
+    ));
     f.broker.publish(&again).await.unwrap();
     let mut running = Running::new();
     running.consumer(consumer(
@@ -490,13 +498,18 @@ pub async fn redelivered_messages_do_not_run_the_handler_again(f: &MessagingFixt
         &f.broker,
         ledger_handler(),
     ));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let marker = eventually(WITHIN, || {
+        let s = service.clone();
+        async move { ledger(&s, "k").await.last_seq == 11 }
+    })
+    .await;
     running.stop().await;
+    assert!(marker, "the message after the copies was handled");
     assert_eq!(
         ledger(&service, "k").await,
         Ledger {
-            last_seq: 10,
-            applied: 10,
+            last_seq: 11,
+            applied: 11,
             out_of_order: 0
         }
     );
@@ -1086,4 +1099,63 @@ pub async fn a_consumer_view_rebuilds_from_the_broker_log(f: &MessagingFixture) 
     tokio::time::sleep(Duration::from_millis(500)).await;
     running.stop().await;
     assert_eq!(ledger(&service, "a").await.applied, 40);
+}
+
+pub async fn a_failed_append_inside_a_unit_leaves_nothing_behind(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let store = db.event_store();
+    let taken = numbered("elsewhere", 1);
+    let other = StreamId::new(format!("other-{}", EventId::new())).unwrap();
+    store
+        .append(&other, ExpectedVersion::NoStream, vec![taken.clone()])
+        .await
+        .unwrap();
+    let s = StreamId::new(format!("atomic-{}", EventId::new())).unwrap();
+    let stream = s.clone();
+    // The unit swallows the append's error and goes on: the batch must still be all or nothing.
+    db.transact(move |unit| {
+        let failed = unit.append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![numbered("a", 1), numbered("a", 2), taken],
+        );
+        assert!(failed.is_err(), "an id used elsewhere is refused");
+        unit.put_as("after", "1", &json!({"went": "on"}))?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        store.stream_version(&s).await.unwrap(),
+        tributary_core::StreamVersion::NONE
+    );
+    assert!(
+        db.get_document("after", "1").await.unwrap().is_some(),
+        "the rest of the unit committed"
+    );
+}
+
+pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let (pruned, other) = (fresh_group(), fresh_group());
+    let id = EventId::new();
+    let (p, o) = (pruned.clone(), other.clone());
+    db.transact_consumer(move |tx| {
+        tx.inbox_insert(&p, &id)?;
+        tx.inbox_insert(&o, &id)
+    })
+    .await
+    .unwrap();
+    let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(db.prune_inbox(&pruned, cutoff).await.unwrap(), 1);
+    let (p, o) = (pruned.clone(), other.clone());
+    let kept = db
+        .transact_consumer(move |tx| Ok((tx.inbox_contains(&p, &id)?, tx.inbox_contains(&o, &id)?)))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        (false, true),
+        "a group's retention only ever removes its own entries"
+    );
 }

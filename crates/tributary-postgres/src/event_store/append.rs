@@ -99,7 +99,11 @@ async fn append_optimistically(
     let expected_version: i64 = match expected {
         ExpectedVersion::Any => -1,
         ExpectedVersion::NoStream => 0,
-        ExpectedVersion::Exact(v) => v.get() as i64,
+        // No stream can be that long; the careful path reports the conflict.
+        ExpectedVersion::Exact(v) => match i64::try_from(v.get()) {
+            Ok(v) => v,
+            Err(_) => return Ok(None),
+        },
     };
     let inserted: Result<Vec<(i64, i32, i64)>, sqlx::Error> =
         sqlx::query_as(sql.insert_events_expecting.sql())

@@ -130,7 +130,22 @@ impl UnitOfWork for SqliteTx {
         events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
         validate_batch(&events, self.max_event_bytes)?;
-        append_in_tx(&self.conn, stream, expected, &events)
+        // All or nothing even inside a larger unit: a batch that fails half-way (an id used
+        // elsewhere) must not leave its first events behind for a unit that goes on.
+        self.exec("SAVEPOINT tributary_append", "opening a savepoint")?;
+        match append_in_tx(&self.conn, stream, expected, &events) {
+            Ok(outcome) => {
+                self.exec("RELEASE tributary_append", "releasing a savepoint")?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.exec("ROLLBACK TO tributary_append", "rolling back an append");
+                    let _ = self.exec("RELEASE tributary_append", "releasing a savepoint");
+                }
+                Err(e)
+            }
+        }
     }
 
     fn read_stream(
