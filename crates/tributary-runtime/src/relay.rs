@@ -56,6 +56,8 @@ impl RelayConfig {
 pub struct RelayStats {
     pub published: AtomicU64,
     pub batches: AtomicU64,
+    /// Publish attempts the broker refused for good (see [`Relay`]'s halting rule).
+    pub refusals: AtomicU64,
 }
 
 /// Publishes a [`RelaySource`] to a [`Broker`].
@@ -185,15 +187,39 @@ impl Relay {
     /// Publishes `batch` and marks it published, retrying each step until it succeeds.
     /// Returns false if stopped first: the batch is then left unmarked and is published
     /// again by whoever runs next.
+    ///
+    /// A broker that refuses the batch for good (a message above its size limit, say) does
+    /// not make the relay drop or skip anything: skipping would lose the row and break the
+    /// per-key order promised to consumers. The relay says so loudly, once, keeps the batch and
+    /// retries at its slowest pace until the operator raises the broker's limit.
     async fn deliver(&self, batch: SourceBatch, shutdown: &CancellationToken) -> bool {
         let mut failures = 0;
+        let mut refusal_reported = false;
         while let Err(e) = self.broker.publish(&batch.messages).await {
             failures += 1;
-            self.degraded("publishing", &e);
-            if !self
-                .nap(self.config.backoff.delay(failures), shutdown)
-                .await
-            {
+            let delay = if e.is_retryable() {
+                self.degraded("publishing", &e);
+                self.config.backoff.delay(failures)
+            } else {
+                if !refusal_reported {
+                    refusal_reported = true;
+                    tracing::error!(
+                        source = self.source.name(),
+                        error = %e,
+                        first_message = ?batch.messages.first().map(|m| m.id),
+                        messages = batch.messages.len(),
+                        "the broker refuses this batch; the relay keeps it and stops here until \
+                         the broker accepts it (raise the broker's message size limit, or lower \
+                         max_event_bytes for new events)"
+                    );
+                }
+                self.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                self.health.set(HealthState::Degraded(format!(
+                    "publishing refused by the broker, relay halted on this batch: {e}"
+                )));
+                self.config.backoff.delay(u32::MAX)
+            };
+            if !self.nap(delay, shutdown).await {
                 return false;
             }
         }
@@ -228,5 +254,135 @@ impl Relay {
             _ = tokio::time::sleep(d) => true,
             _ = shutdown.cancelled() => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use tributary_core::{
+        Database, Envelope, GroupName, InMemoryBroker, InMemoryDatabase, OutgoingMessage,
+        Partition, PartitionConsumer, Payload, Result, Topic,
+    };
+
+    use super::*;
+
+    /// The in-memory broker, refusing every publish for good while `refuse` is set, the way
+    /// NATS refuses a message above its `max_payload`.
+    struct Refusing {
+        inner: InMemoryBroker,
+        refuse: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Broker for Refusing {
+        async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> Result<()> {
+            self.inner.ensure_topic(topic, partitions).await
+        }
+        async fn partitions(&self, topic: &Topic) -> Result<u32> {
+            self.inner.partitions(topic).await
+        }
+        async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(Error::TooLarge {
+                    what: "message".into(),
+                    size: 2 << 20,
+                    limit: 1 << 20,
+                });
+            }
+            self.inner.publish(messages).await
+        }
+        async fn consume(
+            &self,
+            group: &GroupName,
+            topic: &Topic,
+            partition: Partition,
+        ) -> Result<Box<dyn PartitionConsumer>> {
+            self.inner.consume(group, topic, partition).await
+        }
+        fn redelivery_horizon(&self) -> Duration {
+            self.inner.redelivery_horizon()
+        }
+        async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+            self.inner.reset_group(group, topic).await
+        }
+        async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+            self.inner.delete_group(group, topic).await
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_batch_halts_the_relay_without_losing_or_skipping_a_message() {
+        let db: Arc<dyn Database> = Arc::new(InMemoryDatabase::new());
+        let broker = Arc::new(Refusing {
+            inner: InMemoryBroker::new(Default::default()),
+            refuse: AtomicBool::new(true),
+        });
+        let topic = Topic::new("refusals").unwrap();
+        broker.ensure_topic(&topic, 1).await.unwrap();
+        let events: Vec<Envelope> = (0..3)
+            .map(|n| {
+                Envelope::new("test", "Numbered", Payload::from_value(&n).unwrap())
+                    .with_partition_key("k")
+            })
+            .collect();
+        let sent: Vec<_> = events.iter().map(|e| e.id).collect();
+        let t = topic.clone();
+        db.transact(move |tx| -> Result<()> {
+            events.into_iter().try_for_each(|e| tx.publish(&t, e))
+        })
+        .await
+        .unwrap();
+
+        let config = RelayConfig {
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(10)),
+            ..RelayConfig::default()
+        };
+        let relay = Relay::new(db.outbox_source(), broker.clone(), config);
+        let (stats, health) = (relay.stats(), relay.health());
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(relay.run(shutdown.clone()));
+
+        until("repeated refusals", || {
+            stats.refusals.load(Ordering::Relaxed) >= 3
+        })
+        .await;
+        assert_eq!(stats.published.load(Ordering::Relaxed), 0);
+        match health.get() {
+            HealthState::Degraded(why) => assert!(why.contains("refused"), "{why}"),
+            other => panic!("health should say the relay is halted, not {other:?}"),
+        }
+
+        broker.refuse.store(false, Ordering::SeqCst);
+        until("the held batch published", || {
+            stats.published.load(Ordering::Relaxed) == 3
+        })
+        .await;
+        let group = GroupName::new("reader").unwrap();
+        let mut consumer = broker
+            .consume(&group, &topic, Partition::new(0))
+            .await
+            .unwrap();
+        let got: Vec<_> = consumer
+            .fetch(10, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id.unwrap())
+            .collect();
+        assert_eq!(got, sent, "every held message arrives, in order");
+        assert!(health.is_ok());
+        shutdown.cancel();
+        running.await.unwrap();
     }
 }
