@@ -65,6 +65,7 @@ statements! {
     resolve_dead_letter => "unit_of_work/resolve_dead_letter.sql",
     dead_letter_failure => "unit_of_work/dead_letter_failure.sql",
     get_checkpoint => "unit_of_work/get_checkpoint.sql",
+    lock_checkpoint => "unit_of_work/lock_checkpoint.sql",
     set_checkpoint => "unit_of_work/set_checkpoint.sql",
     append_check => "event_store/append_check.sql",
     find_events => "event_store/find_events.sql",

@@ -453,8 +453,10 @@ impl ConsumerTx for PgTx {
     }
 
     fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
+        // Locked, so that a rebuild's reset commits before this read or after this unit,
+        // never in between (where this unit's write would undo the reset).
         let found = self.handle.block_on(
-            sqlx::query_scalar(self.db.sql.get_checkpoint.sql())
+            sqlx::query_scalar(self.db.sql.lock_checkpoint.sql())
                 .bind(name)
                 .fetch_optional(&mut *self.tx),
         );
