@@ -96,6 +96,20 @@ impl Partition {
         self.0
     }
 
+    /// Checks that this partition exists in `topic`, which has `partitions` of them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming both when it does not.
+    pub fn check_in(self, topic: &Topic, partitions: u32) -> Result<()> {
+        if self.0 < partitions {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "topic {topic} has {partitions} partitions; there is no partition {self}"
+            )))
+        }
+    }
+
     /// The partition of `key` among `partitions`: FNV-1a (32 bit) of the key's UTF-8 bytes,
     /// modulo the partition count. Stable across processes, versions and languages.
     pub fn for_key(key: &str, partitions: u32) -> Self {

@@ -118,6 +118,8 @@ pub trait ConsumerTx: UnitOfWork {
     fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()>;
 
     /// A named position (of a subscription or projection) stored with the data it covers.
+    /// The read holds the checkpoint until the unit ends: another unit changing it (a rebuild's
+    /// reset) commits before this read or after this unit, never in between.
     fn checkpoint(&mut self, name: &str) -> Result<Option<Position>>;
 
     fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()>;
@@ -249,6 +251,33 @@ impl dyn Database {
             }
             out.extend(page);
         }
+    }
+
+    /// A committed document decoded as `T`.
+    ///
+    /// # Errors
+    /// Storage errors, or [`Error::Decode`] when the document is not a `T`.
+    pub async fn get_document_as<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<T>> {
+        self.get_document(collection, id)
+            .await?
+            .map(|doc| doc.decode())
+            .transpose()
+    }
+
+    /// [`all_documents`](Self::all_documents) decoded as `T`, in id order.
+    ///
+    /// # Errors
+    /// Storage errors, or [`Error::Decode`] for a document that is not a `T`.
+    pub async fn all_documents_as<T: DeserializeOwned>(&self, collection: &str) -> Result<Vec<T>> {
+        self.all_documents(collection)
+            .await?
+            .into_iter()
+            .map(|(_, doc)| doc.decode())
+            .collect()
     }
 
     /// Runs runtime work (inbox, dead letters, checkpoints) as one unit.

@@ -513,12 +513,7 @@ impl Broker for NatsBroker {
         topic: &Topic,
         partition: Partition,
     ) -> Result<Box<dyn PartitionConsumer>> {
-        let partitions = self.inner.ensure(topic, None).await?;
-        if partition.get() >= partitions {
-            return Err(Error::invalid(format!(
-                "topic {topic} has {partitions} partitions; there is no partition {partition}"
-            )));
-        }
+        partition.check_in(topic, self.inner.ensure(topic, None).await?)?;
         let consumer =
             NatsPartitionConsumer::open(self.inner.clone(), group, topic, partition).await?;
         Ok(Box::new(consumer))

@@ -308,9 +308,21 @@ async fn hundred_per_txn(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn read_stream(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
-    let events = args.events.unwrap_or(200_000);
-    let scratch = Scratch::new(args, "read_stream")?;
+/// What both read benchmarks start from: `events` rows in a bare table (the baseline, read at
+/// once: rows per second) and the same count in a fresh store, on one stream or many.
+struct ReadSetup {
+    _scratch: Scratch,
+    store: Arc<dyn EventStore>,
+    baseline_rate: f64,
+}
+
+async fn read_setup(
+    args: &EventStoreBenchArgs,
+    name: &str,
+    events: u64,
+    one_stream: bool,
+) -> anyhow::Result<ReadSetup> {
+    let scratch = Scratch::new(args, name)?;
     let raw_path = scratch.path.join("raw.db");
     baseline::insert_loop(
         &raw_path,
@@ -321,13 +333,33 @@ async fn read_stream(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
     )?;
     let (raw_rows, raw) = baseline::read_loop(&raw_path)?;
     let (_, store) = scratch.store(args.synchronous)?;
-    fill(&store, events, 1000, &payload(args.payload_bytes), true, 0).await?;
+    fill(
+        &store,
+        events,
+        1000,
+        &payload(args.payload_bytes),
+        one_stream,
+        0,
+    )
+    .await?;
+    Ok(ReadSetup {
+        _scratch: scratch,
+        store,
+        baseline_rate: raw_rows as f64 / raw.as_secs_f64(),
+    })
+}
+
+const READ_BASELINE: &str = "rusqlite select of a bare table";
+
+async fn read_stream(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
+    let events = args.events.unwrap_or(200_000);
+    let setup = read_setup(args, "read_stream", events, true).await?;
     let stream = StreamId::new("bench-single")?;
     let started = Instant::now();
     let mut next = StreamVersion::new(1);
     let mut read = 0u64;
     loop {
-        let page = store.read_stream(&stream, next, 4096).await?;
+        let page = setup.store.read_stream(&stream, next, 4096).await?;
         let Some(last) = page.last() else { break };
         next = last.version.next();
         read += page.len() as u64;
@@ -335,10 +367,7 @@ async fn read_stream(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     anyhow::ensure!(read == events, "read {read} of {events} events");
     BenchResult::new("read", "read_stream", "sqlite", read, elapsed)
-        .against(
-            "rusqlite select of a bare table",
-            raw_rows as f64 / raw.as_secs_f64(),
-        )
+        .against(READ_BASELINE, setup.baseline_rate)
         .with_settings(json!({"payload_bytes": args.payload_bytes, "page": 4096}))
         .emit();
     Ok(())
@@ -346,24 +375,13 @@ async fn read_stream(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
 
 async fn read_all(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
     let events = args.events.unwrap_or(1_000_000);
-    let scratch = Scratch::new(args, "read_all")?;
-    let raw_path = scratch.path.join("raw.db");
-    baseline::insert_loop(
-        &raw_path,
-        args.synchronous,
-        events,
-        1000,
-        args.payload_bytes,
-    )?;
-    let (raw_rows, raw) = baseline::read_loop(&raw_path)?;
-    let (_, store) = scratch.store(args.synchronous)?;
-    fill(&store, events, 1000, &payload(args.payload_bytes), false, 0).await?;
+    let setup = read_setup(args, "read_all", events, false).await?;
     reset_peak_rss();
     let started = Instant::now();
     let mut next = Position::START;
     let mut read = 0u64;
     loop {
-        let page = store.read_all(next, 4096).await?;
+        let page = setup.store.read_all(next, 4096).await?;
         let Some(last) = page.last() else { break };
         next = last.position.next();
         read += page.len() as u64;
@@ -371,10 +389,7 @@ async fn read_all(args: &EventStoreBenchArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     anyhow::ensure!(read == events, "read {read} of {events} events");
     BenchResult::new("read", "read_all", "sqlite", read, elapsed)
-        .against(
-            "rusqlite select of a bare table",
-            raw_rows as f64 / raw.as_secs_f64(),
-        )
+        .against(READ_BASELINE, setup.baseline_rate)
         .with_peak_rss(peak_rss_mb())
         .with_settings(json!({"payload_bytes": args.payload_bytes, "page": 4096}))
         .emit();

@@ -144,12 +144,7 @@ impl Broker for InMemoryBroker {
         topic: &Topic,
         partition: Partition,
     ) -> Result<Box<dyn PartitionConsumer>> {
-        let partitions = self.partitions(topic).await?;
-        if partition.get() >= partitions {
-            return Err(Error::invalid(format!(
-                "topic {topic} has {partitions} partitions; there is no partition {partition}"
-            )));
-        }
+        partition.check_in(topic, self.partitions(topic).await?)?;
         let committed = lock(&self.inner.state)
             .committed
             .get(&(group.clone(), topic.clone(), partition))

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, Postgres};
 use tributary_core::{
     AppendOutcome, Envelope, Error, EventId, ExpectedVersion, Result, StoredAt, StreamId,
     StreamVersion, dedup_outcome,
@@ -81,6 +83,27 @@ impl Columns {
             data: events.iter().map(|e| e.data.as_str().to_owned()).collect(),
         })
     }
+
+    /// Binds the arrays, in the order both insert statements unnest them, after whatever the
+    /// statement binds first.
+    fn bind_to<'q, O>(
+        &'q self,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.sources)
+            .bind(&self.subjects)
+            .bind(&self.times)
+            .bind(&self.aggregate_types)
+            .bind(&self.partition_keys)
+            .bind(&self.correlation_ids)
+            .bind(&self.causation_ids)
+            .bind(&self.traceparents)
+            .bind(&self.schema_versions)
+            .bind(&self.data)
+    }
 }
 
 /// Appends an already validated batch (see `tributary_core::validate_batch`) with the rules of
@@ -105,24 +128,14 @@ async fn append_optimistically(
             Err(_) => return Ok(None),
         },
     };
-    let inserted: Result<Vec<(i64, i32, i64)>, sqlx::Error> =
-        sqlx::query_as(sql.insert_events_expecting.sql())
-            .bind(stream.as_str())
-            .bind(expected_version)
-            .bind(&columns.ids)
-            .bind(&columns.types)
-            .bind(&columns.sources)
-            .bind(&columns.subjects)
-            .bind(&columns.times)
-            .bind(&columns.aggregate_types)
-            .bind(&columns.partition_keys)
-            .bind(&columns.correlation_ids)
-            .bind(&columns.causation_ids)
-            .bind(&columns.traceparents)
-            .bind(&columns.schema_versions)
-            .bind(&columns.data)
-            .fetch_all(&mut *conn)
-            .await;
+    let inserted: Result<Vec<(i64, i32, i64)>, sqlx::Error> = columns
+        .bind_to(
+            sqlx::query_as(sql.insert_events_expecting.sql())
+                .bind(stream.as_str())
+                .bind(expected_version),
+        )
+        .fetch_all(&mut *conn)
+        .await;
     let rows = match inserted {
         Ok(rows) if rows.len() == events.len() => rows,
         Ok(_) => return Ok(None),
@@ -192,24 +205,14 @@ pub(crate) async fn append(
         if mode == Mode::InTransaction {
             savepoint(conn, "SAVEPOINT tributary_append").await?;
         }
-        let inserted: Result<Vec<(i64, i32)>, sqlx::Error> =
-            sqlx::query_as(sql.insert_events.sql())
-                .bind(stream.as_str())
-                .bind(actual.get() as i64)
-                .bind(&columns.ids)
-                .bind(&columns.types)
-                .bind(&columns.sources)
-                .bind(&columns.subjects)
-                .bind(&columns.times)
-                .bind(&columns.aggregate_types)
-                .bind(&columns.partition_keys)
-                .bind(&columns.correlation_ids)
-                .bind(&columns.causation_ids)
-                .bind(&columns.traceparents)
-                .bind(&columns.schema_versions)
-                .bind(&columns.data)
-                .fetch_all(&mut *conn)
-                .await;
+        let inserted: Result<Vec<(i64, i32)>, sqlx::Error> = columns
+            .bind_to(
+                sqlx::query_as(sql.insert_events.sql())
+                    .bind(stream.as_str())
+                    .bind(actual.get() as i64),
+            )
+            .fetch_all(&mut *conn)
+            .await;
         let failed = inserted.is_err();
         if mode == Mode::InTransaction {
             if failed {

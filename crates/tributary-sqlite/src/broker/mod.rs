@@ -257,12 +257,7 @@ impl Broker for SqliteBroker {
         topic: &Topic,
         partition: Partition,
     ) -> Result<Box<dyn PartitionConsumer>> {
-        let n = self.partitions(topic).await?;
-        if partition.get() >= n {
-            return Err(Error::invalid(format!(
-                "topic {topic} has {n} partitions; there is no partition {partition}"
-            )));
-        }
+        partition.check_in(topic, self.partitions(topic).await?)?;
         Ok(Box::new(
             SqliteBrokerConsumer::open(self.db.clone(), group.clone(), topic.clone(), partition)
                 .await?,

@@ -105,22 +105,12 @@ impl CustomerService {
     /// The committed state of a customer.
     pub async fn get(&self, customer_id: &str) -> Result<Option<Customer>, AppError> {
         crate::validate_id("customer id", customer_id)?;
-        Ok(self
-            .db
-            .get_document(CUSTOMERS, customer_id)
-            .await?
-            .map(|p| p.decode())
-            .transpose()?)
+        Ok(self.db.get_document_as(CUSTOMERS, customer_id).await?)
     }
 
     /// Every customer, in id order (for the demo's invariant checks).
     pub async fn all(&self) -> Result<Vec<Customer>, AppError> {
-        self.db
-            .all_documents(CUSTOMERS)
-            .await?
-            .into_iter()
-            .map(|(_, doc)| Ok(doc.decode()?))
-            .collect()
+        Ok(self.db.all_documents_as(CUSTOMERS).await?)
     }
 
     /// The customer service's consumer of the order topic: the credit side of the saga.

@@ -51,23 +51,13 @@ impl HistoryService {
     /// A customer's history, if the view knows the customer.
     pub async fn get(&self, customer_id: &str) -> Result<Option<CustomerHistory>, AppError> {
         crate::validate_id("customer id", customer_id)?;
-        let doc: Option<CustomerHistory> = self
-            .db
-            .get_document(HISTORY, customer_id)
-            .await?
-            .map(|p| p.decode())
-            .transpose()?;
+        let doc: Option<CustomerHistory> = self.db.get_document_as(HISTORY, customer_id).await?;
         Ok(doc.filter(|h| h.name.is_some()))
     }
 
     /// Every document of the view (for invariant checks).
     pub async fn all(&self) -> Result<Vec<CustomerHistory>, AppError> {
-        self.db
-            .all_documents(HISTORY)
-            .await?
-            .into_iter()
-            .map(|(_, doc)| Ok(doc.decode()?))
-            .collect()
+        Ok(self.db.all_documents_as(HISTORY).await?)
     }
 
     /// The view's consumer of both topics.
