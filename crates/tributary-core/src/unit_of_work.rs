@@ -268,7 +268,7 @@ impl dyn Database {
             .transpose()
     }
 
-    /// [`all_documents`](Self::all_documents) decoded as `T`, in id order.
+    /// `all_documents`, each decoded as `T`, in id order.
     ///
     /// # Errors
     /// Storage errors, or [`Error::Decode`] for a document that is not a `T`.
