@@ -7,6 +7,7 @@
 //! (network calls) before the unit, and keep the unit short.
 
 use std::any::Any;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +94,9 @@ pub trait ConsumerTx: UnitOfWork {
     fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool>;
 
     /// Records that `group` processed message `id`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when it was already recorded.
     fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()>;
 
     /// Forgets every message `group` processed (before rebuilding its view); returns how many.
@@ -105,6 +109,42 @@ pub trait ConsumerTx: UnitOfWork {
         group: &GroupName,
         key: &str,
     ) -> Result<Option<DeadLetterId>>;
+
+    /// Which of `ids` `group` already processed. A networked database answers in one round
+    /// trip; the default asks [`ConsumerTx::inbox_contains`] for each.
+    fn inbox_seen(&mut self, group: &GroupName, ids: &[EventId]) -> Result<HashSet<EventId>> {
+        let mut seen = HashSet::new();
+        for id in ids {
+            if self.inbox_contains(group, id)? {
+                seen.insert(*id);
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Records that `group` processed each of `ids`, as [`ConsumerTx::inbox_insert`] does
+    /// for one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when one of them was already recorded.
+    fn inbox_insert_all(&mut self, group: &GroupName, ids: &[EventId]) -> Result<()> {
+        ids.iter().try_for_each(|id| self.inbox_insert(group, id))
+    }
+
+    /// [`ConsumerTx::blocking_dead_letter`] for each of `keys` that has one.
+    fn blocking_dead_letters(
+        &mut self,
+        group: &GroupName,
+        keys: &[&str],
+    ) -> Result<HashMap<String, DeadLetterId>> {
+        let mut blockers = HashMap::new();
+        for key in keys {
+            if let Some(id) = self.blocking_dead_letter(group, key)? {
+                blockers.insert((*key).to_owned(), id);
+            }
+        }
+        Ok(blockers)
+    }
 
     fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId>;
 

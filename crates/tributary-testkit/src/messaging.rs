@@ -53,6 +53,7 @@ macro_rules! messaging_conformance {
             a_consumer_view_rebuilds_from_the_broker_log,
             a_failed_append_inside_a_unit_leaves_nothing_behind,
             pruning_a_groups_inbox_leaves_other_groups_entries,
+            batched_inbox_and_dead_letter_lookups_agree_with_single_ones,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -148,6 +149,9 @@ fn fast_config() -> ConsumerConfig {
         ))
         .with_fetch_wait(Duration::from_millis(100))
         .with_max_attempts(3)
+        // Several messages per unit on every database, so that failures, duplicates and
+        // parking inside a unit are exercised everywhere (PostgreSQL's default is one).
+        .with_messages_per_unit(8)
 }
 
 /// Publishes `per_key` numbered events for each key through units of work (several events
@@ -1157,5 +1161,73 @@ pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFix
         kept,
         (false, true),
         "a group's retention only ever removes its own entries"
+    );
+}
+
+pub async fn batched_inbox_and_dead_letter_lookups_agree_with_single_ones(f: &MessagingFixture) {
+    let db = (f.new_database)();
+    let group = fresh_group();
+    let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
+    let (g, recorded) = (group.clone(), ids[..3].to_vec());
+    db.transact_consumer(move |tx| {
+        tx.inbox_insert_all(&g, &recorded)?;
+        assert!(tx.inbox_insert_all(&g, &[]).is_ok(), "nothing to record");
+        let again = tx.inbox_insert_all(&g, &recorded[..1]);
+        assert!(
+            matches!(again, Err(Error::InvalidInput { .. })),
+            "recording a message twice is refused: {again:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let (g, all) = (group.clone(), ids.clone());
+    let (seen, single) = db
+        .transact_consumer(move |tx| {
+            let seen = tx.inbox_seen(&g, &all)?;
+            let single: Vec<bool> = all
+                .iter()
+                .map(|id| tx.inbox_contains(&g, id))
+                .collect::<tributary_core::Result<_>>()?;
+            Ok((seen, single))
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, ids[..3].iter().copied().collect());
+    assert_eq!(single, [true, true, true, false, false]);
+
+    let g = group.clone();
+    let (blockers, first) = db
+        .transact_consumer(move |tx| {
+            let mut letter = |key: &str, offset: u64| {
+                tx.insert_dead_letter(tributary_core::NewDeadLetter {
+                    group: g.clone(),
+                    topic: Topic::new("t").unwrap(),
+                    partition: tributary_core::Partition::new(0),
+                    offset: tributary_core::Offset::new(offset),
+                    message_id: None,
+                    key: key.into(),
+                    event_type: None,
+                    payload: b"{}".to_vec(),
+                    reason: "test".into(),
+                    attempts: 1,
+                    first_failed_at: chrono::Utc::now(),
+                    parked_behind: None,
+                })
+            };
+            let first = letter("k1", 1)?;
+            letter("k1", 2)?;
+            let skipped = letter("k2", 3)?;
+            tx.resolve_dead_letter(skipped, tributary_core::Resolution::Skipped)?;
+            let blockers = tx.blocking_dead_letters(&g, &["k1", "k2", "k3"])?;
+            assert_eq!(tx.blocking_dead_letter(&g, "k1")?, Some(first));
+            Ok((blockers, first))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        blockers,
+        [("k1".to_owned(), first)].into_iter().collect(),
+        "the oldest unresolved letter of each key that has one"
     );
 }

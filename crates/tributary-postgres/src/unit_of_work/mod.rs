@@ -17,7 +17,7 @@
 //!   and returns `Ok` is rolled back and reported, never silently half-committed.
 
 use std::any::Any;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -361,6 +361,74 @@ impl ConsumerTx for PgTx {
         }
         self.wrote = true;
         Ok(())
+    }
+
+    // The batched statements take arrays, whose plans PostgreSQL re-plans on every execution
+    // (a custom plan per array value); a unit of one message uses the single-row statements.
+    fn inbox_seen(&mut self, group: &GroupName, ids: &[EventId]) -> Result<HashSet<EventId>> {
+        if let [id] = ids {
+            let seen = self.inbox_contains(group, id)?;
+            return Ok(seen.then_some(*id).into_iter().collect());
+        }
+        let ids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
+        let found = self.handle.block_on(
+            sqlx::query_scalar(self.db.sql.inbox_seen.sql())
+                .bind(group.as_str())
+                .bind(&ids)
+                .fetch_all(&mut *self.tx),
+        );
+        let seen: Vec<uuid::Uuid> = self.sqlx(found, "reading the inbox")?;
+        Ok(seen.into_iter().map(EventId::from_uuid).collect())
+    }
+
+    fn inbox_insert_all(&mut self, group: &GroupName, ids: &[EventId]) -> Result<()> {
+        match ids {
+            [] => return Ok(()),
+            [id] => return self.inbox_insert(group, id),
+            _ => {}
+        }
+        let uuids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
+        let done = self.handle.block_on(
+            sqlx::query(self.db.sql.inbox_insert_all.sql())
+                .bind(group.as_str())
+                .bind(&uuids)
+                .execute(&mut *self.tx),
+        );
+        let done = self.sqlx(done, "writing the inbox")?;
+        if done.rows_affected() != ids.len() as u64 {
+            return Err(Error::invalid(format!(
+                "{} of {} messages were already in {group}'s inbox",
+                ids.len() as u64 - done.rows_affected(),
+                ids.len()
+            )));
+        }
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn blocking_dead_letters(
+        &mut self,
+        group: &GroupName,
+        keys: &[&str],
+    ) -> Result<HashMap<String, DeadLetterId>> {
+        if let [key] = keys {
+            let blocker = self.blocking_dead_letter(group, key)?;
+            return Ok(blocker
+                .map(|id| ((*key).to_owned(), id))
+                .into_iter()
+                .collect());
+        }
+        let found = self.handle.block_on(
+            sqlx::query_as(self.db.sql.blocking_dead_letters.sql())
+                .bind(group.as_str())
+                .bind(keys)
+                .fetch_all(&mut *self.tx),
+        );
+        let rows: Vec<(String, i64)> = self.sqlx(found, "looking for dead letters of keys")?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, id)| (key, DeadLetterId::new(id as u64)))
+            .collect())
     }
 
     fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
