@@ -290,8 +290,11 @@ async fn stored_at(
     events: &[Envelope],
 ) -> Result<HashMap<EventId, StoredAt>> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
+    // Unnamed, so planned for these ids: a cached generic plan for `= ANY($1)` can be a scan
+    // of the whole table (see `PgTx::inbox_seen`).
     let rows: Vec<(Uuid, String, i64, i64, i32)> = sqlx::query_as(sql.find_events.sql())
         .bind(&ids)
+        .persistent(false)
         .fetch_all(&mut *conn)
         .await
         .context("looking up event ids")?;

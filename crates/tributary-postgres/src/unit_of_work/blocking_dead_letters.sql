@@ -1,3 +1,7 @@
-SELECT DISTINCT ON (message_key) message_key, id FROM __SCHEMA__.dead_letters
-WHERE consumer_group = $1 AND message_key = ANY($2) AND resolution IS NULL
-ORDER BY message_key, id
+-- The oldest unresolved dead letter of each key, one index probe per key (as
+-- blocking_dead_letter.sql does for one key).
+SELECT k.key, d.id FROM unnest($2::text[]) AS k(key),
+LATERAL (SELECT id FROM __SCHEMA__.dead_letters
+         WHERE consumer_group = $1 AND message_key = k.key AND resolution IS NULL
+         ORDER BY id
+         LIMIT 1) AS d

@@ -363,8 +363,12 @@ impl ConsumerTx for PgTx {
         Ok(())
     }
 
-    // The batched statements take arrays, whose plans PostgreSQL re-plans on every execution
-    // (a custom plan per array value); a unit of one message uses the single-row statements.
+    // The batched lookups take arrays and probe the index once per element (see their SQL).
+    // They run as unnamed statements, planned each time for the table as it is now: as named
+    // (cached) statements PostgreSQL soon settles on a generic plan made from the statistics
+    // of the moment, and one planned while the inbox was nearly empty scans it (seen: a
+    // consumer slowing down as its inbox grew). That costs one more round trip per unit; a
+    // unit of one message uses the single-row statements instead.
     fn inbox_seen(&mut self, group: &GroupName, ids: &[EventId]) -> Result<HashSet<EventId>> {
         if let [id] = ids {
             let seen = self.inbox_contains(group, id)?;
@@ -375,6 +379,7 @@ impl ConsumerTx for PgTx {
             sqlx::query_scalar(self.db.sql.inbox_seen.sql())
                 .bind(group.as_str())
                 .bind(&ids)
+                .persistent(false)
                 .fetch_all(&mut *self.tx),
         );
         let seen: Vec<uuid::Uuid> = self.sqlx(found, "reading the inbox")?;
@@ -422,6 +427,7 @@ impl ConsumerTx for PgTx {
             sqlx::query_as(self.db.sql.blocking_dead_letters.sql())
                 .bind(group.as_str())
                 .bind(keys)
+                .persistent(false)
                 .fetch_all(&mut *self.tx),
         );
         let rows: Vec<(String, i64)> = self.sqlx(found, "looking for dead letters of keys")?;
