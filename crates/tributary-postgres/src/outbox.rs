@@ -67,15 +67,53 @@ pub(crate) async fn insert(
     event: &Envelope,
     max_event_bytes: usize,
 ) -> Result<()> {
+    let message = outgoing(topic, event, max_event_bytes)?;
+    insert_all(conn, sql, std::slice::from_ref(&message)).await
+}
+
+/// The outbox row of `event`, if the store accepts it.
+pub(crate) fn outgoing(
+    topic: &Topic,
+    event: &Envelope,
+    max_event_bytes: usize,
+) -> Result<OutgoingMessage> {
     validate_batch(std::slice::from_ref(event), max_event_bytes)?;
-    let message = OutgoingMessage::from_envelope(topic.clone(), event);
-    sqlx::query(sql.insert_outbox.sql())
-        .bind(message.topic.as_str())
-        .bind(&message.key)
-        .bind(message.id.as_uuid())
-        .bind(&message.payload)
-        .execute(conn)
-        .await
-        .context("writing to the outbox")?;
+    Ok(OutgoingMessage::from_envelope(topic.clone(), event))
+}
+
+/// Inserts `messages` (already validated) as outbox rows of the transaction on `conn`, in
+/// order, in one statement.
+pub(crate) async fn insert_all(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    messages: &[OutgoingMessage],
+) -> Result<()> {
+    match messages {
+        [] => {}
+        [message] => {
+            sqlx::query(sql.insert_outbox.sql())
+                .bind(message.topic.as_str())
+                .bind(&message.key)
+                .bind(message.id.as_uuid())
+                .bind(&message.payload)
+                .execute(conn)
+                .await
+                .context("writing to the outbox")?;
+        }
+        _ => {
+            let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+            let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
+            let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id.as_uuid()).collect();
+            let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+            sqlx::query(sql.insert_outbox_all.sql())
+                .bind(topics)
+                .bind(keys)
+                .bind(ids)
+                .bind(payloads)
+                .execute(conn)
+                .await
+                .context("writing to the outbox")?;
+        }
+    }
     Ok(())
 }

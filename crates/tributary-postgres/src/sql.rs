@@ -57,6 +57,7 @@ statements! {
     delete_document => "unit_of_work/delete_document.sql",
     clear_collection => "unit_of_work/clear_collection.sql",
     insert_outbox => "unit_of_work/insert_outbox.sql",
+    insert_outbox_all => "unit_of_work/insert_outbox_all.sql",
     inbox_contains => "unit_of_work/inbox_contains.sql",
     inbox_insert => "unit_of_work/inbox_insert.sql",
     inbox_seen => "unit_of_work/inbox_seen.sql",

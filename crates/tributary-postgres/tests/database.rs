@@ -175,6 +175,35 @@ async fn the_raw_transaction_commits_and_rolls_back_with_the_unit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_raw_transaction_sees_the_events_the_unit_published_before() {
+    let Some((pg, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let count = format!("SELECT count(*) FROM \"{}\".outbox", pg.schema());
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let topic = Topic::new("Rows").unwrap();
+    let seen = db
+        .transact(move |unit: &mut dyn UnitOfWork| {
+            for n in 0..3 {
+                unit.publish(&topic, event(n))?;
+            }
+            let pg = PgTx::from_unit(unit).expect("a PostgreSQL unit");
+            let (runtime, tx) = pg.parts();
+            let seen: i64 = runtime
+                .block_on(sqlx::query_scalar(sqlx::AssertSqlSafe(count)).fetch_one(&mut **tx))
+                .map_err(|e| Error::storage("counting", e))?;
+            unit.publish(&topic, event(3))?;
+            Ok::<_, Error>(seen)
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 3, "events held by the unit are written before raw SQL runs");
+    let batch = pg.outbox_source().read_batch(10).await.unwrap().unwrap();
+    let ids: Vec<_> = batch.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 4, "and the one published after it is written at commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_unit_that_ignores_a_failed_statement_is_rolled_back_not_half_committed() {
     let Some((pg, _guard)) = common::database("postgres units").await else {
         return;

@@ -54,6 +54,7 @@ macro_rules! messaging_conformance {
             a_failed_append_inside_a_unit_leaves_nothing_behind,
             pruning_a_groups_inbox_leaves_other_groups_entries,
             batched_inbox_and_dead_letter_lookups_agree_with_single_ones,
+            events_published_in_a_rolled_back_savepoint_are_dropped_and_the_rest_keep_their_order,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -1137,6 +1138,47 @@ pub async fn a_failed_append_inside_a_unit_leaves_nothing_behind(f: &MessagingFi
         db.get_document("after", "1").await.unwrap().is_some(),
         "the rest of the unit committed"
     );
+}
+
+/// Backends may hold published events in the unit and write them later (PostgreSQL writes
+/// them in one statement at commit): savepoints and order must still hold.
+pub async fn events_published_in_a_rolled_back_savepoint_are_dropped_and_the_rest_keep_their_order(
+    f: &MessagingFixture,
+) {
+    let db = (f.new_database)();
+    let topic = fresh_topic();
+    let t = topic.clone();
+    db.transact_consumer(move |tx| {
+        tx.publish(&t, numbered("k", 1))?;
+        tx.savepoint()?;
+        tx.publish(&t, numbered("k", 2))?;
+        tx.savepoint()?;
+        tx.publish(&t, numbered("dropped", 1))?;
+        tx.rollback_savepoint()?;
+        tx.publish(&t, numbered("k", 3))?;
+        tx.release_savepoint()?;
+        tx.savepoint()?;
+        tx.publish(&t, numbered("dropped", 2))?;
+        tx.rollback_savepoint()?;
+        for seq in 4..=1200 {
+            tx.publish(&t, numbered("k", seq))?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let mut seqs = Vec::new();
+    let source = db.outbox_source();
+    while let Some(batch) = source.read_batch(500).await.unwrap() {
+        for message in &batch.messages {
+            let event: Envelope = serde_json::from_slice(&message.payload).expect("an envelope");
+            let n: Numbered = event.data.decode().expect("a numbered event");
+            assert_eq!(n.key, "k", "nothing of a rolled-back savepoint is published");
+            seqs.push(n.seq);
+        }
+        source.mark_published(batch.through).await.unwrap();
+    }
+    assert_eq!(seqs, (1..=1200).collect::<Vec<u64>>(), "in publish order");
 }
 
 pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFixture) {

@@ -15,6 +15,11 @@
 //!   version (the lost insert is rolled back to a savepoint, the unit stays usable);
 //! - a failed statement aborts a PostgreSQL transaction: a unit that swallows such an error
 //!   and returns `Ok` is rolled back and reported, never silently half-committed.
+//!
+//! Published events are held in the unit and written to the outbox in one statement when it
+//! commits (also before a savepoint, and before the raw transaction is handed out, so that
+//! SQL of the service's own sees them), instead of one round trip per event. An outbox write
+//! that fails then fails the unit, at commit.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -25,13 +30,19 @@ use sqlx::{Postgres, Transaction};
 use tokio::runtime::Handle;
 use tributary_core::{
     AppendOutcome, ConsumerTx, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion,
-    GroupName, NewDeadLetter, Payload, Position, RecordedEvent, Resolution, Result, StreamId,
+    GroupName, NewDeadLetter, OutgoingMessage, Payload, Position, RecordedEvent, Resolution,
+    Result, StreamId,
     StreamVersion, Topic, UnitOfWork, Work, WorkError, validate_batch, validate_document_key,
 };
 
 use crate::database::{Inner, PgDatabase};
 use crate::error::db_error;
 use crate::event_store::{Mode, append, read_stream_in};
+use crate::outbox;
+
+/// Buffered events are written once this many are waiting, to bound a unit's memory.
+const OUTBOX_BUFFER_EVENTS: usize = 1000;
+const OUTBOX_BUFFER_BYTES: usize = 8 << 20;
 
 type DocumentKey = (String, String);
 
@@ -63,6 +74,12 @@ pub struct PgTx {
     savepoints: Vec<HashSet<DocumentKey>>,
     /// Documents this unit read (and so locked the key of) as absent.
     absent: HashSet<DocumentKey>,
+    /// Events published and not yet written to the outbox (see the module doc), and their size.
+    outbox: Vec<OutgoingMessage>,
+    outbox_bytes: usize,
+    /// Writing buffered events failed when the raw transaction was handed out: the unit fails
+    /// with this error.
+    deferred: Option<Error>,
     /// A statement failed since the last savepoint rollback: the transaction may be aborted.
     failed: bool,
     /// The raw transaction was handed out: anything may have happened to it.
@@ -80,6 +97,9 @@ impl PgTx {
     /// Do not commit or roll back the transaction yourself. A statement that fails aborts the
     /// whole unit: return its error from the unit.
     pub fn parts(&mut self) -> (&Handle, &mut Transaction<'static, Postgres>) {
+        if let Err(e) = self.flush_outbox() {
+            self.deferred.get_or_insert(e);
+        }
         self.raw = true;
         self.wrote = true;
         (&self.handle, &mut self.tx)
@@ -102,11 +122,19 @@ impl PgTx {
         self.checked(result.map_err(|e| db_error(what, e)))
     }
 
-    fn wrote<T>(&mut self, result: Result<T>) -> Result<T> {
-        if result.is_ok() {
-            self.wrote = true;
+    /// Writes the buffered events to the outbox.
+    fn flush_outbox(&mut self) -> Result<()> {
+        if self.outbox.is_empty() {
+            return Ok(());
         }
-        result
+        let messages = std::mem::take(&mut self.outbox);
+        self.outbox_bytes = 0;
+        let done = self.handle.block_on(outbox::insert_all(
+            &mut self.tx,
+            &self.db.sql,
+            &messages,
+        ));
+        self.checked(done)
     }
 
     /// Commits (when `outcome` is Ok and the transaction is healthy) or rolls back.
@@ -114,6 +142,17 @@ impl PgTx {
         mut self,
         outcome: Result<Box<dyn Any + Send>, WorkError>,
     ) -> Result<Box<dyn Any + Send>, WorkError> {
+        let outcome = match (outcome, self.deferred.take()) {
+            (Ok(_), Some(e)) => Err(WorkError::Failed(e)),
+            (Ok(value), None) => {
+                let messages = std::mem::take(&mut self.outbox);
+                outbox::insert_all(&mut self.tx, &self.db.sql, &messages)
+                    .await
+                    .map(|()| value)
+                    .map_err(WorkError::Failed)
+            }
+            (Err(e), _) => Err(e),
+        };
         let value = match outcome {
             Ok(value) => value,
             Err(e) => {
@@ -161,6 +200,9 @@ pub(crate) async fn execute(db: &PgDatabase, work: Work) -> Result<Box<dyn Any +
             db: inner,
             savepoints: Vec::new(),
             absent: HashSet::new(),
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+            deferred: None,
             failed: false,
             raw: false,
             wrote: false,
@@ -280,16 +322,14 @@ impl UnitOfWork for PgTx {
     }
 
     fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
-        let max = self.db.config.max_event_bytes;
-        let done = self.handle.block_on(crate::outbox::insert(
-            &mut self.tx,
-            &self.db.sql,
-            topic,
-            &event,
-            max,
-        ));
-        let done = self.checked(done);
-        self.wrote(done)
+        let message = outbox::outgoing(topic, &event, self.db.config.max_event_bytes)?;
+        self.outbox_bytes += message.payload.len();
+        self.outbox.push(message);
+        self.wrote = true;
+        if self.outbox.len() >= OUTBOX_BUFFER_EVENTS || self.outbox_bytes >= OUTBOX_BUFFER_BYTES {
+            self.flush_outbox()?;
+        }
+        Ok(())
     }
 
     fn append(
@@ -552,6 +592,10 @@ impl ConsumerTx for PgTx {
     }
 
     fn savepoint(&mut self) -> Result<()> {
+        // Events published before the savepoint must be written before it, or rolling back to
+        // it would drop them; so the buffer only ever holds events published after the
+        // innermost savepoint, and a rollback to it clears the buffer.
+        self.flush_outbox()?;
         let sql = format!("SAVEPOINT tributary_nested_{}", self.savepoints.len() + 1);
         let done = self
             .handle
@@ -589,6 +633,8 @@ impl ConsumerTx for PgTx {
         self.sqlx(done, "rolling back a savepoint")?;
         // Back at the savepoint: whatever failed after it is undone.
         self.absent = absent;
+        self.outbox.clear();
+        self.outbox_bytes = 0;
         self.failed = false;
         Ok(())
     }
