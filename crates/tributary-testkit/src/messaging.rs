@@ -1173,7 +1173,10 @@ pub async fn events_published_in_a_rolled_back_savepoint_are_dropped_and_the_res
         for message in &batch.messages {
             let event: Envelope = serde_json::from_slice(&message.payload).expect("an envelope");
             let n: Numbered = event.data.decode().expect("a numbered event");
-            assert_eq!(n.key, "k", "nothing of a rolled-back savepoint is published");
+            assert_eq!(
+                n.key, "k",
+                "nothing of a rolled-back savepoint is published"
+            );
             seqs.push(n.seq);
         }
         source.mark_published(batch.through).await.unwrap();

@@ -31,8 +31,8 @@ use tokio::runtime::Handle;
 use tributary_core::{
     AppendOutcome, ConsumerTx, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion,
     GroupName, NewDeadLetter, OutgoingMessage, Payload, Position, RecordedEvent, Resolution,
-    Result, StreamId,
-    StreamVersion, Topic, UnitOfWork, Work, WorkError, validate_batch, validate_document_key,
+    Result, StreamId, StreamVersion, Topic, UnitOfWork, Work, WorkError, validate_batch,
+    validate_document_key,
 };
 
 use crate::database::{Inner, PgDatabase};
@@ -129,11 +129,9 @@ impl PgTx {
         }
         let messages = std::mem::take(&mut self.outbox);
         self.outbox_bytes = 0;
-        let done = self.handle.block_on(outbox::insert_all(
-            &mut self.tx,
-            &self.db.sql,
-            &messages,
-        ));
+        let done = self
+            .handle
+            .block_on(outbox::insert_all(&mut self.tx, &self.db.sql, &messages));
         self.checked(done)
     }
 
