@@ -53,6 +53,7 @@ macro_rules! statements {
 statements! {
     get_document => "unit_of_work/get_document.sql",
     put_document => "unit_of_work/put_document.sql",
+    update_documents => "unit_of_work/update_documents.sql",
     create_document => "unit_of_work/create_document.sql",
     delete_document => "unit_of_work/delete_document.sql",
     clear_collection => "unit_of_work/clear_collection.sql",

@@ -55,6 +55,7 @@ macro_rules! messaging_conformance {
             pruning_a_groups_inbox_leaves_other_groups_entries,
             batched_inbox_and_dead_letter_lookups_agree_with_single_ones,
             events_published_in_a_rolled_back_savepoint_are_dropped_and_the_rest_keep_their_order,
+            document_updates_are_read_back_in_the_unit_and_undone_by_a_savepoint_rollback,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -1182,6 +1183,64 @@ pub async fn events_published_in_a_rolled_back_savepoint_are_dropped_and_the_res
         source.mark_published(batch.through).await.unwrap();
     }
     assert_eq!(seqs, (1..=1200).collect::<Vec<u64>>(), "in publish order");
+}
+
+/// Backends may hold the updates of documents a unit read and write them later (PostgreSQL
+/// writes them in one statement at commit): the unit must still read its own writes, and a
+/// savepoint rollback must undo them.
+pub async fn document_updates_are_read_back_in_the_unit_and_undone_by_a_savepoint_rollback(
+    f: &MessagingFixture,
+) {
+    let db = (f.new_database)();
+    db.transact(|unit| {
+        for id in ["a", "b", "c"] {
+            unit.put_as("counters", id, &0u64)?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let seen = db
+        .transact_consumer(|tx| {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let n: u64 = tx.get_as("counters", "a")?.expect("a");
+                tx.put_as("counters", "a", &(n + 1))?;
+                seen.push(tx.get_as::<u64>("counters", "a")?.expect("a"));
+            }
+            let b: u64 = tx.get_as("counters", "b")?.expect("b");
+            tx.savepoint()?;
+            tx.put_as("counters", "b", &(b + 100))?;
+            let c: u64 = tx.get_as("counters", "c")?.expect("c");
+            tx.put_as("counters", "c", &(c + 100))?;
+            seen.push(tx.get_as::<u64>("counters", "b")?.expect("b"));
+            tx.rollback_savepoint()?;
+            seen.push(tx.get_as::<u64>("counters", "b")?.expect("b"));
+            seen.push(tx.get_as::<u64>("counters", "c")?.expect("c"));
+            tx.delete("counters", "a")?;
+            seen.push(u64::from(tx.get("counters", "a")?.is_some()));
+            tx.put_as("counters", "a", &7u64)?;
+            Ok::<_, Error>(seen)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        [1, 2, 3, 100, 0, 0, 0],
+        "the unit reads its own writes"
+    );
+    let stored: Vec<Option<u64>> = futures::future::join_all(
+        ["a", "b", "c"].map(|id| db.get_document_as::<u64>("counters", id)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(
+        stored,
+        [Some(7), Some(0), Some(0)],
+        "committed: the last write of a, nothing of the rolled-back savepoint"
+    );
 }
 
 pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFixture) {

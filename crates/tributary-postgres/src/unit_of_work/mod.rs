@@ -16,10 +16,11 @@
 //! - a failed statement aborts a PostgreSQL transaction: a unit that swallows such an error
 //!   and returns `Ok` is rolled back and reported, never silently half-committed.
 //!
-//! Published events are held in the unit and written to the outbox in one statement when it
-//! commits (also before a savepoint, and before the raw transaction is handed out, so that
-//! SQL of the service's own sees them), instead of one round trip per event. An outbox write
-//! that fails then fails the unit, at commit.
+//! Published events, and updates of documents the unit holds locked (see `documents.rs`), are
+//! held in the unit and written in one statement each when it commits (also before a
+//! savepoint, and before the raw transaction is handed out, so that SQL of the service's own
+//! sees them), instead of one round trip each. Such a write that fails then fails the unit,
+//! at commit.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -40,11 +41,14 @@ use crate::error::db_error;
 use crate::event_store::{Mode, append, read_stream_in};
 use crate::outbox;
 
-/// Buffered events are written once this many are waiting, to bound a unit's memory.
-const OUTBOX_BUFFER_EVENTS: usize = 1000;
-const OUTBOX_BUFFER_BYTES: usize = 8 << 20;
+mod documents;
 
-type DocumentKey = (String, String);
+use documents::{Documents, key, write_updates};
+
+/// Held events or document updates are written once this many are waiting, to bound a
+/// unit's memory.
+const HELD_WRITES_MAX: usize = 1000;
+const HELD_EVENT_BYTES_MAX: usize = 8 << 20;
 
 /// The transaction a unit of work runs in. Downcast a `&mut dyn UnitOfWork` to it with
 /// [`PgTx::from_unit`] to run your own SQL in the same transaction:
@@ -70,15 +74,15 @@ pub struct PgTx {
     tx: Transaction<'static, Postgres>,
     handle: Handle,
     db: Arc<Inner>,
-    /// Open `ConsumerTx` savepoints, each with the absent-document set to restore.
-    savepoints: Vec<HashSet<DocumentKey>>,
-    /// Documents this unit read (and so locked the key of) as absent.
-    absent: HashSet<DocumentKey>,
+    /// Open `ConsumerTx` savepoints, each with what the unit knew of documents at the time.
+    savepoints: Vec<Documents>,
+    /// What the unit knows of the documents it touched, and the updates it holds.
+    docs: Documents,
     /// Events published and not yet written to the outbox (see the module doc), and their size.
     outbox: Vec<OutgoingMessage>,
     outbox_bytes: usize,
-    /// Writing buffered events failed when the raw transaction was handed out: the unit fails
-    /// with this error.
+    /// Writing held events or updates failed when the raw transaction was handed out: the
+    /// unit fails with this error.
     deferred: Option<Error>,
     /// A statement failed since the last savepoint rollback: the transaction may be aborted.
     failed: bool,
@@ -97,7 +101,7 @@ impl PgTx {
     /// Do not commit or roll back the transaction yourself. A statement that fails aborts the
     /// whole unit: return its error from the unit.
     pub fn parts(&mut self) -> (&Handle, &mut Transaction<'static, Postgres>) {
-        if let Err(e) = self.flush_outbox() {
+        if let Err(e) = self.flush() {
             self.deferred.get_or_insert(e);
         }
         self.raw = true;
@@ -122,6 +126,20 @@ impl PgTx {
         self.checked(result.map_err(|e| db_error(what, e)))
     }
 
+    /// Writes the held document updates and events.
+    fn flush(&mut self) -> Result<()> {
+        self.flush_documents()?;
+        self.flush_outbox()
+    }
+
+    fn flush_documents(&mut self) -> Result<()> {
+        let updates = self.docs.take_updates();
+        let done = self
+            .handle
+            .block_on(write_updates(&mut self.tx, &self.db.sql, &updates));
+        self.checked(done)
+    }
+
     /// Writes the buffered events to the outbox.
     fn flush_outbox(&mut self) -> Result<()> {
         if self.outbox.is_empty() {
@@ -143,11 +161,14 @@ impl PgTx {
         let outcome = match (outcome, self.deferred.take()) {
             (Ok(_), Some(e)) => Err(WorkError::Failed(e)),
             (Ok(value), None) => {
+                let updates = self.docs.take_updates();
                 let messages = std::mem::take(&mut self.outbox);
-                outbox::insert_all(&mut self.tx, &self.db.sql, &messages)
-                    .await
-                    .map(|()| value)
-                    .map_err(WorkError::Failed)
+                match write_updates(&mut self.tx, &self.db.sql, &updates).await {
+                    Ok(()) => outbox::insert_all(&mut self.tx, &self.db.sql, &messages).await,
+                    Err(e) => Err(e),
+                }
+                .map(|()| value)
+                .map_err(WorkError::Failed)
             }
             (Err(e), _) => Err(e),
         };
@@ -197,7 +218,7 @@ pub(crate) async fn execute(db: &PgDatabase, work: Work) -> Result<Box<dyn Any +
             handle,
             db: inner,
             savepoints: Vec::new(),
-            absent: HashSet::new(),
+            docs: Documents::default(),
             outbox: Vec::new(),
             outbox_bytes: 0,
             deferred: None,
@@ -216,10 +237,6 @@ pub(crate) async fn execute(db: &PgDatabase, work: Work) -> Result<Box<dyn Any +
     .await
     .map_err(|e| WorkError::Failed(Error::unavailable("unit of work thread", e)))?;
     tx.finish(outcome).await
-}
-
-fn key(collection: &str, id: &str) -> DocumentKey {
-    (collection.to_owned(), id.to_owned())
 }
 
 /// The conflict reported when a document this unit read as absent was created by another
@@ -253,6 +270,10 @@ fn decode_document(body: Option<String>) -> Result<Option<Payload>> {
 impl UnitOfWork for PgTx {
     fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
         validate_document_key(collection, id)?;
+        let k = key(collection, id);
+        if let Some(held) = self.docs.held(&k) {
+            return Ok(Some(held.clone()));
+        }
         let found = self.handle.block_on(
             sqlx::query_scalar(self.db.sql.get_document.sql())
                 .bind(collection)
@@ -260,17 +281,21 @@ impl UnitOfWork for PgTx {
                 .fetch_optional(&mut *self.tx),
         );
         let body: Option<String> = self.sqlx(found, "reading a document")?;
-        if body.is_some() {
-            self.absent.remove(&key(collection, id));
-        } else {
-            self.absent.insert(key(collection, id));
-        }
+        self.docs.read(k, body.is_some());
         decode_document(body)
     }
 
     fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
         validate_document_key(collection, id)?;
-        let create = self.absent.contains(&key(collection, id));
+        let k = key(collection, id);
+        let Some(document) = self.docs.hold(k.clone(), document) else {
+            self.wrote = true;
+            if self.docs.held_count() >= HELD_WRITES_MAX {
+                self.flush_documents()?;
+            }
+            return Ok(());
+        };
+        let create = self.docs.must_create(&k);
         let statement = if create {
             &self.db.sql.create_document
         } else {
@@ -287,7 +312,7 @@ impl UnitOfWork for PgTx {
         if create && done.rows_affected() == 0 {
             return Err(document_conflict(collection, id));
         }
-        self.absent.remove(&key(collection, id));
+        self.docs.written(k);
         self.wrote = true;
         Ok(())
     }
@@ -301,7 +326,7 @@ impl UnitOfWork for PgTx {
                 .execute(&mut *self.tx),
         );
         let done = self.sqlx(done, "deleting a document")?;
-        self.absent.remove(&key(collection, id));
+        self.docs.deleted(&key(collection, id));
         self.wrote = true;
         Ok(done.rows_affected() > 0)
     }
@@ -314,7 +339,7 @@ impl UnitOfWork for PgTx {
                 .execute(&mut *self.tx),
         );
         let done = self.sqlx(done, "clearing a collection")?;
-        self.absent.retain(|(c, _)| c != collection);
+        self.docs.cleared(collection);
         self.wrote = true;
         Ok(done.rows_affected())
     }
@@ -324,7 +349,7 @@ impl UnitOfWork for PgTx {
         self.outbox_bytes += message.payload.len();
         self.outbox.push(message);
         self.wrote = true;
-        if self.outbox.len() >= OUTBOX_BUFFER_EVENTS || self.outbox_bytes >= OUTBOX_BUFFER_BYTES {
+        if self.outbox.len() >= HELD_WRITES_MAX || self.outbox_bytes >= HELD_EVENT_BYTES_MAX {
             self.flush_outbox()?;
         }
         Ok(())
@@ -590,16 +615,16 @@ impl ConsumerTx for PgTx {
     }
 
     fn savepoint(&mut self) -> Result<()> {
-        // Events published before the savepoint must be written before it, or rolling back to
-        // it would drop them; so the buffer only ever holds events published after the
-        // innermost savepoint, and a rollback to it clears the buffer.
-        self.flush_outbox()?;
+        // What the unit held before the savepoint must be written before it, or rolling back
+        // to it would drop that too; so the unit only ever holds what came after the innermost
+        // savepoint, and a rollback to it drops what is held.
+        self.flush()?;
         let sql = format!("SAVEPOINT tributary_nested_{}", self.savepoints.len() + 1);
         let done = self
             .handle
             .block_on(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *self.tx));
         self.sqlx(done, "opening a savepoint")?;
-        self.savepoints.push(self.absent.clone());
+        self.savepoints.push(self.docs.clone());
         Ok(())
     }
 
@@ -620,7 +645,7 @@ impl ConsumerTx for PgTx {
     }
 
     fn rollback_savepoint(&mut self) -> Result<()> {
-        let Some(absent) = self.savepoints.pop() else {
+        let Some(docs) = self.savepoints.pop() else {
             return Err(Error::invalid("no savepoint to roll back"));
         };
         let name = format!("tributary_nested_{}", self.savepoints.len() + 1);
@@ -629,8 +654,9 @@ impl ConsumerTx for PgTx {
             .handle
             .block_on(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *self.tx));
         self.sqlx(done, "rolling back a savepoint")?;
-        // Back at the savepoint: whatever failed after it is undone.
-        self.absent = absent;
+        // Back at the savepoint: whatever failed after it is undone, and the locks taken after
+        // it are released.
+        self.docs = docs;
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.failed = false;
