@@ -26,6 +26,11 @@ use crate::payload::Payload;
 use crate::topic::{GroupName, Topic};
 
 /// The application's view of one local transaction.
+///
+/// A backend may hold writes in the unit and make them when it commits (PostgreSQL holds
+/// published events and updates of documents the unit read, to save round trips): the unit
+/// always reads its own writes, but a write the database refuses may then fail the unit at
+/// commit rather than the call that made it. Either way nothing of a failed unit is kept.
 pub trait UnitOfWork {
     /// The document `id` of `collection`, if it exists.
     fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>>;
