@@ -30,3 +30,15 @@ async fn make() -> Option<MessagingFixture> {
 }
 
 tributary_testkit::messaging_conformance!(make);
+
+/// The PostgreSQL unit holds updates of documents it read until commit, where jsonb refuses
+/// `\u0000`: the consumer must dead-letter the message that wrote it, not retry its unit forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_document_refused_at_commit_dead_letters_only_its_message() {
+    let Some(fixture) = make().await else { return };
+    let refused = tributary_core::Payload::from_json_str(r#"{"nul":"\u0000"}"#).unwrap();
+    tributary_testkit::messaging::a_document_refused_at_commit_dead_letters_only_its_message(
+        &fixture, refused,
+    )
+    .await;
+}

@@ -1243,6 +1243,83 @@ pub async fn document_updates_are_read_back_in_the_unit_and_undone_by_a_savepoin
     );
 }
 
+/// For a backend that holds a unit's writes until commit and refuses `refused` as a document
+/// there (PostgreSQL's jsonb refuses `\u0000`): the message whose handler wrote it is
+/// dead-lettered alone, with the database's reason, and the other messages of its unit are
+/// handled. Not in the common suite: SQLite and memory store any JSON.
+pub async fn a_document_refused_at_commit_dead_letters_only_its_message(
+    f: &MessagingFixture,
+    refused: Payload,
+) {
+    let service = (f.new_database)();
+    let topic = fresh_topic();
+    let group = fresh_group();
+    // One partition, so that all the messages share units.
+    f.broker.ensure_topic(&topic, 1).await.unwrap();
+    service
+        .transact(|unit| {
+            for key in ["a", "b", "c"] {
+                unit.put_as("docs", key, &0u64)?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let handler: Arc<dyn Handler> = Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
+        let n: Numbered = e.data.decode()?;
+        // Read first: the update of a document the unit holds locked may be held to commit.
+        let _: Option<u64> = unit.get_as("docs", &n.key)?;
+        if (n.key.as_str(), n.seq) == ("b", 2) {
+            unit.put("docs", &n.key, refused.clone())?;
+        } else {
+            unit.put_as("docs", &n.key, &n.seq)?;
+        }
+        Ok(())
+    });
+    let messages: Vec<_> = [
+        ("a", 1),
+        ("b", 1),
+        ("c", 1),
+        ("a", 2),
+        ("b", 2),
+        ("c", 2),
+        ("a", 3),
+    ]
+    .into_iter()
+    .map(|(key, seq)| OutgoingMessage::from_envelope(topic.clone(), &numbered(key, seq)))
+    .collect();
+    f.broker.publish(&messages).await.unwrap();
+    let mut running = Running::new();
+    running.consumer(consumer(&group, &topic, &service, &f.broker, handler));
+    let settled = eventually(WITHIN, || {
+        let s = service.clone();
+        async move {
+            s.get_document_as::<u64>("docs", "a").await.unwrap() == Some(3)
+                && s.get_document_as::<u64>("docs", "c").await.unwrap() == Some(2)
+        }
+    })
+    .await;
+    let letters = service.dead_letters().list(Some(&group), 10).await.unwrap();
+    running.stop().await;
+    assert!(settled, "the other messages of the unit are handled");
+    assert_eq!(
+        service.get_document_as::<u64>("docs", "b").await.unwrap(),
+        Some(1),
+        "b's first message is handled, the refused write is not"
+    );
+    assert_eq!(
+        letters.len(),
+        1,
+        "only the message that wrote it: {letters:?}"
+    );
+    assert_eq!(letters[0].key, "b");
+    assert!(
+        letters[0].reason.contains("refused"),
+        "the reason says why: {}",
+        letters[0].reason
+    );
+}
+
 pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFixture) {
     let db = (f.new_database)();
     let (pruned, other) = (fresh_group(), fresh_group());

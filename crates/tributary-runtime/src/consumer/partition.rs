@@ -125,10 +125,14 @@ async fn handle_all(
     // it, and the failure to retry once they are committed.
     let mut redo_until = None;
     let mut failed_next: Option<Failure> = None;
+    // After a unit failed at commit because the database refused a value: run the messages
+    // up to here one per unit, to find the one that wrote it.
+    let mut one_by_one_until = 0;
     while next < deliveries.len() {
-        let end = redo_until
-            .take()
-            .unwrap_or_else(|| deliveries.len().min(next + per_unit));
+        let end = redo_until.take().unwrap_or_else(|| {
+            let size = if next < one_by_one_until { 1 } else { per_unit };
+            deliveries.len().min(next + size)
+        });
         match run_unit(ctx, &deliveries, next, end).await {
             Ok(Progress {
                 done,
@@ -162,6 +166,25 @@ async fn handle_all(
                     next += 1;
                 }
             }
+            Err(e) if refused_data(&e) => {
+                // A value a handler wrote was refused when the unit committed (a backend may
+                // hold writes until then): it will be refused again. Nothing of the unit was
+                // written; find the message that wrote it and dead-letter it alone.
+                store_failures = 0;
+                if end - next > 1 {
+                    one_by_one_until = end;
+                } else {
+                    let failure = Failure {
+                        retryable: false,
+                        transient: false,
+                        reason: format!("the database refused what the handler wrote: {e}"),
+                    };
+                    if !retry_one(ctx, &deliveries, next, failure, shutdown).await {
+                        return false;
+                    }
+                    next += 1;
+                }
+            }
             Err(e) => {
                 // The transaction itself failed (database busy, disk full): nothing of it was
                 // written. Try the same deliveries again.
@@ -176,6 +199,11 @@ async fn handle_all(
     }
     ctx.health.set(HealthState::Running);
     true
+}
+
+/// Whether a unit's failure is a value the database refuses (not the database's state).
+fn refused_data(e: &Error) -> bool {
+    matches!(e, Error::InvalidInput { .. } | Error::TooLarge { .. })
 }
 
 /// Retries the delivery at `index`, which just failed for the first time, until it succeeds,
