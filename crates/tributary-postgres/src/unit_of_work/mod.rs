@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::runtime::Handle;
 use tributary_core::{
     AppendOutcome, ConsumerTx, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion,
@@ -40,6 +40,7 @@ use crate::database::{Inner, PgDatabase};
 use crate::error::db_error;
 use crate::event_store::{Mode, append, read_stream_in};
 use crate::outbox;
+use crate::sql::Statements;
 
 mod documents;
 
@@ -126,30 +127,11 @@ impl PgTx {
         self.checked(result.map_err(|e| db_error(what, e)))
     }
 
-    /// Writes the held document updates and events.
+    /// Writes what the unit holds now (see the module doc).
     fn flush(&mut self) -> Result<()> {
-        self.flush_documents()?;
-        self.flush_outbox()
-    }
-
-    fn flush_documents(&mut self) -> Result<()> {
-        let updates = self.docs.take_updates();
-        let done = self
-            .handle
-            .block_on(write_updates(&mut self.tx, &self.db.sql, &updates));
-        self.checked(done)
-    }
-
-    /// Writes the buffered events to the outbox.
-    fn flush_outbox(&mut self) -> Result<()> {
-        if self.outbox.is_empty() {
-            return Ok(());
-        }
-        let messages = std::mem::take(&mut self.outbox);
         self.outbox_bytes = 0;
-        let done = self
-            .handle
-            .block_on(outbox::insert_all(&mut self.tx, &self.db.sql, &messages));
+        let held = write_held(&mut self.tx, &self.db.sql, &mut self.docs, &mut self.outbox);
+        let done = self.handle.block_on(held);
         self.checked(done)
     }
 
@@ -160,17 +142,7 @@ impl PgTx {
     ) -> Result<Box<dyn Any + Send>, WorkError> {
         let outcome = match (outcome, self.deferred.take()) {
             (Ok(_), Some(e)) => Err(WorkError::Failed(e)),
-            (Ok(value), None) => {
-                let updates = self.docs.take_updates();
-                let messages = std::mem::take(&mut self.outbox);
-                match write_updates(&mut self.tx, &self.db.sql, &updates).await {
-                    Ok(()) => outbox::insert_all(&mut self.tx, &self.db.sql, &messages).await,
-                    Err(e) => Err(e),
-                }
-                .map(|()| value)
-                .map_err(WorkError::Failed)
-            }
-            (Err(e), _) => Err(e),
+            (outcome, _) => outcome,
         };
         let value = match outcome {
             Ok(value) => value,
@@ -191,6 +163,11 @@ impl PgTx {
                 e,
             )));
         }
+        let held = write_held(&mut self.tx, &self.db.sql, &mut self.docs, &mut self.outbox);
+        if let Err(e) = held.await {
+            let _ = self.tx.rollback().await;
+            return Err(WorkError::Failed(e));
+        }
         self.tx
             .commit()
             .await
@@ -200,6 +177,17 @@ impl PgTx {
         }
         Ok(value)
     }
+}
+
+/// Writes the document updates and events a unit holds (none: no round trip).
+async fn write_held(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    docs: &mut Documents,
+    outbox: &mut Vec<OutgoingMessage>,
+) -> Result<()> {
+    write_updates(conn, sql, &docs.take_updates()).await?;
+    outbox::insert_all(conn, sql, &std::mem::take(outbox)).await
 }
 
 /// Runs `work` as one transaction (see the module doc).
@@ -291,7 +279,7 @@ impl UnitOfWork for PgTx {
         let Some(document) = self.docs.hold(k.clone(), document) else {
             self.wrote = true;
             if self.docs.held_count() >= HELD_WRITES_MAX {
-                self.flush_documents()?;
+                self.flush()?;
             }
             return Ok(());
         };
@@ -350,7 +338,7 @@ impl UnitOfWork for PgTx {
         self.outbox.push(message);
         self.wrote = true;
         if self.outbox.len() >= HELD_WRITES_MAX || self.outbox_bytes >= HELD_EVENT_BYTES_MAX {
-            self.flush_outbox()?;
+            self.flush()?;
         }
         Ok(())
     }
