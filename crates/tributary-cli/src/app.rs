@@ -80,8 +80,8 @@ impl BackendArgs {
         let broker = match self.broker.clone().or_else(|| file.broker.clone()) {
             Some(url) => url.parse::<BrokerUrl>().map_err(anyhow::Error::msg)?,
             None => match (&db, dir) {
-                (DbUrl::Sqlite(d), _) => BrokerUrl::Embedded(d.clone()),
-                (_, Some(d)) => BrokerUrl::Embedded(d),
+                (DbUrl::Sqlite(d), _) => BrokerUrl::Embedded { dir: d.clone() },
+                (_, Some(d)) => BrokerUrl::Embedded { dir: d },
                 _ => anyhow::bail!("no broker given: use --broker nats://… or embedded://DIR"),
             },
         };
@@ -299,13 +299,14 @@ fn service_arg(s: &str) -> anyhow::Result<ServiceName> {
 
 pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     use customers_and_orders::system::{HISTORY_COLLECTION, HISTORY_GROUP, consumer_groups};
-    use tributary_core::{DeadLetterId, GroupName};
-    use tributary_runtime::{Consumer, DeadLetterAdmin};
+    use tributary::{Consumer, DeadLetterAdmin};
+    use tributary::{DeadLetterId, GroupName};
 
     let resolved = args.backends.resolve(Some(Path::new("tributary-data")))?;
     if let DbUrl::Sqlite(dir) = &resolved.db {
         anyhow::ensure!(
-            dir.join("broker.db").exists() || !matches!(resolved.broker, BrokerUrl::Embedded(_)),
+            dir.join("broker.db").exists()
+                || !matches!(resolved.broker, BrokerUrl::Embedded { .. }),
             "{} holds no Tributary deployment (no broker.db)",
             dir.display()
         );

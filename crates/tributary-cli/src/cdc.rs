@@ -1,12 +1,12 @@
 //! `tributary cdc`: change data capture from PostgreSQL's WAL as a process of its own.
 
 use anyhow::Context;
-use customers_and_orders::system::{BrokerUrl, connect_broker};
-use tributary_cdc::{
+use tributary::BrokerUrl;
+use tributary::CancellationToken;
+use tributary::cdc::{
     CdcConfig, MessageCapture, OutboxCapture, PgReplicationConfig, PublicationName, SlotName,
     TableCapture, TableConfig, capture, ensure_publication, resnapshot, slot_lag,
 };
-use tributary_runtime::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct CdcArgs {
@@ -133,7 +133,7 @@ pub async fn run(args: CdcArgs) -> anyhow::Result<()> {
         .context("--broker is required")?
         .parse()
         .map_err(anyhow::Error::msg)?;
-    let broker = connect_broker(&broker_url).await?;
+    let broker = broker_url.connect().await?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -7,14 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use customers_and_orders::system::{BrokerUrl, DbUrl, connect_broker, connect_named};
 use serde::{Deserialize, Serialize};
-use tributary_core::{Broker, Database, GroupName, RelaySource, Topic, UnitOfWork, UnitOfWorkExt};
-use tributary_runtime::{
+use tributary::sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
+use tributary::{
     Backoff, CancellationToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay,
     RelayConfig,
 };
-use tributary_sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
+use tributary::{Broker, Database, GroupName, RelaySource, Topic, UnitOfWorkExt};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum FaultTestCommand {
@@ -67,11 +66,9 @@ impl Where {
         let (Some(db), Some(broker)) = (&self.db, &self.broker) else {
             anyhow::bail!("give --dir, or --db and --broker");
         };
-        let db: DbUrl = db.parse().map_err(anyhow::Error::msg)?;
-        let broker: BrokerUrl = broker.parse().map_err(anyhow::Error::msg)?;
         Ok((
-            connect_named(&db, database).await?,
-            connect_broker(&broker).await?,
+            crate::urls::named_database(db, database)?.connect().await?,
+            tributary::connect_broker(broker).await?,
         ))
     }
 }
@@ -118,7 +115,7 @@ async fn relay(at: Where, naive: bool) -> anyhow::Result<()> {
             started.elapsed().as_millis()
         );
     });
-    relay.run(CancellationToken::new()).await;
+    relay.run(CancellationToken::new()).await?;
     Ok(())
 }
 
@@ -149,15 +146,14 @@ async fn naive_relay(source: Arc<dyn RelaySource>, broker: Arc<dyn Broker>) -> a
 
 async fn consume(at: Where) -> anyhow::Result<()> {
     let (sink, broker) = at.open("sink").await?;
-    let handler = Dispatch::new().on(
-        "LedgerEvent",
-        |e: LedgerEvent, _envelope, unit: &mut dyn UnitOfWork| -> Result<(), HandlerError> {
-            let mut applied: Applied = unit.get_as("applied", &e.key)?.unwrap_or_default();
+    let handler = Dispatch::new().on("LedgerEvent", |e: LedgerEvent, _envelope, unit| {
+        Box::pin(async move {
+            let mut applied: Applied = unit.get_as("applied", &e.key).await?.unwrap_or_default();
             applied.seqs.push(e.seq);
-            unit.put_as("applied", &e.key, &applied)?;
-            Ok(())
-        },
-    );
+            unit.put_as("applied", &e.key, &applied).await?;
+            Ok::<_, HandlerError>(())
+        })
+    });
     let consumer = Consumer::new(
         GroupName::new("ledger-checker")?,
         vec![Topic::new("ledger")?],

@@ -4,6 +4,7 @@ mod app;
 mod bench;
 mod cdc;
 mod fault_test;
+mod urls;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,
 // which glibc malloc handles poorly (measured: read_all 0.5M -> 0.8M events/s).

@@ -33,7 +33,7 @@ async fn rebuilding_the_history_view_restores_it_from_the_broker_log() {
     );
 
     let before = {
-        let services = Services::new(&Backends::embedded(dir.path()).unwrap());
+        let services = Services::new(&Backends::embedded(dir.path()).await.unwrap());
         services.history().unwrap().all().await.unwrap()
     };
     assert!(before.len() >= 20);
@@ -52,14 +52,14 @@ async fn rebuilding_the_history_view_restores_it_from_the_broker_log() {
         String::from_utf8_lossy(&rebuilt.stderr)
     );
     {
-        let services = Services::new(&Backends::embedded(dir.path()).unwrap());
+        let services = Services::new(&Backends::embedded(dir.path()).await.unwrap());
         assert!(
             services.history().unwrap().all().await.unwrap().is_empty(),
             "cleared at once"
         );
     }
     // Starting the system replays the retained log into the empty view.
-    let running = system::start(Backends::embedded(dir.path()).unwrap())
+    let running = system::start(Backends::embedded(dir.path()).await.unwrap())
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

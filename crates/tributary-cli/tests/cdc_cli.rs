@@ -6,8 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary_core::{Broker, GroupName, Partition, Topic};
-use tributary_sqlite::{SqliteBroker, SqliteBrokerConfig};
+use tributary::sqlite::{SqliteBroker, SqliteBrokerConfig};
+use tributary::{Broker, GroupName, Partition, Topic};
 use tributary_testkit::servers::{nats_url, postgres_url, reachable, skip};
 
 fn psql(url: &str, sql: &str) -> String {
@@ -105,7 +105,7 @@ async fn the_cdc_command_publishes_table_changes_until_stopped() {
                 c.commit(last.offset).await.unwrap();
             }
             types.extend(batch.iter().map(|d| {
-                tributary_core::Envelope::from_json(&d.payload)
+                tributary::Envelope::from_json(&d.payload)
                     .unwrap()
                     .event_type
             }));

@@ -57,10 +57,10 @@ impl Distributed {
 
     async fn drop_schemas(self) {
         for name in ["source", "sink"] {
-            let config = tributary_postgres::PgConfig::default()
+            let config = tributary::postgres::PgConfig::default()
                 .with_url(self.pg.clone())
                 .with_schema(format!("{}{name}", self.schema_prefix));
-            if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await {
+            if let Ok(db) = tributary::postgres::PgDatabase::connect(config).await {
                 let _ = db.drop_schema().await;
             }
         }

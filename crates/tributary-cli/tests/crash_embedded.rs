@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Deployment, kill_loop};
-use tributary_core::Database;
-use tributary_sqlite::{SqliteConfig, SqliteDatabase};
+use tributary::Database;
+use tributary::sqlite::{SqliteConfig, SqliteDatabase};
 
 fn setup() -> (tempfile::TempDir, Deployment) {
     let dir = tempfile::tempdir().expect("temp dir");

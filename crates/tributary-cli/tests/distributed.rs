@@ -82,17 +82,17 @@ async fn until(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
 
 async fn cleanup(pg: &str, schema_prefix: &str, nats: &str, stream_prefix: &str) {
     for service in ["customers", "orders", "history"] {
-        let config = tributary_postgres::PgConfig::default()
+        let config = tributary::postgres::PgConfig::default()
             .with_url(pg)
             .with_schema(format!("{schema_prefix}{service}"));
-        if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await {
+        if let Ok(db) = tributary::postgres::PgDatabase::connect(config).await {
             let _ = db.drop_schema().await;
         }
     }
-    let config = tributary_nats::NatsBrokerConfig::default()
+    let config = tributary::nats::NatsBrokerConfig::default()
         .with_url(nats)
         .with_stream_prefix(stream_prefix);
-    if let Ok(broker) = tributary_nats::NatsBroker::connect(config).await {
+    if let Ok(broker) = tributary::nats::NatsBroker::connect(config).await {
         for topic in customers_and_orders::system::topics() {
             let _ = broker.delete_topic(&topic).await;
         }

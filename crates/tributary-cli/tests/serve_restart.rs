@@ -152,7 +152,7 @@ async fn serve_killed_mid_burst_resumes_and_every_invariant_holds() {
     let status = server.terminate();
     assert!(status.success(), "SIGTERM stops serve gracefully: {status}");
     // Every order that exists (acknowledged or not) satisfies the invariants.
-    let running = system::start(Backends::embedded(dir.path()).unwrap())
+    let running = system::start(Backends::embedded(dir.path()).await.unwrap())
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -249,16 +249,7 @@ impl<A: Aggregate> Repository<A> {
         if self.snapshot_every.is_some()
             && let Some(snapshot) = self.store.load_snapshot(&stream).await?
         {
-            match snapshot.state.decode::<A>() {
-                Ok(state) => {
-                    loaded = Loaded {
-                        state,
-                        version: snapshot.version,
-                    }
-                }
-                // A snapshot of an older state shape is only a cache: replay instead.
-                Err(e) => tracing::warn!(%stream, error = %e, "ignoring undecodable snapshot"),
-            }
+            loaded = Self::restore(&stream, snapshot).unwrap_or_default();
         }
         loop {
             let events = self
@@ -267,69 +258,6 @@ impl<A: Aggregate> Repository<A> {
                 .await?;
             if self.apply_page(&mut loaded, events)? {
                 return Ok(loaded);
-            }
-        }
-    }
-
-    /// Loads the aggregate, runs `command`, appends the events it emits at the loaded version,
-    /// and on a conflict reloads and tries again (up to the configured attempts).
-    ///
-    /// # Errors
-    /// [`CommandError::Rejected`] with the domain error, or [`CommandError::Store`].
-    pub async fn execute(
-        &self,
-        id: &str,
-        command: A::Command,
-        metadata: &Metadata,
-    ) -> Result<Executed<A>, CommandError<A::Error>>
-    where
-        A::Command: Clone,
-    {
-        let stream = Self::stream_id(id)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut loaded = self.load(id).await?;
-            let events = loaded
-                .state
-                .handle(command.clone())
-                .map_err(CommandError::Rejected)?;
-            if events.is_empty() {
-                return Ok(Executed {
-                    state: loaded.state,
-                    version: loaded.version,
-                    events: Vec::new(),
-                });
-            }
-            let envelopes =
-                envelopes_for::<A>(&self.source, id, &events, metadata, &self.upcasters)?;
-            let expected = if loaded.exists() {
-                ExpectedVersion::Exact(loaded.version)
-            } else {
-                ExpectedVersion::NoStream
-            };
-            match self
-                .store
-                .append(&stream, expected, envelopes.clone())
-                .await
-            {
-                Ok(outcome) => {
-                    let before = loaded.version;
-                    for event in &events {
-                        loaded.state.apply(event);
-                    }
-                    loaded.version = outcome.next_expected;
-                    self.maybe_snapshot(&stream, before, &loaded).await;
-                    return Ok(Executed {
-                        state: loaded.state,
-                        version: loaded.version,
-                        events: envelopes,
-                    });
-                }
-                Err(Error::Conflict { .. }) if attempt < self.max_attempts => {
-                    tracing::debug!(%stream, attempt, "append conflicted; reloading");
-                }
-                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -348,16 +276,23 @@ impl<A: Aggregate> Repository<A> {
         Ok(done)
     }
 
-    /// Loads the aggregate inside a unit of work (as of the unit's transaction; snapshots are
-    /// not used).
+    /// Loads the aggregate inside a unit of work, as of the unit's transaction (its latest
+    /// snapshot if snapshots are on, then the events after it).
     ///
     /// # Errors
     /// As [`Repository::load`].
-    pub fn load_in(&self, unit: &mut dyn UnitOfWork, id: &str) -> Result<Loaded<A>> {
+    pub async fn load_in(&self, unit: &mut dyn UnitOfWork, id: &str) -> Result<Loaded<A>> {
         let stream = Self::stream_id(id)?;
         let mut loaded = Loaded::<A>::default();
+        if self.snapshot_every.is_some()
+            && let Some(snapshot) = unit.load_snapshot(&stream).await?
+        {
+            loaded = Self::restore(&stream, snapshot).unwrap_or_default();
+        }
         loop {
-            let events = unit.read_stream(&stream, loaded.version.next(), self.page)?;
+            let events = unit
+                .read_stream(&stream, loaded.version.next(), self.page)
+                .await?;
             if self.apply_page(&mut loaded, events)? {
                 return Ok(loaded);
             }
@@ -366,68 +301,120 @@ impl<A: Aggregate> Repository<A> {
 
     /// Runs `command` inside a unit of work: load, decide, append at the loaded version — all
     /// in the unit's transaction, so the events commit together with whatever else the unit
-    /// writes (an inbox entry, outbox events). A concurrent writer makes the unit fail with
-    /// [`Error::Conflict`]; the caller (e.g. the consumer runtime) retries the unit.
+    /// writes (an inbox entry, outbox events, the service's own rows). When another writer
+    /// appended to the stream first, the aggregate is reloaded inside the unit and the command
+    /// decided again, up to the configured attempts. Outside a consumer, run it in a unit of
+    /// its own:
+    ///
+    /// ```ignore
+    /// let done = db
+    ///     .transact(move |unit| Box::pin(async move {
+    ///         orders.execute(unit, &order_id, command, &Metadata::default()).await
+    ///     }))
+    ///     .await?;
+    /// ```
     ///
     /// # Errors
-    /// [`CommandError::Rejected`] with the domain error, or [`CommandError::Store`].
-    pub fn execute_in(
+    /// [`CommandError::Rejected`] with the domain error, or [`CommandError::Store`] (a
+    /// [`Error::Conflict`] once the attempts are used up: the unit may be run again).
+    pub async fn execute(
         &self,
         unit: &mut dyn UnitOfWork,
         id: &str,
         command: A::Command,
         metadata: &Metadata,
-    ) -> Result<Executed<A>, CommandError<A::Error>> {
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
         let stream = Self::stream_id(id)?;
-        let mut loaded = self.load_in(unit, id)?;
-        let events = loaded
-            .state
-            .handle(command)
-            .map_err(CommandError::Rejected)?;
-        if events.is_empty() {
-            return Ok(Executed {
-                state: loaded.state,
-                version: loaded.version,
-                events: Vec::new(),
-            });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut loaded = self.load_in(unit, id).await?;
+            let events = loaded
+                .state
+                .handle(command.clone())
+                .map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    state: loaded.state,
+                    version: loaded.version,
+                    events: Vec::new(),
+                });
+            }
+            let envelopes =
+                envelopes_for::<A>(&self.source, id, &events, metadata, &self.upcasters)?;
+            let expected = if loaded.exists() {
+                ExpectedVersion::Exact(loaded.version)
+            } else {
+                ExpectedVersion::NoStream
+            };
+            match unit.append(&stream, expected, envelopes.clone()).await {
+                Ok(outcome) => {
+                    let before = loaded.version;
+                    for event in &events {
+                        loaded.state.apply(event);
+                    }
+                    loaded.version = outcome.next_expected;
+                    self.maybe_snapshot(unit, &stream, before, &loaded).await?;
+                    return Ok(Executed {
+                        state: loaded.state,
+                        version: loaded.version,
+                        events: envelopes,
+                    });
+                }
+                Err(Error::Conflict { .. }) if attempt < self.max_attempts => {
+                    tracing::debug!(%stream, attempt, "append conflicted; reloading");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let envelopes = envelopes_for::<A>(&self.source, id, &events, metadata, &self.upcasters)?;
-        let expected = if loaded.exists() {
-            ExpectedVersion::Exact(loaded.version)
-        } else {
-            ExpectedVersion::NoStream
-        };
-        let outcome = unit.append(&stream, expected, envelopes.clone())?;
-        for event in &events {
-            loaded.state.apply(event);
-        }
-        Ok(Executed {
-            state: loaded.state,
-            version: outcome.next_expected,
-            events: envelopes,
-        })
     }
 
-    async fn maybe_snapshot(&self, stream: &StreamId, before: StreamVersion, after: &Loaded<A>) {
+    /// The state a snapshot holds, or `None` when it does not decode (an older shape).
+    fn restore(stream: &StreamId, snapshot: Snapshot) -> Option<Loaded<A>> {
+        match snapshot.state.decode::<A>() {
+            Ok(state) => Some(Loaded {
+                state,
+                version: snapshot.version,
+            }),
+            // A snapshot of an older state shape is only a cache: replay instead.
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "ignoring undecodable snapshot");
+                None
+            }
+        }
+    }
+
+    /// Saves a snapshot in the unit when the stream's version crossed a multiple of the
+    /// snapshot interval. In the unit, so that a snapshot never describes events that were
+    /// rolled back.
+    async fn maybe_snapshot(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        before: StreamVersion,
+        after: &Loaded<A>,
+    ) -> Result<()> {
         let Some(every) = self.snapshot_every else {
-            return;
+            return Ok(());
         };
         if before.get() / every == after.version.get() / every {
-            return;
+            return Ok(());
         }
-        let snapshot = match Payload::from_value(&after.state) {
-            Ok(state) => Snapshot {
-                version: after.version,
-                state,
-            },
+        match Payload::from_value(&after.state) {
+            Ok(state) => {
+                let snapshot = Snapshot {
+                    version: after.version,
+                    state,
+                };
+                unit.save_snapshot(stream, snapshot).await
+            }
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "cannot serialize snapshot");
-                return;
+                Ok(())
             }
-        };
-        // The events are committed; a lost snapshot only costs a longer replay next time.
-        if let Err(e) = self.store.save_snapshot(stream, snapshot).await {
-            tracing::warn!(%stream, error = %e, "saving snapshot failed");
         }
     }
 }

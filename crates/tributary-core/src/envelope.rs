@@ -116,18 +116,27 @@ impl Envelope {
     /// each of its bytes needed a six-byte escape, and the attribute names, id, time and
     /// numbers.
     pub fn size_hint(&self) -> usize {
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let strings = self.source.len()
-            + self.event_type.len()
-            + opt(&self.subject)
-            + opt(&self.aggregate_type)
-            + opt(&self.partition_key)
-            + opt(&self.correlation_id)
-            + opt(&self.causation_id)
-            + opt(&self.traceparent);
+        let strings: usize = self.text_attributes().map(str::len).sum();
         // Names and quotes of 15 attributes, a UUID, an RFC 3339 time, two integers.
         const FIXED: usize = 400;
         self.data.len() + strings * 6 + FIXED
+    }
+
+    /// Every string attribute that is set (not the data).
+    pub(crate) fn text_attributes(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(&self.source),
+            Some(&self.event_type),
+            self.subject.as_ref(),
+            self.aggregate_type.as_ref(),
+            self.partition_key.as_ref(),
+            self.correlation_id.as_ref(),
+            self.causation_id.as_ref(),
+            self.traceparent.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
     }
 
     /// The CloudEvents structured-mode JSON form.

@@ -57,6 +57,25 @@ pub enum Error {
         actual: StreamVersion,
     },
 
+    /// A document this unit read changed before the unit committed (or one it read as absent
+    /// was created meanwhile): another unit of work won the race. Nothing of this unit was
+    /// written; run it again and it reads the new state.
+    #[error(
+        "document {collection}/{id} was changed by another unit of work after this one read it; run the unit again"
+    )]
+    DocumentConflict { collection: String, id: String },
+
+    /// The database refused a value the unit wrote when the unit committed (a backend may hold
+    /// writes until commit, see [`crate::UnitOfWork`]): the unit was rolled back. The same
+    /// write will be refused again.
+    #[error("the database refused a write of the unit of work: {reason}")]
+    Refused {
+        reason: String,
+        /// For a unit run by the consumer runtime: the index, within the unit, of the message
+        /// whose handler made the refused write, when the backend can tell.
+        message: Option<usize>,
+    },
+
     /// An event (or a batch) is bigger than the configured limit.
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
     TooLarge {
@@ -105,10 +124,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same operation may succeed. A conflict is retryable only for a
-    /// caller that re-reads before it retries (the repository does).
+    /// Whether retrying the same operation may succeed: the infrastructure was busy or
+    /// unreachable, or another writer won a race. A conflict is retryable only for a caller
+    /// that re-reads before it retries (a unit of work run again does; the repository does).
+    /// Everything else (bad input, a value the database refuses, a storage problem) fails
+    /// the same way again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Conflict { .. })
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Conflict { .. } | Error::DocumentConflict { .. }
+        )
     }
 
     pub fn decode(what: impl Into<String>, reason: impl fmt::Display) -> Self {

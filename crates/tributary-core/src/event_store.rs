@@ -114,6 +114,12 @@ pub fn validate_batch(events: &[Envelope], max_event_bytes: usize) -> Result<()>
         if e.event_type.is_empty() {
             return Err(Error::invalid(format!("event {} has an empty type", e.id)));
         }
+        if e.text_attributes().any(|a| a.contains('\0')) {
+            return Err(Error::invalid(format!(
+                "event {} has an attribute with the NUL character, which cannot be stored",
+                e.id
+            )));
+        }
         if !seen.insert(e.id) {
             return Err(Error::invalid(format!(
                 "event id {} appears twice in one batch",

@@ -1,12 +1,15 @@
 #![doc = include_str!("../README.md")]
 
 mod aggregate;
+pub mod backend;
 mod broker;
 mod catch_up;
 mod dead_letter;
+mod driver_errors;
 mod envelope;
 mod error;
 mod event_store;
+mod handler_error;
 mod ids;
 mod memory;
 mod payload;
@@ -28,13 +31,11 @@ pub use envelope::{Envelope, JSON_CONTENT_TYPE};
 pub use error::{BoxError, Error, ExpectedVersion, Result};
 pub use event_store::{
     AppendOutcome, DEFAULT_MAX_EVENT_BYTES, EventStore, EventStream, RecordedEvent, Snapshot,
-    StoredAt, dedup_outcome, validate_batch,
 };
+pub use handler_error::HandlerError;
 pub use ids::{EventId, MAX_STREAM_ID_LEN, Position, StreamId, StreamVersion};
 pub use memory::{InMemoryBroker, InMemoryBrokerConfig, InMemoryDatabase, InMemoryEventStore};
 pub use payload::Payload;
 pub use topic::{GroupName, MAX_NAME_LEN, Offset, Partition, Topic};
-pub use unit_of_work::{
-    ConsumerTx, Database, UnitOfWork, UnitOfWorkExt, Work, WorkError, validate_document_key,
-};
+pub use unit_of_work::{BoxFuture, Database, UnitOfWork, UnitOfWorkExt};
 pub use upcast::{UpcastEvent, Upcasters};

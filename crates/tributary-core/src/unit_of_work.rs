@@ -3,11 +3,58 @@
 //! A [`UnitOfWork`] reads and writes the service's own state as JSON documents, records
 //! events to publish in the outbox, and appends to the event store — all committed together
 //! or not at all. It looks the same on every backend, so code written against it runs
-//! unchanged on SQLite and PostgreSQL. Units are synchronous closures: do slow or async work
-//! (network calls) before the unit, and keep the unit short.
+//! unchanged on the in-memory, SQLite and PostgreSQL backends. A unit is run the way sqlx runs
+//! a transaction: `Database::transact` begins it, awaits the closure's future, commits on
+//! `Ok` and rolls back on `Err`, on a panic, or when the caller stops waiting.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tributary_core::{Database, Envelope, Error, InMemoryDatabase, Payload, Topic, UnitOfWorkExt};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let db: Arc<dyn Database> = Arc::new(InMemoryDatabase::new());
+//! db.transact(|unit| Box::pin(async move {
+//!     unit.put_as("customers", "c-1", &serde_json::json!({"credit_limit": 100})).await?;
+//!     let created = Envelope::new("customer-service", "CustomerCreated", Payload::null());
+//!     unit.publish(&Topic::new("Customer")?, created).await?;
+//!     Ok::<_, Error>(())
+//! }))
+//! .await?;
+//! # Ok::<_, Error>(()) }).unwrap();
+//! ```
+//!
+//! # Why this shape
+//!
+//! Three shapes were tried (the `spike` in the repository's `docs/architecture.md` has the
+//! details):
+//! - **A closure returning a boxed future** (`|unit| Box::pin(async move { … })`), as sqlx's
+//!   `Connection::transaction`. The future's `Send` bound is written in the signature, so a
+//!   unit can run inside an axum handler or a spawned task; the unit is borrowed for exactly
+//!   the closure's future, so it cannot escape or outlive its transaction. Chosen.
+//! - **Native async closures** (`async |unit| { … }`, `AsyncFnOnce`): nicer to write, but on
+//!   stable Rust a function cannot require the future of an `AsyncFnOnce` to be `Send`
+//!   (`CallOnceFuture` cannot be named), so such a unit could not be awaited inside
+//!   `tokio::spawn` or an axum handler. Rejected until return-type notation is stable.
+//! - **Explicit `begin` / `commit`** (`let mut unit = db.begin().await?; …; unit.commit()`):
+//!   natural for PostgreSQL, but SQLite's group commit runs many units inside one
+//!   transaction on the writer's thread, which then has to lend its connection to another
+//!   task across every `.await` and learn of an abandoned unit from a synchronous `Drop`.
+//!   The closure keeps the unit on the writer, which drives its future. Rejected.
+//!
+//! A backend may hold writes in the unit and make them when it commits (PostgreSQL holds
+//! published events and updates of documents, to save round trips): the unit always reads its
+//! own writes, but a write the database refuses may then fail the unit at commit with
+//! [`Error::Refused`] rather than at the call that made it. Either way nothing of a failed
+//! unit is kept.
+//!
+//! On SQLite the writer thread drives the futures of the units it commits together, one after
+//! the other: a unit must not await anything outside its database (a network call, a timer),
+//! because every other writer of the file waits meanwhile. The SQLite backend detects such a
+//! wait, logs it with the unit's origin and counts it. Do slow or remote work before the unit.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,40 +63,44 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::backend::{ConsumerTx, Work, WorkError, WorkOrigin};
 use crate::broker::RelaySource;
-use crate::dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
+use crate::dead_letter::DeadLetterStore;
 use crate::envelope::Envelope;
 use crate::error::{Error, ExpectedVersion, Result};
-use crate::event_store::{AppendOutcome, EventStore, RecordedEvent};
-use crate::ids::{EventId, Position, StreamId, StreamVersion};
+use crate::event_store::{AppendOutcome, EventStore, RecordedEvent, Snapshot};
+use crate::ids::{Position, StreamId, StreamVersion};
 use crate::payload::Payload;
 use crate::topic::{GroupName, Topic};
 
-/// The application's view of one local transaction.
-///
-/// A backend may hold writes in the unit and make them when it commits (PostgreSQL holds
-/// published events and updates of documents the unit read, to save round trips): the unit
-/// always reads its own writes, but a write the database refuses may then fail the unit at
-/// commit rather than the call that made it. Either way nothing of a failed unit is kept.
-pub trait UnitOfWork {
-    /// The document `id` of `collection`, if it exists.
-    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>>;
+/// A boxed future that can move between threads: what a unit of work closure returns.
+pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
+
+/// The application's view of one local transaction. See the module documentation.
+#[async_trait]
+pub trait UnitOfWork: Send {
+    /// The document `id` of `collection`, if it exists (as this unit left it).
+    async fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>>;
 
     /// Creates or replaces the document `id` of `collection`.
-    fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()>;
+    ///
+    /// # Errors
+    /// [`Error::DocumentConflict`] (at once or at commit) when another unit changed or created
+    /// the document after this unit read it: run the unit again.
+    async fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()>;
 
     /// Deletes the document; returns whether it existed.
-    fn delete(&mut self, collection: &str, id: &str) -> Result<bool>;
+    async fn delete(&mut self, collection: &str, id: &str) -> Result<bool>;
 
     /// Deletes every document of `collection` (e.g. a view about to be rebuilt); returns how
     /// many there were.
-    fn clear_collection(&mut self, collection: &str) -> Result<u64>;
+    async fn clear_collection(&mut self, collection: &str) -> Result<u64>;
 
     /// Records `event` in the outbox, to be published on `topic` after the unit commits.
-    fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()>;
+    async fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()>;
 
     /// Appends to the event store, as [`EventStore::append`].
-    fn append(
+    async fn append(
         &mut self,
         stream: &StreamId,
         expected: ExpectedVersion,
@@ -57,15 +108,21 @@ pub trait UnitOfWork {
     ) -> Result<AppendOutcome>;
 
     /// Reads a stream as of this transaction, as [`EventStore::read_stream`].
-    fn read_stream(
+    async fn read_stream(
         &mut self,
         stream: &StreamId,
         from: StreamVersion,
         max: usize,
     ) -> Result<Vec<RecordedEvent>>;
 
-    /// The backend's own transaction object, for services that keep their own tables: downcast
-    /// it to the backend's type (e.g. `tributary_sqlite::SqliteTx`).
+    /// The latest snapshot of `stream`, as [`EventStore::load_snapshot`].
+    async fn load_snapshot(&mut self, stream: &StreamId) -> Result<Option<Snapshot>>;
+
+    /// Saves a snapshot of `stream` with this unit, as [`EventStore::save_snapshot`].
+    async fn save_snapshot(&mut self, stream: &StreamId, snapshot: Snapshot) -> Result<()>;
+
+    /// The backend's own transaction object. Backend crates build their typed accessors on it
+    /// (`unit.sqlite()`, `unit.postgres()`); applications use those.
     fn backend(&mut self) -> &mut dyn Any;
 }
 
@@ -75,8 +132,17 @@ pub trait UnitOfWorkExt: UnitOfWork {
     ///
     /// # Errors
     /// [`Error::Decode`] when the stored JSON does not have the shape of `T`.
-    fn get_as<T: DeserializeOwned>(&mut self, collection: &str, id: &str) -> Result<Option<T>> {
-        self.get(collection, id)?.map(|p| p.decode()).transpose()
+    fn get_as<T: DeserializeOwned>(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<T>>> + Send {
+        async move {
+            self.get(collection, id)
+                .await?
+                .map(|p| p.decode())
+                .transpose()
+        }
     }
 
     /// Stores `document` serialized as JSON.
@@ -85,125 +151,24 @@ pub trait UnitOfWorkExt: UnitOfWork {
         collection: &str,
         id: &str,
         document: &T,
-    ) -> Result<()> {
-        self.put(collection, id, Payload::from_value(document)?)
+    ) -> impl Future<Output = Result<()>> + Send {
+        let document = Payload::from_value(document);
+        async move { self.put(collection, id, document?).await }
     }
 }
 
 impl<U: UnitOfWork + ?Sized> UnitOfWorkExt for U {}
-
-/// What the consumer runtime needs inside a unit besides the application's view: the inbox,
-/// dead letters, checkpoints and nested savepoints. Application code uses [`UnitOfWork`].
-pub trait ConsumerTx: UnitOfWork {
-    /// Whether `group` already processed message `id`.
-    fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool>;
-
-    /// Records that `group` processed message `id`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] when it was already recorded.
-    fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()>;
-
-    /// Forgets every message `group` processed (before rebuilding its view); returns how many.
-    fn clear_inbox(&mut self, group: &GroupName) -> Result<u64>;
-
-    /// The oldest unresolved dead letter of `group` with `key`: later messages with that key
-    /// must be parked behind it.
-    fn blocking_dead_letter(
-        &mut self,
-        group: &GroupName,
-        key: &str,
-    ) -> Result<Option<DeadLetterId>>;
-
-    /// Which of `ids` `group` already processed. A networked database answers in one round
-    /// trip; the default asks [`ConsumerTx::inbox_contains`] for each.
-    fn inbox_seen(&mut self, group: &GroupName, ids: &[EventId]) -> Result<HashSet<EventId>> {
-        let mut seen = HashSet::new();
-        for id in ids {
-            if self.inbox_contains(group, id)? {
-                seen.insert(*id);
-            }
-        }
-        Ok(seen)
-    }
-
-    /// Records that `group` processed each of `ids`, as [`ConsumerTx::inbox_insert`] does
-    /// for one.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] when one of them was already recorded.
-    fn inbox_insert_all(&mut self, group: &GroupName, ids: &[EventId]) -> Result<()> {
-        ids.iter().try_for_each(|id| self.inbox_insert(group, id))
-    }
-
-    /// [`ConsumerTx::blocking_dead_letter`] for each of `keys` that has one.
-    fn blocking_dead_letters(
-        &mut self,
-        group: &GroupName,
-        keys: &[&str],
-    ) -> Result<HashMap<String, DeadLetterId>> {
-        let mut blockers = HashMap::new();
-        for key in keys {
-            if let Some(id) = self.blocking_dead_letter(group, key)? {
-                blockers.insert((*key).to_owned(), id);
-            }
-        }
-        Ok(blockers)
-    }
-
-    fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId>;
-
-    /// A dead letter, resolved or not.
-    fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>>;
-
-    /// Marks a dead letter resolved; it no longer blocks its key.
-    fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution) -> Result<()>;
-
-    /// Records another failed attempt on an unresolved dead letter.
-    fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()>;
-
-    /// A named position (of a subscription or projection) stored with the data it covers.
-    /// The read holds the checkpoint until the unit ends: another unit changing it (a rebuild's
-    /// reset) commits before this read or after this unit, never in between.
-    fn checkpoint(&mut self, name: &str) -> Result<Option<Position>>;
-
-    fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()>;
-
-    /// Opens a nested savepoint; pair with [`ConsumerTx::release_savepoint`] or
-    /// [`ConsumerTx::rollback_savepoint`].
-    fn savepoint(&mut self) -> Result<()>;
-
-    fn release_savepoint(&mut self) -> Result<()>;
-
-    fn rollback_savepoint(&mut self) -> Result<()>;
-}
-
-/// Why a unit of work did not commit: the store failed, or the work itself chose to stop
-/// (with the caller's own error, carried back untouched). Either way nothing was written.
-#[derive(Debug)]
-pub enum WorkError {
-    Failed(Error),
-    Aborted(Box<dyn Any + Send>),
-}
-
-impl From<Error> for WorkError {
-    fn from(e: Error) -> Self {
-        WorkError::Failed(e)
-    }
-}
-
-/// A unit of work with its result type erased, as a backend runs it.
-pub type Work =
-    Box<dyn FnOnce(&mut dyn ConsumerTx) -> Result<Box<dyn Any + Send>, WorkError> + Send>;
 
 /// A service's own database: its documents, outbox, inbox, dead letters, checkpoints and
 /// event store, written through units of work.
 #[async_trait]
 pub trait Database: Send + Sync + 'static {
     /// Runs `work` in one transaction and commits it, or rolls everything back when it fails.
+    /// Applications call `Database::transact`; this is the backend's side of it.
     async fn execute(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError>;
 
-    /// Changes after commits made through this handle (wake-ups for relays and views).
+    /// Changes after commits made through this handle (wake-ups for relays and views). The
+    /// count includes a commit before the unit that made it returns.
     fn commits(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// A committed document, read outside any unit.
@@ -243,10 +208,7 @@ pub trait Database: Send + Sync + 'static {
     /// How often readers poll for commits made by other processes.
     fn poll_every(&self) -> Duration;
 
-    /// How many consumed messages the runtime handles in one transaction. A single-writer
-    /// database wants many (one commit serves them all); a database with row locks wants one,
-    /// because a transaction holding the rows of several messages deadlocks with another
-    /// partition's transaction taking the same rows in another order.
+    /// How many consumed messages the runtime handles in one transaction by default.
     fn messages_per_unit(&self) -> usize {
         1
     }
@@ -254,28 +216,57 @@ pub trait Database: Send + Sync + 'static {
 
 impl dyn Database {
     /// Runs `work` as one unit of work: its documents, outbox events and appends commit
-    /// together, or — when it returns an error — not at all.
+    /// together, or — when it returns an error, panics, or the returned future is dropped
+    /// before the unit ran — not at all.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tributary_core::{Database, Error, InMemoryDatabase, UnitOfWorkExt};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let db: Arc<dyn Database> = Arc::new(InMemoryDatabase::new());
+    /// let n: i64 = db
+    ///     .transact(|unit| Box::pin(async move {
+    ///         let n = unit.get_as::<i64>("counters", "visits").await?.unwrap_or(0) + 1;
+    ///         unit.put_as("counters", "visits", &n).await?;
+    ///         Ok::<_, Error>(n)
+    ///     }))
+    ///     .await?;
+    /// assert_eq!(n, 1);
+    /// # Ok::<_, Error>(()) }).unwrap();
+    /// ```
     ///
     /// # Errors
-    /// The work's own error, or a store error converted into `E`.
-    pub async fn transact<T, E, F>(&self, work: F) -> Result<T, E>
+    /// The work's own error, or a store error converted into `E` (see
+    /// [`Error::is_retryable`] for whether to run the unit again).
+    #[track_caller]
+    pub fn transact<T, E, F>(&self, work: F) -> impl Future<Output = Result<T, E>> + Send + '_
     where
-        F: FnOnce(&mut dyn UnitOfWork) -> Result<T, E> + Send + 'static,
+        F: for<'u> FnOnce(&'u mut dyn UnitOfWork) -> BoxFuture<'u, Result<T, E>> + Send + 'static,
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        let boxed: Work = Box::new(move |tx: &mut dyn ConsumerTx| match work(tx) {
-            Ok(value) => Ok(Box::new(value) as Box<dyn Any + Send>),
-            Err(e) => Err(WorkError::Aborted(Box::new(e))),
-        });
-        match self.execute(boxed).await {
-            Ok(value) => Ok(*value
-                .downcast::<T>()
-                .unwrap_or_else(|_| unreachable!("the unit returns T"))),
-            Err(WorkError::Failed(e)) => Err(E::from(e)),
-            Err(WorkError::Aborted(e)) => Err(*e
-                .downcast::<E>()
-                .unwrap_or_else(|_| unreachable!("the unit aborts with E"))),
+        let work = Work::new(
+            WorkOrigin::Caller(Location::caller()),
+            move |tx: &mut dyn ConsumerTx| {
+                let unit = work(tx);
+                Box::pin(async move {
+                    match unit.await {
+                        Ok(value) => Ok(Box::new(value) as Box<dyn Any + Send>),
+                        Err(e) => Err(WorkError::Aborted(Box::new(e))),
+                    }
+                })
+            },
+        );
+        async move {
+            match self.execute(work).await {
+                Ok(value) => Ok(*value
+                    .downcast::<T>()
+                    .unwrap_or_else(|_| unreachable!("the unit returns T"))),
+                Err(WorkError::Failed(e)) => Err(E::from(e)),
+                Err(WorkError::Aborted(e)) => Err(*e
+                    .downcast::<E>()
+                    .unwrap_or_else(|_| unreachable!("the unit aborts with E"))),
+            }
         }
     }
 
@@ -325,46 +316,33 @@ impl dyn Database {
             .collect()
     }
 
-    /// Runs runtime work (inbox, dead letters, checkpoints) as one unit.
+    /// Runs runtime work (inbox, dead letters, checkpoints) as one unit; `origin` names it
+    /// in diagnostics. For the consumer runtime and other backend-level callers: it commits
+    /// on `Ok` and rolls back on `Err`, as `Database::transact`.
     ///
     /// # Errors
-    /// As [`Database::execute`].
-    pub async fn transact_consumer<T, F>(&self, work: F) -> Result<T>
+    /// The work's own error, or the store's.
+    pub async fn transact_consumer<T, F>(&self, origin: WorkOrigin, work: F) -> Result<T>
     where
-        F: FnOnce(&mut dyn ConsumerTx) -> Result<T> + Send + 'static,
+        F: for<'u> FnOnce(&'u mut dyn ConsumerTx) -> BoxFuture<'u, Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let boxed: Work = Box::new(move |tx: &mut dyn ConsumerTx| {
-            work(tx)
-                .map(|v| Box::new(v) as Box<dyn Any + Send>)
-                .map_err(WorkError::Failed)
+        let work = Work::new(origin, move |tx: &mut dyn ConsumerTx| {
+            let unit = work(tx);
+            Box::pin(async move {
+                unit.await
+                    .map(|v| Box::new(v) as Box<dyn Any + Send>)
+                    .map_err(WorkError::Failed)
+            })
         });
-        match self.execute(boxed).await {
+        match self.execute(work).await {
             Ok(value) => Ok(*value
                 .downcast::<T>()
                 .unwrap_or_else(|_| unreachable!("the unit returns T"))),
             Err(WorkError::Failed(e)) => Err(e),
-            Err(WorkError::Aborted(_)) => unreachable!("consumer work never aborts"),
+            Err(WorkError::Aborted(_)) => {
+                unreachable!("the unit fails only with WorkError::Failed")
+            }
         }
     }
-}
-
-/// Checks that every collection name is usable everywhere (non-empty, at most 128 bytes).
-///
-/// # Errors
-/// [`Error::InvalidInput`].
-pub fn validate_document_key(collection: &str, id: &str) -> Result<()> {
-    if collection.is_empty() || collection.len() > 128 {
-        return Err(Error::invalid(format!(
-            "collection name must be 1 to 128 bytes, got {} bytes",
-            collection.len()
-        )));
-    }
-    if id.is_empty() || id.len() > 512 {
-        return Err(Error::invalid(format!(
-            "document id must be 1 to 512 bytes, got {} bytes",
-            id.len()
-        )));
-    }
-    Ok(())
 }

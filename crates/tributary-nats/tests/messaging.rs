@@ -16,7 +16,7 @@ async fn make() -> Option<MessagingFixture> {
         .expect("connect to the shared NATS server");
     Some(MessagingFixture {
         broker: Arc::new(broker.clone()),
-        new_database: Box::new(|| Arc::new(InMemoryDatabase::new())),
+        new_database: Box::new(|| Box::pin(async { Arc::new(InMemoryDatabase::new()) as _ })),
         guard: Box::new(common::DeleteStreams(broker)),
     })
 }

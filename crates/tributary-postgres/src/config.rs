@@ -9,8 +9,10 @@ use tributary_core::{DEFAULT_MAX_EVENT_BYTES, Error, Result};
 pub struct PgConfig {
     /// The server and database, e.g. `postgres://user@host:5432/db`.
     pub url: String,
-    /// The schema that holds every table of this service (created if missing). One schema per
-    /// service: services sharing a database stay apart.
+    /// The schema of Tributary's tables for this service (created if missing), by default
+    /// `tributary`: apart from the service's own tables, so that neither set of migrations
+    /// meets the other. Services sharing a database each take their own (e.g.
+    /// `orders_tributary`). A schema that also holds the service's tables works too.
     pub schema: String,
     /// The most pooled connections. Every running unit of work holds one for its duration;
     /// leases and the commit listener use connections of their own.

@@ -11,11 +11,17 @@
 //! that notified, flush included, on one server-wide lock. Measured here, notifying inside
 //! the transaction cut appends to a third (one writer) and a fifth (eight writers). After
 //! commit, one announcement covers every commit made while the previous one was in flight.
+//!
 //! Transactions the application runs itself ([`crate::PgOutbox::publish`],
-//! [`crate::PgEventStore::append_in`]) notify inside the transaction — their commit is not
-//! ours to see — and pay that price.
+//! [`crate::PgEventStore::append_in`], [`crate::PgInbox::try_record`]) commit where we cannot
+//! see it. Notifying inside them would make them pay that serialization, so they do not:
+//! writing in one hands the transaction's id to a watcher task, which asks the server for the
+//! status of the transactions it watches (`pg_xact_status`, one query every
+//! [`WATCH_COMMITS_EVERY`] while any is open) and announces each as soon as it committed — to
+//! other processes and to this one's readers.
 
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -28,7 +34,7 @@ use crate::error::SqlxResultExt;
 use crate::lag::PgHorizonHolder;
 use crate::outbox::PgOutbox;
 use crate::schema;
-use crate::sql::{Statement, Statements};
+use crate::sql::Statements;
 
 /// A service's database on PostgreSQL: every table in the configured schema, reached through
 /// a pool. Cheap to clone; clones share the pool and the commit listener.
@@ -47,6 +53,13 @@ pub(crate) struct Inner {
     commits: watch::Sender<u64>,
     /// Asks the announcer task to `NOTIFY` other processes.
     announce: Arc<Notify>,
+    /// Set when an application's own transaction committed: the next announcement wakes this
+    /// process's readers too (they were not woken at a commit of ours).
+    external: AtomicBool,
+    /// Transactions of the application's own that wrote rows readers wait for, by id, until
+    /// they end.
+    watched: Mutex<Vec<i64>>,
+    watch: Arc<Notify>,
     /// This handle's payload in its own notifications, so its listener can skip them.
     pub(crate) instance: String,
     /// Dropping it stops the listener and announcer tasks.
@@ -65,16 +78,15 @@ impl Inner {
         channel(&self.config.schema)
     }
 
-    /// Queues a `NOTIFY` in the caller's transaction: delivered to every listener (this
-    /// handle's too) when it commits.
-    pub(crate) async fn notify_at_commit(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
-        sqlx::query(self.sql.notify.sql())
-            .bind(self.channel())
-            .bind("")
-            .execute(conn)
-            .await
-            .context("announcing a commit")?;
-        Ok(())
+    /// A write in transaction `tx_id` of the application's own, which commits out of our
+    /// sight: announced to every reader once it committed (see the module doc).
+    pub(crate) fn written_externally(&self, tx_id: i64) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if !watched.contains(&tx_id) {
+            watched.push(tx_id);
+        }
+        drop(watched);
+        self.watch.notify_one();
     }
 
     pub(crate) fn commits_receiver(&self) -> watch::Receiver<u64> {
@@ -169,16 +181,22 @@ impl PgDatabase {
             pool: pool.clone(),
             commits: watch::channel(0).0,
             announce: announce.clone(),
+            external: AtomicBool::new(false),
+            watched: Mutex::default(),
+            watch: Arc::default(),
             instance: uuid::Uuid::now_v7().simple().to_string(),
             _stop_tasks: stop,
             config,
         });
         tokio::spawn(listen(listener, Arc::downgrade(&inner), stopped.clone()));
+        tokio::spawn(watch_commits(
+            announcer_pool.clone(),
+            Arc::downgrade(&inner),
+            stopped.clone(),
+        ));
         tokio::spawn(announcer(
             announcer_pool,
-            inner.sql.notify.clone(),
-            inner.channel(),
-            inner.instance.clone(),
+            Arc::downgrade(&inner),
             announce,
             stopped,
         ));
@@ -206,6 +224,11 @@ impl PgDatabase {
     /// The outbox, for writing events in the application's own sqlx transactions.
     pub fn outbox(&self) -> PgOutbox {
         PgOutbox::new(self.clone())
+    }
+
+    /// The inbox, for recording consumed messages in the application's own sqlx transactions.
+    pub fn inbox(&self) -> crate::PgInbox {
+        crate::PgInbox::new(self.clone())
     }
 
     /// The event store of this database (the same as [`tributary_core::Database::event_store`],
@@ -271,16 +294,80 @@ fn redact(url: &str) -> String {
 /// How long commits are gathered into one announcement.
 const ANNOUNCE_EVERY: Duration = Duration::from_millis(5);
 
+/// How often the watcher asks whether the application's own transactions that wrote rows have
+/// ended, while any is open.
+pub const WATCH_COMMITS_EVERY: Duration = Duration::from_millis(2);
+
+/// Announces the application's own transactions that wrote rows as soon as they commit (see
+/// the module doc), until the database is dropped.
+async fn watch_commits(pool: PgPool, db: Weak<Inner>, mut stop: watch::Receiver<()>) {
+    loop {
+        let Some(inner) = db.upgrade() else { return };
+        let watched = inner
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if watched.is_empty() {
+            // Not holding the database while idle, so that dropping it stops this task. A
+            // transaction handed over meanwhile leaves a permit in the `Notify`.
+            let watch = inner.watch.clone();
+            drop(inner);
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = watch.notified() => continue,
+            }
+        }
+        let statuses: Result<Vec<(i64, Option<String>)>, sqlx::Error> =
+            sqlx::query_as(inner.sql.transaction_status.sql())
+                .bind(&watched)
+                .fetch_all(&pool)
+                .await;
+        let ended: Vec<(i64, bool)> = match statuses {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|(_, status)| status.as_deref() != Some("in progress"))
+                .map(|(id, status)| (id, status.as_deref() == Some("committed")))
+                .collect(),
+            Err(e) => {
+                // Readers poll anyway; forget what cannot be watched rather than spin on it.
+                tracing::debug!(error = %e, "watching application transactions failed");
+                watched.iter().map(|&id| (id, true)).collect()
+            }
+        };
+        if !ended.is_empty() {
+            inner
+                .watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|id| !ended.iter().any(|(e, _)| e == id));
+            if ended.iter().any(|(_, committed)| *committed) {
+                inner.external.store(true, Ordering::Release);
+                inner.announce.notify_one();
+            }
+        }
+        drop(inner);
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(WATCH_COMMITS_EVERY) => {}
+        }
+    }
+}
+
 /// Sends one `NOTIFY` per wake-up until the database is dropped; commits made while one is
 /// in flight share the next.
 async fn announcer(
     pool: PgPool,
-    notify: Statement,
-    channel: String,
-    instance: String,
+    db: Weak<Inner>,
     wanted: Arc<Notify>,
     mut stop: watch::Receiver<()>,
 ) {
+    let Some((notify, channel, instance)) = db
+        .upgrade()
+        .map(|db| (db.sql.notify.clone(), db.channel(), db.instance.clone()))
+    else {
+        return;
+    };
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -294,6 +381,12 @@ async fn announcer(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
         }
+        let Some(db) = db.upgrade() else { return };
+        if db.external.swap(false, Ordering::AcqRel) {
+            // Readers of this process skip our own announcements: wake them here.
+            db.commits.send_modify(|c| *c = c.wrapping_add(1));
+        }
+        drop(db);
         let sent = sqlx::query(notify.sql())
             .bind(&channel)
             .bind(&instance)

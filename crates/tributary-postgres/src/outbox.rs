@@ -2,7 +2,8 @@
 //! transaction, published by the relay after it commits.
 
 use sqlx::{PgConnection, Postgres, Transaction};
-use tributary_core::{Envelope, OutgoingMessage, Result, Topic, validate_batch};
+use tributary_core::backend::validate_batch;
+use tributary_core::{Envelope, OutgoingMessage, Result, Topic};
 
 use crate::database::PgDatabase;
 use crate::error::SqlxResultExt;
@@ -38,10 +39,9 @@ impl PgOutbox {
     }
 
     /// Records `event` in the outbox inside `tx`, to be published on `topic` once `tx`
-    /// commits (and never if it rolls back). The transaction also announces its commit to
-    /// waiting relays (`NOTIFY`); PostgreSQL serializes the commits of notifying
-    /// transactions, so at high commit rates prefer units of work, which announce after
-    /// commit.
+    /// commits (and never if it rolls back). One statement, no more: the relay is woken from
+    /// outside once the transaction committed (see [`crate::WATCH_COMMITS_EVERY`]), so the
+    /// transaction commits as fast as one without the event.
     ///
     /// # Errors
     /// [`tributary_core::Error::TooLarge`] / [`tributary_core::Error::InvalidInput`] for an
@@ -54,21 +54,18 @@ impl PgOutbox {
         event: &Envelope,
     ) -> Result<()> {
         let inner = &self.db.inner;
-        insert(tx, &inner.sql, topic, event, inner.config.max_event_bytes).await?;
-        inner.notify_at_commit(tx).await
+        let message = outgoing(topic, event, inner.config.max_event_bytes)?;
+        let tx_id: i64 = sqlx::query_scalar(inner.sql.insert_outbox.sql())
+            .bind(message.topic.as_str())
+            .bind(&message.key)
+            .bind(message.id.as_uuid())
+            .bind(&message.payload)
+            .fetch_one(&mut **tx)
+            .await
+            .context("writing to the outbox")?;
+        inner.written_externally(tx_id);
+        Ok(())
     }
-}
-
-/// Inserts one outbox row on `conn` (inside the caller's transaction, or by itself).
-pub(crate) async fn insert(
-    conn: &mut PgConnection,
-    sql: &Statements,
-    topic: &Topic,
-    event: &Envelope,
-    max_event_bytes: usize,
-) -> Result<()> {
-    let message = outgoing(topic, event, max_event_bytes)?;
-    insert_all(conn, sql, std::slice::from_ref(&message)).await
 }
 
 /// The outbox row of `event`, if the store accepts it.

@@ -1,10 +1,13 @@
 //! Creating and migrating a service's schema.
 //!
-//! Every table of a service lives in its own schema. Migrations are numbered SQL files,
-//! applied in order in one transaction, each recorded in `tributary_migrations` in that
-//! schema. Concurrent starts of the same service serialize on an advisory lock, so exactly
-//! one applies the pending migrations. A schema written by a newer Tributary (a version this
-//! build does not know) is refused rather than used.
+//! Tributary's tables of a service live in a schema (by default one of their own, apart from
+//! the service's tables). Migrations are numbered SQL files, applied in order in one
+//! transaction, each recorded in `tributary_migrations` in that schema, whatever the service's
+//! own migrations did before or after. Concurrent starts of the same service serialize on an
+//! advisory lock, so exactly one applies the pending migrations. A schema that already holds
+//! the service's own tables is shared; one holding a relation with the name of one of
+//! Tributary's (that Tributary did not create) is refused, as is a schema written by a newer
+//! Tributary (a version this build does not know).
 
 use sqlx::{Connection, PgConnection};
 use tributary_core::{Error, Result};
@@ -29,6 +32,22 @@ const MIGRATIONS: &[Migration] = &[
         description: "messaging",
         sql: include_str!("migrations/0002_messaging.sql"),
     },
+];
+
+/// The relations Tributary's migrations create in a schema: a schema where one of them exists
+/// but is not Tributary's is refused rather than touched.
+const RELATIONS: &[&str] = &[
+    "tributary_migrations",
+    "events",
+    "snapshots",
+    "documents",
+    "outbox",
+    "inbox",
+    "dead_letters",
+    "checkpoints",
+    "relay_cursors",
+    "inbox_by_time",
+    "dead_letters_unresolved",
 ];
 
 /// The newest schema version this build knows.
@@ -56,9 +75,19 @@ pub(crate) async fn prepare(conn: &mut PgConnection, schema: &str) -> Result<()>
             .await
             .context("inspecting the schema")?;
     if exists && relations > 0 && !tracked {
-        return Err(Error::storage_msg(format!(
-            "schema {schema:?} already holds {relations} tables or other objects but is not a Tributary schema; refusing to touch it (choose another schema)"
-        )));
+        // The service's own tables are welcome; a table Tributary would create is not.
+        let clashes: Vec<String> = sqlx::query_scalar(include_str!("migrations/clashes.sql"))
+            .bind(schema)
+            .bind(RELATIONS)
+            .fetch_all(&mut *tx)
+            .await
+            .context("inspecting the schema")?;
+        if !clashes.is_empty() {
+            return Err(Error::storage_msg(format!(
+                "schema {schema:?} already holds {} that Tributary did not create; refusing to touch it (give Tributary a schema of its own, e.g. ?schema=tributary)",
+                clashes.join(", ")
+            )));
+        }
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(render(
         include_str!("migrations/bootstrap.sql"),

@@ -99,6 +99,7 @@ statements! {
     lease => "service/lease.sql",
     unlease => "service/unlease.sql",
     notify => "service/notify.sql",
+    transaction_status => "service/transaction_status.sql",
 }
 
 #[cfg(test)]

@@ -9,11 +9,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::Connection;
+use tributary_core::backend::WorkOrigin;
 use tributary_core::{
-    ConsumerTx, Database, Envelope, Error, EventStore, ExpectedVersion, Payload, Position,
-    RelaySource, StreamId, Topic, UnitOfWork, UnitOfWorkExt,
+    Database, Envelope, Error, EventStore, ExpectedVersion, Payload, Position, RelaySource,
+    StreamId, Topic, UnitOfWorkExt,
 };
-use tributary_postgres::{PgConfig, PgDatabase, PgTx, TxPosition, latest_version};
+use tributary_postgres::{PgConfig, PgDatabase, PgUnitExt, TxPosition, latest_version};
+
+fn origin() -> WorkOrigin {
+    WorkOrigin::Task("a PostgreSQL test".into())
+}
 
 /// Taken by the tests that keep a transaction open on purpose, so that the lag test sees its
 /// own long transaction as the oldest one (the horizon is server-wide).
@@ -46,7 +51,7 @@ async fn documents_read_in_a_unit_are_locked_so_concurrent_updates_are_not_lost(
         return;
     };
     let db: Arc<dyn Database> = Arc::new(db);
-    db.transact(|unit| unit.put_as("counters", "c", &0u64))
+    db.transact(|unit| Box::pin(async move { unit.put_as("counters", "c", &0u64).await }))
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -55,10 +60,12 @@ async fn documents_read_in_a_unit_are_locked_so_concurrent_updates_are_not_lost(
         tasks.push(tokio::spawn(async move {
             for _ in 0..10 {
                 db.transact(|unit| {
-                    let n: u64 = unit.get_as("counters", "c")?.unwrap_or(0);
-                    // Widen the window between read and write.
-                    std::thread::sleep(Duration::from_millis(1));
-                    unit.put_as("counters", "c", &(n + 1))
+                    Box::pin(async move {
+                        let n: u64 = unit.get_as("counters", "c").await?.unwrap_or(0);
+                        // Widen the window between read and write.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        unit.put_as("counters", "c", &(n + 1)).await
+                    })
                 })
                 .await
                 .unwrap();
@@ -85,31 +92,36 @@ async fn creating_a_document_another_unit_created_meanwhile_is_a_retryable_confl
         return;
     };
     let db: Arc<dyn Database> = Arc::new(db);
-    let (read_tx, read_rx) = std::sync::mpsc::channel::<()>();
-    let (created_tx, created_rx) = std::sync::mpsc::channel::<()>();
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (created_tx, created_rx) = tokio::sync::oneshot::channel::<()>();
     let first = {
         let db = db.clone();
         tokio::spawn(async move {
             db.transact(move |unit| {
-                assert!(unit.get("users", "ada")?.is_none());
-                read_tx.send(()).unwrap();
-                created_rx.recv().unwrap();
-                unit.put_as("users", "ada", &json!({"by": "first"}))
+                Box::pin(async move {
+                    assert!(unit.get("users", "ada").await?.is_none());
+                    read_tx.send(()).unwrap();
+                    created_rx.await.unwrap();
+                    unit.put_as("users", "ada", &json!({"by": "first"})).await
+                })
             })
             .await
         })
     };
-    read_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    read_rx.await.unwrap();
     db.transact(|unit| {
-        assert!(unit.get("users", "ada")?.is_none());
-        unit.put_as("users", "ada", &json!({"by": "second"}))
+        Box::pin(async move {
+            assert!(unit.get("users", "ada").await?.is_none());
+            unit.put_as("users", "ada", &json!({"by": "second"})).await
+        })
     })
     .await
     .unwrap();
     created_tx.send(()).unwrap();
     let err = first.await.unwrap().unwrap_err();
     assert!(
-        matches!(err, Error::Conflict { .. }) && err.is_retryable(),
+        matches!(&err, Error::DocumentConflict { collection, id } if collection == "users" && id == "ada")
+            && err.is_retryable(),
         "got {err:?}"
     );
     let doc = db.get_document("users", "ada").await.unwrap().unwrap();
@@ -119,9 +131,11 @@ async fn creating_a_document_another_unit_created_meanwhile_is_a_retryable_confl
         "the winner's document stays"
     );
     // A blind put (no read first) simply replaces.
-    db.transact(|unit| unit.put_as("users", "ada", &json!({"by": "blind"})))
-        .await
-        .unwrap();
+    db.transact(|unit| {
+        Box::pin(async move { unit.put_as("users", "ada", &json!({"by": "blind"})).await })
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -142,23 +156,21 @@ async fn the_raw_transaction_commits_and_rolls_back_with_the_unit() {
         let insert = insert.clone();
         let topic = Topic::new("Rows").unwrap();
         let result = db
-            .transact(move |unit: &mut dyn UnitOfWork| {
-                let pg = PgTx::from_unit(unit).expect("a PostgreSQL unit");
-                assert!(pg.schema().starts_with("tributary_test_"));
-                let (runtime, tx) = pg.parts();
-                runtime
-                    .block_on(
-                        sqlx::query(sqlx::AssertSqlSafe(insert))
-                            .bind(n)
-                            .execute(&mut **tx),
-                    )
-                    .map_err(|e| Error::storage("inserting", e))?;
-                unit.publish(&topic, event(n as u64))?;
-                if commit {
-                    Ok(())
-                } else {
-                    Err(Error::invalid("changed my mind"))
-                }
+            .transact(move |unit| {
+                Box::pin(async move {
+                    let pg = unit.postgres()?;
+                    assert!(pg.schema().starts_with("tributary_test_"));
+                    sqlx::query(sqlx::AssertSqlSafe(insert))
+                        .bind(n)
+                        .execute(pg.connection().await?)
+                        .await?;
+                    unit.publish(&topic, event(n as u64)).await?;
+                    if commit {
+                        Ok(())
+                    } else {
+                        Err(Error::invalid("changed my mind"))
+                    }
+                })
             })
             .await;
         assert_eq!(result.is_ok(), commit);
@@ -183,17 +195,17 @@ async fn the_raw_transaction_sees_the_events_the_unit_published_before() {
     let db: Arc<dyn Database> = Arc::new(pg.clone());
     let topic = Topic::new("Rows").unwrap();
     let seen = db
-        .transact(move |unit: &mut dyn UnitOfWork| {
-            for n in 0..3 {
-                unit.publish(&topic, event(n))?;
-            }
-            let pg = PgTx::from_unit(unit).expect("a PostgreSQL unit");
-            let (runtime, tx) = pg.parts();
-            let seen: i64 = runtime
-                .block_on(sqlx::query_scalar(sqlx::AssertSqlSafe(count)).fetch_one(&mut **tx))
-                .map_err(|e| Error::storage("counting", e))?;
-            unit.publish(&topic, event(3))?;
-            Ok::<_, Error>(seen)
+        .transact(move |unit| {
+            Box::pin(async move {
+                for n in 0..3 {
+                    unit.publish(&topic, event(n)).await?;
+                }
+                let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+                    .fetch_one(unit.postgres()?.connection().await?)
+                    .await?;
+                unit.publish(&topic, event(3)).await?;
+                Ok::<_, Error>(seen)
+            })
         })
         .await
         .unwrap();
@@ -217,12 +229,16 @@ async fn a_unit_that_ignores_a_failed_statement_is_rolled_back_not_half_committe
     };
     let db: Arc<dyn Database> = Arc::new(pg);
     let err = db
-        .transact(|unit: &mut dyn UnitOfWork| {
-            unit.put_as("docs", "a", &1)?;
-            // A document PostgreSQL cannot store (jsonb refuses \u0000): the error is ignored.
-            let bad = Payload::from_json_str(r#"{"nul":"\u0000"}"#)?;
-            assert!(unit.put("docs", "b", bad).is_err());
-            Ok::<_, Error>(())
+        .transact(|unit| {
+            Box::pin(async move {
+                unit.put_as("docs", "a", &1).await?;
+                // A statement of the service's own fails, and the unit ignores the error.
+                let failed = sqlx::query("SELECT 1 / 0")
+                    .execute(unit.postgres()?.connection().await?)
+                    .await;
+                assert!(failed.is_err());
+                Ok::<_, Error>(())
+            })
         })
         .await
         .unwrap_err();
@@ -239,24 +255,27 @@ async fn savepoints_undo_only_the_nested_work_even_after_a_failed_statement() {
         return;
     };
     let db: Arc<dyn Database> = Arc::new(pg);
-    db.transact_consumer(|tx: &mut dyn ConsumerTx| {
-        tx.put_as("docs", "before", &1)?;
-        tx.savepoint()?;
-        tx.put_as("docs", "inside", &2)?;
-        let bad = Payload::from_json_str(r#"{"nul":"\u0000"}"#)?;
-        assert!(tx.put("docs", "broken", bad).is_err());
-        tx.rollback_savepoint()?;
-        tx.savepoint()?;
-        tx.put_as("docs", "kept", &3)?;
-        tx.release_savepoint()?;
-        tx.put_as("docs", "after", &4)
+    db.transact_consumer(origin(), |tx| {
+        Box::pin(async move {
+            tx.put_as("docs", "before", &1).await?;
+            tx.savepoint().await?;
+            tx.put_as("docs", "inside", &2).await?;
+            let failed = sqlx::query("SELECT 1 / 0")
+                .execute(tx.postgres()?.connection().await?)
+                .await;
+            assert!(failed.is_err(), "a failed statement aborts the transaction");
+            tx.rollback_savepoint().await?;
+            tx.savepoint().await?;
+            tx.put_as("docs", "kept", &3).await?;
+            tx.release_savepoint().await?;
+            tx.put_as("docs", "after", &4).await
+        })
     })
     .await
     .unwrap();
     for (id, present) in [
         ("before", true),
         ("inside", false),
-        ("broken", false),
         ("kept", true),
         ("after", true),
     ] {
@@ -276,38 +295,42 @@ async fn an_append_that_loses_a_race_in_a_unit_conflicts_and_leaves_the_unit_usa
     };
     let db: Arc<dyn Database> = Arc::new(pg.clone());
     let stream = StreamId::new("race-1").unwrap();
-    let (appended_tx, appended_rx) = std::sync::mpsc::channel::<()>();
-    let (other_tx, other_rx) = std::sync::mpsc::channel::<()>();
+    let (appended_tx, appended_rx) = tokio::sync::oneshot::channel::<()>();
+    let (other_tx, other_rx) = tokio::sync::oneshot::channel::<()>();
     let s = stream.clone();
     let slow = {
         let db = db.clone();
         tokio::spawn(async move {
             db.transact(move |unit| {
-                unit.append(&s, ExpectedVersion::NoStream, vec![event(1)])?;
-                appended_tx.send(()).unwrap();
-                other_rx.recv().unwrap();
-                Ok::<_, Error>(())
+                Box::pin(async move {
+                    unit.append(&s, ExpectedVersion::NoStream, vec![event(1)])
+                        .await?;
+                    appended_tx.send(()).unwrap();
+                    other_rx.await.unwrap();
+                    Ok::<_, Error>(())
+                })
             })
             .await
         })
     };
-    appended_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    appended_rx.await.unwrap();
     let s = stream.clone();
-    let racer = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            db.transact(move |unit| {
+    let racer =
+        {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.transact(move |unit| Box::pin(async move {
                 // Blocks on the slow unit's uncommitted version 1, then loses.
-                let lost = unit.append(&s, ExpectedVersion::NoStream, vec![event(2)]);
+                let lost = unit.append(&s, ExpectedVersion::NoStream, vec![event(2)]).await;
                 let conflict =
                     matches!(lost, Err(Error::Conflict { actual, .. }) if actual.get() == 1);
                 // The unit goes on and commits other work.
-                unit.put_as("notes", "racer", &conflict)?;
+                unit.put_as("notes", "racer", &conflict).await?;
                 Ok::<_, Error>(conflict)
-            })
+            }))
             .await
-        })
-    };
+            })
+        };
     tokio::time::sleep(Duration::from_millis(200)).await;
     other_tx.send(()).unwrap();
     slow.await.unwrap().unwrap();
@@ -335,9 +358,15 @@ async fn positions_pack_the_writing_transaction_and_the_row_within_it() {
     let (a, b) = (StreamId::new("a").unwrap(), StreamId::new("b").unwrap());
     let (first, second) = db
         .transact(move |unit| {
-            let first = unit.append(&a, ExpectedVersion::Any, vec![event(1), event(2)])?;
-            let second = unit.append(&b, ExpectedVersion::Any, vec![event(3)])?;
-            Ok::<_, Error>((first, second))
+            Box::pin(async move {
+                let first = unit
+                    .append(&a, ExpectedVersion::Any, vec![event(1), event(2)])
+                    .await?;
+                let second = unit
+                    .append(&b, ExpectedVersion::Any, vec![event(3)])
+                    .await?;
+                Ok::<_, Error>((first, second))
+            })
         })
         .await
         .unwrap();
@@ -404,7 +433,7 @@ async fn a_read_right_after_a_commit_returns_it_while_other_transactions_come_an
         );
         next = out.last_position.next();
         let t = topic.clone();
-        db.transact(move |unit| unit.publish(&t, event(i)))
+        db.transact(move |unit| Box::pin(async move { unit.publish(&t, event(i)).await }))
             .await
             .unwrap();
         let batch = source.read_batch(10).await.unwrap();
@@ -433,29 +462,38 @@ async fn pruning_the_inbox_deletes_only_entries_recorded_before_the_cutoff() {
         tributary_core::EventId::new(),
     );
     let g = group.clone();
-    db.transact_consumer(move |tx| tx.inbox_insert(&g, &old))
-        .await
-        .unwrap();
+    db.transact_consumer(origin(), move |tx| {
+        Box::pin(async move { tx.inbox_insert(&g, &old).await })
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cutoff = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let g = group.clone();
-    db.transact_consumer(move |tx| {
-        tx.inbox_insert(&g, &new)?;
-        // Recording the same message twice is refused without breaking the unit.
-        assert!(matches!(
-            tx.inbox_insert(&g, &new),
-            Err(Error::InvalidInput { .. })
-        ));
-        Ok(())
+    db.transact_consumer(origin(), move |tx| {
+        Box::pin(async move {
+            tx.inbox_insert(&g, &new).await?;
+            // Recording the same message twice is refused without breaking the unit.
+            assert!(matches!(
+                tx.inbox_insert(&g, &new).await,
+                Err(Error::InvalidInput { .. })
+            ));
+            Ok(())
+        })
     })
     .await
     .unwrap();
     assert_eq!(db.prune_inbox(&group, cutoff).await.unwrap(), 1);
     let g = group.clone();
     let kept = db
-        .transact_consumer(move |tx| {
-            Ok((tx.inbox_contains(&g, &old)?, tx.inbox_contains(&g, &new)?))
+        .transact_consumer(origin(), move |tx| {
+            Box::pin(async move {
+                Ok((
+                    tx.inbox_contains(&g, &old).await?,
+                    tx.inbox_contains(&g, &new).await?,
+                ))
+            })
         })
         .await
         .unwrap();
@@ -499,23 +537,46 @@ async fn a_schema_from_a_newer_version_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_schema_holding_other_tables_is_refused() {
+async fn a_schema_holding_the_services_tables_is_shared_but_one_with_a_clashing_name_is_refused() {
     let Some(()) = common::server("postgres schema") else {
         return;
     };
     let guard = common::SchemaGuard::new();
+    // The service migrated its own tables first (as `sqlx::migrate!` would), then Tributary
+    // connects to the same schema: both kinds of table live side by side.
     let config = common::config();
     guard.track(&config.schema);
     let mut conn = sqlx::PgConnection::connect(&config.url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".theirs (x int)",
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".products (sku text PRIMARY KEY); \
+         CREATE TABLE \"{0}\"._sqlx_migrations (version bigint PRIMARY KEY)",
         config.schema
     )))
     .execute(&mut conn)
     .await
     .unwrap();
-    let err = PgDatabase::connect(config).await.unwrap_err();
-    assert!(matches!(err, Error::Storage { .. }), "got {err:?}");
+    let shared = PgDatabase::connect(config.clone())
+        .await
+        .expect("a shared schema is fine");
+    drop(shared);
+    PgDatabase::connect(config)
+        .await
+        .expect("and reconnecting too");
+    // A table of the service's that has the name of one of Tributary's is never touched.
+    let clash = common::config();
+    guard.track(&clash.schema);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".events (x int)",
+        clash.schema
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = PgDatabase::connect(clash).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Storage { reason, .. } if reason.contains("events")),
+        "got {err:?}"
+    );
     assert!(matches!(
         PgDatabase::connect(PgConfig::default().with_schema("Not-Valid")).await,
         Err(Error::InvalidInput { .. })
@@ -689,7 +750,7 @@ async fn lag_shows_rows_held_back_by_a_long_transaction_and_who_holds_them() {
     // A later one commits.
     let db: Arc<dyn Database> = Arc::new(pg.clone());
     let t = topic.clone();
-    db.transact(move |unit| unit.publish(&t, event(2)))
+    db.transact(move |unit| Box::pin(async move { unit.publish(&t, event(2)).await }))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -759,14 +820,17 @@ async fn reading_order_queries_walk_the_index_instead_of_sorting() {
     let topic = Topic::new("Rows").unwrap();
     for round in 0..20u64 {
         let topic = topic.clone();
-        db.transact(move |unit: &mut dyn UnitOfWork| {
-            for n in 0..100 {
-                unit.publish(&topic, event(round * 100 + n))?;
-            }
-            let stream = StreamId::new(format!("s-{round}"))?;
-            let events = (0..100).map(|n| event(round * 100 + n)).collect();
-            unit.append(&stream, ExpectedVersion::NoStream, events)?;
-            Ok::<_, Error>(())
+        db.transact(move |unit| {
+            Box::pin(async move {
+                for n in 0..100 {
+                    unit.publish(&topic, event(round * 100 + n)).await?;
+                }
+                let stream = StreamId::new(format!("s-{round}"))?;
+                let events = (0..100).map(|n| event(round * 100 + n)).collect();
+                unit.append(&stream, ExpectedVersion::NoStream, events)
+                    .await?;
+                Ok::<_, Error>(())
+            })
         })
         .await
         .unwrap();
@@ -816,4 +880,58 @@ async fn reading_order_queries_walk_the_index_instead_of_sorting() {
             "{name} does not use an index: {plan}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_write_refused_at_commit_names_the_message_that_made_it() {
+    let Some((pg, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg);
+    db.transact(|unit| {
+        Box::pin(async move {
+            for id in ["a", "b", "c"] {
+                unit.put_as("docs", id, &0u64).await?;
+            }
+            Ok::<_, Error>(())
+        })
+    })
+    .await
+    .unwrap();
+    // Valid JSON that jsonb refuses (beyond numeric's range): nothing refuses it before the
+    // held update is written at commit.
+    let refused = Payload::from_json_str(r#"{"n":1e1000000}"#).unwrap();
+    let err = db
+        .transact_consumer(origin(), move |tx| {
+            Box::pin(async move {
+                for (message, id) in ["a", "b", "c"].into_iter().enumerate() {
+                    tx.start_message(message);
+                    let _: Option<u64> = tx.get_as("docs", id).await?;
+                    if id == "b" {
+                        tx.put("docs", id, refused.clone()).await?;
+                    } else {
+                        tx.put_as("docs", id, &1u64).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Refused {
+                message: Some(1),
+                ..
+            }
+        ),
+        "the second message made the refused write: {err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(
+        db.get_document_as::<u64>("docs", "a").await.unwrap(),
+        Some(0),
+        "nothing of the unit was committed"
+    );
 }

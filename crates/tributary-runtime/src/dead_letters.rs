@@ -2,12 +2,14 @@
 //! this API.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures::FutureExt;
+use tributary_core::backend::{ConsumerTx, WorkOrigin};
 use tributary_core::{
-    ConsumerTx, Database, DeadLetter, DeadLetterId, Envelope, Error, GroupName, Resolution, Result,
-    UnitOfWork, Upcasters,
+    Database, DeadLetter, DeadLetterId, Envelope, Error, GroupName, Resolution, Result, UnitOfWork,
+    Upcasters,
 };
 
 use crate::handler::Handler;
@@ -80,7 +82,9 @@ impl DeadLetterAdmin {
             let (h, u) = (handler.clone(), upcasters.clone());
             let chunk = self
                 .db
-                .transact_consumer(move |tx| replay_chunk(tx, &group, &key, h.as_ref(), &u))
+                .transact_consumer(origin(), move |tx| {
+                    Box::pin(async move { replay_chunk(tx, &group, &key, h.as_ref(), &u).await })
+                })
                 .await?;
             let finished = chunk.failed.is_some() || chunk.replayed.len() < REPLAY_CHUNK;
             outcome.replayed.extend(chunk.replayed);
@@ -98,12 +102,18 @@ impl DeadLetterAdmin {
     /// [`Error::InvalidInput`] for an unknown or already resolved id.
     pub async fn skip(&self, id: DeadLetterId) -> Result<()> {
         self.db
-            .transact_consumer(move |tx| tx.resolve_dead_letter(id, Resolution::Skipped))
+            .transact_consumer(origin(), move |tx| {
+                Box::pin(async move { tx.resolve_dead_letter(id, Resolution::Skipped).await })
+            })
             .await
     }
 }
 
-fn replay_chunk(
+fn origin() -> WorkOrigin {
+    WorkOrigin::Task("the dead-letter admin".into())
+}
+
+async fn replay_chunk(
     tx: &mut dyn ConsumerTx,
     group: &GroupName,
     key: &str,
@@ -112,42 +122,45 @@ fn replay_chunk(
 ) -> Result<ReplayOutcome> {
     let mut outcome = ReplayOutcome::default();
     while outcome.replayed.len() < REPLAY_CHUNK {
-        let Some(id) = tx.blocking_dead_letter(group, key)? else {
+        let Some(id) = tx.blocking_dead_letter(group, key).await? else {
             break;
         };
         let letter = tx
-            .dead_letter(id)?
+            .dead_letter(id)
+            .await?
             .ok_or_else(|| Error::storage_msg(format!("dead letter {id} vanished")))?;
         let envelope = match Envelope::from_json(&letter.payload).and_then(|e| upcasters.upcast(e))
         {
             Ok(e) => e,
             Err(e) => {
                 let reason = format!("still undecodable: {e}");
-                tx.record_dead_letter_failure(id, &reason)?;
+                tx.record_dead_letter_failure(id, &reason).await?;
                 outcome.failed = Some((id, reason));
                 break;
             }
         };
-        tx.savepoint()?;
+        tx.savepoint().await?;
         let unit: &mut dyn UnitOfWork = &mut *tx;
-        let result = catch_unwind(AssertUnwindSafe(|| handler.handle(&envelope, unit)));
+        let result = AssertUnwindSafe(handler.handle(&envelope, unit))
+            .catch_unwind()
+            .await;
         let failure = match result {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.message),
+            Ok(Err(e)) => Some(e.message().to_owned()),
             Err(panic) => Some(Error::panicked("handler", panic.as_ref()).to_string()),
         };
         match failure {
             None => {
-                tx.release_savepoint()?;
-                if !tx.inbox_contains(group, &envelope.id)? {
-                    tx.inbox_insert(group, &envelope.id)?;
+                tx.release_savepoint().await?;
+                if !tx.inbox_contains(group, &envelope.id).await? {
+                    tx.inbox_insert(group, &envelope.id).await?;
                 }
-                tx.resolve_dead_letter(id, Resolution::Replayed)?;
+                tx.resolve_dead_letter(id, Resolution::Replayed).await?;
                 outcome.replayed.push(id);
             }
             Some(reason) => {
-                tx.rollback_savepoint()?;
-                tx.record_dead_letter_failure(id, &reason)?;
+                tx.rollback_savepoint().await?;
+                tx.record_dead_letter_failure(id, &reason).await?;
                 outcome.failed = Some((id, reason));
                 break;
             }

@@ -12,6 +12,8 @@ pub enum HealthState {
     Standby,
     /// Retrying after an error (the message says which).
     Degraded(String),
+    /// Stopped by an error that retrying cannot fix (the task's `run` returned it).
+    Failed(String),
     Stopped,
 }
 

@@ -7,13 +7,15 @@ mod handler;
 mod health;
 mod projector;
 mod relay;
+mod retry;
 
 pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerConfig};
 pub use dead_letters::{DeadLetterAdmin, ReplayOutcome};
-pub use handler::{Dispatch, Handler, HandlerError};
+pub use handler::{Dispatch, Handler, handler_fn};
 pub use health::{Health, HealthState};
 pub use projector::{Projector, ProjectorConfig};
 pub use relay::{Relay, RelayConfig, RelayStats};
+pub use tributary_core::HandlerError;
 
 pub use tokio_util::sync::CancellationToken;

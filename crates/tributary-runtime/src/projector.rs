@@ -6,18 +6,22 @@
 //! view and resets the checkpoint in one transaction; a running projector notices the reset
 //! and starts over from the beginning while new events keep arriving.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
+use std::any::Any;
 use tokio_util::sync::CancellationToken;
+
+use tributary_core::backend::{ConsumerTx, Work, WorkError, WorkOrigin};
 use tributary_core::{
-    ConsumerTx, Database, Error, Position, RecordedEvent, Result, UnitOfWork, Upcasters,
+    Database, Envelope, Error, HandlerError, Position, RecordedEvent, Result, UnitOfWork, Upcasters,
 };
 
 use crate::backoff::Backoff;
-use crate::handler::{Handler, HandlerError};
+use crate::handler::Handler;
 use crate::health::{Health, HealthState};
+use crate::retry::{Retry, Stop};
 
 /// Settings of a [`Projector`].
 #[derive(Clone, Debug)]
@@ -48,13 +52,15 @@ pub struct Projector {
     handler: Arc<dyn Handler>,
     config: ProjectorConfig,
     health: Health,
+    origin: WorkOrigin,
 }
 
 enum BatchResult {
     Applied(Position),
     /// The stored checkpoint is not where this projector left it: a rebuild reset it.
     Reset,
-    Failed(HandlerError),
+    /// An event the handler failed on (the batch was rolled back).
+    Failed(String),
 }
 
 impl Projector {
@@ -67,6 +73,7 @@ impl Projector {
         let name = name.into();
         Self {
             health: Health::new(format!("projector {name}")),
+            origin: WorkOrigin::Task(format!("projector {name}").into()),
             name,
             db,
             handler,
@@ -91,100 +98,117 @@ impl Projector {
         let name = self.checkpoint_name();
         let collections: Vec<String> = collections.iter().map(|c| (*c).to_owned()).collect();
         self.db
-            .transact_consumer(move |tx| {
-                for c in &collections {
-                    tx.clear_collection(c)?;
-                }
-                tx.set_checkpoint(&name, Position::START)
+            .transact_consumer(self.origin.clone(), move |tx| {
+                Box::pin(async move {
+                    for c in &collections {
+                        tx.clear_collection(c).await?;
+                    }
+                    tx.set_checkpoint(&name, Position::START).await
+                })
             })
             .await
     }
 
-    /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` is cancelled. An event the handler fails on is retried with
+    /// backoff (the view stops there and health says why) until it succeeds.
+    ///
+    /// # Errors
+    /// A failure of the event store or the view's database retrying cannot fix.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let retry = Retry::new(self.config.backoff, shutdown, self.health.clone());
+        let stopped = self.follow(&retry).await;
+        retry.finish(stopped)
+    }
+
+    /// Applies the event store to the view, from the checkpoint, again after every reset.
+    async fn follow(&self, retry: &Retry) -> Result<(), Stop> {
         let name = self.checkpoint_name();
+        loop {
+            let start = retry
+                .until_ok("reading the checkpoint", || {
+                    let n = name.clone();
+                    self.db.transact_consumer(self.origin.clone(), move |tx| {
+                        Box::pin(async move { tx.checkpoint(&n).await })
+                    })
+                })
+                .await?;
+            self.subscription(&name, start, retry).await?;
+        }
+    }
+
+    /// Applies events from after `start` until the checkpoint is found reset (`Ok`) or the
+    /// projector stops (`Err`).
+    async fn subscription(
+        &self,
+        name: &str,
+        start: Option<Position>,
+        retry: &Retry,
+    ) -> Result<(), Stop> {
+        let mut expected = start;
+        let mut events = self
+            .db
+            .event_store()
+            .subscribe_all(start.unwrap_or(Position::START).next());
+        self.health.set(HealthState::Running);
         let mut failures = 0;
-        'subscription: loop {
-            let n = name.clone();
-            let start = match self.db.transact_consumer(move |tx| tx.checkpoint(&n)).await {
-                Ok(c) => c,
-                Err(e) => {
+        loop {
+            let first = tokio::select! {
+                e = events.next() => e,
+                _ = tokio::time::sleep(self.config.idle_check) => {
+                    // Idle: a rebuild only shows in the checkpoint, so look at it.
+                    match self.db.checkpoint(name).await {
+                        Ok(stored) if stored != expected => {
+                            tracing::info!(projector = %self.name, "checkpoint was reset; rebuilding");
+                            return Ok(());
+                        }
+                        _ => continue,
+                    }
+                }
+                _ = retry.shutdown.cancelled() => return Err(Stop::Shutdown),
+            };
+            let mut batch = match first {
+                Some(Ok(e)) => vec![e],
+                Some(Err(e)) if !e.is_retryable() => return Err(Stop::Fatal(e)),
+                Some(Err(e)) => {
                     failures += 1;
-                    self.degraded("reading the checkpoint", &e.to_string());
-                    if !nap(self.config.backoff.delay(failures), &shutdown).await {
+                    retry.degraded("reading events", &e);
+                    retry.nap(self.config.backoff.delay(failures)).await?;
+                    return Ok(());
+                }
+                None => return Ok(()),
+            };
+            // Take whatever else is ready, without waiting.
+            while batch.len() < self.config.batch_size {
+                match events.next().now_or_never() {
+                    Some(Some(Ok(e))) => batch.push(e),
+                    _ => break,
+                }
+            }
+            loop {
+                let applied = retry
+                    .until_ok("writing the view", || {
+                        self.apply(name, expected, batch.clone())
+                    })
+                    .await?;
+                match applied {
+                    BatchResult::Applied(last) => {
+                        expected = Some(last);
+                        failures = 0;
+                        self.health.set(HealthState::Running);
                         break;
                     }
-                    continue;
-                }
-            };
-            let mut expected = start;
-            let mut events = self
-                .db
-                .event_store()
-                .subscribe_all(start.unwrap_or(Position::START).next());
-            self.health.set(HealthState::Running);
-            loop {
-                let first = tokio::select! {
-                    e = events.next() => e,
-                    _ = tokio::time::sleep(self.config.idle_check) => {
-                        // Idle: a rebuild only shows in the checkpoint, so look at it.
-                        match self.db.checkpoint(&name).await {
-                            Ok(stored) if stored != expected => {
-                                tracing::info!(projector = %self.name, "checkpoint was reset; rebuilding");
-                                continue 'subscription;
-                            }
-                            _ => continue,
-                        }
+                    BatchResult::Reset => {
+                        tracing::info!(projector = %self.name, "checkpoint was reset; rebuilding");
+                        return Ok(());
                     }
-                    _ = shutdown.cancelled() => break 'subscription,
-                };
-                let mut batch = match first {
-                    Some(Ok(e)) => vec![e],
-                    Some(Err(e)) => {
+                    BatchResult::Failed(reason) => {
                         failures += 1;
-                        self.degraded("reading events", &e.to_string());
-                        if !nap(self.config.backoff.delay(failures), &shutdown).await {
-                            break 'subscription;
-                        }
-                        continue 'subscription;
-                    }
-                    None => continue 'subscription,
-                };
-                // Take whatever else is ready, without waiting.
-                while batch.len() < self.config.batch_size {
-                    match events.next().now_or_never() {
-                        Some(Some(Ok(e))) => batch.push(e),
-                        _ => break,
-                    }
-                }
-                loop {
-                    match self.apply(&name, expected, batch.clone()).await {
-                        Ok(BatchResult::Applied(last)) => {
-                            expected = Some(last);
-                            failures = 0;
-                            self.health.set(HealthState::Running);
-                            break;
-                        }
-                        Ok(BatchResult::Reset) => {
-                            tracing::info!(projector = %self.name, "checkpoint was reset; rebuilding");
-                            continue 'subscription;
-                        }
-                        Ok(BatchResult::Failed(e)) => {
-                            failures += 1;
-                            self.degraded("applying an event", &e.message);
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            self.degraded("writing the view", &e.to_string());
-                        }
-                    }
-                    if !nap(self.config.backoff.delay(failures), &shutdown).await {
-                        break 'subscription;
+                        retry.degraded("applying an event", &reason);
+                        retry.nap(self.config.backoff.delay(failures)).await?;
                     }
                 }
             }
         }
-        self.health.set(HealthState::Stopped);
     }
 
     async fn apply(
@@ -198,60 +222,53 @@ impl Projector {
             self.handler.clone(),
             self.config.upcasters.clone(),
         );
-        self.db
-            .transact_consumer(move |tx| {
-                if tx.checkpoint(&name)? != expected {
-                    return Ok(BatchResult::Reset);
+        let work = Work::new(self.origin.clone(), move |tx: &mut dyn ConsumerTx| {
+            Box::pin(async move {
+                if tx.checkpoint(&name).await? != expected {
+                    return Ok(Box::new(BatchResult::Reset) as Box<dyn Any + Send>);
                 }
                 let mut last = expected.unwrap_or(Position::START);
                 for recorded in batch {
                     let position = recorded.position;
                     let envelope = upcasters.upcast(recorded.envelope)?;
-                    if let Err(e) = apply_one(tx, handler.as_ref(), &envelope) {
+                    if let Err(e) = apply_one(tx, handler.as_ref(), &envelope).await {
                         // Roll the whole batch back by failing the unit; report the cause.
-                        return Err(Error::invalid(format!(
+                        let failed = BatchResult::Failed(format!(
                             "event at position {position} ({}): {}",
-                            envelope.event_type, e.message
-                        )));
+                            envelope.event_type,
+                            e.message()
+                        ));
+                        return Err(WorkError::Aborted(Box::new(failed)));
                     }
                     last = position;
                 }
-                tx.set_checkpoint(&name, last)?;
-                Ok(BatchResult::Applied(last))
+                tx.set_checkpoint(&name, last).await?;
+                Ok(Box::new(BatchResult::Applied(last)) as Box<dyn Any + Send>)
             })
-            .await
-            .or_else(|e| match e {
-                Error::InvalidInput { reason } => {
-                    Ok(BatchResult::Failed(HandlerError::reject(reason)))
-                }
-                other => Err(other),
-            })
-    }
-
-    fn degraded(&self, what: &str, reason: &str) {
-        tracing::warn!(projector = %self.name, reason, "projector failed {what}; retrying");
-        self.health
-            .set(HealthState::Degraded(format!("{what}: {reason}")));
+        });
+        match self.db.execute(work).await {
+            Ok(done) | Err(WorkError::Aborted(done)) => done
+                .downcast::<BatchResult>()
+                .map(|b| *b)
+                .map_err(|_| Error::storage_msg("a projector unit returned something else")),
+            Err(WorkError::Failed(e)) => Err(e),
+        }
     }
 }
 
-fn apply_one(
+async fn apply_one(
     tx: &mut dyn ConsumerTx,
     handler: &dyn Handler,
-    envelope: &tributary_core::Envelope,
+    envelope: &Envelope,
 ) -> Result<(), HandlerError> {
     let unit: &mut dyn UnitOfWork = tx;
-    match catch_unwind(AssertUnwindSafe(|| handler.handle(envelope, unit))) {
+    match AssertUnwindSafe(handler.handle(envelope, unit))
+        .catch_unwind()
+        .await
+    {
         Ok(result) => result,
         Err(panic) => Err(HandlerError::reject(
             Error::panicked("projection handler", panic.as_ref()).to_string(),
         )),
-    }
-}
-
-async fn nap(d: std::time::Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        _ = shutdown.cancelled() => false,
     }
 }

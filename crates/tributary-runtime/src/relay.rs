@@ -18,6 +18,7 @@ use tributary_core::{Broker, Error, LeaseGuard, RelaySource, SourceBatch};
 
 use crate::backoff::Backoff;
 use crate::health::{Health, HealthState};
+use crate::retry::{Retry, Stop};
 
 /// Settings of a [`Relay`].
 #[derive(Clone, Debug)]
@@ -49,6 +50,10 @@ impl RelayConfig {
         self.standby_poll = d;
         self
     }
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
 }
 
 /// Counters of a relay, shared with whoever wants to watch it.
@@ -67,11 +72,6 @@ pub struct Relay {
     config: RelayConfig,
     stats: Arc<RelayStats>,
     health: Health,
-}
-
-enum Stop {
-    Shutdown,
-    LeaseLost,
 }
 
 impl Relay {
@@ -94,111 +94,98 @@ impl Relay {
         self.health.clone()
     }
 
-    /// Runs until `shutdown` is cancelled: waits for the lease, then publishes.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` is cancelled: waits for the lease, then publishes. A lost lease
+    /// sends it back to standing by. Failures that may clear are retried (health says why).
+    ///
+    /// # Errors
+    /// A failure of the source retrying cannot fix (a storage problem, an undecodable row):
+    /// the relay stops rather than skip anything.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let retry = Retry::new(self.config.backoff, shutdown, self.health.clone());
+        let stopped = self.lead(&retry).await;
+        retry.finish(stopped)
+    }
+
+    /// Holds the lease and publishes, again after every lost lease, until stopped.
+    async fn lead(&self, retry: &Retry) -> Result<(), Stop> {
         loop {
-            let Some(lease) = self.acquire(&shutdown).await else {
-                break;
-            };
+            let lease = self.acquire(retry).await?;
             tracing::info!(
                 source = self.source.name(),
                 "relay holds the lease; publishing"
             );
             self.health.set(HealthState::Running);
-            match self.publish_loop(lease.as_ref(), &shutdown).await {
-                Stop::Shutdown => break,
-                Stop::LeaseLost => {
-                    tracing::warn!(source = self.source.name(), "relay lost its lease");
-                }
-            }
+            self.publish_while_held(lease.as_ref(), retry).await?;
+            tracing::warn!(source = self.source.name(), "relay lost its lease");
         }
-        self.health.set(HealthState::Stopped);
     }
 
-    async fn acquire(&self, shutdown: &CancellationToken) -> Option<Box<dyn LeaseGuard>> {
+    async fn acquire(&self, retry: &Retry) -> Result<Box<dyn LeaseGuard>, Stop> {
         let mut standby_logged = false;
-        let mut failures = 0;
         loop {
-            if shutdown.is_cancelled() {
-                return None;
+            if let Some(lease) = retry
+                .until_ok("taking the lease", || self.source.try_lease())
+                .await?
+            {
+                return Ok(lease);
             }
-            match self.source.try_lease().await {
-                Ok(Some(lease)) => return Some(lease),
-                Ok(None) => {
-                    if !standby_logged {
-                        tracing::info!(
-                            source = self.source.name(),
-                            "another relay is active; standing by"
-                        );
-                        standby_logged = true;
-                    }
-                    self.health.set(HealthState::Standby);
-                    failures = 0;
-                    self.nap(self.config.standby_poll, shutdown).await;
-                }
-                Err(e) => {
-                    failures += 1;
-                    self.degraded("taking the lease", &e);
-                    self.nap(self.config.backoff.delay(failures), shutdown)
-                        .await;
-                }
+            if !standby_logged {
+                tracing::info!(
+                    source = self.source.name(),
+                    "another relay is active; standing by"
+                );
+                standby_logged = true;
             }
+            self.health.set(HealthState::Standby);
+            retry.nap(self.config.standby_poll).await?;
         }
     }
 
-    async fn publish_loop(&self, lease: &dyn LeaseGuard, shutdown: &CancellationToken) -> Stop {
+    /// Publishes until the lease is lost (`Ok`) or the relay stops (`Err`).
+    async fn publish_while_held(&self, lease: &dyn LeaseGuard, retry: &Retry) -> Result<(), Stop> {
         let mut commits = self.source.commits();
-        let mut failures = 0;
         loop {
-            if shutdown.is_cancelled() {
-                return Stop::Shutdown;
+            if retry.shutdown.is_cancelled() {
+                return Err(Stop::Shutdown);
             }
             if !lease.is_held() {
-                return Stop::LeaseLost;
+                return Ok(());
             }
             // Seen before reading: a commit during the read wakes the wait below.
             commits.borrow_and_update();
-            match self.source.read_batch(self.config.batch_size).await {
-                Ok(Some(batch)) => {
-                    failures = 0;
-                    if !self.deliver(batch, shutdown).await {
-                        return Stop::Shutdown;
-                    }
-                }
-                Ok(None) => {
-                    failures = 0;
+            let batch = retry
+                .until_ok("reading the source", || {
+                    self.source.read_batch(self.config.batch_size)
+                })
+                .await?;
+            match batch {
+                Some(batch) => self.deliver(batch, retry).await?,
+                None => {
                     self.health.set(HealthState::Running);
                     tokio::select! {
                         _ = commits.changed() => {}
                         _ = tokio::time::sleep(self.source.poll_every()) => {}
-                        _ = shutdown.cancelled() => return Stop::Shutdown,
+                        _ = retry.shutdown.cancelled() => return Err(Stop::Shutdown),
                     }
-                }
-                Err(e) => {
-                    failures += 1;
-                    self.degraded("reading the source", &e);
-                    self.nap(self.config.backoff.delay(failures), shutdown)
-                        .await;
                 }
             }
         }
     }
 
     /// Publishes `batch` and marks it published, retrying each step until it succeeds.
-    /// Returns false if stopped first: the batch is then left unmarked and is published
-    /// again by whoever runs next.
+    /// Stopped first, the batch is left unmarked and is published again by whoever runs next.
     ///
     /// A broker that refuses the batch for good (a message above its size limit, say) does
     /// not make the relay drop or skip anything: skipping would lose the row and break the
     /// per-key order promised to consumers. The relay says so loudly, once, keeps the batch and
     /// retries at its slowest pace until the operator raises the broker's limit.
-    async fn deliver(&self, batch: SourceBatch, shutdown: &CancellationToken) -> bool {
+    async fn deliver(&self, batch: SourceBatch, retry: &Retry) -> Result<(), Stop> {
         let mut failures = 0;
         let mut refusal_reported = false;
         while let Err(e) = self.broker.publish(&batch.messages).await {
             failures += 1;
             let delay = if e.is_retryable() {
-                self.degraded("publishing", &e);
+                retry.degraded("publishing", &e);
                 self.config.backoff.delay(failures)
             } else {
                 if !refusal_reported {
@@ -219,41 +206,19 @@ impl Relay {
                 )));
                 self.config.backoff.delay(u32::MAX)
             };
-            if !self.nap(delay, shutdown).await {
-                return false;
-            }
+            retry.nap(delay).await?;
         }
-        let mut failures = 0;
-        while let Err(e) = self.source.mark_published(batch.through).await {
-            failures += 1;
-            self.degraded("recording progress", &e);
-            if !self
-                .nap(self.config.backoff.delay(failures), shutdown)
-                .await
-            {
-                return false;
-            }
-        }
+        retry
+            .until_ok("recording progress", || {
+                self.source.mark_published(batch.through)
+            })
+            .await?;
         self.stats
             .published
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.health.set(HealthState::Running);
-        true
-    }
-
-    fn degraded(&self, what: &str, e: &Error) {
-        tracing::warn!(source = self.source.name(), error = %e, "relay failed {what}; retrying");
-        self.health
-            .set(HealthState::Degraded(format!("{what}: {e}")));
-    }
-
-    /// Sleeps for `d` unless stopped; returns whether it is still running.
-    async fn nap(&self, d: Duration, shutdown: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = shutdown.cancelled() => false,
-        }
+        Ok(())
     }
 }
 
@@ -338,8 +303,13 @@ mod tests {
             .collect();
         let sent: Vec<_> = events.iter().map(|e| e.id).collect();
         let t = topic.clone();
-        db.transact(move |tx| -> Result<()> {
-            events.into_iter().try_for_each(|e| tx.publish(&t, e))
+        db.transact(move |tx| {
+            Box::pin(async move {
+                for e in events {
+                    tx.publish(&t, e).await?;
+                }
+                Ok::<_, Error>(())
+            })
         })
         .await
         .unwrap();
@@ -383,6 +353,6 @@ mod tests {
         assert_eq!(got, sent, "every held message arrives, in order");
         assert!(health.is_ok());
         shutdown.cancel();
-        running.await.unwrap();
+        running.await.unwrap().unwrap();
     }
 }

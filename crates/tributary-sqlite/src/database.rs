@@ -10,10 +10,10 @@ use tokio::sync::{Semaphore, watch};
 use tributary_core::{Error, Result};
 
 use crate::config::SqliteConfig;
-use crate::schema::{self, DatabaseKind};
+use crate::schema::{self, SqliteDatabaseKind};
 use crate::sql_error::SqlResultExt;
 use crate::unit_of_work::SqliteTx;
-use crate::writer::Writer;
+use crate::writer::{SqliteWriter, SqliteWriterStats};
 
 /// An open Tributary database file. Cheap to clone; every clone (and every other `open` of
 /// the same file in this process) shares one writer thread, so group commit spans all of them.
@@ -25,7 +25,7 @@ pub struct SqliteDatabase {
 struct Inner {
     path: PathBuf,
     config: SqliteConfig,
-    writer: Writer,
+    writer: SqliteWriter,
     readers: Arc<ReadPool>,
 }
 
@@ -43,10 +43,14 @@ impl SqliteDatabase {
     /// [`Error::Storage`] for a file that is not a Tributary service database or is from a
     /// newer version; [`Error::Unavailable`] when the file cannot be opened.
     pub fn open(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self> {
-        Self::open_kind(path.as_ref(), config, DatabaseKind::Service)
+        Self::open_kind(path.as_ref(), config, SqliteDatabaseKind::Service)
     }
 
-    pub(crate) fn open_kind(path: &Path, config: SqliteConfig, kind: DatabaseKind) -> Result<Self> {
+    pub(crate) fn open_kind(
+        path: &Path,
+        config: SqliteConfig,
+        kind: SqliteDatabaseKind,
+    ) -> Result<Self> {
         let mut registry = registry().lock().unwrap_or_else(|p| p.into_inner());
         registry.retain(|_, weak| weak.strong_count() > 0);
         let mut conn = open_connection(path, &config, false)?;
@@ -60,7 +64,7 @@ impl SqliteDatabase {
         let name = path
             .file_stem()
             .map_or_else(|| "db".into(), |s| s.to_string_lossy().into_owned());
-        let writer = Writer::start(
+        let writer = SqliteWriter::start(
             SqliteTx::new(conn, config.max_event_bytes),
             config.max_units_per_commit,
             &name,
@@ -81,10 +85,10 @@ impl SqliteDatabase {
         Ok(Self { inner })
     }
 
-    /// Runs `unit` inside the next group commit; see [`Writer::execute`].
+    /// Runs the synchronous `unit` inside the next group commit; see [`SqliteWriter::execute`].
     ///
     /// # Errors
-    /// As [`Writer::execute`].
+    /// As [`SqliteWriter::execute`].
     pub async fn write<T, E, F>(&self, unit: F) -> Result<T, E>
     where
         F: FnOnce(&mut SqliteTx) -> Result<T, E> + Send + 'static,
@@ -92,6 +96,26 @@ impl SqliteDatabase {
         E: From<Error> + Send + 'static,
     {
         self.inner.writer.execute(unit).await
+    }
+
+    /// Runs the unit of work `unit` (an async closure) inside the next group commit; see
+    /// [`SqliteWriter::execute_async`].
+    ///
+    /// # Errors
+    /// As [`SqliteWriter::execute`].
+    pub async fn write_unit<T, E, F>(
+        &self,
+        origin: tributary_core::backend::WorkOrigin,
+        unit: F,
+    ) -> Result<T, E>
+    where
+        F: for<'u> FnOnce(&'u mut SqliteTx) -> tributary_core::BoxFuture<'u, Result<T, E>>
+            + Send
+            + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.inner.writer.execute_async(origin, unit).await
     }
 
     /// Runs `query` on a read connection on a blocking thread. Reads see committed data only
@@ -113,7 +137,7 @@ impl SqliteDatabase {
     }
 
     /// Units and commits of this file's writer so far (units per commit shows group commit).
-    pub fn writer_stats(&self) -> crate::writer::WriterStats {
+    pub fn writer_stats(&self) -> SqliteWriterStats {
         self.inner.writer.stats()
     }
 

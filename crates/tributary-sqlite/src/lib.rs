@@ -14,10 +14,10 @@ pub use broker::{SqliteBroker, SqliteBrokerConfig, SqliteBrokerConsumer};
 pub use config::{SqliteConfig, Synchronous};
 pub use database::SqliteDatabase;
 pub use event_store::SqliteEventStore;
-pub use schema::DatabaseKind;
+pub use schema::SqliteDatabaseKind;
 pub use service::{SqliteEventsSource, SqliteOutboxSource};
-pub use unit_of_work::SqliteTx;
-pub use writer::{Writer, WriterStats};
+pub use unit_of_work::{SqliteTx, SqliteUnitExt};
+pub use writer::{SqliteWriter, SqliteWriterStats};
 
 /// The raw driver, for services that keep their own tables inside a unit of work.
 pub use rusqlite;

@@ -13,25 +13,25 @@ const APPLICATION_ID: i32 = 0x5452_4942; // "TRIB"
 
 /// What a database file is for; a file of one kind cannot be opened as the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DatabaseKind {
+pub enum SqliteDatabaseKind {
     /// A service's own database: event store, documents, outbox, inbox, views.
     Service,
     /// The embedded broker's log.
     Broker,
 }
 
-impl DatabaseKind {
+impl SqliteDatabaseKind {
     fn name(self) -> &'static str {
         match self {
-            DatabaseKind::Service => "service",
-            DatabaseKind::Broker => "broker",
+            SqliteDatabaseKind::Service => "service",
+            SqliteDatabaseKind::Broker => "broker",
         }
     }
 
     fn migrations(self) -> &'static [Migration] {
         match self {
-            DatabaseKind::Service => SERVICE_MIGRATIONS,
-            DatabaseKind::Broker => BROKER_MIGRATIONS,
+            SqliteDatabaseKind::Service => SERVICE_MIGRATIONS,
+            SqliteDatabaseKind::Broker => BROKER_MIGRATIONS,
         }
     }
 }
@@ -58,7 +58,7 @@ const BROKER_MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// The newest schema version this build knows for `kind`.
-pub fn latest_version(kind: DatabaseKind) -> i64 {
+pub fn latest_version(kind: SqliteDatabaseKind) -> i64 {
     kind.migrations().last().map_or(0, |m| m.version)
 }
 
@@ -68,7 +68,7 @@ pub fn latest_version(kind: DatabaseKind) -> i64 {
 /// # Errors
 /// [`Error::Storage`] for a file that is not a Tributary database, is of another kind, or has
 /// a newer schema than this build knows.
-pub(crate) fn prepare(conn: &mut Connection, kind: DatabaseKind, path: &str) -> Result<()> {
+pub(crate) fn prepare(conn: &mut Connection, kind: SqliteDatabaseKind, path: &str) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| not_a_database(path, e))?;

@@ -1,20 +1,11 @@
 //! Turning rusqlite errors into Tributary errors: the driver's error is wrapped, never leaked.
 
-use rusqlite::ErrorCode;
 use tributary_core::Error;
 
-/// Maps a SQLite error met while doing `what`. Lock contention and I/O trouble are worth
-/// retrying; everything else is a storage problem.
+/// Maps a SQLite error met while doing `what`, with the one classification every caller
+/// shares ([`Error::from_rusqlite`]).
 pub(crate) fn sql_error(what: &str, e: rusqlite::Error) -> Error {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            Error::unavailable(format!("sqlite ({what})"), e)
-        }
-        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
-            Error::unavailable(format!("sqlite ({what})"), e)
-        }
-        _ => Error::storage(format!("sqlite failed while {what}"), e),
-    }
+    Error::from_rusqlite(what, e)
 }
 
 /// Whether `e` is a UNIQUE or PRIMARY KEY violation.

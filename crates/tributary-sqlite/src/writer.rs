@@ -1,22 +1,33 @@
 //! The group-commit writer: one thread owns a database file's write connection.
 //!
-//! Callers submit units of work (synchronous closures over the open transaction) through a
-//! channel. The writer takes every unit that is waiting, runs each inside its own
-//! `SAVEPOINT` (a unit that fails or panics is rolled back to its savepoint and gets its own
-//! error; the others are unaffected; the first unit of a transaction runs without one, as
-//! rolling back the transaction undoes exactly it), commits once, and only then answers each caller. One
-//! commit — one fsync with `synchronous=FULL` — serves everyone who was waiting, which is how
-//! concurrent writers go faster than one commit at a time.
+//! Callers submit units (closures over the open transaction; units of work are async closures
+//! whose futures this thread drives) through a channel. The writer takes every unit that is
+//! waiting, runs each inside its own `SAVEPOINT` (a unit that fails or panics is rolled back to
+//! its savepoint and gets its own error; the others are unaffected; the first unit of a
+//! transaction runs without one, as rolling back the transaction undoes exactly it), commits
+//! once, counts the commit, and only then answers each caller — so a caller that has its answer
+//! also sees its commit in [`Writer::commits`]. One commit — one fsync with `synchronous=FULL`
+//! — serves everyone who was waiting, which is how concurrent writers go faster than one
+//! commit at a time.
 //!
-//! A unit's closure must be short and only touch the database: slow or async work belongs
-//! before it. It must not commit or roll back the transaction itself.
+//! A unit must be short and only touch the database: the writer runs the units of a batch one
+//! after the other, so a unit whose future waits for something else (a network call, a timer,
+//! another task) stalls every writer of the file. Such a wait is detected: the first one of
+//! each unit origin is logged with how long it lasted, and every one is counted in
+//! [`WriterStats::stalls`]. A unit must not commit or roll back the transaction itself.
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tributary_core::{Error, Result};
+use tributary_core::backend::WorkOrigin;
+use tributary_core::{BoxFuture, Error, Result};
 
 use crate::sql_error::sql_error;
 use crate::unit_of_work::SqliteTx;
@@ -42,17 +53,60 @@ impl BatchFailure {
 /// Delivers a unit's result once the batch's fate is known.
 type Reply = Box<dyn FnOnce(Result<(), &BatchFailure>) + Send>;
 
+/// What the writer thread keeps between units: how to wake itself, and what it reported.
+struct WriterThread {
+    waker: Waker,
+    file: String,
+    counters: Arc<Counters>,
+    reported_stalls: HashSet<String>,
+}
+
 trait Unit: Send {
     /// Runs the unit (inside a savepoint if `savepoint`) and returns whether it succeeded and
     /// how to answer its caller.
-    fn run(self: Box<Self>, tx: &mut SqliteTx, savepoint: bool) -> (bool, Reply);
+    fn run(
+        self: Box<Self>,
+        tx: &mut SqliteTx,
+        savepoint: bool,
+        thread: &mut WriterThread,
+    ) -> (bool, Reply);
     /// Answers the caller without running (the batch could not start).
     fn fail(self: Box<Self>, failure: &BatchFailure);
 }
 
+/// A synchronous unit (the event store's and the broker's own writes).
 struct Job<F, T, E> {
     unit: F,
     reply: oneshot::Sender<Result<T, E>>,
+}
+
+/// A unit of work: an async closure whose future the writer drives.
+struct AsyncJob<F, T, E> {
+    unit: F,
+    origin: WorkOrigin,
+    /// The runtime of the caller, entered while the future runs, so that a unit that does
+    /// await a tokio timer or channel works (slowly, and reported) instead of panicking.
+    runtime: Option<tokio::runtime::Handle>,
+    reply: oneshot::Sender<Result<T, E>>,
+}
+
+fn answer<T: Send + 'static, E: From<Error> + Send + 'static>(
+    outcome: Result<T, E>,
+    reply: oneshot::Sender<Result<T, E>>,
+) -> (bool, Reply) {
+    let succeeded = outcome.is_ok();
+    (
+        succeeded,
+        Box::new(move |batch| {
+            let result = match (outcome, batch) {
+                (Err(e), _) => Err(e),
+                (Ok(value), Ok(())) => Ok(value),
+                (Ok(_), Err(failure)) => Err(E::from(failure.to_error())),
+            };
+            // The caller may have given up waiting; its unit committed anyway.
+            let _ = reply.send(result);
+        }),
+    )
 }
 
 impl<F, T, E> Unit for Job<F, T, E>
@@ -61,30 +115,98 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    fn run(self: Box<Self>, tx: &mut SqliteTx, savepoint: bool) -> (bool, Reply) {
-        let outcome = if savepoint {
-            in_savepoint(tx, self.unit)
-        } else {
-            guarded(tx, self.unit)
-        };
-        let reply = self.reply;
-        let succeeded = outcome.is_ok();
-        (
-            succeeded,
-            Box::new(move |batch| {
-                let result = match (outcome, batch) {
-                    (Err(e), _) => Err(e),
-                    (Ok(value), Ok(())) => Ok(value),
-                    (Ok(_), Err(failure)) => Err(E::from(failure.to_error())),
-                };
-                // The caller may have given up waiting; its unit committed anyway.
-                let _ = reply.send(result);
-            }),
-        )
+    fn run(
+        self: Box<Self>,
+        tx: &mut SqliteTx,
+        savepoint: bool,
+        _thread: &mut WriterThread,
+    ) -> (bool, Reply) {
+        answer(in_unit(tx, savepoint, self.unit), self.reply)
     }
 
     fn fail(self: Box<Self>, failure: &BatchFailure) {
         let _ = self.reply.send(Err(E::from(failure.to_error())));
+    }
+}
+
+impl<F, T, E> Unit for AsyncJob<F, T, E>
+where
+    F: for<'u> FnOnce(&'u mut SqliteTx) -> BoxFuture<'u, Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    fn run(
+        self: Box<Self>,
+        tx: &mut SqliteTx,
+        savepoint: bool,
+        thread: &mut WriterThread,
+    ) -> (bool, Reply) {
+        let AsyncJob {
+            unit,
+            origin,
+            runtime,
+            reply,
+        } = *self;
+        let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+        let outcome = in_unit(tx, savepoint, |tx| {
+            let (outcome, stalled) = drive(unit(tx), &thread.waker);
+            if let Some(stalled) = stalled {
+                thread.stalled(&origin, stalled);
+            }
+            outcome
+        });
+        answer(outcome, reply)
+    }
+
+    fn fail(self: Box<Self>, failure: &BatchFailure) {
+        let _ = self.reply.send(Err(E::from(failure.to_error())));
+    }
+}
+
+/// Wakes the writer thread parked in [`drive`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `future` to completion on this thread. Returns its output and, if it ever waited for
+/// something outside the database, for how long it waited in all.
+fn drive<T>(future: impl Future<Output = T>, waker: &Waker) -> (T, Option<Duration>) {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(waker);
+    let mut waited = None::<Duration>;
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return (value, waited);
+        }
+        // Only a unit awaiting something that is not its database gets here: the database
+        // calls of a SQLite unit complete at once.
+        let since = Instant::now();
+        std::thread::park();
+        *waited.get_or_insert(Duration::ZERO) += since.elapsed();
+    }
+}
+
+impl WriterThread {
+    fn stalled(&mut self, origin: &WorkOrigin, waited: Duration) {
+        self.counters.stalls.fetch_add(1, Ordering::Relaxed);
+        let origin = origin.to_string();
+        // Bounded: a burst of distinct origins cannot grow it without limit.
+        if self.reported_stalls.len() < 1024 && self.reported_stalls.insert(origin.clone()) {
+            tracing::warn!(
+                database = %self.file,
+                waited_ms = waited.as_secs_f64() * 1000.0,
+                "{origin} awaited something outside its database while it held the writer; \
+                 every other writer of this file waited too. Do slow or remote work before the \
+                 unit (reported once per unit; counted in the writer's stalls)"
+            );
+        }
     }
 }
 
@@ -100,7 +222,19 @@ fn exec_cached(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Runs `unit`, turning a panic into an error.
+/// Runs `unit` (in a savepoint of its own if `savepoint`), turning a panic into an error.
+fn in_unit<T, E: From<Error>>(
+    tx: &mut SqliteTx,
+    savepoint: bool,
+    unit: impl FnOnce(&mut SqliteTx) -> Result<T, E>,
+) -> Result<T, E> {
+    if savepoint {
+        in_savepoint(tx, unit)
+    } else {
+        guarded(tx, unit)
+    }
+}
+
 fn guarded<T, E: From<Error>>(
     tx: &mut SqliteTx,
     unit: impl FnOnce(&mut SqliteTx) -> Result<T, E>,
@@ -136,37 +270,77 @@ fn in_savepoint<T, E: From<Error>>(
 
 /// Counters of a writer since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriterStats {
+pub struct SqliteWriterStats {
     /// Units of work run (committed or not).
     pub units: u64,
     /// Transactions committed.
     pub commits: u64,
+    /// Units whose future waited for something outside the database while holding the writer.
+    pub stalls: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     units: AtomicU64,
     commits: AtomicU64,
+    stalls: AtomicU64,
 }
 
 /// Handle to a database file's writer thread. Cloning shares the same thread.
 #[derive(Clone)]
-pub struct Writer {
+pub struct SqliteWriter {
     units: mpsc::Sender<Box<dyn Unit>>,
     commits: watch::Receiver<u64>,
     counters: Arc<Counters>,
 }
 
-impl Writer {
+/// Something the writer thread calls after it has answered a batch's callers: tests use it
+/// to hold the writer there and look at what a caller can see.
+#[cfg(test)]
+type AfterReplies = Arc<dyn Fn() + Send + Sync>;
+
+impl SqliteWriter {
     /// Starts the writer thread on `tx`'s connection, committing at most `max_units` units per commit.
     pub(crate) fn start(tx: SqliteTx, max_units: usize, name: &str) -> Result<Self> {
+        Self::start_with(
+            tx,
+            max_units,
+            name,
+            #[cfg(test)]
+            None,
+        )
+    }
+
+    fn start_with(
+        tx: SqliteTx,
+        max_units: usize,
+        name: &str,
+        #[cfg(test)] after_replies: Option<AfterReplies>,
+    ) -> Result<Self> {
         let (units_tx, units_rx) = mpsc::channel(max_units.max(1) * 4);
         let (commits_tx, commits_rx) = watch::channel(0u64);
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
+        let file = name.to_owned();
         std::thread::Builder::new()
             .name(format!("tributary-writer-{name}"))
-            .spawn(move || run(tx, units_rx, commits_tx, max_units.max(1), &thread_counters))
+            .spawn(move || {
+                let thread = WriterThread {
+                    waker: Waker::from(Arc::new(ThreadWaker(std::thread::current()))),
+                    file,
+                    counters: thread_counters,
+                    reported_stalls: HashSet::new(),
+                };
+                run(
+                    tx,
+                    units_rx,
+                    commits_tx,
+                    max_units.max(1),
+                    thread,
+                    #[cfg(test)]
+                    after_replies,
+                )
+            })
             .map_err(|e| Error::unavailable("sqlite writer thread", e))?;
         Ok(Self {
             units: units_tx,
@@ -175,7 +349,8 @@ impl Writer {
         })
     }
 
-    /// Runs `unit` in the next commit and returns its result once that commit is durable.
+    /// Runs the synchronous `unit` in the next commit and returns its result once that commit
+    /// is durable.
     ///
     /// # Errors
     /// The unit's own error (its changes are rolled back, others' are not), a panic in the unit
@@ -186,28 +361,56 @@ impl Writer {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Box::new(Job { unit, reply }), answer).await
+    }
+
+    /// Runs the unit of work `unit` (an async closure) in the next commit, its future driven
+    /// by the writer thread, and returns its result once that commit is durable.
+    ///
+    /// # Errors
+    /// As [`SqliteWriter::execute`].
+    pub async fn execute_async<T, E, F>(&self, origin: WorkOrigin, unit: F) -> Result<T, E>
+    where
+        F: for<'u> FnOnce(&'u mut SqliteTx) -> BoxFuture<'u, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = AsyncJob {
+            unit,
+            origin,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            reply,
+        };
+        self.submit(Box::new(job), answer).await
+    }
+
+    async fn submit<T, E: From<Error>>(
+        &self,
+        job: Box<dyn Unit>,
+        answer: oneshot::Receiver<Result<T, E>>,
+    ) -> Result<T, E> {
         let shutdown = || {
             E::from(Error::Shutdown {
                 what: "sqlite writer".into(),
             })
         };
-        let (reply, answer) = oneshot::channel();
-        self.units
-            .send(Box::new(Job { unit, reply }))
-            .await
-            .map_err(|_| shutdown())?;
+        self.units.send(job).await.map_err(|_| shutdown())?;
         answer.await.map_err(|_| shutdown())?
     }
 
-    /// Changes after every successful commit made through this writer.
+    /// Changes after every successful commit made through this writer, before its callers
+    /// are answered.
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.clone()
     }
 
-    pub fn stats(&self) -> WriterStats {
-        WriterStats {
+    pub fn stats(&self) -> SqliteWriterStats {
+        SqliteWriterStats {
             units: self.counters.units.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+            stalls: self.counters.stalls.load(Ordering::Relaxed),
         }
     }
 }
@@ -216,12 +419,12 @@ impl Writer {
 /// microseconds, so the writer polls briefly before it parks: parking and being woken costs
 /// more than the wait (measured: the round trip of an empty unit drops from ~20 to ~N µs).
 fn next_unit(units: &mut mpsc::Receiver<Box<dyn Unit>>) -> Option<Box<dyn Unit>> {
-    let spin_until = std::time::Instant::now() + SPIN;
+    let spin_until = Instant::now() + SPIN;
     loop {
         match units.try_recv() {
             Ok(unit) => return Some(unit),
             Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < spin_until => {
+            Err(mpsc::error::TryRecvError::Empty) if Instant::now() < spin_until => {
                 std::thread::yield_now();
             }
             Err(mpsc::error::TryRecvError::Empty) => return units.blocking_recv(),
@@ -229,10 +432,10 @@ fn next_unit(units: &mut mpsc::Receiver<Box<dyn Unit>>) -> Option<Box<dyn Unit>>
     }
 }
 
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+const SPIN: Duration = Duration::from_micros(50);
 
 /// How long the writer waits for callers it expects back before it commits without them.
-const GATHER: std::time::Duration = std::time::Duration::from_micros(60);
+const GATHER: Duration = Duration::from_micros(60);
 
 /// The sizes of the last few batches: how many callers are writing concurrently.
 #[derive(Default)]
@@ -263,12 +466,12 @@ fn gather(
     expected: usize,
 ) {
     let target = expected.min(max_units);
-    let deadline = std::time::Instant::now() + GATHER;
+    let deadline = Instant::now() + GATHER;
     while batch.len() < max_units {
         match units.try_recv() {
             Ok(unit) => batch.push(unit),
             Err(mpsc::error::TryRecvError::Empty)
-                if batch.len() < target && std::time::Instant::now() < deadline =>
+                if batch.len() < target && Instant::now() < deadline =>
             {
                 std::thread::yield_now();
             }
@@ -282,7 +485,8 @@ fn run(
     mut units: mpsc::Receiver<Box<dyn Unit>>,
     commits: watch::Sender<u64>,
     max_units: usize,
-    counters: &Counters,
+    mut thread: WriterThread,
+    #[cfg(test)] after_replies: Option<AfterReplies>,
 ) {
     let mut batch: Vec<Box<dyn Unit>> = Vec::with_capacity(max_units);
     let mut replies: Vec<Reply> = Vec::with_capacity(max_units);
@@ -296,7 +500,8 @@ fn run(
             continue;
         }
         recent.record(batch.len());
-        counters
+        thread
+            .counters
             .units
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut aborted = None;
@@ -309,7 +514,7 @@ fn run(
                 unit.fail(failure);
                 continue;
             }
-            let (succeeded, reply) = unit.run(&mut tx, !first_in_transaction);
+            let (succeeded, reply) = unit.run(&mut tx, !first_in_transaction, &mut thread);
             replies.push(reply);
             if first_in_transaction && !succeeded {
                 if !tx.connection().is_autocommit() {
@@ -335,12 +540,93 @@ fn run(
         if outcome.is_err() && !tx.connection().is_autocommit() {
             let _ = tx.connection().execute_batch("ROLLBACK");
         }
+        // Counted before anyone is answered: a caller that has seen its own commit must see
+        // it in the count too (whoever waits on `commits()` right after a write relies on it).
+        if outcome.is_ok() {
+            thread.counters.commits.fetch_add(1, Ordering::Relaxed);
+            commits.send_modify(|n| *n += 1);
+        }
         for reply in replies.drain(..) {
             reply(outcome.as_ref().map(|_| ()));
         }
-        if outcome.is_ok() {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-            commits.send_modify(|n| *n += 1);
+        #[cfg(test)]
+        if let Some(hook) = &after_replies {
+            hook();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A writer on a fresh file whose thread stops after answering each batch until the test
+    /// lets it go on.
+    fn held_writer(dir: &tempfile::TempDir) -> (SqliteWriter, std::sync::mpsc::Sender<()>) {
+        let conn = rusqlite::Connection::open(dir.path().join("w.db")).expect("open");
+        conn.execute_batch("CREATE TABLE t (n INTEGER)")
+            .expect("table");
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let hook: AfterReplies = Arc::new(move || {
+            let _ = gate.lock().map(|g| g.recv());
+        });
+        let writer = SqliteWriter::start_with(SqliteTx::new(conn, 1 << 20), 8, "w", Some(hook))
+            .expect("writer");
+        (writer, go)
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_counted_before_its_caller_is_answered() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (writer, go) = held_writer(&dir);
+        let commits = writer.commits();
+        for round in 1..=3u64 {
+            writer
+                .execute(|tx| {
+                    tx.connection()
+                        .execute("INSERT INTO t VALUES (1)", [])
+                        .map_err(|e| sql_error("inserting", e))
+                })
+                .await
+                .expect("unit");
+            // The writer is now held right after answering: nothing after the replies ran.
+            assert_eq!(
+                *commits.borrow(),
+                round,
+                "the caller was answered before its commit was counted"
+            );
+            go.send(()).expect("release the writer");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unit_that_awaits_something_else_is_counted_as_a_stall() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = rusqlite::Connection::open(dir.path().join("s.db")).expect("open");
+        let writer = SqliteWriter::start(SqliteTx::new(conn, 1 << 20), 8, "s").expect("writer");
+        let quick: Result<()> = writer
+            .execute_async(WorkOrigin::Task("quick".into()), |_tx| {
+                Box::pin(async { Ok(()) })
+            })
+            .await;
+        quick.expect("quick unit");
+        assert_eq!(
+            writer.stats().stalls,
+            0,
+            "a unit that only touches the database"
+        );
+        let slow: Result<()> = writer
+            .execute_async(WorkOrigin::Task("slow".into()), |_tx| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok(())
+                })
+            })
+            .await;
+        slow.expect("slow unit completes");
+        assert_eq!(writer.stats().stalls, 1);
     }
 }

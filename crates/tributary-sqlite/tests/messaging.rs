@@ -21,10 +21,9 @@ async fn make() -> Option<MessagingFixture> {
         broker: Arc::new(broker),
         new_database: Box::new(move || {
             let n = next.fetch_add(1, Ordering::SeqCst);
-            Arc::new(
-                SqliteDatabase::open(d.path().join(format!("service-{n}.db")), config.clone())
-                    .expect("service database"),
-            )
+            let db = SqliteDatabase::open(d.path().join(format!("service-{n}.db")), config.clone())
+                .expect("service database");
+            Box::pin(async move { Arc::new(db) as _ })
         }),
         guard: Box::new(dir),
     })

@@ -8,11 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use tributary_core::{
-    DEFAULT_MAX_EVENT_BYTES, Envelope, Error, EventId, EventStore, ExpectedVersion, Metadata,
-    Payload, Position, Repository, Snapshot, StreamId, StreamVersion, Upcasters,
+    DEFAULT_MAX_EVENT_BYTES, Envelope, Error, EventId, EventStore, ExpectedVersion, Payload,
+    Position, StreamId, StreamVersion,
 };
-
-use crate::sample::{Account, AccountCommand};
 
 /// A store under test and whatever keeps it alive (a temporary directory, a schema).
 pub struct Fixture {
@@ -55,9 +53,6 @@ macro_rules! event_store_conformance {
             subscription_from_a_middle_position_starts_there,
             oversized_and_empty_appends_change_nothing,
             payloads_and_metadata_round_trip_exactly,
-            repository_upcasts_old_events_on_read,
-            repository_snapshots_every_n_events_and_loads_from_them,
-            repository_retries_conflicts_and_stays_consistent,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -614,142 +609,4 @@ pub async fn payloads_and_metadata_round_trip_exactly(store: Arc<dyn EventStore>
     let mut got = read.envelope;
     got.time = expected.time;
     assert_eq!(got, expected);
-}
-
-pub async fn repository_upcasts_old_events_on_read(store: Arc<dyn EventStore>) {
-    // Version 1 of `Deposited` had {"cents": n}; version 2 renamed it to {"amount": n}.
-    let id = EventId::new().to_string();
-    let s = StreamId::for_aggregate("Account", &id).unwrap();
-    let opened = Envelope::new("legacy", "Opened", Payload::null()).with_subject(&id);
-    let old = Envelope::new(
-        "legacy",
-        "Deposited",
-        Payload::from_value(&json!({"cents": 700})).unwrap(),
-    )
-    .with_subject(&id);
-    store
-        .append(&s, ExpectedVersion::NoStream, vec![opened, old])
-        .await
-        .unwrap();
-    let upcasters = Upcasters::new().register("Deposited", 1, |e| {
-        let cents = e.data["cents"].take();
-        e.data = json!({ "amount": cents });
-        Ok(())
-    });
-    let plain = Repository::<Account>::new(store.clone(), "test");
-    assert!(
-        matches!(plain.load(&id).await, Err(Error::Decode { .. })),
-        "without the upcaster the old shape does not decode"
-    );
-    let repo = Repository::<Account>::new(store.clone(), "test").with_upcasters(upcasters);
-    let loaded = repo.load(&id).await.unwrap();
-    assert_eq!(loaded.state.balance, 700);
-    let done = repo
-        .execute(&id, AccountCommand::Deposit(5), &Metadata::default())
-        .await
-        .unwrap();
-    assert_eq!(done.state.balance, 705);
-    assert_eq!(
-        done.events[0].schema_version, 2,
-        "new events are written in the latest shape"
-    );
-    let stored = store
-        .read_stream(&s, StreamVersion::new(2), 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        stored[0].envelope.schema_version, 1,
-        "stored events are never rewritten"
-    );
-}
-
-pub async fn repository_snapshots_every_n_events_and_loads_from_them(store: Arc<dyn EventStore>) {
-    let id = EventId::new().to_string();
-    let s = StreamId::for_aggregate("Account", &id).unwrap();
-    let repo = Repository::<Account>::new(store.clone(), "test").with_snapshots_every(3);
-    let md = Metadata::default();
-    repo.execute(&id, AccountCommand::Open, &md).await.unwrap();
-    for _ in 0..7 {
-        repo.execute(&id, AccountCommand::Deposit(10), &md)
-            .await
-            .unwrap();
-    }
-    let snapshot = store
-        .load_snapshot(&s)
-        .await
-        .unwrap()
-        .expect("a snapshot was saved");
-    assert_eq!(snapshot.version, StreamVersion::new(6));
-    let from_snapshot = repo.load(&id).await.unwrap();
-    let replayed = Repository::<Account>::new(store.clone(), "test")
-        .load(&id)
-        .await
-        .unwrap();
-    assert_eq!(from_snapshot.state, replayed.state);
-    assert_eq!(from_snapshot.version, StreamVersion::new(8));
-    assert_eq!(from_snapshot.state.balance, 70);
-
-    // The snapshot is what loading uses: a doctored snapshot shows through.
-    let mut doctored = snapshot.state.decode::<Account>().unwrap();
-    doctored.deposits = 1000;
-    store
-        .save_snapshot(
-            &s,
-            Snapshot {
-                version: snapshot.version,
-                state: Payload::from_value(&doctored).unwrap(),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(repo.load(&id).await.unwrap().state.deposits, 1002);
-
-    // An undecodable snapshot is ignored, not fatal: the state is replayed.
-    store
-        .save_snapshot(
-            &s,
-            Snapshot {
-                version: StreamVersion::new(6),
-                state: Payload::from_json_str("[1,2]").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(repo.load(&id).await.unwrap().state, replayed.state);
-}
-
-pub async fn repository_retries_conflicts_and_stays_consistent(store: Arc<dyn EventStore>) {
-    let id = EventId::new().to_string();
-    let repo = Repository::<Account>::new(store.clone(), "test").with_max_attempts(50);
-    repo.execute(&id, AccountCommand::Open, &Metadata::default())
-        .await
-        .unwrap();
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let repo = repo.clone();
-        let id = id.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..5 {
-                repo.execute(&id, AccountCommand::Deposit(1), &Metadata::default())
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let loaded = repo.load(&id).await.unwrap();
-    assert_eq!(loaded.state.balance, 40);
-    assert_eq!(loaded.version, StreamVersion::new(41));
-    // A domain rejection is not retried and writes nothing.
-    let err = repo
-        .execute(&id, AccountCommand::Withdraw(41), &Metadata::default())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, tributary_core::CommandError::Rejected(_)));
-    assert_eq!(
-        repo.load(&id).await.unwrap().version,
-        StreamVersion::new(41)
-    );
 }

@@ -10,19 +10,28 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tributary_core::backend::WorkOrigin;
 use tributary_core::{
-    Broker, Database, Envelope, Error, EventId, ExpectedVersion, GroupName, OutgoingMessage,
-    Payload, StreamId, Topic, UnitOfWork, UnitOfWorkExt,
+    Broker, CommandError, Database, Envelope, Error, EventId, ExpectedVersion, GroupName, Metadata,
+    OutgoingMessage, Payload, Repository, Snapshot, StreamId, StreamVersion, Topic, UnitOfWorkExt,
+    Upcasters,
 };
 use tributary_runtime::{
     Backoff, CancellationToken, Consumer, ConsumerConfig, DeadLetterAdmin, Dispatch, Handler,
-    HandlerError, HealthState, Projector, ProjectorConfig, Relay, RelayConfig,
+    HandlerError, HealthState, Projector, ProjectorConfig, Relay, RelayConfig, handler_fn,
 };
 
 use crate::broker::{fresh_group, fresh_topic};
+use crate::sample::{Account, AccountCommand, AccountError};
 
 /// Makes a fresh, empty service database.
-pub type DatabaseFactory = Box<dyn Fn() -> Arc<dyn Database> + Send + Sync>;
+pub type DatabaseFactory =
+    Box<dyn Fn() -> tributary_core::BoxFuture<'static, Arc<dyn Database>> + Send + Sync>;
+
+/// The origin the suite's own runtime-level units report.
+fn origin() -> WorkOrigin {
+    WorkOrigin::Task("the messaging conformance suite".into())
+}
 
 /// A broker and a source of fresh databases, and whatever keeps them alive.
 pub struct MessagingFixture {
@@ -56,6 +65,10 @@ macro_rules! messaging_conformance {
             batched_inbox_and_dead_letter_lookups_agree_with_single_ones,
             events_published_in_a_rolled_back_savepoint_are_dropped_and_the_rest_keep_their_order,
             document_updates_are_read_back_in_the_unit_and_undone_by_a_savepoint_rollback,
+            a_document_no_backend_can_store_dead_letters_only_its_message,
+            repository_upcasts_old_events_on_read,
+            repository_snapshots_every_n_events_and_loads_from_them,
+            repository_retries_conflicts_and_stays_consistent,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -121,18 +134,18 @@ pub struct Ledger {
 /// A handler that applies `Numbered` events to a per-key ledger document, counting every
 /// application and any event that arrives out of per-key order.
 pub fn ledger_handler() -> Arc<dyn Handler> {
-    Arc::new(
-        Dispatch::new().on("Numbered", |n: Numbered, _e, unit: &mut dyn UnitOfWork| {
-            let mut ledger: Ledger = unit.get_as("ledger", &n.key)?.unwrap_or_default();
+    Arc::new(Dispatch::new().on("Numbered", |n: Numbered, _e, unit| {
+        Box::pin(async move {
+            let mut ledger: Ledger = unit.get_as("ledger", &n.key).await?.unwrap_or_default();
             if n.seq != ledger.last_seq + 1 {
                 ledger.out_of_order += 1;
             }
             ledger.last_seq = n.seq;
             ledger.applied += 1;
-            unit.put_as("ledger", &n.key, &ledger)?;
+            unit.put_as("ledger", &n.key, &ledger).await?;
             Ok(())
-        }),
-    )
+        })
+    }))
 }
 
 async fn ledger(db: &Arc<dyn Database>, key: &str) -> Ledger {
@@ -163,10 +176,12 @@ async fn publish_numbered(db: &Arc<dyn Database>, topic: &Topic, keys: &[String]
         for chunk in keys.chunks(4) {
             let (t, chunk) = (topic.clone(), chunk.to_vec());
             db.transact(move |unit| {
-                for k in &chunk {
-                    unit.publish(&t, numbered(k, seq))?;
-                }
-                Ok::<_, Error>(())
+                Box::pin(async move {
+                    for k in &chunk {
+                        unit.publish(&t, numbered(k, seq)).await?;
+                    }
+                    Ok::<_, Error>(())
+                })
             })
             .await
             .expect("publish");
@@ -180,7 +195,7 @@ fn keys(n: usize) -> Vec<String> {
 
 struct Running {
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<tributary_core::Result<()>>>,
 }
 
 impl Running {
@@ -199,15 +214,15 @@ impl Running {
 
     fn consumer(&mut self, consumer: Consumer) {
         let shutdown = self.shutdown.clone();
-        self.tasks.push(tokio::spawn(async move {
-            consumer.run(shutdown).await.expect("consumer runs");
-        }));
+        self.tasks.push(tokio::spawn(consumer.run(shutdown)));
     }
 
     async fn stop(self) {
         self.shutdown.cancel();
         for t in self.tasks {
-            t.await.expect("task ends cleanly");
+            t.await
+                .expect("task ends cleanly")
+                .expect("the task stops without a fatal error");
         }
     }
 }
@@ -231,7 +246,7 @@ fn consumer(
 }
 
 pub async fn outbox_events_reach_consumers_in_per_key_order_exactly_once(f: &MessagingFixture) {
-    let (producer, service) = ((f.new_database)(), (f.new_database)());
+    let (producer, service) = ((f.new_database)().await, (f.new_database)().await);
     let topic = fresh_topic();
     f.broker.ensure_topic(&topic, 4).await.unwrap();
     let keys = keys(12);
@@ -274,14 +289,17 @@ pub async fn outbox_events_reach_consumers_in_per_key_order_exactly_once(f: &Mes
 }
 
 pub async fn a_rolled_back_unit_publishes_nothing(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let topic = fresh_topic();
     let t = topic.clone();
     let err = db
         .transact(move |unit| {
-            unit.put("things", "a", Payload::from_value(&json!({"v": 1}))?)?;
-            unit.publish(&t, numbered("a", 1))?;
-            Err::<(), _>(Error::invalid("the business rule says no"))
+            Box::pin(async move {
+                unit.put("things", "a", Payload::from_value(&json!({"v": 1}))?)
+                    .await?;
+                unit.publish(&t, numbered("a", 1)).await?;
+                Err::<(), _>(Error::invalid("the business rule says no"))
+            })
         })
         .await
         .unwrap_err();
@@ -298,11 +316,13 @@ pub async fn a_rolled_back_unit_publishes_nothing(f: &MessagingFixture) {
     let t = topic.clone();
     let panicked = db
         .transact(move |unit| {
-            unit.publish(&t, numbered("b", 1))?;
-            if unit.get("things", "b")?.is_none() {
-                panic!("bug in the unit");
-            }
-            Ok::<_, Error>(())
+            Box::pin(async move {
+                unit.publish(&t, numbered("b", 1)).await?;
+                if unit.get("things", "b").await?.is_none() {
+                    panic!("bug in the unit");
+                }
+                Ok::<_, Error>(())
+            })
         })
         .await
         .unwrap_err();
@@ -314,7 +334,7 @@ pub async fn a_rolled_back_unit_publishes_nothing(f: &MessagingFixture) {
 }
 
 pub async fn published_outbox_rows_are_removed(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let topic = fresh_topic();
     publish_numbered(&db, &topic, &keys(3), 5).await;
     let batch = db
@@ -336,7 +356,7 @@ pub async fn published_outbox_rows_are_removed(f: &MessagingFixture) {
 }
 
 pub async fn event_store_events_are_relayed_once_by_their_cursor(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let store = db.event_store();
     let topic = fresh_topic();
     for i in 0..10u64 {
@@ -363,7 +383,7 @@ pub async fn event_store_events_are_relayed_once_by_their_cursor(f: &MessagingFi
     })
     .await;
     shutdown.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert!(caught_up, "the cursor moved past every event");
     let again = db.event_store_source("test", Topic::new("fallback").unwrap());
     assert!(
@@ -402,7 +422,7 @@ pub async fn event_store_events_are_relayed_once_by_their_cursor(f: &MessagingFi
 }
 
 pub async fn a_standby_relay_takes_over_when_the_active_one_stops(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let topic = fresh_topic();
     let first_stop = CancellationToken::new();
     let first = Relay::new(db.outbox_source(), f.broker.clone(), RelayConfig::default());
@@ -439,7 +459,7 @@ pub async fn a_standby_relay_takes_over_when_the_active_one_stops(f: &MessagingF
         "the standby publishes nothing"
     );
     first_stop.cancel();
-    first_task.await.unwrap();
+    first_task.await.unwrap().unwrap();
     let started = Instant::now();
     publish_numbered(&db, &topic, &keys(1), 2).await;
     let took_over = eventually(WITHIN, || {
@@ -451,11 +471,11 @@ pub async fn a_standby_relay_takes_over_when_the_active_one_stops(f: &MessagingF
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(second_stats.published.load(Ordering::Relaxed) >= 2);
     second_stop.cancel();
-    second_task.await.unwrap();
+    second_task.await.unwrap().unwrap();
 }
 
 pub async fn redelivered_messages_do_not_run_the_handler_again(f: &MessagingFixture) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let topic = fresh_topic();
     f.broker.ensure_topic(&topic, 2).await.unwrap();
     let group = fresh_group();
@@ -522,24 +542,27 @@ pub async fn redelivered_messages_do_not_run_the_handler_again(f: &MessagingFixt
 }
 
 pub async fn handler_writes_and_published_events_commit_with_the_inbox_entry(f: &MessagingFixture) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let (input, output) = (fresh_topic(), fresh_topic());
     let out = output.clone();
-    let handler: Arc<dyn Handler> = Arc::new(Dispatch::new().on(
-        "Numbered",
-        move |n: Numbered, e, unit: &mut dyn UnitOfWork| {
-            unit.put_as(
-                "seen",
-                &format!("{}-{}", n.key, n.seq),
-                &json!({"ok": true}),
-            )?;
-            unit.publish(
-                &out,
-                Envelope::new("svc", "Reacted", Payload::from_value(&n)?).caused_by(e),
-            )?;
-            Ok(())
-        },
-    ));
+    let handler: Arc<dyn Handler> =
+        Arc::new(Dispatch::new().on("Numbered", move |n: Numbered, e, unit| {
+            let out = out.clone();
+            Box::pin(async move {
+                unit.put_as(
+                    "seen",
+                    &format!("{}-{}", n.key, n.seq),
+                    &json!({"ok": true}),
+                )
+                .await?;
+                unit.publish(
+                    &out,
+                    Envelope::new("svc", "Reacted", Payload::from_value(&n)?).caused_by(e),
+                )
+                .await?;
+                Ok(())
+            })
+        }));
     f.broker
         .publish(
             &(1..=5)
@@ -585,19 +608,22 @@ pub async fn handler_writes_and_published_events_commit_with_the_inbox_entry(f: 
 /// A handler that fails permanently for (key, seq) pairs while `broken` is set.
 fn flaky_ledger(broken: Arc<AtomicBool>, poison: (&'static str, u64)) -> Arc<dyn Handler> {
     let inner = ledger_handler();
-    Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
-        let n: Numbered = e.data.decode().map_err(HandlerError::from)?;
-        if broken.load(Ordering::SeqCst) && n.key == poison.0 && n.seq == poison.1 {
-            return Err(HandlerError::retry("downstream rule is broken"));
-        }
-        inner.handle(e, unit)
+    handler_fn(move |e, unit| {
+        let (inner, broken) = (inner.clone(), broken.clone());
+        Box::pin(async move {
+            let n: Numbered = e.data.decode().map_err(HandlerError::from)?;
+            if broken.load(Ordering::SeqCst) && n.key == poison.0 && n.seq == poison.1 {
+                return Err(HandlerError::retry("downstream rule is broken"));
+            }
+            inner.handle(e, unit).await
+        })
     })
 }
 
 pub async fn a_failing_message_is_retried_then_dead_lettered_and_its_key_parked(
     f: &MessagingFixture,
 ) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let topic = fresh_topic();
     f.broker.ensure_topic(&topic, 1).await.unwrap();
     let group = fresh_group();
@@ -707,27 +733,31 @@ pub async fn a_failing_message_is_retried_then_dead_lettered_and_its_key_parked(
 }
 
 pub async fn a_retryable_failure_that_clears_is_not_dead_lettered(f: &MessagingFixture) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let topic = fresh_topic();
     let failures_left = Arc::new(AtomicU32::new(2));
     let inner = ledger_handler();
     let left = failures_left.clone();
-    let handler: Arc<dyn Handler> = Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
-        if left.load(Ordering::SeqCst) > 0 {
-            left.fetch_sub(1, Ordering::SeqCst);
-            // The write is rolled back with the failure.
-            unit.put_as(
-                "ledger",
-                "k",
-                &Ledger {
-                    last_seq: 99,
-                    applied: 99,
-                    out_of_order: 99,
-                },
-            )?;
-            return Err(HandlerError::retry("database of a partner is busy"));
-        }
-        inner.handle(e, unit)
+    let handler = handler_fn(move |e, unit| {
+        let (inner, left) = (inner.clone(), left.clone());
+        Box::pin(async move {
+            if left.load(Ordering::SeqCst) > 0 {
+                left.fetch_sub(1, Ordering::SeqCst);
+                // The write is rolled back with the failure.
+                unit.put_as(
+                    "ledger",
+                    "k",
+                    &Ledger {
+                        last_seq: 99,
+                        applied: 99,
+                        out_of_order: 99,
+                    },
+                )
+                .await?;
+                return Err(HandlerError::retry("database of a partner is busy"));
+            }
+            inner.handle(e, unit).await
+        })
     });
     f.broker
         .publish(
@@ -773,21 +803,17 @@ pub async fn a_retryable_failure_that_clears_is_not_dead_lettered(f: &MessagingF
 pub async fn undecodable_unknown_and_panicking_messages_are_dead_lettered_with_a_reason(
     f: &MessagingFixture,
 ) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let topic = fresh_topic();
     f.broker.ensure_topic(&topic, 1).await.unwrap();
     let handler: Arc<dyn Handler> = Arc::new(
         Dispatch::new()
-            .on("Numbered", |n: Numbered, e, unit: &mut dyn UnitOfWork| {
-                ledger_handler().handle(e, unit).map(|_| drop(n))
+            .on("Numbered", |_: Numbered, e, unit| {
+                Box::pin(async move { ledger_handler().handle(e, unit).await })
             })
-            .on(
-                "Exploding",
-                |_: serde_json::Value,
-                 _e,
-                 _unit: &mut dyn UnitOfWork|
-                 -> Result<(), HandlerError> { panic!("handler bug") },
-            ),
+            .on("Exploding", |_: serde_json::Value, _e, _unit| {
+                Box::pin(async move { panic!("handler bug") })
+            }),
     );
     let garbage = OutgoingMessage {
         topic: topic.clone(),
@@ -862,7 +888,7 @@ pub async fn undecodable_unknown_and_panicking_messages_are_dead_lettered_with_a
 }
 
 pub async fn skipping_a_dead_letter_resolves_only_that_letter(f: &MessagingFixture) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let topic = fresh_topic();
     f.broker.ensure_topic(&topic, 1).await.unwrap();
     let group = fresh_group();
@@ -916,7 +942,7 @@ pub async fn skipping_a_dead_letter_resolves_only_that_letter(f: &MessagingFixtu
 }
 
 pub async fn inbox_retention_shorter_than_the_redelivery_horizon_is_rejected(f: &MessagingFixture) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let horizon = f.broker.redelivery_horizon();
     let too_short = horizon.min(Duration::from_secs(3600 * 24 * 365 * 100));
     let result = Consumer::new(
@@ -945,15 +971,17 @@ pub async fn inbox_retention_shorter_than_the_redelivery_horizon_is_rejected(f: 
 }
 
 pub async fn a_projection_rebuilds_while_events_keep_arriving(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let store = db.event_store();
-    let handler: Arc<dyn Handler> = Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
-        let n: Numbered = e.data.decode().map_err(HandlerError::from)?;
-        let mut l: Ledger = unit.get_as("view", &n.key)?.unwrap_or_default();
-        l.applied += 1;
-        l.last_seq = l.last_seq.max(n.seq);
-        unit.put_as("view", &n.key, &l)?;
-        Ok(())
+    let handler = handler_fn(move |e, unit| {
+        Box::pin(async move {
+            let n: Numbered = e.data.decode().map_err(HandlerError::from)?;
+            let mut l: Ledger = unit.get_as("view", &n.key).await?.unwrap_or_default();
+            l.applied += 1;
+            l.last_seq = l.last_seq.max(n.seq);
+            unit.put_as("view", &n.key, &l).await?;
+            Ok(())
+        })
     });
     let name = format!("p{}", EventId::new().as_uuid().simple());
     let projector = Projector::new(
@@ -997,7 +1025,7 @@ pub async fn a_projection_rebuilds_while_events_keep_arriving(f: &MessagingFixtu
     })
     .await;
     shutdown.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert!(
         rebuilt,
         "view after rebuild: a={:?} b={:?}",
@@ -1022,7 +1050,7 @@ async fn view(db: &Arc<dyn Database>, key: &str) -> Ledger {
 }
 
 pub async fn a_consumer_view_rebuilds_from_the_broker_log(f: &MessagingFixture) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let topic = fresh_topic();
     f.broker.ensure_topic(&topic, 2).await.unwrap();
     let group = fresh_group();
@@ -1108,7 +1136,7 @@ pub async fn a_consumer_view_rebuilds_from_the_broker_log(f: &MessagingFixture) 
 }
 
 pub async fn a_failed_append_inside_a_unit_leaves_nothing_behind(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let store = db.event_store();
     let taken = numbered("elsewhere", 1);
     let other = StreamId::new(format!("other-{}", EventId::new())).unwrap();
@@ -1120,14 +1148,18 @@ pub async fn a_failed_append_inside_a_unit_leaves_nothing_behind(f: &MessagingFi
     let stream = s.clone();
     // The unit swallows the append's error and goes on: the batch must still be all or nothing.
     db.transact(move |unit| {
-        let failed = unit.append(
-            &stream,
-            ExpectedVersion::NoStream,
-            vec![numbered("a", 1), numbered("a", 2), taken],
-        );
-        assert!(failed.is_err(), "an id used elsewhere is refused");
-        unit.put_as("after", "1", &json!({"went": "on"}))?;
-        Ok::<_, Error>(())
+        Box::pin(async move {
+            let failed = unit
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    vec![numbered("a", 1), numbered("a", 2), taken],
+                )
+                .await;
+            assert!(failed.is_err(), "an id used elsewhere is refused");
+            unit.put_as("after", "1", &json!({"went": "on"})).await?;
+            Ok::<_, Error>(())
+        })
     })
     .await
     .unwrap();
@@ -1146,25 +1178,27 @@ pub async fn a_failed_append_inside_a_unit_leaves_nothing_behind(f: &MessagingFi
 pub async fn events_published_in_a_rolled_back_savepoint_are_dropped_and_the_rest_keep_their_order(
     f: &MessagingFixture,
 ) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let topic = fresh_topic();
     let t = topic.clone();
-    db.transact_consumer(move |tx| {
-        tx.publish(&t, numbered("k", 1))?;
-        tx.savepoint()?;
-        tx.publish(&t, numbered("k", 2))?;
-        tx.savepoint()?;
-        tx.publish(&t, numbered("dropped", 1))?;
-        tx.rollback_savepoint()?;
-        tx.publish(&t, numbered("k", 3))?;
-        tx.release_savepoint()?;
-        tx.savepoint()?;
-        tx.publish(&t, numbered("dropped", 2))?;
-        tx.rollback_savepoint()?;
-        for seq in 4..=1200 {
-            tx.publish(&t, numbered("k", seq))?;
-        }
-        Ok(())
+    db.transact_consumer(origin(), move |tx| {
+        Box::pin(async move {
+            tx.publish(&t, numbered("k", 1)).await?;
+            tx.savepoint().await?;
+            tx.publish(&t, numbered("k", 2)).await?;
+            tx.savepoint().await?;
+            tx.publish(&t, numbered("dropped", 1)).await?;
+            tx.rollback_savepoint().await?;
+            tx.publish(&t, numbered("k", 3)).await?;
+            tx.release_savepoint().await?;
+            tx.savepoint().await?;
+            tx.publish(&t, numbered("dropped", 2)).await?;
+            tx.rollback_savepoint().await?;
+            for seq in 4..=1200 {
+                tx.publish(&t, numbered("k", seq)).await?;
+            }
+            Ok::<_, Error>(())
+        })
     })
     .await
     .unwrap();
@@ -1191,36 +1225,40 @@ pub async fn events_published_in_a_rolled_back_savepoint_are_dropped_and_the_res
 pub async fn document_updates_are_read_back_in_the_unit_and_undone_by_a_savepoint_rollback(
     f: &MessagingFixture,
 ) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     db.transact(|unit| {
-        for id in ["a", "b", "c"] {
-            unit.put_as("counters", id, &0u64)?;
-        }
-        Ok::<_, Error>(())
+        Box::pin(async move {
+            for id in ["a", "b", "c"] {
+                unit.put_as("counters", id, &0u64).await?;
+            }
+            Ok::<_, Error>(())
+        })
     })
     .await
     .unwrap();
     let seen = db
-        .transact_consumer(|tx| {
-            let mut seen = Vec::new();
-            for _ in 0..3 {
-                let n: u64 = tx.get_as("counters", "a")?.expect("a");
-                tx.put_as("counters", "a", &(n + 1))?;
-                seen.push(tx.get_as::<u64>("counters", "a")?.expect("a"));
-            }
-            let b: u64 = tx.get_as("counters", "b")?.expect("b");
-            tx.savepoint()?;
-            tx.put_as("counters", "b", &(b + 100))?;
-            let c: u64 = tx.get_as("counters", "c")?.expect("c");
-            tx.put_as("counters", "c", &(c + 100))?;
-            seen.push(tx.get_as::<u64>("counters", "b")?.expect("b"));
-            tx.rollback_savepoint()?;
-            seen.push(tx.get_as::<u64>("counters", "b")?.expect("b"));
-            seen.push(tx.get_as::<u64>("counters", "c")?.expect("c"));
-            tx.delete("counters", "a")?;
-            seen.push(u64::from(tx.get("counters", "a")?.is_some()));
-            tx.put_as("counters", "a", &7u64)?;
-            Ok::<_, Error>(seen)
+        .transact_consumer(origin(), |tx| {
+            Box::pin(async move {
+                let mut seen = Vec::new();
+                for _ in 0..3 {
+                    let n: u64 = tx.get_as("counters", "a").await?.expect("a");
+                    tx.put_as("counters", "a", &(n + 1)).await?;
+                    seen.push(tx.get_as::<u64>("counters", "a").await?.expect("a"));
+                }
+                let b: u64 = tx.get_as("counters", "b").await?.expect("b");
+                tx.savepoint().await?;
+                tx.put_as("counters", "b", &(b + 100)).await?;
+                let c: u64 = tx.get_as("counters", "c").await?.expect("c");
+                tx.put_as("counters", "c", &(c + 100)).await?;
+                seen.push(tx.get_as::<u64>("counters", "b").await?.expect("b"));
+                tx.rollback_savepoint().await?;
+                seen.push(tx.get_as::<u64>("counters", "b").await?.expect("b"));
+                seen.push(tx.get_as::<u64>("counters", "c").await?.expect("c"));
+                tx.delete("counters", "a").await?;
+                seen.push(u64::from(tx.get("counters", "a").await?.is_some()));
+                tx.put_as("counters", "a", &7u64).await?;
+                Ok::<_, Error>(seen)
+            })
         })
         .await
         .unwrap();
@@ -1243,38 +1281,53 @@ pub async fn document_updates_are_read_back_in_the_unit_and_undone_by_a_savepoin
     );
 }
 
-/// For a backend that holds a unit's writes until commit and refuses `refused` as a document
-/// there (PostgreSQL's jsonb refuses `\u0000`): the message whose handler wrote it is
-/// dead-lettered alone, with the database's reason, and the other messages of its unit are
-/// handled. Not in the common suite: SQLite and memory store any JSON.
-pub async fn a_document_refused_at_commit_dead_letters_only_its_message(
+/// A document no backend can store (the NUL character, which PostgreSQL's jsonb refuses) is
+/// refused by every backend at the call that writes it: the message whose handler wrote it is
+/// dead-lettered alone, with the reason, and the other messages of its unit are handled.
+pub async fn a_document_no_backend_can_store_dead_letters_only_its_message(f: &MessagingFixture) {
+    let refused = Payload::from_json_str(r#"{"nul":"\u0000"}"#).expect("valid JSON");
+    a_refused_document_dead_letters_only_its_message(f, refused, "NUL").await;
+}
+
+/// For a backend that holds a unit's writes until commit and refuses `refused` only then
+/// (PostgreSQL's jsonb refuses a number beyond its numeric range): the message whose handler
+/// wrote it is dead-lettered alone, with `reason` in its reason, and the other messages of its
+/// unit are handled — without running them one by one. Not in the common suite: SQLite and
+/// memory store any JSON.
+pub async fn a_refused_document_dead_letters_only_its_message(
     f: &MessagingFixture,
     refused: Payload,
+    reason: &str,
 ) {
-    let service = (f.new_database)();
+    let service = (f.new_database)().await;
     let topic = fresh_topic();
     let group = fresh_group();
     // One partition, so that all the messages share units.
     f.broker.ensure_topic(&topic, 1).await.unwrap();
     service
         .transact(|unit| {
-            for key in ["a", "b", "c"] {
-                unit.put_as("docs", key, &0u64)?;
-            }
-            Ok::<_, Error>(())
+            Box::pin(async move {
+                for key in ["a", "b", "c"] {
+                    unit.put_as("docs", key, &0u64).await?;
+                }
+                Ok::<_, Error>(())
+            })
         })
         .await
         .unwrap();
-    let handler: Arc<dyn Handler> = Arc::new(move |e: &Envelope, unit: &mut dyn UnitOfWork| {
-        let n: Numbered = e.data.decode()?;
-        // Read first: the update of a document the unit holds locked may be held to commit.
-        let _: Option<u64> = unit.get_as("docs", &n.key)?;
-        if (n.key.as_str(), n.seq) == ("b", 2) {
-            unit.put("docs", &n.key, refused.clone())?;
-        } else {
-            unit.put_as("docs", &n.key, &n.seq)?;
-        }
-        Ok(())
+    let handler = handler_fn(move |e, unit| {
+        let refused = refused.clone();
+        Box::pin(async move {
+            let n: Numbered = e.data.decode()?;
+            // Read first: the update of a document the unit holds locked may be held to commit.
+            let _: Option<u64> = unit.get_as("docs", &n.key).await?;
+            if (n.key.as_str(), n.seq) == ("b", 2) {
+                unit.put("docs", &n.key, refused).await?;
+            } else {
+                unit.put_as("docs", &n.key, &n.seq).await?;
+            }
+            Ok(())
+        })
     });
     let messages: Vec<_> = [
         ("a", 1),
@@ -1314,20 +1367,22 @@ pub async fn a_document_refused_at_commit_dead_letters_only_its_message(
     );
     assert_eq!(letters[0].key, "b");
     assert!(
-        letters[0].reason.contains("refused"),
+        letters[0].reason.contains(reason),
         "the reason says why: {}",
         letters[0].reason
     );
 }
 
 pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let (pruned, other) = (fresh_group(), fresh_group());
     let id = EventId::new();
     let (p, o) = (pruned.clone(), other.clone());
-    db.transact_consumer(move |tx| {
-        tx.inbox_insert(&p, &id)?;
-        tx.inbox_insert(&o, &id)
+    db.transact_consumer(origin(), move |tx| {
+        Box::pin(async move {
+            tx.inbox_insert(&p, &id).await?;
+            tx.inbox_insert(&o, &id).await
+        })
     })
     .await
     .unwrap();
@@ -1335,7 +1390,14 @@ pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFix
     assert_eq!(db.prune_inbox(&pruned, cutoff).await.unwrap(), 1);
     let (p, o) = (pruned.clone(), other.clone());
     let kept = db
-        .transact_consumer(move |tx| Ok((tx.inbox_contains(&p, &id)?, tx.inbox_contains(&o, &id)?)))
+        .transact_consumer(origin(), move |tx| {
+            Box::pin(async move {
+                Ok::<_, Error>((
+                    tx.inbox_contains(&p, &id).await?,
+                    tx.inbox_contains(&o, &id).await?,
+                ))
+            })
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -1346,31 +1408,38 @@ pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFix
 }
 
 pub async fn batched_inbox_and_dead_letter_lookups_agree_with_single_ones(f: &MessagingFixture) {
-    let db = (f.new_database)();
+    let db = (f.new_database)().await;
     let group = fresh_group();
     let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
     let (g, recorded) = (group.clone(), ids[..3].to_vec());
-    db.transact_consumer(move |tx| {
-        tx.inbox_insert_all(&g, &recorded)?;
-        assert!(tx.inbox_insert_all(&g, &[]).is_ok(), "nothing to record");
-        let again = tx.inbox_insert_all(&g, &recorded[..1]);
-        assert!(
-            matches!(again, Err(Error::InvalidInput { .. })),
-            "recording a message twice is refused: {again:?}"
-        );
-        Ok(())
+    db.transact_consumer(origin(), move |tx| {
+        Box::pin(async move {
+            tx.inbox_insert_all(&g, &recorded).await?;
+            assert!(
+                tx.inbox_insert_all(&g, &[]).await.is_ok(),
+                "nothing to record"
+            );
+            let again = tx.inbox_insert_all(&g, &recorded[..1]).await;
+            assert!(
+                matches!(again, Err(Error::InvalidInput { .. })),
+                "recording a message twice is refused: {again:?}"
+            );
+            Ok::<_, Error>(())
+        })
     })
     .await
     .unwrap();
     let (g, all) = (group.clone(), ids.clone());
     let (seen, single) = db
-        .transact_consumer(move |tx| {
-            let seen = tx.inbox_seen(&g, &all)?;
-            let single: Vec<bool> = all
-                .iter()
-                .map(|id| tx.inbox_contains(&g, id))
-                .collect::<tributary_core::Result<_>>()?;
-            Ok((seen, single))
+        .transact_consumer(origin(), move |tx| {
+            Box::pin(async move {
+                let seen = tx.inbox_seen(&g, &all).await?;
+                let mut single = Vec::new();
+                for id in &all {
+                    single.push(tx.inbox_contains(&g, id).await?);
+                }
+                Ok::<_, Error>((seen, single))
+            })
         })
         .await
         .unwrap();
@@ -1379,9 +1448,9 @@ pub async fn batched_inbox_and_dead_letter_lookups_agree_with_single_ones(f: &Me
 
     let g = group.clone();
     let (blockers, first) = db
-        .transact_consumer(move |tx| {
-            let mut letter = |key: &str, offset: u64| {
-                tx.insert_dead_letter(tributary_core::NewDeadLetter {
+        .transact_consumer(origin(), move |tx| {
+            Box::pin(async move {
+                let letter = |key: &str, offset: u64| tributary_core::NewDeadLetter {
                     group: g.clone(),
                     topic: Topic::new("t").unwrap(),
                     partition: tributary_core::Partition::new(0),
@@ -1394,15 +1463,16 @@ pub async fn batched_inbox_and_dead_letter_lookups_agree_with_single_ones(f: &Me
                     attempts: 1,
                     first_failed_at: chrono::Utc::now(),
                     parked_behind: None,
-                })
-            };
-            let first = letter("k1", 1)?;
-            letter("k1", 2)?;
-            let skipped = letter("k2", 3)?;
-            tx.resolve_dead_letter(skipped, tributary_core::Resolution::Skipped)?;
-            let blockers = tx.blocking_dead_letters(&g, &["k1", "k2", "k3"])?;
-            assert_eq!(tx.blocking_dead_letter(&g, "k1")?, Some(first));
-            Ok((blockers, first))
+                };
+                let first = tx.insert_dead_letter(letter("k1", 1)).await?;
+                tx.insert_dead_letter(letter("k1", 2)).await?;
+                let skipped = tx.insert_dead_letter(letter("k2", 3)).await?;
+                tx.resolve_dead_letter(skipped, tributary_core::Resolution::Skipped)
+                    .await?;
+                let blockers = tx.blocking_dead_letters(&g, &["k1", "k2", "k3"]).await?;
+                assert_eq!(tx.blocking_dead_letter(&g, "k1").await?, Some(first));
+                Ok::<_, Error>((blockers, first))
+            })
         })
         .await
         .unwrap();
@@ -1410,5 +1480,165 @@ pub async fn batched_inbox_and_dead_letter_lookups_agree_with_single_ones(f: &Me
         blockers,
         [("k1".to_owned(), first)].into_iter().collect(),
         "the oldest unresolved letter of each key that has one"
+    );
+}
+
+/// Runs `command` on the account `id` through `repository`, in a unit of its own.
+async fn execute(
+    db: &Arc<dyn Database>,
+    repository: &Repository<Account>,
+    id: &str,
+    command: AccountCommand,
+) -> Result<tributary_core::Executed<Account>, CommandError<AccountError>> {
+    let (repository, id) = (repository.clone(), id.to_owned());
+    db.transact(move |unit| {
+        Box::pin(async move {
+            repository
+                .execute(unit, &id, command, &Metadata::default())
+                .await
+        })
+    })
+    .await
+}
+
+pub async fn repository_upcasts_old_events_on_read(f: &MessagingFixture) {
+    // Version 1 of `Deposited` had {"cents": n}; version 2 renamed it to {"amount": n}.
+    let db = (f.new_database)().await;
+    let store = db.event_store();
+    let id = EventId::new().to_string();
+    let s = StreamId::for_aggregate("Account", &id).unwrap();
+    let opened = Envelope::new("legacy", "Opened", Payload::null()).with_subject(&id);
+    let old = Envelope::new(
+        "legacy",
+        "Deposited",
+        Payload::from_value(&json!({"cents": 700})).unwrap(),
+    )
+    .with_subject(&id);
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![opened, old])
+        .await
+        .unwrap();
+    let upcasters = Upcasters::new().register("Deposited", 1, |e| {
+        let cents = e.data["cents"].take();
+        e.data = json!({ "amount": cents });
+        Ok(())
+    });
+    let plain = Repository::<Account>::new(store.clone(), "test");
+    assert!(
+        matches!(plain.load(&id).await, Err(Error::Decode { .. })),
+        "without the upcaster the old shape does not decode"
+    );
+    let repo = Repository::<Account>::new(store.clone(), "test").with_upcasters(upcasters);
+    let loaded = repo.load(&id).await.unwrap();
+    assert_eq!(loaded.state.balance, 700);
+    let done = execute(&db, &repo, &id, AccountCommand::Deposit(5))
+        .await
+        .unwrap();
+    assert_eq!(done.state.balance, 705);
+    assert_eq!(
+        done.events[0].schema_version, 2,
+        "new events are written in the latest shape"
+    );
+    let stored = store
+        .read_stream(&s, StreamVersion::new(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored[0].envelope.schema_version, 1,
+        "stored events are never rewritten"
+    );
+}
+
+pub async fn repository_snapshots_every_n_events_and_loads_from_them(f: &MessagingFixture) {
+    let db = (f.new_database)().await;
+    let store = db.event_store();
+    let id = EventId::new().to_string();
+    let s = StreamId::for_aggregate("Account", &id).unwrap();
+    let repo = Repository::<Account>::new(store.clone(), "test").with_snapshots_every(3);
+    execute(&db, &repo, &id, AccountCommand::Open)
+        .await
+        .unwrap();
+    for _ in 0..7 {
+        execute(&db, &repo, &id, AccountCommand::Deposit(10))
+            .await
+            .unwrap();
+    }
+    let snapshot = store
+        .load_snapshot(&s)
+        .await
+        .unwrap()
+        .expect("a snapshot was saved");
+    assert_eq!(snapshot.version, StreamVersion::new(6));
+    let from_snapshot = repo.load(&id).await.unwrap();
+    let replayed = Repository::<Account>::new(store.clone(), "test")
+        .load(&id)
+        .await
+        .unwrap();
+    assert_eq!(from_snapshot.state, replayed.state);
+    assert_eq!(from_snapshot.version, StreamVersion::new(8));
+    assert_eq!(from_snapshot.state.balance, 70);
+
+    // The snapshot is what loading uses: a doctored snapshot shows through.
+    let mut doctored = snapshot.state.decode::<Account>().unwrap();
+    doctored.deposits = 1000;
+    store
+        .save_snapshot(
+            &s,
+            Snapshot {
+                version: snapshot.version,
+                state: Payload::from_value(&doctored).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.load(&id).await.unwrap().state.deposits, 1002);
+
+    // An undecodable snapshot is ignored, not fatal: the state is replayed.
+    store
+        .save_snapshot(
+            &s,
+            Snapshot {
+                version: StreamVersion::new(6),
+                state: Payload::from_json_str("[1,2]").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.load(&id).await.unwrap().state, replayed.state);
+}
+
+pub async fn repository_retries_conflicts_and_stays_consistent(f: &MessagingFixture) {
+    let db = (f.new_database)().await;
+    let store = db.event_store();
+    let id = EventId::new().to_string();
+    let repo = Repository::<Account>::new(store.clone(), "test").with_max_attempts(50);
+    execute(&db, &repo, &id, AccountCommand::Open)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (db, repo, id) = (db.clone(), repo.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                execute(&db, &repo, &id, AccountCommand::Deposit(1))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let loaded = repo.load(&id).await.unwrap();
+    assert_eq!(loaded.state.balance, 40);
+    assert_eq!(loaded.version, StreamVersion::new(41));
+    // A domain rejection is not retried and writes nothing.
+    let err = execute(&db, &repo, &id, AccountCommand::Withdraw(41))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tributary_core::CommandError::Rejected(_)));
+    assert_eq!(
+        repo.load(&id).await.unwrap().version,
+        StreamVersion::new(41)
     );
 }

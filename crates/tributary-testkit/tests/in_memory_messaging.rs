@@ -8,7 +8,7 @@ use tributary_testkit::messaging::MessagingFixture;
 async fn make() -> Option<MessagingFixture> {
     Some(MessagingFixture {
         broker: Arc::new(InMemoryBroker::default()),
-        new_database: Box::new(|| Arc::new(InMemoryDatabase::new())),
+        new_database: Box::new(|| Box::pin(async { Arc::new(InMemoryDatabase::new()) as _ })),
         guard: Box::new(()),
     })
 }

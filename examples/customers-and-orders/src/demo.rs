@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
-use tributary_core::Position;
+use tributary::Position;
 
 use crate::invariants::{self, Check, State};
 use crate::order::OrderState;
@@ -116,14 +116,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     };
     let broker = match &options.broker {
         None => match &db {
-            DbUrl::Sqlite(d) => BrokerUrl::Embedded(d.clone()),
+            DbUrl::Sqlite(d) => BrokerUrl::Embedded { dir: d.clone() },
             DbUrl::Postgres { .. } => {
                 anyhow::bail!("a PostgreSQL demo needs a broker URL (nats://… or embedded://DIR)")
             }
         },
-        Some(BrokerUrl::Nats { url, .. }) => BrokerUrl::Nats {
+        Some(BrokerUrl::Nats { url, replicas, .. }) => BrokerUrl::Nats {
             url: url.clone(),
             prefix: format!("DEMO{}", run_id.to_uppercase()),
+            replicas: *replicas,
         },
         Some(other) => other.clone(),
     };
@@ -158,21 +159,21 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
 async fn cleanup(db: &DbUrl, broker: &BrokerUrl) {
     if let DbUrl::Postgres { url, schema_prefix } = db {
         for service in ServiceName::ALL {
-            let config = tributary_postgres::PgConfig::default()
+            let config = tributary::postgres::PgConfig::default()
                 .with_url(url.clone())
                 .with_schema(format!("{schema_prefix}{service}"));
-            if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await
+            if let Ok(db) = tributary::postgres::PgDatabase::connect(config).await
                 && let Err(e) = db.drop_schema().await
             {
                 tracing::warn!(error = %e, "could not drop the demo's schema");
             }
         }
     }
-    if let BrokerUrl::Nats { url, prefix } = broker {
-        let config = tributary_nats::NatsBrokerConfig::default()
+    if let BrokerUrl::Nats { url, prefix, .. } = broker {
+        let config = tributary::nats::NatsBrokerConfig::default()
             .with_url(url.clone())
             .with_stream_prefix(prefix.clone());
-        if let Ok(nats) = tributary_nats::NatsBroker::connect(config).await {
+        if let Ok(nats) = tributary::nats::NatsBroker::connect(config).await {
             for topic in system::topics() {
                 let _ = nats.delete_topic(&topic).await;
             }

@@ -4,7 +4,7 @@
 //! replies arrive in order; `subject` always names the aggregate the event is about.
 
 use serde::{Deserialize, Serialize};
-use tributary_core::Topic;
+use tributary::Topic;
 
 /// Topic of the customer service's events (its outbox).
 pub fn customer_topic() -> Topic {

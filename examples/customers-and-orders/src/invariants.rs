@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use tributary_core::{Broker, Envelope, GroupName, Partition};
+use tributary::{Broker, Envelope, GroupName, Partition};
 
 use crate::AppError;
 use crate::customer::Customer;

@@ -37,7 +37,7 @@ pub enum AppError {
     Conflict(String),
     /// The service's storage failed (503 when worth retrying, else 500).
     #[error(transparent)]
-    Store(#[from] tributary_core::Error),
+    Store(#[from] tributary::Error),
 }
 
 /// The largest amount accepted (cents): far beyond any real order, far below overflow.

@@ -23,7 +23,7 @@ struct App {
 impl App {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let running = system::start(Backends::embedded(dir.path()).unwrap())
+        let running = system::start(Backends::embedded(dir.path()).await.unwrap())
             .await
             .unwrap();
         let state = AppState {

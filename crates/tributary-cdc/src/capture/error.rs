@@ -114,6 +114,10 @@ pub enum CdcError {
         reason: String,
     },
 
+    /// The publish path (the relay) stopped with an error retrying cannot fix.
+    #[error("publishing captured changes stopped: {0}")]
+    Publish(tributary_core::Error),
+
     /// A benchmark helper could not run its baseline.
     #[error("benchmark failed: {reason}")]
     Bench {

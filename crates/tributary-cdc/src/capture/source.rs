@@ -192,12 +192,15 @@ impl CdcSource {
             .with_batch_size(self.inner.config.batch_size)
             .with_standby_poll(Duration::from_millis(500));
         let relay = Relay::new(self.clone(), broker, relay_config);
-        relay.run(stop).await;
+        let relayed = relay.run(stop).await;
         forward.abort();
         self.close().await;
-        match lock(&self.inner.fatal).take() {
-            Some(error) => Err(error),
-            None => Ok(()),
+        // The source's own fatal error is the cause (the relay only saw it as a storage
+        // problem); otherwise whatever stopped the relay.
+        match (lock(&self.inner.fatal).take(), relayed) {
+            (Some(error), _) => Err(error),
+            (None, Err(error)) => Err(CdcError::Publish(error)),
+            (None, Ok(())) => Ok(()),
         }
     }
 

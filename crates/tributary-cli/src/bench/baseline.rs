@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tributary_sqlite::Synchronous;
-use tributary_sqlite::rusqlite::{Connection, params};
+use tributary::sqlite::Synchronous;
+use tributary::sqlite::rusqlite::{Connection, params};
 
 fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -74,9 +74,9 @@ impl RawEventsTable {
         synchronous: Synchronous,
         payload_bytes: usize,
     ) -> anyhow::Result<Self> {
-        drop(tributary_sqlite::SqliteDatabase::open(
+        drop(tributary::sqlite::SqliteDatabase::open(
             path,
-            tributary_sqlite::SqliteConfig::default().with_synchronous(synchronous),
+            tributary::sqlite::SqliteConfig::default().with_synchronous(synchronous),
         )?);
         Ok(Self {
             conn: open(path, synchronous)?,

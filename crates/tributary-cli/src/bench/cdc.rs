@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use customers_and_orders::system::{BrokerUrl, connect_broker};
 use serde_json::json;
-use tributary_cdc::{
+use tributary::BrokerUrl;
+use tributary::CancellationToken;
+use tributary::cdc::{
     CdcConfig, PgReplicationConfig, PublicationName, SlotName, TableCapture, TableConfig,
     ensure_publication, retire_capture,
 };
-use tributary_core::{Broker, Envelope, EventId, GroupName, Partition, Topic};
-use tributary_runtime::CancellationToken;
+use tributary::{Broker, Envelope, EventId, GroupName, Partition, Topic};
 
 use super::report::BenchResult;
 
@@ -54,25 +54,27 @@ pub struct CdcBenchArgs {
 async fn broker(args: &CdcBenchArgs, run: &str) -> anyhow::Result<(Arc<dyn Broker>, String)> {
     let url: BrokerUrl = args.broker.parse().map_err(anyhow::Error::msg)?;
     let url = match url {
-        BrokerUrl::Nats { url, .. } => BrokerUrl::Nats {
+        BrokerUrl::Nats { url, replicas, .. } => BrokerUrl::Nats {
             url,
             prefix: format!("CDCBENCH{}", run.to_uppercase()),
+            replicas,
         },
         other => other,
     };
     let name = match &url {
         BrokerUrl::Nats { .. } => "nats",
-        BrokerUrl::Embedded(_) => "embedded",
+        BrokerUrl::Embedded { .. } => "embedded",
+        _ => "memory",
     };
-    Ok((connect_broker(&url).await?, name.to_owned()))
+    Ok((url.connect().await?, name.to_owned()))
 }
 
 async fn delete_streams(args: &CdcBenchArgs, run: &str, topics: &[&str]) {
     if let Ok(BrokerUrl::Nats { url, .. }) = args.broker.parse::<BrokerUrl>() {
-        let config = tributary_nats::NatsBrokerConfig::default()
+        let config = tributary::nats::NatsBrokerConfig::default()
             .with_url(url)
             .with_stream_prefix(format!("CDCBENCH{}", run.to_uppercase()));
-        if let Ok(nats) = tributary_nats::NatsBroker::connect(config).await {
+        if let Ok(nats) = tributary::nats::NatsBroker::connect(config).await {
             for t in topics {
                 if let Ok(topic) = Topic::new(*t) {
                     let _ = nats.delete_topic(&topic).await;
@@ -99,12 +101,12 @@ pub async fn run(args: CdcBenchArgs) -> anyhow::Result<()> {
 }
 
 async fn throughput(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
-    let pg_recvlogical = tributary_cdc::capture::bench::find_pg_recvlogical()
+    let pg_recvlogical = tributary::cdc::capture::bench::find_pg_recvlogical()
         .context("pg_recvlogical is not installed (PostgreSQL client programs)")?;
     let connection = PgReplicationConfig::from_url(&args.db).map_err(anyhow::Error::msg)?;
     let (broker, broker_name) = broker(args, run).await?;
     let config = CdcConfig::default().with_connection(connection);
-    let report = tributary_cdc::capture::bench::bench_capture(
+    let report = tributary::cdc::capture::bench::bench_capture(
         &config,
         broker,
         args.rows,
@@ -132,7 +134,7 @@ async fn throughput(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
 }
 
 async fn latency(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
-    use tributary_postgres::{PgConfig, PgDatabase};
+    use tributary::postgres::{PgConfig, PgDatabase};
 
     let connection = PgReplicationConfig::from_url(&args.db).map_err(anyhow::Error::msg)?;
     let table = format!("cdc_latency_{run}");
@@ -165,7 +167,7 @@ async fn latency(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
             "public.{table}"
         ))]));
     let shutdown = CancellationToken::new();
-    let capture = tokio::spawn(tributary_cdc::capture(
+    let capture = tokio::spawn(tributary::cdc::capture(
         config,
         broker.clone(),
         shutdown.clone(),
@@ -187,7 +189,7 @@ async fn latency(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
     }
     let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
     let total = args.rate * args.seconds;
-    let topic = tributary_cdc::capture::topic_for_name(&table);
+    let topic = tributary::cdc::capture::topic_for_name(&table);
     let reader = tokio::spawn(read_arrivals(broker.clone(), topic, total as usize));
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let started = Instant::now();
@@ -252,7 +254,7 @@ async fn latency(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
 }
 
 fn topic_name(table: &str) -> String {
-    tributary_cdc::capture::topic_for_name(table).to_string()
+    tributary::cdc::capture::topic_for_name(table).to_string()
 }
 
 /// Reads the topic until `expected` changes arrived, one task per partition (each waiting

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use tributary_core::{
+use tributary::sqlite::{SqliteConfig, SqliteDatabase, SqliteEventStore, Synchronous};
+use tributary::{
     Envelope, EventStore, ExpectedVersion, Payload, Position, StreamId, StreamVersion,
 };
-use tributary_sqlite::{SqliteConfig, SqliteDatabase, SqliteEventStore, Synchronous};
 
 use super::baseline;
 use super::report::{BenchResult, peak_rss_mb, reset_peak_rss};

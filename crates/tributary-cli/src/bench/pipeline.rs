@@ -16,21 +16,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use customers_and_orders::system::{BrokerUrl, DbUrl, connect_broker, connect_named};
 use serde_json::json;
-use tributary_core::{
-    Broker, Database, Envelope, Error, EventId, GroupName, Payload, Topic, UnitOfWork,
-    UnitOfWorkExt,
+use tributary::sqlite::{
+    SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase, Synchronous,
 };
-use tributary_runtime::{
+use tributary::{
+    Broker, Database, Envelope, Error, EventId, GroupName, Payload, Topic, UnitOfWorkExt,
+};
+use tributary::{
     CancellationToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay, RelayConfig,
     RelayStats,
 };
-use tributary_sqlite::{
-    SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase, Synchronous,
-};
 
 use super::report::{BenchResult, peak_rss_mb};
+use crate::urls::named_database;
 
 /// Options of `tributary bench pipeline`.
 #[derive(Clone, Debug, clap::Args)]
@@ -162,13 +161,11 @@ impl Backend {
                 };
                 let db_url = format!("{pg}?schema_prefix={}", cleanup.schema_prefix);
                 let broker_url = format!("{nats}?prefix={}", cleanup.stream_prefix);
-                let db: DbUrl = db_url.parse().map_err(anyhow::Error::msg)?;
-                let broker: BrokerUrl = broker_url.parse().map_err(anyhow::Error::msg)?;
                 Ok(Self {
                     name: "postgres+nats",
-                    source: connect_named(&db, "source").await?,
-                    sink: connect_named(&db, "sink").await?,
-                    broker: connect_broker(&broker).await?,
+                    source: named_database(&db_url, "source")?.connect().await?,
+                    sink: named_database(&db_url, "sink")?.connect().await?,
+                    broker: tributary::connect_broker(&broker_url).await?,
                     sqlite_sink: None,
                     worker_args: vec!["--db".into(), db_url, "--broker".into(), broker_url],
                     cleanup: Some(cleanup),
@@ -181,17 +178,17 @@ impl Backend {
     async fn remove(self) {
         let Some(c) = self.cleanup else { return };
         for name in ["source", "sink"] {
-            let config = tributary_postgres::PgConfig::default()
+            let config = tributary::postgres::PgConfig::default()
                 .with_url(c.pg.clone())
                 .with_schema(format!("{}{name}", c.schema_prefix));
-            if let Ok(db) = tributary_postgres::PgDatabase::connect(config).await {
+            if let Ok(db) = tributary::postgres::PgDatabase::connect(config).await {
                 let _ = db.drop_schema().await;
             }
         }
-        let config = tributary_nats::NatsBrokerConfig::default()
+        let config = tributary::nats::NatsBrokerConfig::default()
             .with_url(c.nats.clone())
             .with_stream_prefix(c.stream_prefix.clone());
-        if let Ok(nats) = tributary_nats::NatsBroker::connect(config).await {
+        if let Ok(nats) = tributary::nats::NatsBroker::connect(config).await {
             for topic in ["pipeline", "ledger"] {
                 if let Ok(t) = Topic::new(topic) {
                     let _ = nats.delete_topic(&t).await;
@@ -236,29 +233,31 @@ impl Pipeline {
             RelayConfig::default(),
         );
         let relay_stats = relay.stats();
-        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        let s = shutdown.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            if let Err(e) = relay.run(s).await {
+                eprintln!("relay stopped: {e}");
+            }
+        })];
 
         let handled = Arc::new(AtomicU64::new(0));
         let pending: Arc<Mutex<Vec<EventId>>> = Arc::default();
         let handled_at: Arc<Mutex<HashMap<EventId, Instant>>> = Arc::default();
         let (h, p) = (handled.clone(), pending.clone());
         // A small realistic handler: a per-key counter document, with the inbox entry.
-        let handler = Dispatch::new().on(
-            "Measured",
-            move |_: serde_json::Value,
-                  e: &Envelope,
-                  unit: &mut dyn UnitOfWork|
-                  -> Result<(), HandlerError> {
+        let handler = Dispatch::new().on("Measured", move |_: serde_json::Value, e, unit| {
+            let (h, p) = (h.clone(), p.clone());
+            Box::pin(async move {
                 let key = e.subject.as_deref().unwrap_or("none");
-                let n: u64 = unit.get_as("counters", key)?.unwrap_or(0);
-                unit.put_as("counters", key, &(n + 1))?;
+                let n: u64 = unit.get_as("counters", key).await?.unwrap_or(0);
+                unit.put_as("counters", key, &(n + 1)).await?;
                 h.fetch_add(1, Ordering::Relaxed);
                 if track_latency {
                     p.lock().unwrap_or_else(|e| e.into_inner()).push(e.id);
                 }
-                Ok(())
-            },
-        );
+                Ok::<_, HandlerError>(())
+            })
+        });
         let config = ConsumerConfig {
             messages_per_unit: args.messages_per_unit,
             ..ConsumerConfig::default()
@@ -343,10 +342,12 @@ async fn produce(
         let t = topic.clone();
         source
             .transact(move |unit| {
-                for e in batch {
-                    unit.publish(&t, e)?;
-                }
-                Ok::<_, Error>(())
+                Box::pin(async move {
+                    for e in batch {
+                        unit.publish(&t, e).await?;
+                    }
+                    Ok::<_, Error>(())
+                })
             })
             .await?;
         let now = Instant::now();
@@ -433,10 +434,10 @@ async fn sustained(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Resul
         .with_settings(settings);
     if let Some(c) = &backend.cleanup {
         // The raw limit of the broker from the same run: plain JetStream publishes with acks.
-        let config = tributary_nats::NatsBrokerConfig::default()
+        let config = tributary::nats::NatsBrokerConfig::default()
             .with_url(c.nats.clone())
             .with_stream_prefix(c.stream_prefix.clone());
-        let raw = tributary_nats::bench::raw_publish_throughput(
+        let raw = tributary::nats::bench::raw_publish_throughput(
             &config,
             total.min(100_000) as usize,
             args.payload_bytes,
@@ -474,7 +475,9 @@ async fn fixed_rate(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Resu
         );
         units.spawn(async move {
             let id = e.id;
-            source.transact(move |unit| unit.publish(&t, e)).await?;
+            source
+                .transact(move |unit| Box::pin(async move { unit.publish(&t, e).await }))
+                .await?;
             c.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((id, Instant::now()));

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use tributary_core::{Envelope, EventId, EventStore, ExpectedVersion, Payload, StreamId};
-use tributary_postgres::{PgConfig, PgDatabase};
+use tributary::postgres::{PgConfig, PgDatabase};
+use tributary::{Envelope, EventId, EventStore, ExpectedVersion, Payload, StreamId};
 
 use super::report::BenchResult;
 
@@ -38,7 +38,7 @@ pub async fn append(
     )
     .await
     .context("connecting to PostgreSQL")?;
-    let store = tributary_core::Database::event_store(&db);
+    let store = tributary::Database::event_store(&db);
     let mut outcome = Ok(());
     for scenario in scenarios {
         let run = match *scenario {
@@ -105,7 +105,7 @@ async fn writers(
     let (mut ours, mut raw, mut raw_done) = (Duration::ZERO, Duration::ZERO, 0u64);
     let mut latencies = Vec::new();
     for round in 0..ROUNDS {
-        let r = tributary_postgres::bench::raw_single_row_commits(
+        let r = tributary::postgres::bench::raw_single_row_commits(
             url,
             raw_rows,
             payload_bytes,

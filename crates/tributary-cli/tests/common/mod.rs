@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tributary_core::{Database, Envelope, Error, Payload, Topic};
+use tributary::{Database, Envelope, Error, Payload, Topic};
 use tributary_testkit::checker::{DeliveryCheck, DeliveryReport};
 
 #[derive(Serialize, Deserialize)]
@@ -92,22 +92,26 @@ pub fn start_producer(
             let t = topic.clone();
             source
                 .transact(move |unit| {
-                    for (key, seq) in &picks {
-                        let data = Payload::from_value(&json!({"key": key, "seq": seq}))?;
-                        unit.publish(
-                            &t,
-                            Envelope::new("crash-test", "LedgerEvent", data).with_subject(key),
-                        )?;
-                        unit.put(
-                            "committed",
-                            &format!("{key}:{seq:08}"),
-                            Payload::from_value(&Committed {
-                                key: key.clone(),
-                                seq: *seq,
-                            })?,
-                        )?;
-                    }
-                    Ok::<_, Error>(())
+                    Box::pin(async move {
+                        for (key, seq) in &picks {
+                            let data = Payload::from_value(&json!({"key": key, "seq": seq}))?;
+                            unit.publish(
+                                &t,
+                                Envelope::new("crash-test", "LedgerEvent", data).with_subject(key),
+                            )
+                            .await?;
+                            unit.put(
+                                "committed",
+                                &format!("{key}:{seq:08}"),
+                                Payload::from_value(&Committed {
+                                    key: key.clone(),
+                                    seq: *seq,
+                                })?,
+                            )
+                            .await?;
+                        }
+                        Ok::<_, Error>(())
+                    })
                 })
                 .await
                 .expect("producer unit");

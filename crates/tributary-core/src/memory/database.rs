@@ -3,16 +3,18 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::event_log::EventLog;
 use super::event_store::lock;
+use crate::backend::{ConsumerTx, Work, WorkError, validate_document, validate_document_key};
 use crate::broker::{LeaseGuard, OutgoingMessage, RelaySource, SourceBatch, topic_for_event};
 use crate::catch_up::{CatchUpConfig, catch_up};
 use crate::dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
@@ -25,9 +27,7 @@ use crate::event_store::{
 use crate::ids::{EventId, Position, StreamId, StreamVersion};
 use crate::payload::Payload;
 use crate::topic::{GroupName, Topic};
-use crate::unit_of_work::{
-    ConsumerTx, Database, UnitOfWork, Work, WorkError, validate_document_key,
-};
+use crate::unit_of_work::{Database, UnitOfWork};
 
 #[derive(Default)]
 struct State {
@@ -52,10 +52,13 @@ enum Undo {
     DeadLetterChange(u64, (DeadLetter, Option<Resolution>)),
     Checkpoint(String, Option<Position>),
     Events(usize),
+    Snapshot(StreamId, Option<Snapshot>),
 }
 
 struct Shared {
-    state: Mutex<State>,
+    /// Held by a unit of work for its whole duration (units are serialized and nothing sees
+    /// a unit's writes before it ends), and briefly by readers.
+    state: tokio::sync::Mutex<State>,
     commits: watch::Sender<u64>,
     leases: Mutex<HashSet<String>>,
     max_event_bytes: usize,
@@ -77,7 +80,7 @@ impl InMemoryDatabase {
     pub fn new() -> Self {
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::default(),
+                state: tokio::sync::Mutex::default(),
                 commits: watch::channel(0).0,
                 leases: Mutex::default(),
                 max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
@@ -85,15 +88,15 @@ impl InMemoryDatabase {
         }
     }
 
-    fn run(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
-        let mut state = lock(&self.shared.state);
+    async fn run(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
+        let mut state = self.shared.state.lock().await;
         let mut tx = MemoryTx {
             state: &mut state,
             undo: Vec::new(),
             savepoints: Vec::new(),
             max_event_bytes: self.shared.max_event_bytes,
         };
-        let outcome = match catch_unwind(AssertUnwindSafe(|| work(&mut tx))) {
+        let outcome = match AssertUnwindSafe(work.run(&mut tx)).catch_unwind().await {
             Ok(outcome) => outcome,
             Err(panic) => Err(WorkError::Failed(Error::panicked(
                 "unit of work",
@@ -105,6 +108,8 @@ impl InMemoryDatabase {
         }
         let changed = !tx.undo.is_empty();
         drop(state);
+        // Before the caller learns of its commit, so that "my unit returned" implies "the
+        // commit count includes it".
         if outcome.is_ok() && changed {
             self.shared.commits.send_modify(|c| *c += 1);
         }
@@ -153,6 +158,12 @@ impl MemoryTx<'_> {
                     s.checkpoints.remove(&name);
                 }
                 Undo::Events(len) => s.events.truncate(len),
+                Undo::Snapshot(stream, Some(previous)) => {
+                    s.events.snapshots.insert(stream, previous);
+                }
+                Undo::Snapshot(stream, None) => {
+                    s.events.snapshots.remove(&stream);
+                }
             }
         }
     }
@@ -175,8 +186,9 @@ impl MemoryTx<'_> {
     }
 }
 
+#[async_trait]
 impl UnitOfWork for MemoryTx<'_> {
-    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
+    async fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
         validate_document_key(collection, id)?;
         Ok(self
             .state
@@ -185,15 +197,16 @@ impl UnitOfWork for MemoryTx<'_> {
             .cloned())
     }
 
-    fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
+    async fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
         validate_document_key(collection, id)?;
+        validate_document(collection, id, document.as_str())?;
         let key = (collection.to_owned(), id.to_owned());
         let previous = self.state.documents.insert(key.clone(), document);
         self.undo.push(Undo::Document(key, previous));
         Ok(())
     }
 
-    fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
+    async fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
         validate_document_key(collection, id)?;
         let key = (collection.to_owned(), id.to_owned());
         let previous = self.state.documents.remove(&key);
@@ -202,7 +215,7 @@ impl UnitOfWork for MemoryTx<'_> {
         Ok(existed)
     }
 
-    fn clear_collection(&mut self, collection: &str) -> Result<u64> {
+    async fn clear_collection(&mut self, collection: &str) -> Result<u64> {
         let keys: Vec<_> = self
             .state
             .documents
@@ -217,7 +230,7 @@ impl UnitOfWork for MemoryTx<'_> {
         Ok(keys.len() as u64)
     }
 
-    fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+    async fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
         validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
         self.state.next_outbox += 1;
         let id = self.state.next_outbox;
@@ -228,7 +241,7 @@ impl UnitOfWork for MemoryTx<'_> {
         Ok(())
     }
 
-    fn append(
+    async fn append(
         &mut self,
         stream: &StreamId,
         expected: ExpectedVersion,
@@ -241,7 +254,7 @@ impl UnitOfWork for MemoryTx<'_> {
         Ok(outcome)
     }
 
-    fn read_stream(
+    async fn read_stream(
         &mut self,
         stream: &StreamId,
         from: StreamVersion,
@@ -250,18 +263,37 @@ impl UnitOfWork for MemoryTx<'_> {
         Ok(self.state.events.read_stream(stream, from, max))
     }
 
+    async fn load_snapshot(&mut self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        Ok(self.state.events.snapshots.get(stream).cloned())
+    }
+
+    async fn save_snapshot(&mut self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
+        let newer = self
+            .state
+            .events
+            .snapshots
+            .get(stream)
+            .is_none_or(|s| s.version <= snapshot.version);
+        if newer {
+            let previous = self.state.events.snapshots.insert(stream.clone(), snapshot);
+            self.undo.push(Undo::Snapshot(stream.clone(), previous));
+        }
+        Ok(())
+    }
+
     fn backend(&mut self) -> &mut dyn Any {
         // The in-memory store has no tables of its own to offer.
         &mut self.max_event_bytes
     }
 }
 
+#[async_trait]
 impl ConsumerTx for MemoryTx<'_> {
-    fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool> {
+    async fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool> {
         Ok(self.state.inbox.contains_key(&(group.clone(), *id)))
     }
 
-    fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
+    async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
         let key = (group.clone(), *id);
         if self.state.inbox.insert(key.clone(), Utc::now()).is_some() {
             return Err(Error::invalid(format!(
@@ -272,7 +304,7 @@ impl ConsumerTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
+    async fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
         let keys: Vec<_> = self
             .state
             .inbox
@@ -287,7 +319,7 @@ impl ConsumerTx for MemoryTx<'_> {
         Ok(keys.len() as u64)
     }
 
-    fn blocking_dead_letter(
+    async fn blocking_dead_letter(
         &mut self,
         group: &GroupName,
         key: &str,
@@ -300,7 +332,7 @@ impl ConsumerTx for MemoryTx<'_> {
             .map(|(d, _)| d.id))
     }
 
-    fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId> {
+    async fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId> {
         self.state.next_dead_letter += 1;
         let id = self.state.next_dead_letter;
         let now = Utc::now();
@@ -325,7 +357,7 @@ impl ConsumerTx for MemoryTx<'_> {
         Ok(DeadLetterId::new(id))
     }
 
-    fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
+    async fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
         Ok(self
             .state
             .dead_letters
@@ -333,7 +365,11 @@ impl ConsumerTx for MemoryTx<'_> {
             .map(|(d, _)| d.clone()))
     }
 
-    fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution) -> Result<()> {
+    async fn resolve_dead_letter(
+        &mut self,
+        id: DeadLetterId,
+        resolution: Resolution,
+    ) -> Result<()> {
         let entry = self.dead_letter_mut(id)?;
         if entry.1.is_some() {
             return Err(Error::invalid(format!(
@@ -344,7 +380,7 @@ impl ConsumerTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()> {
+    async fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()> {
         let (letter, _) = self.dead_letter_mut(id)?;
         letter.attempts += 1;
         letter.reason = reason.to_owned();
@@ -352,29 +388,29 @@ impl ConsumerTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
+    async fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
         Ok(self.state.checkpoints.get(name).copied())
     }
 
-    fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()> {
+    async fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()> {
         let previous = self.state.checkpoints.insert(name.to_owned(), position);
         self.undo.push(Undo::Checkpoint(name.to_owned(), previous));
         Ok(())
     }
 
-    fn savepoint(&mut self) -> Result<()> {
+    async fn savepoint(&mut self) -> Result<()> {
         self.savepoints.push(self.undo.len());
         Ok(())
     }
 
-    fn release_savepoint(&mut self) -> Result<()> {
+    async fn release_savepoint(&mut self) -> Result<()> {
         self.savepoints
             .pop()
             .map(|_| ())
             .ok_or_else(|| Error::invalid("no savepoint to release"))
     }
 
-    fn rollback_savepoint(&mut self) -> Result<()> {
+    async fn rollback_savepoint(&mut self) -> Result<()> {
         let mark = self
             .savepoints
             .pop()
@@ -387,7 +423,7 @@ impl ConsumerTx for MemoryTx<'_> {
 #[async_trait]
 impl Database for InMemoryDatabase {
     async fn execute(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
-        self.run(work)
+        self.run(work).await
     }
 
     fn commits(&self) -> watch::Receiver<u64> {
@@ -396,7 +432,11 @@ impl Database for InMemoryDatabase {
 
     async fn get_document(&self, collection: &str, id: &str) -> Result<Option<Payload>> {
         validate_document_key(collection, id)?;
-        Ok(lock(&self.shared.state)
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .await
             .documents
             .get(&(collection.to_owned(), id.to_owned()))
             .cloned())
@@ -408,7 +448,7 @@ impl Database for InMemoryDatabase {
         after: Option<&str>,
         max: usize,
     ) -> Result<Vec<(String, Payload)>> {
-        let state = lock(&self.shared.state);
+        let state = self.shared.state.lock().await;
         let start = (collection.to_owned(), after.unwrap_or("").to_owned());
         Ok(state
             .documents
@@ -421,11 +461,18 @@ impl Database for InMemoryDatabase {
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<Position>> {
-        Ok(lock(&self.shared.state).checkpoints.get(name).copied())
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .await
+            .checkpoints
+            .get(name)
+            .copied())
     }
 
     async fn drop_collection(&self, collection: &str) -> Result<u64> {
-        let mut state = lock(&self.shared.state);
+        let mut state = self.shared.state.lock().await;
         let before = state.documents.len();
         state.documents.retain(|(c, _), _| c != collection);
         let dropped = (before - state.documents.len()) as u64;
@@ -455,7 +502,7 @@ impl Database for InMemoryDatabase {
     }
 
     async fn prune_inbox(&self, group: &GroupName, before: DateTime<Utc>) -> Result<u64> {
-        let mut state = lock(&self.shared.state);
+        let mut state = self.shared.state.lock().await;
         let n = state.inbox.len();
         state.inbox.retain(|(g, _), at| g != group || *at >= before);
         Ok((n - state.inbox.len()) as u64)
@@ -473,7 +520,11 @@ impl Database for InMemoryDatabase {
 #[async_trait]
 impl DeadLetterStore for InMemoryDatabase {
     async fn list(&self, group: Option<&GroupName>, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(lock(&self.shared.state)
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .await
             .dead_letters
             .values()
             .filter(|(d, r)| r.is_none() && group.is_none_or(|g| &d.group == g))
@@ -483,7 +534,11 @@ impl DeadLetterStore for InMemoryDatabase {
     }
 
     async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
-        Ok(lock(&self.shared.state)
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .await
             .dead_letters
             .get(&id.get())
             .map(|(d, _)| d.clone()))
@@ -502,7 +557,12 @@ impl EventStore for DatabaseEvents {
         events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
         validate_batch(&events, self.0.shared.max_event_bytes)?;
-        let outcome = lock(&self.0.shared.state)
+        let outcome = self
+            .0
+            .shared
+            .state
+            .lock()
+            .await
             .events
             .append(stream, expected, events)?;
         if !outcome.deduplicated {
@@ -517,13 +577,18 @@ impl EventStore for DatabaseEvents {
         from: StreamVersion,
         max: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        Ok(lock(&self.0.shared.state)
+        Ok(self
+            .0
+            .shared
+            .state
+            .lock()
+            .await
             .events
             .read_stream(stream, from, max))
     }
 
     async fn read_all(&self, from: Position, max: usize) -> Result<Vec<RecordedEvent>> {
-        Ok(lock(&self.0.shared.state).events.read_all(from, max))
+        Ok(self.0.shared.state.lock().await.events.read_all(from, max))
     }
 
     fn subscribe_all(&self, from: Position) -> EventStream {
@@ -533,18 +598,40 @@ impl EventStore for DatabaseEvents {
             db.shared.commits.subscribe(),
             CatchUpConfig::default(),
             move |from, max| {
-                let events = lock(&db.shared.state).events.read_all(from, max);
-                async move { Ok(events) }
+                let db = db.clone();
+                // In a task of its own: a subscriber that stops polling its stream (a select!
+                // with a timeout) must not leave a waiter for the lock that is never polled —
+                // the lock would be handed to it and every unit of work would wait forever.
+                let read =
+                    tokio::spawn(
+                        async move { db.shared.state.lock().await.events.read_all(from, max) },
+                    );
+                async move {
+                    read.await
+                        .map_err(|e| Error::unavailable("the in-memory event store", e))
+                }
             },
         )
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
-        Ok(lock(&self.0.shared.state).events.stream_version(stream))
+        Ok(self
+            .0
+            .shared
+            .state
+            .lock()
+            .await
+            .events
+            .stream_version(stream))
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        Ok(lock(&self.0.shared.state)
+        Ok(self
+            .0
+            .shared
+            .state
+            .lock()
+            .await
             .events
             .snapshots
             .get(stream)
@@ -552,7 +639,7 @@ impl EventStore for DatabaseEvents {
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
-        let mut state = lock(&self.0.shared.state);
+        let mut state = self.0.shared.state.lock().await;
         let newer = state
             .events
             .snapshots
@@ -602,7 +689,7 @@ impl RelaySource for OutboxSource {
     }
 
     async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>> {
-        let state = lock(&self.0.shared.state);
+        let state = self.0.shared.state.lock().await;
         let rows: Vec<_> = state.outbox.iter().take(max).collect();
         let Some(&(&last, _)) = rows.last() else {
             return Ok(None);
@@ -614,7 +701,7 @@ impl RelaySource for OutboxSource {
     }
 
     async fn mark_published(&self, through: Position) -> Result<()> {
-        let mut state = lock(&self.0.shared.state);
+        let mut state = self.0.shared.state.lock().await;
         let keep = state.outbox.split_off(&(through.get() + 1));
         state.outbox = keep;
         Ok(())
@@ -646,7 +733,7 @@ impl RelaySource for EventsSource {
     }
 
     async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>> {
-        let state = lock(&self.db.shared.state);
+        let state = self.db.shared.state.lock().await;
         let from = state
             .cursors
             .get(&self.name)
@@ -672,7 +759,11 @@ impl RelaySource for EventsSource {
     }
 
     async fn mark_published(&self, through: Position) -> Result<()> {
-        lock(&self.db.shared.state)
+        self.db
+            .shared
+            .state
+            .lock()
+            .await
             .cursors
             .insert(self.name.clone(), through);
         Ok(())

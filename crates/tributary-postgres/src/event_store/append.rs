@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
 use sqlx::{PgConnection, Postgres};
+use tributary_core::backend::{StoredAt, dedup_outcome};
 use tributary_core::{
-    AppendOutcome, Envelope, Error, EventId, ExpectedVersion, Result, StoredAt, StreamId,
-    StreamVersion, dedup_outcome,
+    AppendOutcome, Envelope, Error, EventId, ExpectedVersion, Result, StreamId, StreamVersion,
 };
 use uuid::Uuid;
 

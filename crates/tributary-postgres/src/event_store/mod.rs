@@ -12,10 +12,10 @@ pub(crate) use rows::recorded_event;
 
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
+use tributary_core::backend::validate_batch;
 use tributary_core::{
     AppendOutcome, CatchUpConfig, Envelope, Error, EventStore, EventStream, ExpectedVersion,
     Payload, Position, RecordedEvent, Result, Snapshot, StreamId, StreamVersion, catch_up,
-    validate_batch,
 };
 
 use crate::database::{Inner, PgDatabase};
@@ -43,8 +43,7 @@ impl PgEventStore {
     /// Appends in the caller's own transaction (for applications that use sqlx directly):
     /// the events commit or roll back with it. Same rules as [`EventStore::append`]; a lost
     /// race is rolled back to a savepoint, so the transaction stays usable after a conflict.
-    /// The transaction announces its commit to waiting readers (see
-    /// [`crate::PgOutbox::publish`] for what that costs).
+    /// Readers are woken once it committed, from outside (see [`crate::PgOutbox::publish`]).
     ///
     /// # Errors
     /// As [`EventStore::append`].
@@ -68,7 +67,7 @@ impl PgEventStore {
         )
         .await?;
         if !outcome.deduplicated {
-            inner.notify_at_commit(conn).await?;
+            inner.written_externally(TxPosition::from_position(outcome.last_position).tx_id as i64);
         }
         Ok(outcome)
     }
@@ -222,32 +221,51 @@ impl EventStore for PgEventStore {
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         let inner = &self.db.inner;
-        let row: Option<(i64, String)> = sqlx::query_as(inner.sql.load_snapshot.sql())
-            .bind(stream.as_str())
-            .fetch_optional(&inner.pool)
-            .await
-            .context("loading a snapshot")?;
-        row.map(|(version, state)| {
-            Ok(Snapshot {
-                version: StreamVersion::new(
-                    u64::try_from(version)
-                        .map_err(|_| Error::decode("snapshot", "negative version"))?,
-                ),
-                state: Payload::from_json_str(state).map_err(|e| Error::decode("snapshot", e))?,
-            })
-        })
-        .transpose()
+        load_snapshot_in(&inner.pool, &inner.sql, stream).await
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
         let inner = &self.db.inner;
-        sqlx::query(inner.sql.save_snapshot.sql())
-            .bind(stream.as_str())
-            .bind(i64::try_from(snapshot.version.get()).unwrap_or(i64::MAX))
-            .bind(snapshot.state.as_str())
-            .execute(&inner.pool)
-            .await
-            .context("saving a snapshot")?;
-        Ok(())
+        save_snapshot_in(&inner.pool, &inner.sql, stream, &snapshot).await
     }
+}
+
+/// The latest snapshot of `stream`, read on `conn` (the pool, or a unit's transaction).
+pub(crate) async fn load_snapshot_in<'e>(
+    conn: impl PgExecutor<'e>,
+    sql: &Statements,
+    stream: &StreamId,
+) -> Result<Option<Snapshot>> {
+    let row: Option<(i64, String)> = sqlx::query_as(sql.load_snapshot.sql())
+        .bind(stream.as_str())
+        .fetch_optional(conn)
+        .await
+        .context("loading a snapshot")?;
+    row.map(|(version, state)| {
+        Ok(Snapshot {
+            version: StreamVersion::new(
+                u64::try_from(version)
+                    .map_err(|_| Error::decode("snapshot", "negative version"))?,
+            ),
+            state: Payload::from_json_str(state).map_err(|e| Error::decode("snapshot", e))?,
+        })
+    })
+    .transpose()
+}
+
+/// Saves `snapshot` of `stream` on `conn`, unless a newer one is stored.
+pub(crate) async fn save_snapshot_in<'e>(
+    conn: impl PgExecutor<'e>,
+    sql: &Statements,
+    stream: &StreamId,
+    snapshot: &Snapshot,
+) -> Result<()> {
+    sqlx::query(sql.save_snapshot.sql())
+        .bind(stream.as_str())
+        .bind(i64::try_from(snapshot.version.get()).unwrap_or(i64::MAX))
+        .bind(snapshot.state.as_str())
+        .execute(conn)
+        .await
+        .context("saving a snapshot")?;
+    Ok(())
 }

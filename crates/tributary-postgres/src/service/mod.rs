@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tributary_core::backend::{Work, WorkError, validate_document_key};
 use tributary_core::{
     Database, DeadLetterStore, Error, EventStore, Payload, Position, RelaySource, Result, Topic,
-    Work, WorkError, validate_document_key,
 };
 
 use crate::database::PgDatabase;

@@ -21,20 +21,30 @@ pub(super) fn key(collection: &str, id: &str) -> DocumentKey {
     (collection.to_owned(), id.to_owned())
 }
 
+/// An update of a locked document, held until the unit writes it.
+#[derive(Clone, Debug)]
+pub(super) struct HeldUpdate {
+    pub key: DocumentKey,
+    pub document: Payload,
+    /// The consumer message whose handler made it.
+    pub message: usize,
+}
+
 #[derive(Clone, Debug, Default)]
 pub(super) struct Documents {
     /// Read as absent: a put must create it, and fails if another unit did first.
     absent: HashSet<DocumentKey>,
     /// Rows this unit holds locked (read FOR UPDATE or written by it).
     locked: HashSet<DocumentKey>,
-    /// Updates of locked rows not written yet, in key order.
-    updates: BTreeMap<DocumentKey, Payload>,
+    /// Updates of locked rows not written yet, in key order, each with the consumer message
+    /// that made it (see `ConsumerTx::start_message`).
+    updates: BTreeMap<DocumentKey, (Payload, usize)>,
 }
 
 impl Documents {
     /// The value of a document whose update is held, as the unit sees it.
     pub fn held(&self, key: &DocumentKey) -> Option<&Payload> {
-        self.updates.get(key)
+        self.updates.get(key).map(|(document, _)| document)
     }
 
     /// Records what a read found (and so locked, if present).
@@ -54,9 +64,9 @@ impl Documents {
     }
 
     /// Holds the update of a locked document; returns it back if the document is not locked.
-    pub fn hold(&mut self, key: DocumentKey, document: Payload) -> Option<Payload> {
+    pub fn hold(&mut self, key: DocumentKey, document: Payload, message: usize) -> Option<Payload> {
         if self.locked.contains(&key) {
-            self.updates.insert(key, document);
+            self.updates.insert(key, (document, message));
             None
         } else {
             Some(document)
@@ -87,9 +97,16 @@ impl Documents {
         self.updates.len()
     }
 
-    /// The held updates, to be written now.
-    pub fn take_updates(&mut self) -> Vec<(DocumentKey, Payload)> {
-        std::mem::take(&mut self.updates).into_iter().collect()
+    /// The held updates, to be written now, each with its message.
+    pub fn take_updates(&mut self) -> Vec<HeldUpdate> {
+        std::mem::take(&mut self.updates)
+            .into_iter()
+            .map(|(key, (document, message))| HeldUpdate {
+                key,
+                document,
+                message,
+            })
+            .collect()
     }
 }
 
@@ -97,21 +114,21 @@ impl Documents {
 pub(super) async fn write_updates(
     conn: &mut PgConnection,
     sql: &Statements,
-    updates: &[(DocumentKey, Payload)],
+    updates: &[HeldUpdate],
 ) -> Result<()> {
     let done = match updates {
         [] => return Ok(()),
-        [((collection, id), document)] => sqlx::query(sql.put_document.sql())
-            .bind(collection)
-            .bind(id)
-            .bind(document.as_str())
+        [one] => sqlx::query(sql.put_document.sql())
+            .bind(&one.key.0)
+            .bind(&one.key.1)
+            .bind(one.document.as_str())
             .execute(conn)
             .await
             .context("writing a document")?,
         _ => {
-            let collections: Vec<&str> = updates.iter().map(|((c, _), _)| c.as_str()).collect();
-            let ids: Vec<&str> = updates.iter().map(|((_, id), _)| id.as_str()).collect();
-            let bodies: Vec<&str> = updates.iter().map(|(_, d)| d.as_str()).collect();
+            let collections: Vec<&str> = updates.iter().map(|u| u.key.0.as_str()).collect();
+            let ids: Vec<&str> = updates.iter().map(|u| u.key.1.as_str()).collect();
+            let bodies: Vec<&str> = updates.iter().map(|u| u.document.as_str()).collect();
             sqlx::query(sql.update_documents.sql())
                 .bind(collections)
                 .bind(ids)

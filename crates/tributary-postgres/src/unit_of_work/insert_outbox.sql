@@ -4,3 +4,4 @@ INSERT INTO __SCHEMA__.outbox (tx_id, tx_ordinal, topic, message_key, event_id, 
 SELECT pg_current_xact_id(), coalesce(max(tx_ordinal) + 1, 0), $1, $2, $3, $4
 FROM __SCHEMA__.outbox
 WHERE tx_id = pg_current_xact_id()
+RETURNING tx_id::text::bigint

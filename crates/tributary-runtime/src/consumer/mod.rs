@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tributary_core::backend::WorkOrigin;
 use tributary_core::{
     Broker, Database, Error, GroupName, Partition, Position, Result, Topic, Upcasters,
 };
@@ -22,6 +23,7 @@ use tributary_core::{
 use crate::backoff::Backoff;
 use crate::handler::Handler;
 use crate::health::{Health, HealthState};
+use crate::retry::Retry;
 
 /// Settings of a [`Consumer`].
 #[derive(Clone, Debug)]
@@ -108,6 +110,8 @@ pub(crate) struct Context {
     pub handler: Arc<dyn Handler>,
     pub config: ConsumerConfig,
     pub health: Health,
+    /// Names the group's units of work in diagnostics.
+    pub origin: WorkOrigin,
 }
 
 /// A consumer group of one service.
@@ -147,6 +151,7 @@ impl Consumer {
                 .and_then(|d| d.checked_add(Duration::from_secs(3600))),
         };
         let health = Health::new(format!("consumer {group}"));
+        let origin = WorkOrigin::Task(format!("consumer group {group}").into());
         Ok(Self {
             topics,
             retention,
@@ -157,6 +162,7 @@ impl Consumer {
                 handler,
                 config,
                 health,
+                origin,
             }),
         })
     }
@@ -187,12 +193,15 @@ impl Consumer {
     ) -> Result<()> {
         let (group, marker) = (group.clone(), rebuild_marker(group));
         let collections: Vec<String> = collections.iter().map(|c| (*c).to_owned()).collect();
-        db.transact_consumer(move |tx| {
-            for c in &collections {
-                tx.clear_collection(c)?;
-            }
-            tx.clear_inbox(&group)?;
-            tx.set_checkpoint(&marker, REBUILD_REQUESTED)
+        let origin = WorkOrigin::Task(format!("the rebuild of consumer group {group}").into());
+        db.transact_consumer(origin, move |tx| {
+            Box::pin(async move {
+                for c in &collections {
+                    tx.clear_collection(c).await?;
+                }
+                tx.clear_inbox(&group).await?;
+                tx.set_checkpoint(&marker, REBUILD_REQUESTED).await
+            })
         })
         .await
     }
@@ -209,7 +218,9 @@ impl Consumer {
         }
         self.ctx
             .db
-            .transact_consumer(move |tx| tx.set_checkpoint(&marker, Position::START))
+            .transact_consumer(self.ctx.origin.clone(), move |tx| {
+                Box::pin(async move { tx.set_checkpoint(&marker, Position::START).await })
+            })
             .await?;
         tracing::info!(group = %self.ctx.group, "rebuilding from the broker's retained log");
         Ok(())
@@ -217,43 +228,67 @@ impl Consumer {
 
     /// Runs every partition of every topic until `shutdown` is cancelled. Each partition
     /// task finishes the message it is handling and stops; unacknowledged messages are
-    /// redelivered to the next run.
+    /// redelivered to the next run. Store and broker failures that may clear are retried
+    /// (health says why meanwhile).
     ///
     /// # Errors
-    /// When the topics' partition counts cannot be read at start.
+    /// A failure retrying cannot fix (e.g. a topic the broker refuses to open): every other
+    /// partition of the group is stopped and the error returned.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        // The group's own token: a fatal failure of one partition stops the others.
+        let stop = shutdown.child_token();
+        let retry = Retry::new(
+            self.ctx.config.backoff,
+            stop.clone(),
+            self.ctx.health.clone(),
+        );
+        let started = self.start_partitions(&retry).await;
+        let mut tasks = match started {
+            Ok(tasks) => tasks,
+            Err(e) => return retry.finish(Err(crate::retry::Stop::Fatal(e))),
+        };
+        if let Some(retention) = self.retention {
+            let ctx = self.ctx.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                prune_inbox(ctx, retention, stop).await;
+                Ok(())
+            });
+        }
+        self.ctx.health.set(HealthState::Running);
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            let outcome = joined.unwrap_or_else(|e| {
+                // Handlers run under catch_unwind; a partition task that still panics is a
+                // bug: stop the group loudly rather than run with a partition missing.
+                Err(Error::Panicked {
+                    what: format!("a partition task of consumer group {}", self.ctx.group),
+                    message: e.to_string(),
+                })
+            });
+            if let Err(e) = outcome {
+                stop.cancel();
+                failure.get_or_insert(e);
+            }
+        }
+        retry.finish(failure.map_or(Ok(()), |e| Err(crate::retry::Stop::Fatal(e))))
+    }
+
+    async fn start_partitions(&self, retry: &Retry) -> Result<JoinSet<Result<()>>> {
         self.rebuild_if_requested().await?;
         let mut tasks = JoinSet::new();
         for topic in &self.topics {
             let partitions = self.ctx.broker.partitions(topic).await?;
             for p in 0..partitions {
-                let ctx = self.ctx.clone();
-                let topic = topic.clone();
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    partition::run(ctx, topic, Partition::new(p), shutdown).await;
-                });
+                tasks.spawn(partition::run(
+                    self.ctx.clone(),
+                    topic.clone(),
+                    Partition::new(p),
+                    retry.clone(),
+                ));
             }
         }
-        if let Some(retention) = self.retention {
-            let ctx = self.ctx.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move { prune_inbox(ctx, retention, shutdown).await });
-        }
-        self.ctx.health.set(HealthState::Running);
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(e) = joined {
-                // A partition task cannot panic by design (handlers run under catch_unwind);
-                // if one does, stop the group loudly rather than run with a partition missing.
-                tracing::error!(group = %self.ctx.group, error = %e, "consumer task failed");
-                self.ctx.health.set(HealthState::Degraded(format!(
-                    "a partition task failed: {e}"
-                )));
-                shutdown.cancel();
-            }
-        }
-        self.ctx.health.set(HealthState::Stopped);
-        Ok(())
+        Ok(tasks)
     }
 }
 

@@ -1,27 +1,46 @@
 //! One partition of a consumer group: fetch, handle in the service's transaction, commit the
 //! offset.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
-use tokio_util::sync::CancellationToken;
+use futures::FutureExt;
+use tributary_core::backend::{ConsumerTx, Work, WorkError};
 use tributary_core::{
-    ConsumerTx, DeadLetterId, Delivery, Envelope, Error, EventId, NewDeadLetter, Partition,
-    PartitionConsumer, Result, Topic, UnitOfWork, Work, WorkError,
+    DeadLetterId, Delivery, Envelope, Error, EventId, HandlerError, NewDeadLetter, Partition,
+    Result, Topic, UnitOfWork,
 };
 
 use super::Context;
 use crate::health::HealthState;
+use crate::retry::{Retry, Stop};
 
 /// Why a message was not handled.
 #[derive(Clone, Debug)]
 pub(crate) struct Failure {
     pub retryable: bool,
-    /// Not the message's fault (see `HandlerError::transient`): does not count as an attempt.
+    /// Not the message's fault (see [`HandlerError::Transient`]): does not count as an attempt.
     pub transient: bool,
     pub reason: String,
+}
+
+impl Failure {
+    fn from_handler(e: HandlerError) -> Self {
+        Self {
+            retryable: e.is_retryable(),
+            transient: e.is_transient(),
+            reason: e.message().to_owned(),
+        }
+    }
+
+    fn rejected(reason: String) -> Self {
+        Self {
+            retryable: false,
+            transient: false,
+            reason,
+        }
+    }
 }
 
 /// How far a unit got through its deliveries.
@@ -32,88 +51,73 @@ struct Progress {
     failure: Option<Failure>,
 }
 
+/// Consumes one partition until shutdown (`Ok`) or a failure retrying cannot fix (`Err`).
 pub(crate) async fn run(
     ctx: Arc<Context>,
     topic: Topic,
     partition: Partition,
-    shutdown: CancellationToken,
-) {
-    let mut failures = 0;
-    let mut consumer = loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        match ctx.broker.consume(&ctx.group, &topic, partition).await {
-            Ok(c) => break c,
-            Err(e) => {
-                failures += 1;
-                degraded(&ctx, &format!("opening {topic}/{partition}"), &e);
-                if !nap(ctx.config.backoff.delay(failures), &shutdown).await {
-                    return;
-                }
-            }
-        }
+    retry: Retry,
+) -> Result<()> {
+    let stop = consume(&ctx, &topic, partition, &retry).await;
+    match stop {
+        Stop::Shutdown => Ok(()),
+        Stop::Fatal(e) => Err(e),
+    }
+}
+
+async fn consume(ctx: &Arc<Context>, topic: &Topic, partition: Partition, retry: &Retry) -> Stop {
+    let opening = format!("opening {topic}/{partition}");
+    let mut consumer = match retry
+        .until_ok(&opening, || {
+            ctx.broker.consume(&ctx.group, topic, partition)
+        })
+        .await
+    {
+        Ok(c) => c,
+        Err(stop) => return stop,
     };
+    let fetching = format!("fetching {topic}/{partition}");
     let mut failures = 0;
     loop {
         let fetched = tokio::select! {
             r = consumer.fetch(ctx.config.batch_size, ctx.config.fetch_wait) => r,
-            _ = shutdown.cancelled() => return,
+            _ = retry.shutdown.cancelled() => return Stop::Shutdown,
         };
         let deliveries = match fetched {
             Ok(d) => {
                 failures = 0;
                 d
             }
-            Err(e) => {
-                failures += 1;
-                degraded(&ctx, &format!("fetching {topic}/{partition}"), &e);
-                if !nap(ctx.config.backoff.delay(failures), &shutdown).await {
-                    return;
-                }
-                continue;
-            }
+            Err(e) => match retry.after_failure(&fetching, e, &mut failures).await {
+                Ok(()) => continue,
+                Err(stop) => return stop,
+            },
         };
         let Some(last) = deliveries.last().map(|d| d.offset) else {
             continue;
         };
-        if !handle_all(&ctx, Arc::new(deliveries), &shutdown).await {
-            return;
+        if let Err(stop) = handle_all(ctx, Arc::new(deliveries), retry).await {
+            return stop;
         }
-        if !commit(&ctx, consumer.as_mut(), last, &shutdown).await {
-            return;
-        }
-    }
-}
-
-async fn commit(
-    ctx: &Context,
-    consumer: &mut dyn PartitionConsumer,
-    offset: tributary_core::Offset,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut failures = 0;
-    loop {
-        match consumer.commit(offset).await {
-            Ok(()) => return true,
-            Err(e) => {
-                failures += 1;
-                degraded(ctx, "committing an offset", &e);
-                if !nap(ctx.config.backoff.delay(failures), shutdown).await {
-                    return false;
-                }
+        let mut commit_failures = 0;
+        while let Err(e) = consumer.commit(last).await {
+            if let Err(stop) = retry
+                .after_failure("committing an offset", e, &mut commit_failures)
+                .await
+            {
+                return stop;
             }
         }
     }
 }
 
-/// Deals with every delivery in order: handled, duplicate, parked or dead-lettered. Returns
-/// false if stopped first (the rest will be redelivered).
+/// Deals with every delivery in order: handled, duplicate, parked or dead-lettered. Stops
+/// early only on shutdown (the rest will be redelivered) or a failure retrying cannot fix.
 async fn handle_all(
     ctx: &Arc<Context>,
     deliveries: Arc<Vec<Delivery>>,
-    shutdown: &CancellationToken,
-) -> bool {
+    retry: &Retry,
+) -> Result<(), Stop> {
     let mut next = 0;
     let mut store_failures = 0;
     let per_unit = ctx
@@ -122,11 +126,11 @@ async fn handle_all(
         .unwrap_or_else(|| ctx.db.messages_per_unit())
         .max(1);
     // After a unit failed at a message: the end of the unit that redoes the messages before
-    // it, and the failure to retry once they are committed.
+    // it, and the failure to deal with once they are committed.
     let mut redo_until = None;
     let mut failed_next: Option<Failure> = None;
-    // After a unit failed at commit because the database refused a value: run the messages
-    // up to here one per unit, to find the one that wrote it.
+    // A backend that could not say which message wrote a refused value: run the messages
+    // up to here one per unit.
     let mut one_by_one_until = 0;
     while next < deliveries.len() {
         let end = redo_until.take().unwrap_or_else(|| {
@@ -141,9 +145,7 @@ async fn handle_all(
                 next += done;
                 store_failures = 0;
                 if let Some(failure) = failed_next.take() {
-                    if !retry_one(ctx, &deliveries, next, failure, shutdown).await {
-                        return false;
-                    }
+                    retry_one(ctx, &deliveries, next, failure, retry).await?;
                     next += 1;
                 }
             }
@@ -154,56 +156,53 @@ async fn handle_all(
                 store_failures = 0;
                 if done > 0 {
                     // The unit was rolled back as a whole (no savepoint per message, which
-                    // costs two round trips each): commit the messages before the failing
-                    // one first.
+                    // costs round trips): commit the messages before the failing one first.
                     redo_until = Some(next + done);
                     failed_next = Some(failure);
                 } else {
                     failed_next = None;
-                    if !retry_one(ctx, &deliveries, next, failure, shutdown).await {
-                        return false;
-                    }
+                    retry_one(ctx, &deliveries, next, failure, retry).await?;
                     next += 1;
                 }
             }
-            Err(e) if refused_data(&e) => {
-                // A value a handler wrote was refused when the unit committed (a backend may
-                // hold writes until then): it will be refused again. Nothing of the unit was
-                // written; find the message that wrote it and dead-letter it alone.
+            Err(Error::Refused { reason, message }) => {
+                // A value a handler wrote was refused when the unit committed (the backend
+                // held the write until then): it will be refused again. Nothing of the unit
+                // was written. The backend names the message that wrote it.
                 store_failures = 0;
-                if end - next > 1 {
-                    one_by_one_until = end;
-                } else {
-                    let failure = Failure {
-                        retryable: false,
-                        transient: false,
-                        reason: format!("the database refused what the handler wrote: {e}"),
-                    };
-                    if !retry_one(ctx, &deliveries, next, failure, shutdown).await {
-                        return false;
+                let failure = Failure::rejected(format!(
+                    "the database refused what the handler wrote: {reason}"
+                ));
+                match message {
+                    Some(0) => {
+                        failed_next = None;
+                        retry_one(ctx, &deliveries, next, failure, retry).await?;
+                        next += 1;
                     }
-                    next += 1;
+                    Some(i) if next + i < end => {
+                        redo_until = Some(next + i);
+                        failed_next = Some(failure);
+                    }
+                    _ if end - next > 1 => one_by_one_until = end,
+                    _ => {
+                        retry_one(ctx, &deliveries, next, failure, retry).await?;
+                        next += 1;
+                    }
                 }
             }
             Err(e) => {
                 // The transaction itself failed (database busy, disk full): nothing of it was
-                // written. Try the same deliveries again.
+                // written. Try the same deliveries again; an operator may have to fix the
+                // database, and health says why meanwhile.
                 redo_until = Some(end);
                 store_failures += 1;
-                degraded(ctx, "handling a batch", &e);
-                if !nap(ctx.config.backoff.delay(store_failures), shutdown).await {
-                    return false;
-                }
+                retry.degraded("handling a batch", &e);
+                retry.nap(retry.backoff.delay(store_failures)).await?;
             }
         }
     }
     ctx.health.set(HealthState::Running);
-    true
-}
-
-/// Whether a unit's failure is a value the database refuses (not the database's state).
-fn refused_data(e: &Error) -> bool {
-    matches!(e, Error::InvalidInput { .. } | Error::TooLarge { .. })
+    Ok(())
 }
 
 /// Retries the delivery at `index`, which just failed for the first time, until it succeeds,
@@ -213,8 +212,8 @@ async fn retry_one(
     deliveries: &Arc<Vec<Delivery>>,
     index: usize,
     mut failure: Failure,
-    shutdown: &CancellationToken,
-) -> bool {
+    retry: &Retry,
+) -> Result<(), Stop> {
     let first_failed_at = Utc::now();
     let mut attempts = u32::from(!failure.transient);
     let mut naps = 1;
@@ -227,7 +226,7 @@ async fn retry_one(
                 failure,
                 attempts,
                 first_failed_at,
-                shutdown,
+                retry,
             )
             .await;
         }
@@ -238,12 +237,10 @@ async fn retry_one(
                 failure.reason
             )));
         }
-        if !nap(ctx.config.backoff.delay(naps), shutdown).await {
-            return false;
-        }
+        retry.nap(ctx.config.backoff.delay(naps)).await?;
         naps += 1;
         match run_unit(ctx, deliveries, index, index + 1).await {
-            Ok(Progress { failure: None, .. }) => return true,
+            Ok(Progress { failure: None, .. }) => return Ok(()),
             Ok(Progress {
                 failure: Some(again),
                 ..
@@ -251,10 +248,13 @@ async fn retry_one(
                 attempts += u32::from(!again.transient);
                 failure = again;
             }
-            Err(e) => {
-                // A store failure is not the message's fault: do not count it.
-                degraded(ctx, "handling a message", &e);
+            Err(Error::Refused { reason, .. }) => {
+                failure = Failure::rejected(format!(
+                    "the database refused what the handler wrote: {reason}"
+                ));
             }
+            // A store failure is not the message's fault: do not count it.
+            Err(e) => retry.degraded("handling a message", &e),
         }
     }
 }
@@ -266,40 +266,31 @@ async fn dead_letter(
     failure: Failure,
     attempts: u32,
     first_failed_at: chrono::DateTime<Utc>,
-    shutdown: &CancellationToken,
-) -> bool {
+    retry: &Retry,
+) -> Result<(), Stop> {
     tracing::warn!(group = %ctx.group, reason = %failure.reason, attempts, "dead-lettering a message");
-    let mut failures = 0;
-    loop {
-        let (c, d) = (ctx.clone(), deliveries.clone());
-        let reason = failure.reason.clone();
-        let result = ctx
-            .db
-            .transact_consumer(move |tx| {
-                let delivery = &d[index];
-                let envelope = decode(&c, delivery).ok();
-                record_dead_letter(
-                    tx,
-                    &c,
-                    delivery,
-                    envelope.as_ref(),
-                    reason,
-                    attempts,
-                    first_failed_at,
-                )
+    retry
+        .until_ok("writing a dead letter", || {
+            let (c, d) = (ctx.clone(), deliveries.clone());
+            let reason = failure.reason.clone();
+            ctx.db.transact_consumer(ctx.origin.clone(), move |tx| {
+                Box::pin(async move {
+                    let delivery = &d[index];
+                    let envelope = decode(&c, delivery).ok();
+                    record_dead_letter(
+                        tx,
+                        &c,
+                        delivery,
+                        envelope.as_ref(),
+                        reason,
+                        attempts,
+                        first_failed_at,
+                    )
+                    .await
+                })
             })
-            .await;
-        match result {
-            Ok(()) => return true,
-            Err(e) => {
-                failures += 1;
-                degraded(ctx, "writing a dead letter", &e);
-                if !nap(ctx.config.backoff.delay(failures), shutdown).await {
-                    return false;
-                }
-            }
-        }
-    }
+        })
+        .await
 }
 
 /// Runs deliveries `from..to` in one unit of work. A handler failure stops it and rolls all
@@ -311,16 +302,17 @@ async fn run_unit(
     to: usize,
 ) -> Result<Progress> {
     let (c, d) = (ctx.clone(), deliveries.clone());
-    let work: Work =
-        Box::new(
-            move |tx: &mut dyn ConsumerTx| match handle_in_unit(tx, &c, &d[from..to]) {
+    let work = Work::new(ctx.origin.clone(), move |tx: &mut dyn ConsumerTx| {
+        Box::pin(async move {
+            match handle_in_unit(tx, &c, &d[from..to]).await {
                 Ok(progress) if progress.failure.is_some() => {
                     Err(WorkError::Aborted(Box::new(progress)))
                 }
                 Ok(progress) => Ok(Box::new(progress) as Box<dyn std::any::Any + Send>),
                 Err(e) => Err(WorkError::Failed(e)),
-            },
-        );
+            }
+        })
+    });
     match ctx.db.execute(work).await {
         Ok(progress) | Err(WorkError::Aborted(progress)) => progress
             .downcast::<Progress>()
@@ -334,7 +326,7 @@ async fn run_unit(
 /// and the dead letters blocking the deliveries' keys are read once for the whole unit, and
 /// the handled messages are recorded in the inbox at its end: on a networked database a unit
 /// costs its handlers' statements plus three.
-fn handle_in_unit(
+async fn handle_in_unit(
     tx: &mut dyn ConsumerTx,
     ctx: &Context,
     deliveries: &[Delivery],
@@ -346,11 +338,11 @@ fn handle_in_unit(
         .filter_map(|(e, d)| e.as_ref().map(|e| e.id).ok().or(d.id))
         .collect();
     // Processed before, or earlier in this unit (a redelivery can arrive in the same batch).
-    let mut seen = tx.inbox_seen(&ctx.group, &ids)?;
+    let mut seen = tx.inbox_seen(&ctx.group, &ids).await?;
     let mut keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut blockers = tx.blocking_dead_letters(&ctx.group, &keys)?;
+    let mut blockers = tx.blocking_dead_letters(&ctx.group, &keys).await?;
     let mut dealt_with = Vec::new();
     for (done, (delivery, envelope)) in deliveries.iter().zip(decoded).enumerate() {
         let envelope = match envelope {
@@ -360,8 +352,8 @@ fn handle_in_unit(
                     continue;
                 }
                 let blocker = blockers.get(&delivery.key).copied();
-                let letter =
-                    insert_dead_letter(tx, ctx, delivery, None, reason, 1, Utc::now(), blocker)?;
+                let letter = letter_for(ctx, delivery, None, reason, 1, Utc::now(), blocker);
+                let letter = tx.insert_dead_letter(letter).await?;
                 blockers.entry(delivery.key.clone()).or_insert(letter);
                 dealt_with.extend(delivery.id);
                 continue;
@@ -372,8 +364,7 @@ fn handle_in_unit(
         }
         if let Some(blocker) = blockers.get(&delivery.key).copied() {
             let reason = format!("parked behind dead letter {blocker} with the same key");
-            insert_dead_letter(
-                tx,
+            let letter = letter_for(
                 ctx,
                 delivery,
                 Some(&envelope),
@@ -381,24 +372,22 @@ fn handle_in_unit(
                 0,
                 Utc::now(),
                 Some(blocker),
-            )?;
+            );
+            tx.insert_dead_letter(letter).await?;
             dealt_with.push(envelope.id);
             continue;
         }
+        tx.start_message(done);
         let unit: &mut dyn UnitOfWork = &mut *tx;
-        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(&envelope, unit)));
+        let outcome = AssertUnwindSafe(ctx.handler.handle(&envelope, unit))
+            .catch_unwind()
+            .await;
         let failure = match outcome {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(Failure {
-                retryable: e.retryable,
-                transient: e.transient,
-                reason: e.message,
-            }),
-            Err(panic) => Some(Failure {
-                retryable: false,
-                transient: false,
-                reason: Error::panicked("handler", panic.as_ref()).to_string(),
-            }),
+            Ok(Err(e)) => Some(Failure::from_handler(e)),
+            Err(panic) => Some(Failure::rejected(
+                Error::panicked("handler", panic.as_ref()).to_string(),
+            )),
         };
         if let Some(failure) = failure {
             return Ok(Progress {
@@ -408,7 +397,7 @@ fn handle_in_unit(
         }
         dealt_with.push(envelope.id);
     }
-    tx.inbox_insert_all(&ctx.group, &dealt_with)?;
+    tx.inbox_insert_all(&ctx.group, &dealt_with).await?;
     Ok(Progress {
         done: deliveries.len(),
         failure: None,
@@ -425,10 +414,8 @@ pub(crate) fn decode(ctx: &Context, delivery: &Delivery) -> Result<Envelope, Str
         .map_err(|e| format!("cannot upcast the message: {e}"))
 }
 
-/// Records a dead letter for `delivery`, parked behind `parked_behind` if that is set.
-#[allow(clippy::too_many_arguments)]
-fn insert_dead_letter(
-    tx: &mut dyn ConsumerTx,
+/// The dead letter of a delivery.
+fn letter_for(
     ctx: &Context,
     delivery: &Delivery,
     envelope: Option<&Envelope>,
@@ -436,8 +423,8 @@ fn insert_dead_letter(
     attempts: u32,
     first_failed_at: chrono::DateTime<Utc>,
     parked_behind: Option<DeadLetterId>,
-) -> Result<DeadLetterId> {
-    tx.insert_dead_letter(NewDeadLetter {
+) -> NewDeadLetter {
+    NewDeadLetter {
         group: ctx.group.clone(),
         topic: delivery.topic.clone(),
         partition: delivery.partition,
@@ -450,12 +437,12 @@ fn insert_dead_letter(
         attempts,
         first_failed_at,
         parked_behind,
-    })
+    }
 }
 
 /// Records a dead letter in a unit of its own, and the message as dealt with in the inbox (so
 /// a redelivery is not dead-lettered twice). A message already in the inbox is left alone.
-fn record_dead_letter(
+async fn record_dead_letter(
     tx: &mut dyn ConsumerTx,
     ctx: &Context,
     delivery: &Delivery,
@@ -466,13 +453,12 @@ fn record_dead_letter(
 ) -> Result<()> {
     let id = envelope.map(|e| e.id).or(delivery.id);
     if let Some(id) = &id
-        && tx.inbox_contains(&ctx.group, id)?
+        && tx.inbox_contains(&ctx.group, id).await?
     {
         return Ok(());
     }
-    let parked_behind = tx.blocking_dead_letter(&ctx.group, &delivery.key)?;
-    insert_dead_letter(
-        tx,
+    let parked_behind = tx.blocking_dead_letter(&ctx.group, &delivery.key).await?;
+    let letter = letter_for(
         ctx,
         delivery,
         envelope,
@@ -480,22 +466,10 @@ fn record_dead_letter(
         attempts,
         first_failed_at,
         parked_behind,
-    )?;
+    );
+    tx.insert_dead_letter(letter).await?;
     if let Some(id) = &id {
-        tx.inbox_insert(&ctx.group, id)?;
+        tx.inbox_insert(&ctx.group, id).await?;
     }
     Ok(())
-}
-
-fn degraded(ctx: &Context, what: &str, e: &Error) {
-    tracing::warn!(group = %ctx.group, error = %e, "consumer failed {what}; retrying");
-    ctx.health
-        .set(HealthState::Degraded(format!("{what}: {e}")));
-}
-
-async fn nap(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        _ = shutdown.cancelled() => false,
-    }
 }

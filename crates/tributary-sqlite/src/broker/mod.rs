@@ -24,7 +24,7 @@ use tributary_core::{
 
 use crate::config::SqliteConfig;
 use crate::database::SqliteDatabase;
-use crate::schema::DatabaseKind;
+use crate::schema::SqliteDatabaseKind;
 use crate::sql_error::SqlResultExt;
 use crate::unit_of_work::now_ms;
 
@@ -95,8 +95,11 @@ impl SqliteBroker {
     /// # Errors
     /// As [`SqliteDatabase::open`]; a service database cannot be opened as a broker log.
     pub fn open(path: impl AsRef<Path>, config: SqliteBrokerConfig) -> Result<Self> {
-        let db =
-            SqliteDatabase::open_kind(path.as_ref(), config.sqlite.clone(), DatabaseKind::Broker)?;
+        let db = SqliteDatabase::open_kind(
+            path.as_ref(),
+            config.sqlite.clone(),
+            SqliteDatabaseKind::Broker,
+        )?;
         Ok(Self {
             db,
             config: Arc::new(config),

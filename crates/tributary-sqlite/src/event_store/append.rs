@@ -1,9 +1,9 @@
 //! Appending inside an open transaction: used by the event store and by units of work.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use tributary_core::backend::{StoredAt, dedup_outcome};
 use tributary_core::{
-    AppendOutcome, Envelope, Error, ExpectedVersion, Position, Result, StoredAt, StreamId,
-    StreamVersion, dedup_outcome,
+    AppendOutcome, Envelope, Error, ExpectedVersion, Position, Result, StreamId, StreamVersion,
 };
 
 use crate::sql_error::{SqlResultExt, is_unique_violation, sql_error};

@@ -12,10 +12,10 @@ pub(crate) use rows::recorded_event;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
+use tributary_core::backend::validate_batch;
 use tributary_core::{
     AppendOutcome, CatchUpConfig, Envelope, Error, EventStore, EventStream, ExpectedVersion,
     Payload, Position, RecordedEvent, Result, Snapshot, StreamId, StreamVersion, catch_up,
-    validate_batch,
 };
 
 use crate::database::SqliteDatabase;
@@ -198,45 +198,53 @@ impl EventStore for SqliteEventStore {
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         let stream = stream.clone();
         self.db
-            .read(move |conn| {
-                let row = conn
-                    .prepare_cached(include_str!("load_snapshot.sql"))
-                    .context("preparing load_snapshot")?
-                    .query_row([stream.as_str()], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                    })
-                    .optional()
-                    .context("loading a snapshot")?;
-                row.map(|(version, state)| {
-                    Ok(Snapshot {
-                        version: StreamVersion::new(
-                            u64::try_from(version)
-                                .map_err(|_| Error::decode("snapshot", "negative version"))?,
-                        ),
-                        state: Payload::from_json_str(state)
-                            .map_err(|e| Error::decode("snapshot", e))?,
-                    })
-                })
-                .transpose()
-            })
+            .read(move |conn| load_snapshot_in(conn, &stream))
             .await
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
         let stream = stream.clone();
         self.db
-            .write(move |tx| {
-                tx.connection()
-                    .prepare_cached(include_str!("save_snapshot.sql"))
-                    .context("preparing save_snapshot")?
-                    .execute(params![
-                        stream.as_str(),
-                        snapshot.version.get() as i64,
-                        snapshot.state.as_str()
-                    ])
-                    .context("saving a snapshot")?;
-                Ok(())
-            })
+            .write(move |tx| save_snapshot_in(tx.connection(), &stream, &snapshot))
             .await
     }
+}
+
+/// The latest snapshot of `stream` on `conn` (a reader, or a unit's transaction).
+pub(crate) fn load_snapshot_in(conn: &Connection, stream: &StreamId) -> Result<Option<Snapshot>> {
+    let row = conn
+        .prepare_cached(include_str!("load_snapshot.sql"))
+        .context("preparing load_snapshot")?
+        .query_row([stream.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()
+        .context("loading a snapshot")?;
+    row.map(|(version, state)| {
+        Ok(Snapshot {
+            version: StreamVersion::new(
+                u64::try_from(version)
+                    .map_err(|_| Error::decode("snapshot", "negative version"))?,
+            ),
+            state: Payload::from_json_str(state).map_err(|e| Error::decode("snapshot", e))?,
+        })
+    })
+    .transpose()
+}
+
+/// Saves `snapshot` of `stream` in the transaction on `conn`, unless a newer one is stored.
+pub(crate) fn save_snapshot_in(
+    conn: &Connection,
+    stream: &StreamId,
+    snapshot: &Snapshot,
+) -> Result<()> {
+    conn.prepare_cached(include_str!("save_snapshot.sql"))
+        .context("preparing save_snapshot")?
+        .execute(params![
+            stream.as_str(),
+            snapshot.version.get() as i64,
+            snapshot.state.as_str()
+        ])
+        .context("saving a snapshot")?;
+    Ok(())
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
+use tributary_core::backend::{Work, WorkError, validate_document_key};
 use tributary_core::{
     Database, DeadLetterStore, Error, EventStore, GroupName, Payload, Position, RelaySource,
-    Result, Topic, Work, WorkError, validate_document_key,
+    Result, Topic,
 };
 
 use crate::database::SqliteDatabase;
@@ -26,7 +27,8 @@ pub use relay_source::{SqliteEventsSource, SqliteOutboxSource};
 #[async_trait]
 impl Database for SqliteDatabase {
     async fn execute(&self, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
-        self.write(move |tx| work(tx)).await
+        let origin = work.origin().clone();
+        self.write_unit(origin, move |tx| work.run(tx)).await
     }
 
     fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -97,8 +99,15 @@ impl Database for SqliteDatabase {
 
     async fn drop_collection(&self, collection: &str) -> Result<u64> {
         let collection = collection.to_owned();
-        self.write(move |tx| tributary_core::UnitOfWork::clear_collection(tx, &collection))
-            .await
+        self.write(move |tx| {
+            tx.connection()
+                .prepare_cached(include_str!("../unit_of_work/clear_collection.sql"))
+                .context("preparing clear_collection")?
+                .execute([collection])
+                .context("clearing a collection")
+                .map(|n| n as u64)
+        })
+        .await
     }
 
     fn event_store(&self) -> Arc<dyn EventStore> {

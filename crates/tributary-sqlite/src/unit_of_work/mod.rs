@@ -5,15 +5,19 @@
 
 use std::any::Any;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, params};
+use tributary_core::backend::{
+    ConsumerTx, validate_batch, validate_document, validate_document_key,
+};
 use tributary_core::{
-    AppendOutcome, ConsumerTx, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion,
-    GroupName, NewDeadLetter, OutgoingMessage, Payload, Position, RecordedEvent, Resolution,
-    Result, StreamId, StreamVersion, Topic, UnitOfWork, validate_batch, validate_document_key,
+    AppendOutcome, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion, GroupName,
+    NewDeadLetter, OutgoingMessage, Payload, Position, RecordedEvent, Resolution, Result, Snapshot,
+    StreamId, StreamVersion, Topic, UnitOfWork,
 };
 
-use crate::event_store::{append_in_tx, read_stream_in};
+use crate::event_store::{append_in_tx, load_snapshot_in, read_stream_in, save_snapshot_in};
 use crate::sql_error::{SqlResultExt, is_unique_violation, sql_error};
 
 /// Milliseconds since the Unix epoch, the time unit of the messaging tables.
@@ -21,8 +25,28 @@ pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-/// The transaction a unit of work runs in. Downcast a `&mut dyn UnitOfWork` to it with
-/// [`SqliteTx::from_unit`] to reach the raw connection (e.g. for a service's own tables).
+/// The transaction a unit of work runs in, on the database's writer thread. Reach it from a
+/// unit with [`SqliteUnitExt::sqlite`] to run the service's own SQL on its own tables in the
+/// same transaction:
+///
+/// ```
+/// use std::sync::Arc;
+/// use tributary_core::{Database, Error};
+/// use tributary_sqlite::{SqliteConfig, SqliteDatabase, SqliteUnitExt};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let db: Arc<dyn Database> =
+///     Arc::new(SqliteDatabase::open(dir.path().join("inventory.db"), SqliteConfig::default())?);
+/// db.transact(|unit| Box::pin(async move {
+///     let conn = unit.sqlite()?.connection();
+///     conn.execute("CREATE TABLE IF NOT EXISTS products (sku TEXT PRIMARY KEY, stock INTEGER)", [])?;
+///     conn.execute("INSERT INTO products VALUES ('a-1', 5)", [])?;
+///     Ok::<_, Error>(())
+/// }))
+/// .await?;
+/// # Ok::<_, Error>(()) }).unwrap();
+/// ```
 pub struct SqliteTx {
     conn: Connection,
     max_event_bytes: usize,
@@ -38,14 +62,11 @@ impl SqliteTx {
         }
     }
 
-    /// The connection, inside the unit's transaction. Do not commit or roll back on it.
+    /// The connection, inside the unit's transaction (rusqlite is synchronous: no `.await`).
+    /// Do not commit or roll back on it; a failing statement fails the unit when its error is
+    /// returned.
     pub fn connection(&self) -> &Connection {
         &self.conn
-    }
-
-    /// The SQLite transaction behind a unit of work, if the unit runs on SQLite.
-    pub fn from_unit(unit: &mut dyn UnitOfWork) -> Option<&mut SqliteTx> {
-        unit.backend().downcast_mut::<SqliteTx>()
     }
 
     pub(crate) fn reset_nesting(&mut self) {
@@ -61,8 +82,9 @@ impl SqliteTx {
     }
 }
 
+#[async_trait]
 impl UnitOfWork for SqliteTx {
-    fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
+    async fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
         validate_document_key(collection, id)?;
         let body: Option<String> = self
             .conn
@@ -75,8 +97,9 @@ impl UnitOfWork for SqliteTx {
             .transpose()
     }
 
-    fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
+    async fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
         validate_document_key(collection, id)?;
+        validate_document(collection, id, document.as_str())?;
         self.conn
             .prepare_cached(include_str!("put_document.sql"))
             .context("preparing put_document")?
@@ -85,7 +108,7 @@ impl UnitOfWork for SqliteTx {
         Ok(())
     }
 
-    fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
+    async fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
         validate_document_key(collection, id)?;
         let n = self
             .conn
@@ -96,7 +119,7 @@ impl UnitOfWork for SqliteTx {
         Ok(n > 0)
     }
 
-    fn clear_collection(&mut self, collection: &str) -> Result<u64> {
+    async fn clear_collection(&mut self, collection: &str) -> Result<u64> {
         validate_document_key(collection, "-")?;
         let n = self
             .conn
@@ -107,7 +130,7 @@ impl UnitOfWork for SqliteTx {
         Ok(n as u64)
     }
 
-    fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+    async fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
         validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
         let message = OutgoingMessage::from_envelope(topic.clone(), &event);
         self.conn
@@ -123,7 +146,7 @@ impl UnitOfWork for SqliteTx {
         Ok(())
     }
 
-    fn append(
+    async fn append(
         &mut self,
         stream: &StreamId,
         expected: ExpectedVersion,
@@ -148,7 +171,7 @@ impl UnitOfWork for SqliteTx {
         }
     }
 
-    fn read_stream(
+    async fn read_stream(
         &mut self,
         stream: &StreamId,
         from: StreamVersion,
@@ -157,13 +180,39 @@ impl UnitOfWork for SqliteTx {
         read_stream_in(&self.conn, stream, from, max)
     }
 
+    async fn load_snapshot(&mut self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        load_snapshot_in(&self.conn, stream)
+    }
+
+    async fn save_snapshot(&mut self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
+        save_snapshot_in(&self.conn, stream, &snapshot)
+    }
+
     fn backend(&mut self) -> &mut dyn Any {
         self
     }
 }
 
+/// Typed access to the SQLite transaction behind a unit of work.
+pub trait SqliteUnitExt {
+    /// The unit's SQLite transaction, for the service's own SQL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the unit does not run on SQLite.
+    fn sqlite(&mut self) -> Result<&mut SqliteTx>;
+}
+
+impl<U: UnitOfWork + ?Sized> SqliteUnitExt for U {
+    fn sqlite(&mut self) -> Result<&mut SqliteTx> {
+        self.backend()
+            .downcast_mut::<SqliteTx>()
+            .ok_or_else(|| Error::invalid("this unit of work does not run on SQLite"))
+    }
+}
+
+#[async_trait]
 impl ConsumerTx for SqliteTx {
-    fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool> {
+    async fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(include_str!("inbox_contains.sql"))
@@ -174,7 +223,7 @@ impl ConsumerTx for SqliteTx {
             .is_some())
     }
 
-    fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
+    async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
         self.conn
             .prepare_cached(include_str!("inbox_insert.sql"))
             .context("preparing inbox_insert")?
@@ -189,7 +238,7 @@ impl ConsumerTx for SqliteTx {
         Ok(())
     }
 
-    fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
+    async fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
         let n = self
             .conn
             .prepare_cached(include_str!("clear_inbox.sql"))
@@ -199,7 +248,7 @@ impl ConsumerTx for SqliteTx {
         Ok(n as u64)
     }
 
-    fn blocking_dead_letter(
+    async fn blocking_dead_letter(
         &mut self,
         group: &GroupName,
         key: &str,
@@ -214,7 +263,7 @@ impl ConsumerTx for SqliteTx {
         Ok(id.map(|id| DeadLetterId::new(id as u64)))
     }
 
-    fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId> {
+    async fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId> {
         let now = now_ms();
         self.conn
             .prepare_cached(include_str!("insert_dead_letter.sql"))
@@ -238,7 +287,7 @@ impl ConsumerTx for SqliteTx {
         Ok(DeadLetterId::new(self.conn.last_insert_rowid() as u64))
     }
 
-    fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
+    async fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
         let mut stmt = self
             .conn
             .prepare_cached(include_str!("../service/get_dead_letter.sql"))
@@ -252,7 +301,11 @@ impl ConsumerTx for SqliteTx {
             .transpose()
     }
 
-    fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution) -> Result<()> {
+    async fn resolve_dead_letter(
+        &mut self,
+        id: DeadLetterId,
+        resolution: Resolution,
+    ) -> Result<()> {
         let n = self
             .conn
             .prepare_cached(include_str!("resolve_dead_letter.sql"))
@@ -267,7 +320,7 @@ impl ConsumerTx for SqliteTx {
         Ok(())
     }
 
-    fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()> {
+    async fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()> {
         self.conn
             .prepare_cached(include_str!("dead_letter_failure.sql"))
             .context("preparing dead_letter_failure")?
@@ -276,7 +329,7 @@ impl ConsumerTx for SqliteTx {
         Ok(())
     }
 
-    fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
+    async fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
         let p: Option<i64> = self
             .conn
             .prepare_cached(include_str!("get_checkpoint.sql"))
@@ -287,7 +340,7 @@ impl ConsumerTx for SqliteTx {
         Ok(p.map(|p| Position::new(p as u64)))
     }
 
-    fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()> {
+    async fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()> {
         self.conn
             .prepare_cached(include_str!("set_checkpoint.sql"))
             .context("preparing set_checkpoint")?
@@ -296,7 +349,7 @@ impl ConsumerTx for SqliteTx {
         Ok(())
     }
 
-    fn savepoint(&mut self) -> Result<()> {
+    async fn savepoint(&mut self) -> Result<()> {
         self.nesting += 1;
         self.exec(
             &format!("SAVEPOINT tributary_nested_{}", self.nesting),
@@ -304,7 +357,7 @@ impl ConsumerTx for SqliteTx {
         )
     }
 
-    fn release_savepoint(&mut self) -> Result<()> {
+    async fn release_savepoint(&mut self) -> Result<()> {
         if self.nesting == 0 {
             return Err(Error::invalid("no savepoint to release"));
         }
@@ -313,7 +366,7 @@ impl ConsumerTx for SqliteTx {
         self.exec(&sql, "releasing a savepoint")
     }
 
-    fn rollback_savepoint(&mut self) -> Result<()> {
+    async fn rollback_savepoint(&mut self) -> Result<()> {
         if self.nesting == 0 {
             return Err(Error::invalid("no savepoint to roll back"));
         }

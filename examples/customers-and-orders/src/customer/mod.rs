@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tributary_core::{Database, Envelope, Error, Payload, UnitOfWork, UnitOfWorkExt};
-use tributary_runtime::{Dispatch, HandlerError};
+use tributary::{
+    Database, Dispatch, Envelope, Error, HandlerError, Payload, UnitOfWork, UnitOfWorkExt,
+};
 
 use crate::AppError;
 use crate::events::{
@@ -86,17 +87,20 @@ impl CustomerService {
         let c = customer.clone();
         self.db
             .transact(move |unit| {
-                unit.put_as(CUSTOMERS, &c.customer_id, &c)?;
-                let created = CustomerCreated {
-                    customer_id: c.customer_id.clone(),
-                    name: c.name.clone(),
-                    credit_limit: c.credit_limit,
-                };
-                unit.publish(
-                    &customer_topic(),
-                    event("CustomerCreated", &created, &c.customer_id, &c.customer_id)?,
-                )?;
-                Ok::<_, Error>(())
+                Box::pin(async move {
+                    unit.put_as(CUSTOMERS, &c.customer_id, &c).await?;
+                    let created = CustomerCreated {
+                        customer_id: c.customer_id.clone(),
+                        name: c.name.clone(),
+                        credit_limit: c.credit_limit,
+                    };
+                    unit.publish(
+                        &customer_topic(),
+                        event("CustomerCreated", &created, &c.customer_id, &c.customer_id)?,
+                    )
+                    .await?;
+                    Ok::<_, Error>(())
+                })
             })
             .await?;
         Ok(customer)
@@ -116,18 +120,22 @@ impl CustomerService {
     /// The customer service's consumer of the order topic: the credit side of the saga.
     pub fn handler() -> Dispatch {
         Dispatch::new()
-            .on("OrderCreated", reserve_credit)
-            .on("OrderCancelled", release_credit)
+            .on("OrderCreated", |o, cause, unit| {
+                Box::pin(reserve_credit(o, cause, unit))
+            })
+            .on("OrderCancelled", |o, cause, unit| {
+                Box::pin(release_credit(o, cause, unit))
+            })
             .ignore(&["OrderApproved", "OrderRejected"])
     }
 }
 
-fn reserve_credit(
+async fn reserve_credit(
     o: OrderCreated,
     cause: &Envelope,
     unit: &mut dyn UnitOfWork,
 ) -> Result<(), HandlerError> {
-    let Some(mut customer) = unit.get_as::<Customer>(CUSTOMERS, &o.customer_id)? else {
+    let Some(mut customer) = unit.get_as::<Customer>(CUSTOMERS, &o.customer_id).await? else {
         let failed = CustomerValidationFailed {
             order_id: o.order_id.clone(),
             customer_id: o.customer_id.clone(),
@@ -141,7 +149,8 @@ fn reserve_credit(
                 &o.order_id,
             )?
             .caused_by(cause),
-        )?;
+        )
+        .await?;
         return Ok(());
     };
     if customer.reservations.contains_key(&o.order_id) {
@@ -153,7 +162,8 @@ fn reserve_credit(
         customer
             .reservations
             .insert(o.order_id.clone(), o.order_total);
-        unit.put_as(CUSTOMERS, &customer.customer_id, &customer)?;
+        unit.put_as(CUSTOMERS, &customer.customer_id, &customer)
+            .await?;
         let reserved = CreditReserved {
             order_id: o.order_id.clone(),
             customer_id: o.customer_id.clone(),
@@ -162,7 +172,8 @@ fn reserve_credit(
         unit.publish(
             &customer_topic(),
             event("CreditReserved", &reserved, &o.customer_id, &o.order_id)?.caused_by(cause),
-        )?;
+        )
+        .await?;
     } else {
         let exceeded = CreditLimitExceeded {
             order_id: o.order_id.clone(),
@@ -179,17 +190,18 @@ fn reserve_credit(
                 &o.order_id,
             )?
             .caused_by(cause),
-        )?;
+        )
+        .await?;
     }
     Ok(())
 }
 
-fn release_credit(
+async fn release_credit(
     o: OrderCancelled,
     cause: &Envelope,
     unit: &mut dyn UnitOfWork,
 ) -> Result<(), HandlerError> {
-    let Some(mut customer) = unit.get_as::<Customer>(CUSTOMERS, &o.customer_id)? else {
+    let Some(mut customer) = unit.get_as::<Customer>(CUSTOMERS, &o.customer_id).await? else {
         return Err(HandlerError::reject(format!(
             "order {} was cancelled for unknown customer {}",
             o.order_id, o.customer_id
@@ -199,7 +211,8 @@ fn release_credit(
         // Nothing reserved (already released): releasing is idempotent.
         return Ok(());
     };
-    unit.put_as(CUSTOMERS, &customer.customer_id, &customer)?;
+    unit.put_as(CUSTOMERS, &customer.customer_id, &customer)
+        .await?;
     let released = CreditReleased {
         order_id: o.order_id.clone(),
         customer_id: o.customer_id.clone(),
@@ -208,6 +221,7 @@ fn release_credit(
     unit.publish(
         &customer_topic(),
         event("CreditReleased", &released, &o.customer_id, &o.order_id)?.caused_by(cause),
-    )?;
+    )
+    .await?;
     Ok(())
 }

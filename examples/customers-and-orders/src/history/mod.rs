@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tributary_core::{Database, UnitOfWork, UnitOfWorkExt};
-use tributary_runtime::{Dispatch, HandlerError};
+use tributary::{Database, UnitOfWork, UnitOfWorkExt};
+use tributary::{Dispatch, HandlerError};
 
 use crate::AppError;
 use crate::events::{CustomerCreated, OrderApproved, OrderCancelled, OrderCreated, OrderRejected};
@@ -63,18 +63,17 @@ impl HistoryService {
     /// The view's consumer of both topics.
     pub fn handler() -> Dispatch {
         Dispatch::new()
-            .on(
-                "CustomerCreated",
-                |e: CustomerCreated, _, unit: &mut dyn UnitOfWork| {
+            .on("CustomerCreated", |e: CustomerCreated, _, unit| {
+                Box::pin(async move {
                     update(unit, &e.customer_id, |h| {
                         h.name = Some(e.name.clone());
                         h.credit_limit = Some(e.credit_limit);
                     })
-                },
-            )
-            .on(
-                "OrderCreated",
-                |e: OrderCreated, _, unit: &mut dyn UnitOfWork| {
+                    .await
+                })
+            })
+            .on("OrderCreated", |e: OrderCreated, _, unit| {
+                Box::pin(async move {
                     update(unit, &e.customer_id, |h| {
                         let order = h.orders.entry(e.order_id.clone()).or_default();
                         order.order_total = e.order_total;
@@ -82,26 +81,24 @@ impl HistoryService {
                             order.state = OrderState::New;
                         }
                     })
-                },
-            )
-            .on(
-                "OrderApproved",
-                |e: OrderApproved, _, unit: &mut dyn UnitOfWork| {
-                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Approved)
-                },
-            )
-            .on(
-                "OrderRejected",
-                |e: OrderRejected, _, unit: &mut dyn UnitOfWork| {
-                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Rejected)
-                },
-            )
-            .on(
-                "OrderCancelled",
-                |e: OrderCancelled, _, unit: &mut dyn UnitOfWork| {
-                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Cancelled)
-                },
-            )
+                    .await
+                })
+            })
+            .on("OrderApproved", |e: OrderApproved, _, unit| {
+                Box::pin(async move {
+                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Approved).await
+                })
+            })
+            .on("OrderRejected", |e: OrderRejected, _, unit| {
+                Box::pin(async move {
+                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Rejected).await
+                })
+            })
+            .on("OrderCancelled", |e: OrderCancelled, _, unit| {
+                Box::pin(async move {
+                    set_state(unit, &e.customer_id, &e.order_id, OrderState::Cancelled).await
+                })
+            })
             .ignore(&[
                 "CreditReserved",
                 "CreditLimitExceeded",
@@ -111,23 +108,24 @@ impl HistoryService {
     }
 }
 
-fn update(
+async fn update(
     unit: &mut dyn UnitOfWork,
     customer_id: &str,
-    change: impl FnOnce(&mut CustomerHistory),
+    change: impl FnOnce(&mut CustomerHistory) + Send,
 ) -> Result<(), HandlerError> {
     let mut history: CustomerHistory =
-        unit.get_as(HISTORY, customer_id)?
+        unit.get_as(HISTORY, customer_id)
+            .await?
             .unwrap_or_else(|| CustomerHistory {
                 customer_id: customer_id.to_owned(),
                 ..CustomerHistory::default()
             });
     change(&mut history);
-    unit.put_as(HISTORY, customer_id, &history)?;
+    unit.put_as(HISTORY, customer_id, &history).await?;
     Ok(())
 }
 
-fn set_state(
+async fn set_state(
     unit: &mut dyn UnitOfWork,
     customer_id: &str,
     order_id: &str,
@@ -136,4 +134,5 @@ fn set_state(
     update(unit, customer_id, |h| {
         h.orders.entry(order_id.to_owned()).or_default().state = state;
     })
+    .await
 }

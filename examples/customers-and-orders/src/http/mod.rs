@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tributary_runtime::Health;
+use tributary::Health;
 
 pub use json::ApiJson;
 

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use tributary_core::Aggregate;
+use tributary::Aggregate;
 
 use crate::events::{OrderApproved, OrderCancelled, OrderCreated, OrderRejected};
 

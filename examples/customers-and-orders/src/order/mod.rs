@@ -6,8 +6,10 @@ mod aggregate;
 
 use std::sync::Arc;
 
-use tributary_core::{CommandError, Database, Envelope, Metadata, Repository, UnitOfWork};
-use tributary_runtime::{Dispatch, HandlerError};
+use tributary::{
+    CommandError, Database, Dispatch, Envelope, Executed, HandlerError, Metadata, Repository,
+    UnitOfWork,
+};
 
 pub use aggregate::{Order, OrderCommand, OrderError, OrderEvent, OrderState};
 
@@ -46,12 +48,27 @@ impl OrderService {
             customer_id,
             order_total,
         };
-        let done = self
-            .repository
-            .execute(&order_id, command, &Metadata::default())
-            .await
-            .map_err(order_error)?;
+        let done = self.run(order_id, command).await?;
         Ok(done.state)
+    }
+
+    /// Runs `command` on order `order_id` in a unit of work of its own.
+    async fn run(
+        &self,
+        order_id: String,
+        command: OrderCommand,
+    ) -> Result<Executed<Order>, AppError> {
+        let repository = self.repository.clone();
+        self.db
+            .transact(move |unit| {
+                Box::pin(async move {
+                    repository
+                        .execute(unit, &order_id, command, &Metadata::default())
+                        .await
+                })
+            })
+            .await
+            .map_err(order_error)
     }
 
     /// The current state of an order, from its events.
@@ -67,11 +84,7 @@ impl OrderService {
     /// [`AppError::NotFound`], or [`AppError::Conflict`] when the order is not APPROVED.
     pub async fn cancel(&self, order_id: &str) -> Result<Order, AppError> {
         crate::validate_id("order id", order_id)?;
-        let done = self
-            .repository
-            .execute(order_id, OrderCommand::Cancel, &Metadata::default())
-            .await
-            .map_err(order_error)?;
+        let done = self.run(order_id.to_owned(), OrderCommand::Cancel).await?;
         Ok(done.state)
     }
 
@@ -79,7 +92,7 @@ impl OrderService {
     pub async fn all(&self) -> Result<std::collections::BTreeMap<String, Order>, AppError> {
         let store = self.db.event_store();
         let mut orders: std::collections::BTreeMap<String, Order> = Default::default();
-        let mut next = tributary_core::Position::START;
+        let mut next = tributary::Position::START;
         loop {
             let page = store.read_all(next, 4096).await?;
             let Some(last) = page.last().map(|e| e.position) else {
@@ -90,11 +103,11 @@ impl OrderService {
                 let Some(id) = recorded.envelope.subject.clone() else {
                     continue;
                 };
-                let event: OrderEvent = tributary_core::decode_event(
+                let event: OrderEvent = tributary::decode_event(
                     &recorded.envelope.event_type,
                     &recorded.envelope.data,
                 )?;
-                tributary_core::Aggregate::apply(orders.entry(id).or_default(), &event);
+                tributary::Aggregate::apply(orders.entry(id).or_default(), &event);
             }
         }
     }
@@ -107,36 +120,34 @@ impl OrderService {
             self.repository.clone(),
         );
         Dispatch::new()
-            .on(
-                "CreditReserved",
-                move |e: CreditReserved, cause, unit: &mut dyn UnitOfWork| {
-                    settle(&approve, unit, &e.order_id, OrderCommand::Approve, cause)
-                },
-            )
+            .on("CreditReserved", move |e: CreditReserved, cause, unit| {
+                let repository = approve.clone();
+                Box::pin(async move {
+                    let command = OrderCommand::Approve;
+                    settle(&repository, unit, &e.order_id, command, cause).await
+                })
+            })
             .on(
                 "CreditLimitExceeded",
-                move |e: CreditLimitExceeded, cause, unit: &mut dyn UnitOfWork| {
-                    let reason = format!("credit limit exceeded: {} available", e.available_credit);
-                    settle(
-                        &reject_limit,
-                        unit,
-                        &e.order_id,
-                        OrderCommand::Reject { reason },
-                        cause,
-                    )
+                move |e: CreditLimitExceeded, cause, unit| {
+                    let repository = reject_limit.clone();
+                    Box::pin(async move {
+                        let reason =
+                            format!("credit limit exceeded: {} available", e.available_credit);
+                        let command = OrderCommand::Reject { reason };
+                        settle(&repository, unit, &e.order_id, command, cause).await
+                    })
                 },
             )
             .on(
                 "CustomerValidationFailed",
-                move |e: CustomerValidationFailed, cause, unit: &mut dyn UnitOfWork| {
-                    let reason = format!("unknown customer {}", e.customer_id);
-                    settle(
-                        &reject_customer,
-                        unit,
-                        &e.order_id,
-                        OrderCommand::Reject { reason },
-                        cause,
-                    )
+                move |e: CustomerValidationFailed, cause, unit| {
+                    let repository = reject_customer.clone();
+                    Box::pin(async move {
+                        let reason = format!("unknown customer {}", e.customer_id);
+                        let command = OrderCommand::Reject { reason };
+                        settle(&repository, unit, &e.order_id, command, cause).await
+                    })
                 },
             )
             .ignore(&["CustomerCreated", "CreditReleased"])
@@ -145,14 +156,15 @@ impl OrderService {
 
 /// Applies a saga reply. A reply for an order that is already settled is a repeat and is
 /// acknowledged without effect; a reply for an order that does not exist is a real error.
-fn settle(
+async fn settle(
     repository: &Repository<Order>,
     unit: &mut dyn UnitOfWork,
     order_id: &str,
     command: OrderCommand,
     cause: &Envelope,
 ) -> Result<(), HandlerError> {
-    match repository.execute_in(unit, order_id, command, &Metadata::caused_by(cause)) {
+    let metadata = Metadata::caused_by(cause);
+    match repository.execute(unit, order_id, command, &metadata).await {
         Ok(_) => Ok(()),
         Err(CommandError::Rejected(OrderError::InvalidTransition { state, action })) => {
             tracing::info!(order_id, %state, action, "saga reply for a settled order ignored");

@@ -1,11 +1,11 @@
-//! Where the services keep their data and which broker connects them, chosen by URL:
+//! Where the services keep their data and which broker connects them, chosen by URL. The
+//! broker URL is the `tributary` crate's ([`BrokerUrl`]); the database URL of a deployment of
+//! three services names where each service's database is, and turns into one
+//! [`tributary::DatabaseUrl`] per service:
 //!
-//! - databases: `sqlite://DIR` — one SQLite file per service in DIR (the embedded default);
-//!   `postgres://user@host:port/db?schema_prefix=P` — one schema per service (`P` + service
-//!   name; `P` defaults to `tributary_`).
-//! - broker: `embedded://DIR` — the embedded log `DIR/broker.db`;
-//!   `nats://host:port?prefix=P` — NATS JetStream, streams named `P_<topic>` (`P` defaults to
-//!   `TRIB`).
+//! - `sqlite://DIR` — one SQLite file per service, `DIR/<service>.db` (the embedded default);
+//! - `postgres://user@host:port/db?schema_prefix=P` — one schema per service, `P<service>`
+//!   (`P` defaults to `tributary_`).
 //!
 //! Application code does not change between them: only these URLs do.
 
@@ -14,10 +14,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use tributary_core::{Broker, Database};
-use tributary_nats::{NatsBroker, NatsBrokerConfig};
-use tributary_postgres::{PgConfig, PgDatabase};
-use tributary_sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
+use tributary::{Broker, Database, DatabaseUrl, redact};
+
+pub use tributary::BrokerUrl;
 
 /// One of the application's three services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,21 +69,18 @@ pub enum DbUrl {
     Postgres { url: String, schema_prefix: String },
 }
 
-/// Where the broker is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BrokerUrl {
-    Embedded(PathBuf),
-    Nats { url: String, prefix: String },
-}
-
-/// Splits `?key=value&…` off a URL.
-fn query(url: &str) -> (&str, Vec<(&str, &str)>) {
-    match url.split_once('?') {
-        Some((base, q)) => (
-            base,
-            q.split('&').filter_map(|kv| kv.split_once('=')).collect(),
-        ),
-        None => (url, Vec::new()),
+impl DbUrl {
+    /// The database of the service called `name`.
+    pub fn for_service(&self, name: &str) -> DatabaseUrl {
+        let url = match self {
+            DbUrl::Sqlite(dir) => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+            DbUrl::Postgres { url, schema_prefix } => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}schema={schema_prefix}{name}")
+            }
+        };
+        url.parse()
+            .unwrap_or_else(|_| unreachable!("a URL made from a parsed one parses"))
     }
 }
 
@@ -98,14 +94,13 @@ impl FromStr for DbUrl {
             return Ok(DbUrl::Sqlite(PathBuf::from(dir)));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            let (base, params) = query(s);
+            let (base, query) = s.split_once('?').unwrap_or((s, ""));
             let mut schema_prefix = "tributary_".to_owned();
             let mut rest = Vec::new();
-            for (k, v) in params {
-                if k == "schema_prefix" {
-                    schema_prefix = v.to_owned();
-                } else {
-                    rest.push(format!("{k}={v}"));
+            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("schema_prefix", v)) => schema_prefix = v.to_owned(),
+                    _ => rest.push(kv),
                 }
             }
             let url = if rest.is_empty() {
@@ -113,37 +108,13 @@ impl FromStr for DbUrl {
             } else {
                 format!("{base}?{}", rest.join("&"))
             };
+            // Checked now, so that a bad URL is reported before anything starts.
+            url.parse::<DatabaseUrl>().map_err(|e| e.to_string())?;
             return Ok(DbUrl::Postgres { url, schema_prefix });
         }
         Err(format!(
-            "unsupported database URL {s:?}: use sqlite://DIR or postgres://…"
-        ))
-    }
-}
-
-impl FromStr for BrokerUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(dir) = s.strip_prefix("embedded://") {
-            if dir.is_empty() {
-                return Err("embedded:// needs a directory, e.g. embedded://tributary-data".into());
-            }
-            return Ok(BrokerUrl::Embedded(PathBuf::from(dir)));
-        }
-        if s.starts_with("nats://") {
-            let (base, params) = query(s);
-            let prefix = params
-                .iter()
-                .find(|(k, _)| *k == "prefix")
-                .map_or("TRIB", |(_, v)| v)
-                .to_owned();
-            return Ok(BrokerUrl::Nats {
-                url: base.to_owned(),
-                prefix,
-            });
-        }
-        Err(format!(
-            "unsupported broker URL {s:?}: use embedded://DIR or nats://host:port"
+            "unsupported database URL {:?}: use sqlite://DIR or postgres://…",
+            redact(s)
         ))
     }
 }
@@ -152,16 +123,9 @@ impl fmt::Display for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DbUrl::Sqlite(dir) => write!(f, "sqlite://{}", dir.display()),
-            DbUrl::Postgres { url, schema_prefix } => write!(f, "{url} (schemas {schema_prefix}*)"),
-        }
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BrokerUrl::Embedded(dir) => write!(f, "embedded://{}", dir.display()),
-            BrokerUrl::Nats { url, prefix } => write!(f, "{url} (streams {prefix}_*)"),
+            DbUrl::Postgres { url, schema_prefix } => {
+                write!(f, "{} (schemas {schema_prefix}*)", redact(url))
+            }
         }
     }
 }
@@ -182,24 +146,14 @@ impl Backends {
     ///
     /// # Errors
     /// When a file cannot be created or is not a Tributary database.
-    pub fn embedded(data_dir: &std::path::Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
-        let config = SqliteConfig::default();
-        let open = |name: &str| -> anyhow::Result<Option<Arc<dyn Database>>> {
-            Ok(Some(Arc::new(SqliteDatabase::open(
-                data_dir.join(format!("{name}.db")),
-                config.clone(),
-            )?)))
-        };
-        Ok(Self {
-            customers: open("customers")?,
-            orders: open("orders")?,
-            history: open("history")?,
-            broker: Arc::new(SqliteBroker::open(
-                data_dir.join("broker.db"),
-                SqliteBrokerConfig::default().with_sqlite(config.clone()),
-            )?),
-        })
+    pub async fn embedded(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = data_dir.to_owned();
+        Self::connect(
+            &DbUrl::Sqlite(dir.clone()),
+            &BrokerUrl::Embedded { dir },
+            &ServiceName::ALL,
+        )
+        .await
     }
 
     /// Connects to the databases of `services` and to the broker.
@@ -247,23 +201,7 @@ async fn connect_database(db: &DbUrl, service: ServiceName) -> anyhow::Result<Ar
 /// # Errors
 /// When the server cannot be reached or the file or schema is not a Tributary database.
 pub async fn connect_named(db: &DbUrl, name: &str) -> anyhow::Result<Arc<dyn Database>> {
-    Ok(match db {
-        DbUrl::Sqlite(dir) => {
-            std::fs::create_dir_all(dir)?;
-            Arc::new(SqliteDatabase::open(
-                dir.join(format!("{name}.db")),
-                SqliteConfig::default(),
-            )?)
-        }
-        DbUrl::Postgres { url, schema_prefix } => Arc::new(
-            PgDatabase::connect(
-                PgConfig::default()
-                    .with_url(url.clone())
-                    .with_schema(format!("{schema_prefix}{name}")),
-            )
-            .await?,
-        ),
-    })
+    Ok(db.for_service(name).connect().await?)
 }
 
 /// Connects to the broker at `broker`.
@@ -271,23 +209,7 @@ pub async fn connect_named(db: &DbUrl, name: &str) -> anyhow::Result<Arc<dyn Dat
 /// # Errors
 /// When the server cannot be reached or the file is not a broker log.
 pub async fn connect_broker(broker: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
-    Ok(match broker {
-        BrokerUrl::Embedded(dir) => {
-            std::fs::create_dir_all(dir)?;
-            Arc::new(SqliteBroker::open(
-                dir.join("broker.db"),
-                SqliteBrokerConfig::default(),
-            )?)
-        }
-        BrokerUrl::Nats { url, prefix } => Arc::new(
-            NatsBroker::connect(
-                NatsBrokerConfig::default()
-                    .with_url(url.clone())
-                    .with_stream_prefix(prefix.clone()),
-            )
-            .await?,
-        ),
-    })
+    Ok(broker.connect().await?)
 }
 
 #[cfg(test)]
@@ -308,19 +230,20 @@ mod tests {
             })
         );
         assert_eq!(
-            "nats://127.0.0.1:4222?prefix=SHOP".parse::<BrokerUrl>(),
-            Ok(BrokerUrl::Nats {
-                url: "nats://127.0.0.1:4222".into(),
-                prefix: "SHOP".into()
-            })
+            "postgres://u@h/db?schema_prefix=shop_"
+                .parse::<DbUrl>()
+                .unwrap()
+                .for_service("orders"),
+            "postgres://u@h/db?schema=shop_orders".parse().unwrap()
         );
         assert_eq!(
-            "embedded://d".parse::<BrokerUrl>(),
-            Ok(BrokerUrl::Embedded("d".into()))
+            DbUrl::Sqlite("d".into()).for_service("orders"),
+            "sqlite://d/orders.db".parse().unwrap()
         );
         assert!("mysql://x".parse::<DbUrl>().is_err());
         assert!("sqlite://".parse::<DbUrl>().is_err());
-        assert!("kafka://x".parse::<BrokerUrl>().is_err());
+        let secret = "mysql://u:hunter2@h/x".parse::<DbUrl>().unwrap_err();
+        assert!(!secret.contains("hunter2"), "{secret}");
         assert_eq!("order".parse::<ServiceName>(), Ok(ServiceName::Orders));
         assert!("billing".parse::<ServiceName>().is_err());
     }

@@ -4,7 +4,7 @@
 //! broker acknowledged.
 
 use anyhow::Context;
-use tributary_cdc::{
+use tributary::cdc::{
     CdcConfig, OutboxCapture, PgReplicationConfig, PublicationName, SlotName, ensure_publication,
     retire_capture,
 };

@@ -7,10 +7,8 @@ pub mod cdc;
 
 use std::sync::Arc;
 
-use tributary_core::{Database, GroupName, Topic};
-use tributary_runtime::{
-    CancellationToken, Consumer, ConsumerConfig, Handler, Health, Relay, RelayConfig,
-};
+use tributary::{CancellationToken, Consumer, ConsumerConfig, Handler, Health, Relay, RelayConfig};
+use tributary::{Database, GroupName, Topic};
 
 pub use backends::{Backends, BrokerUrl, DbUrl, ServiceName, connect_broker, connect_named};
 
@@ -190,12 +188,12 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
                 health.push(h.clone());
                 let (broker, s) = (backends.broker.clone(), shutdown.clone());
                 tasks.spawn(async move {
-                    h.set(tributary_runtime::HealthState::Running);
-                    if let Err(e) = tributary_cdc::capture(config, broker, s).await {
+                    h.set(tributary::HealthState::Running);
+                    if let Err(e) = tributary::cdc::capture(config, broker, s).await {
                         tracing::error!(error = %e, "the customer outbox capture stopped");
-                        h.set(tributary_runtime::HealthState::Degraded(e.to_string()));
+                        h.set(tributary::HealthState::Degraded(e.to_string()));
                     } else {
-                        h.set(tributary_runtime::HealthState::Stopped);
+                        h.set(tributary::HealthState::Stopped);
                     }
                 });
             }
@@ -207,7 +205,11 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
     for source in relays {
         let relay = Relay::new(source, backends.broker.clone(), RelayConfig::default());
         health.push(relay.health());
-        tasks.spawn(relay.run(shutdown.clone()));
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            // The relay logs its fatal error and its health shows it.
+            let _ = relay.run(s).await;
+        });
     }
     for g in consumer_groups(&services) {
         let consumer = Consumer::new(
@@ -221,9 +223,8 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
         health.push(consumer.health());
         let s = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = consumer.run(s).await {
-                tracing::error!(error = %e, "consumer group stopped");
-            }
+            // The consumer logs its fatal error and its health shows it.
+            let _ = consumer.run(s).await;
         });
     }
     Ok(Running {

@@ -1,0 +1,283 @@
+//! For implementing a backend or the runtime, not for applications.
+//!
+//! A backend implements [`crate::Database`] by running [`Work`] in a transaction that
+//! implements [`ConsumerTx`]: the application's [`crate::UnitOfWork`] plus what the consumer
+//! runtime needs (the inbox, dead letters, checkpoints, nested savepoints). The validation
+//! helpers are the checks every backend makes before it writes, so that all of them refuse
+//! the same input with the same error.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::panic::Location;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::dead_letter::{DeadLetter, DeadLetterId, NewDeadLetter, Resolution};
+use crate::error::{Error, Result};
+use crate::ids::{EventId, Position};
+use crate::topic::GroupName;
+use crate::unit_of_work::{BoxFuture, UnitOfWork};
+
+pub use crate::event_store::{StoredAt, dedup_outcome, validate_batch};
+
+#[cfg(feature = "sqlx")]
+pub use crate::driver_errors::sqlstate;
+
+/// What the consumer runtime needs inside a unit besides the application's view: the inbox,
+/// dead letters, checkpoints and nested savepoints.
+#[async_trait]
+pub trait ConsumerTx: UnitOfWork {
+    /// Whether `group` already processed message `id`.
+    async fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool>;
+
+    /// Records that `group` processed message `id`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when it was already recorded.
+    async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()>;
+
+    /// Forgets every message `group` processed (before rebuilding its view); returns how many.
+    async fn clear_inbox(&mut self, group: &GroupName) -> Result<u64>;
+
+    /// The oldest unresolved dead letter of `group` with `key`: later messages with that key
+    /// must be parked behind it.
+    async fn blocking_dead_letter(
+        &mut self,
+        group: &GroupName,
+        key: &str,
+    ) -> Result<Option<DeadLetterId>>;
+
+    /// Which of `ids` `group` already processed. A networked database answers in one round
+    /// trip; the default asks [`ConsumerTx::inbox_contains`] for each.
+    async fn inbox_seen(&mut self, group: &GroupName, ids: &[EventId]) -> Result<HashSet<EventId>> {
+        let mut seen = HashSet::new();
+        for id in ids {
+            if self.inbox_contains(group, id).await? {
+                seen.insert(*id);
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Records that `group` processed each of `ids`, as [`ConsumerTx::inbox_insert`] does
+    /// for one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when one of them was already recorded.
+    async fn inbox_insert_all(&mut self, group: &GroupName, ids: &[EventId]) -> Result<()> {
+        for id in ids {
+            self.inbox_insert(group, id).await?;
+        }
+        Ok(())
+    }
+
+    /// [`ConsumerTx::blocking_dead_letter`] for each of `keys` that has one.
+    async fn blocking_dead_letters(
+        &mut self,
+        group: &GroupName,
+        keys: &[&str],
+    ) -> Result<HashMap<String, DeadLetterId>> {
+        let mut blockers = HashMap::new();
+        for key in keys {
+            if let Some(id) = self.blocking_dead_letter(group, key).await? {
+                blockers.insert((*key).to_owned(), id);
+            }
+        }
+        Ok(blockers)
+    }
+
+    async fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId>;
+
+    /// A dead letter, resolved or not.
+    async fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>>;
+
+    /// Marks a dead letter resolved; it no longer blocks its key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an unknown or already resolved dead letter.
+    async fn resolve_dead_letter(&mut self, id: DeadLetterId, resolution: Resolution)
+    -> Result<()>;
+
+    /// Records another failed attempt on an unresolved dead letter.
+    async fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()>;
+
+    /// A named position (of a subscription or projection) stored with the data it covers.
+    /// The read holds the checkpoint until the unit ends: another unit changing it (a rebuild's
+    /// reset) commits before this read or after this unit, never in between.
+    async fn checkpoint(&mut self, name: &str) -> Result<Option<Position>>;
+
+    async fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()>;
+
+    /// Opens a nested savepoint; pair with [`ConsumerTx::release_savepoint`] or
+    /// [`ConsumerTx::rollback_savepoint`].
+    async fn savepoint(&mut self) -> Result<()>;
+
+    async fn release_savepoint(&mut self) -> Result<()>;
+
+    async fn rollback_savepoint(&mut self) -> Result<()>;
+
+    /// The consumer runtime is about to run the handler of the unit's message number `index`.
+    /// A backend that holds writes until commit tags them with it, so that a write refused at
+    /// commit names its message in [`Error::Refused`].
+    fn start_message(&mut self, index: usize) {
+        let _ = index;
+    }
+}
+
+/// Why a unit of work did not commit: the store failed, or the work itself chose to stop
+/// (with the caller's own error, carried back untouched). Either way nothing was written.
+#[derive(Debug)]
+pub enum WorkError {
+    Failed(Error),
+    Aborted(Box<dyn Any + Send>),
+}
+
+impl From<Error> for WorkError {
+    fn from(e: Error) -> Self {
+        WorkError::Failed(e)
+    }
+}
+
+/// Where a unit of work comes from, for diagnostics (e.g. SQLite's report of a unit that
+/// stalled the writer).
+#[derive(Clone, Debug)]
+pub enum WorkOrigin {
+    /// The call of `Database::transact`.
+    Caller(&'static Location<'static>),
+    /// A long-running task, e.g. a consumer group.
+    Task(Arc<str>),
+}
+
+impl fmt::Display for WorkOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkOrigin::Caller(at) => write!(f, "the unit of work at {at}"),
+            WorkOrigin::Task(name) => write!(f, "a unit of work of {name}"),
+        }
+    }
+}
+
+type WorkFn = Box<
+    dyn for<'u> FnOnce(
+            &'u mut dyn ConsumerTx,
+        ) -> BoxFuture<'u, Result<Box<dyn Any + Send>, WorkError>>
+        + Send,
+>;
+
+/// A unit of work with its result type erased, as a backend runs it.
+pub struct Work {
+    origin: WorkOrigin,
+    run: WorkFn,
+}
+
+impl Work {
+    pub fn new<F>(origin: WorkOrigin, run: F) -> Self
+    where
+        F: for<'u> FnOnce(
+                &'u mut dyn ConsumerTx,
+            ) -> BoxFuture<'u, Result<Box<dyn Any + Send>, WorkError>>
+            + Send
+            + 'static,
+    {
+        Self {
+            origin,
+            run: Box::new(run),
+        }
+    }
+
+    pub fn origin(&self) -> &WorkOrigin {
+        &self.origin
+    }
+
+    /// The unit's future over `tx`.
+    pub fn run(
+        self,
+        tx: &mut dyn ConsumerTx,
+    ) -> BoxFuture<'_, Result<Box<dyn Any + Send>, WorkError>> {
+        (self.run)(tx)
+    }
+}
+
+impl fmt::Debug for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Work")
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// Checks that a document key is usable everywhere (collection 1 to 128 bytes, id 1 to 512).
+///
+/// # Errors
+/// [`Error::InvalidInput`].
+pub fn validate_document_key(collection: &str, id: &str) -> Result<()> {
+    if collection.contains('\0') || id.contains('\0') {
+        return Err(Error::invalid(
+            "a document's collection and id cannot contain the NUL character",
+        ));
+    }
+    if collection.is_empty() || collection.len() > 128 {
+        return Err(Error::invalid(format!(
+            "collection name must be 1 to 128 bytes, got {} bytes",
+            collection.len()
+        )));
+    }
+    if id.is_empty() || id.len() > 512 {
+        return Err(Error::invalid(format!(
+            "document id must be 1 to 512 bytes, got {} bytes",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a document can be stored by every backend: PostgreSQL's `jsonb` refuses the
+/// NUL character (`\u0000` in JSON text), so it is refused everywhere, at the call that writes
+/// it, with the document named.
+///
+/// # Errors
+/// [`Error::InvalidInput`].
+pub fn validate_document(collection: &str, id: &str, json: &str) -> Result<()> {
+    if contains_escaped_nul(json) {
+        return Err(Error::invalid(format!(
+            "document {collection}/{id} contains the NUL character (\\u0000), which cannot be stored"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether JSON text holds the escape `\u0000` (and not an escaped backslash followed by the
+/// text `u0000`).
+fn contains_escaped_nul(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut from = 0;
+    while let Some(found) = json[from..].find("u0000") {
+        let at = from + found;
+        let backslashes = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if backslashes % 2 == 1 {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_escaped_nul_is_refused() {
+        assert!(contains_escaped_nul(r#"{"a":"x\u0000y"}"#));
+        assert!(contains_escaped_nul(r#"{"a":"\\\u0000"}"#));
+        assert!(!contains_escaped_nul(r#"{"a":"\\u0000"}"#));
+        assert!(!contains_escaped_nul(r#"{"a":"u0000"}"#));
+        assert!(!contains_escaped_nul(r#"{"a":"\u0001"}"#));
+    }
+}

@@ -1,0 +1,73 @@
+#![doc = include_str!("../README.md")]
+
+mod url;
+
+pub use url::{BrokerUrl, DatabaseUrl, connect, connect_broker, redact};
+
+// The model and the application's API.
+pub use tributary_core::{
+    Aggregate, AppendOutcome, BoxFuture, Broker, CommandError, Database, DeadLetter, DeadLetterId,
+    DeadLetterStore, Delivery, Envelope, Error, EventId, EventStore, EventStream, Executed,
+    ExpectedVersion, GroupName, HandlerError, InMemoryBroker, InMemoryDatabase, InMemoryEventStore,
+    JSON_CONTENT_TYPE, Loaded, Metadata, Offset, OutgoingMessage, Partition, Payload, Position,
+    RecordedEvent, RelaySource, Repository, Resolution, Result, Snapshot, StreamId, StreamVersion,
+    Topic, UnitOfWork, UnitOfWorkExt, UpcastEvent, Upcasters, decode_event, encode_event,
+    envelopes_for,
+};
+
+// The long-running tasks.
+pub use tributary_runtime::{
+    Backoff, CancellationToken, Consumer, ConsumerConfig, DeadLetterAdmin, Dispatch, Handler,
+    Health, HealthState, Projector, ProjectorConfig, Relay, RelayConfig, RelayStats, ReplayOutcome,
+    handler_fn,
+};
+
+/// For implementing a backend; applications do not need it.
+pub use tributary_core::backend;
+
+/// The embedded backend: SQLite service databases and the embedded broker log.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use tributary_sqlite::*;
+}
+
+/// Service databases on PostgreSQL, and the primitives that work in the service's own sqlx
+/// transaction ([`postgres::PgOutbox`], [`postgres::PgEventStore::append_in`],
+/// [`postgres::PgInbox`]).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use tributary_postgres::*;
+}
+
+/// The broker on NATS JetStream.
+#[cfg(feature = "nats")]
+pub mod nats {
+    pub use tributary_nats::*;
+}
+
+/// Change data capture from PostgreSQL's WAL.
+#[cfg(feature = "cdc")]
+pub mod cdc {
+    pub use tributary_cdc::*;
+}
+
+/// What a service usually needs: `use tributary::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Aggregate, Broker, CancellationToken, Consumer, ConsumerConfig, Database, Dispatch,
+        Envelope, Error, EventStore, ExpectedVersion, GroupName, Handler, HandlerError, Metadata,
+        Payload, Projector, Relay, RelayConfig, Repository, StreamId, Topic, UnitOfWork,
+        UnitOfWorkExt, connect, connect_broker, handler_fn,
+    };
+
+    #[cfg(feature = "postgres")]
+    pub use tributary_postgres::PgUnitExt;
+    #[cfg(feature = "sqlite")]
+    pub use tributary_sqlite::SqliteUnitExt;
+}
+
+/// The repository's README: its Rust examples are compiled (and, where they need no server,
+/// run) as doc tests, so that what it shows users keeps working.
+#[cfg(all(doctest, feature = "sqlite", feature = "postgres"))]
+#[doc = include_str!("../../../README.md")]
+pub struct RepositoryReadme;
