@@ -9,9 +9,9 @@
 //!   timer cannot tell the two apart and cannot answer `408`;
 //! - bounds every blocked write (`write_timeout`), so a client that never reads cannot hold a
 //!   connection;
-//! - closes gracefully: on shutdown it writes any pending answer, sends FIN, then reads and
-//!   discards what the client still sends (bounded in time and bytes) before the socket is
-//!   dropped. Dropping a socket with unread input makes the kernel send a reset, which
+//! - closes gracefully: on shutdown it writes any pending answer, sends FIN, then, when the
+//!   client may still be sending (a refused head, a body not read to its end), reads and
+//!   discards what it sends (bounded in time and bytes) before the socket is dropped. Dropping a socket with unread input makes the kernel send a reset, which
 //!   destroys the answer before a client that is still sending (a `413` to a large upload)
 //!   has read it.
 //!
@@ -90,6 +90,8 @@ pub(crate) struct Guarded {
     write_blocked: Option<Instant>,
     /// The answer to write before closing.
     reply: Option<Bytes>,
+    /// A head was refused: the client may still be sending the rest of its request.
+    refused: bool,
     shutdown: Shutdown,
 }
 
@@ -116,6 +118,7 @@ impl Guarded {
             write_timer: Box::pin(tokio::time::sleep_until(now)),
             write_blocked: None,
             reply: None,
+            refused: false,
             shutdown: Shutdown::Reply,
         }
     }
@@ -146,7 +149,20 @@ impl Guarded {
 
     fn refuse(&mut self, reply: &Reply) {
         self.reply = Some(reply.wire());
+        self.refused = true;
         self.phase = Phase::Closing;
+    }
+
+    /// Whether the client may still be sending when the server closes: a refused head, a
+    /// body not read to its end, bytes not handed to hyper, or a stream not followed. Only
+    /// then is lingering worth its time; a connection closed between requests is not kept.
+    fn may_have_unread_input(&self) -> bool {
+        self.refused
+            || !self.buf.is_empty()
+            || matches!(
+                self.phase,
+                Phase::Body(_) | Phase::Opaque | Phase::Release { .. }
+            )
     }
 
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<HeadEvent>> {
@@ -420,12 +436,13 @@ impl AsyncWrite for Guarded {
                 Shutdown::Fin => {
                     let polled = Pin::new(&mut this.io).poll_shutdown(cx);
                     this.shutdown = match ready!(this.timed(cx, polled)) {
-                        Ok(()) => {
+                        Ok(()) if this.may_have_unread_input() => {
                             let deadline = Instant::now() + this.limits.linger_timeout;
                             this.read_timer.as_mut().reset(deadline.into());
                             this.buf = BytesMut::new();
                             Shutdown::Linger { read: 0 }
                         }
+                        Ok(()) => Shutdown::Done,
                         Err(_) => Shutdown::Done,
                     };
                 }
