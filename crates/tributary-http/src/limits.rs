@@ -66,7 +66,7 @@ impl Default for HttpLimits {
             write_timeout: Duration::from_secs(30),
             linger_timeout: Duration::from_secs(2),
             linger_bytes: 4 * 1024 * 1024,
-            max_connections: 4096,
+            max_connections: 16_384,
             max_in_flight: 512,
             max_body_bytes: 2 * 1024 * 1024,
             max_head_bytes: 16 * 1024,

@@ -11,7 +11,7 @@ use axum::Router;
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,14 +31,32 @@ const OVERFLOW_ANSWERS: usize = 64;
 /// connections, logs) when `max_connections` is fitted to the open-file limit.
 const FD_RESERVE: usize = 128;
 
+/// The accept queue asked for (see [`bind`]).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds `addr`. Bind first, report the bound address, then start the rest of the process:
 /// a port in use is then reported with its address before anything else has started.
 ///
 /// # Errors
 /// [`Error::Bind`], naming the address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    let listen = |socket: TcpSocket| {
+        // As std and tokio do on Unix: a restarted server can bind while old connections
+        // are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A deep accept queue: a burst of connections (thousands of clients reconnecting
+        // at once) must not drop the SYN of a client that only wants `/health`, which would
+        // cost it a one-second retransmission. The kernel caps it at net.core.somaxconn.
+        socket.listen(LISTEN_BACKLOG)
+    };
+    socket
+        .and_then(listen)
         .map_err(|source| Error::Bind { addr, source })
 }
 
@@ -85,7 +103,12 @@ struct Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        self.table.lock().remove(&self.id);
+        let mut conns = self.table.lock();
+        conns.remove(&self.id);
+        // A map that grew for a burst of connections gives its memory back afterwards.
+        if conns.capacity() > 1024 && conns.len() < conns.capacity() / 4 {
+            conns.shrink_to_fit();
+        }
     }
 }
 
@@ -284,6 +307,18 @@ async fn connection(
         }
         Ok(HeadEvent::Closed) | Err(_) => return,
     }
+    // Boxed: a connection that never completes a head does not carry the (larger) state of
+    // an HTTP connection in its task.
+    Box::pin(serve_http(io, peer, conn, shared, graceful)).await;
+}
+
+async fn serve_http(
+    io: Guarded,
+    peer: SocketAddr,
+    conn: Arc<ConnState>,
+    shared: Arc<Shared>,
+    graceful: CancellationToken,
+) {
     let max_headers = shared.limits.max_headers;
     let service = {
         let conn = conn.clone();
