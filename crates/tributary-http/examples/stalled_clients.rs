@@ -33,6 +33,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tributary_http::HttpLimits;
 
+// The tributary binary's allocator: the server's memory is measured as the binary holds it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     serve: bool,
     plain_axum: bool,
@@ -125,6 +129,12 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let router = Router::new().route("/health", get(|| async { "{\"status\":\"ok\"}" }));
     let listener = tributary_http::bind(args.listen.parse()?).await?;
     println!("listening on http://{}", listener.local_addr()?);
@@ -335,7 +345,13 @@ async fn drive(args: Args) -> anyhow::Result<()> {
             latencies.len(),
             counters.closed_by_server.load(Ordering::Relaxed)
         );
-        tokio::time::sleep(args.settle).await;
+        // A live service keeps being asked for its health after a burst: probe on, as during
+        // the hold, so the server's threads keep running as they would.
+        let settle_until = Instant::now() + args.settle;
+        while Instant::now() < settle_until {
+            let _ = tokio::time::timeout(Duration::from_secs(5), probe(addr)).await;
+            tokio::time::sleep(args.probe_every).await;
+        }
         let rss_after = rss_mb(pid)?;
         after_rounds.push(rss_after);
         eprintln!(

@@ -85,3 +85,27 @@ async fn pipelined_requests_with_bodies_and_a_chunked_one_are_answered_in_order(
     ensure!(rest.is_empty(), "{:?}", String::from_utf8_lossy(rest));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_serves_requests_after_pauses() -> anyhow::Result<()> {
+    // Between requests hyper lets go of the connection and the guard waits for the next head
+    // alone: the client must not notice.
+    let server = TestServer::start(HttpLimits::default()).await?;
+    let mut stream = server.connect().await?;
+    for i in 0..3 {
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            .await?;
+        let answer = read_answer(&mut stream, SOON).await?;
+        ensure!(answer.status == 200, "request {i}: {answer:?}");
+        ensure!(answer.json()?["received"] == 2, "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A head sent in two parts across a pause is collected whole.
+    stream.write_all(b"GET /health HTTP/1.1\r\n").await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"Host: t\r\n\r\n").await?;
+    let answer = read_answer(&mut stream, SOON).await?;
+    ensure!(answer.status == 200, "{answer:?}");
+    Ok(())
+}
