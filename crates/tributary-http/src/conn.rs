@@ -24,7 +24,7 @@ pub(crate) enum ConnPhase {
 pub(crate) struct ConnState {
     epoch: Instant,
     phase: AtomicU8,
-    /// Milliseconds after `epoch` when the current phase began.
+    /// Microseconds after `epoch` when the current phase began.
     since: AtomicU64,
     /// Woken when the phase changes (a guard waiting for a response to finish).
     waker: Mutex<Option<Waker>>,
@@ -41,12 +41,12 @@ impl ConnState {
             waker: Mutex::new(None),
             evict,
         });
-        state.since.store(state.now_ms(), Ordering::Relaxed);
+        state.since.store(state.now_us(), Ordering::Relaxed);
         state
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     pub fn phase(&self) -> ConnPhase {
@@ -59,16 +59,16 @@ impl ConnState {
 
     /// When the current phase began.
     pub fn since(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.since.load(Ordering::Relaxed))
+        self.epoch + Duration::from_micros(self.since.load(Ordering::Relaxed))
     }
 
-    /// Milliseconds after the server's epoch when the current phase began (for ordering).
-    pub fn since_ms(&self) -> u64 {
+    /// Microseconds after the server's epoch when the current phase began (for ordering).
+    pub fn since_us(&self) -> u64 {
         self.since.load(Ordering::Relaxed)
     }
 
     pub fn set(&self, phase: ConnPhase) {
-        self.since.store(self.now_ms(), Ordering::Relaxed);
+        self.since.store(self.now_us(), Ordering::Relaxed);
         self.phase.store(phase as u8, Ordering::Release);
         let waker = self
             .waker

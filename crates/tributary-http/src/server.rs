@@ -83,7 +83,7 @@ impl Table {
         let victim = conns
             .iter()
             .filter(|(_, c)| c.evictable())
-            .min_by_key(|(_, c)| c.since_ms())
+            .min_by_key(|(_, c)| c.since_us())
             .map(|(id, _)| *id);
         match victim.and_then(|id| conns.remove(&id)) {
             Some(conn) => {
