@@ -76,11 +76,22 @@ impl NatsBroker {
     pub async fn connect(config: NatsBrokerConfig) -> Result<Self> {
         config.validate()?;
         let what = format!("NATS server at {}", config.url);
+        // A cluster is given as a comma-separated list: the client picks a server and fails
+        // over to the others (a single string would be read as one malformed URL).
+        let servers: Vec<&str> = config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return Err(Error::invalid("the NATS URL is empty"));
+        }
         let client = async_nats::ConnectOptions::new()
             .name("tributary-nats")
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout))
-            .connect(config.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| match e.kind() {
                 async_nats::ConnectErrorKind::ServerParse => {

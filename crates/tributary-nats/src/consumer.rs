@@ -30,6 +30,10 @@
 //! - `delivery_count` is the server's count for the current server-side consumer, plus one
 //!   for messages an earlier incarnation had delivered (recorded in the consumer description).
 //!
+//! - A reset interrupted by a failed request (in a cluster, a leader election makes the
+//!   delete or the create time out) is finished by the next call, before anything else: the
+//!   missing server consumer is then known to be this instance's doing, not a takeover.
+//!
 //! One live instance per (group, topic, partition) is supported: opening a second one takes the
 //! partition over, and the first then fails with [`Error::Shutdown`] instead of fighting back.
 //! A process that dies between deleting and recreating the server consumer (a window of one
@@ -105,9 +109,15 @@ pub(crate) struct NatsPartitionConsumer {
     buffer: VecDeque<Delivery>,
     /// A pull failed: deliveries may have been lost; check the server consumer before pulling.
     suspect: bool,
+    /// A reset deleted (or was about to delete) the server consumer and did not get to create
+    /// it again (a request failed: a leader election in a cluster, a lost connection). Until
+    /// the reset is finished the missing server consumer is this instance's doing, not a
+    /// takeover.
+    unfinished_reset: Option<Start>,
 }
 
 /// Where a (re)created server consumer starts, and what it remembers of its predecessor.
+#[derive(Clone, Debug)]
 struct Start {
     floor: u64,
     redelivered_through: u64,
@@ -189,6 +199,7 @@ impl NatsPartitionConsumer {
             pending: BTreeMap::new(),
             buffer: VecDeque::new(),
             suspect: false,
+            unfinished_reset: None,
         })
     }
 
@@ -218,6 +229,9 @@ impl NatsPartitionConsumer {
     /// Recreates the server consumer right after the ack floor, so that everything not yet
     /// committed is delivered again, in order, before anything newer.
     async fn reset(&mut self) -> Result<()> {
+        if self.unfinished_reset.is_some() {
+            return self.finish_reset().await;
+        }
         let info = self.own_info().await?;
         let mut start = start_after(&info);
         start.floor = start.floor.max(self.committed);
@@ -225,6 +239,18 @@ impl NatsPartitionConsumer {
             .redelivered_through
             .max(self.redelivered_through)
             .max(self.seen);
+        // Recorded before the delete: a delete whose answer is lost has deleted all the same.
+        self.unfinished_reset = Some(start);
+        self.finish_reset().await
+    }
+
+    /// Deletes (again: deleting is idempotent) and creates the server consumer of an
+    /// unfinished reset. A create whose answer was lost may have created it: deleting first
+    /// makes the retry start from the same place.
+    async fn finish_reset(&mut self) -> Result<()> {
+        let Some(start) = self.unfinished_reset.clone() else {
+            return Ok(());
+        };
         tracing::debug!(
             stream = %self.stream, consumer = %self.name, floor = start.floor,
             "resetting the JetStream consumer to its ack floor"
@@ -240,6 +266,7 @@ impl NatsPartitionConsumer {
             &start,
         )
         .await?;
+        self.unfinished_reset = None;
         self.incarnation = incarnation_of(self.consumer.cached_info());
         self.committed = start.floor;
         self.redelivered_through = start.redelivered_through;
@@ -255,6 +282,9 @@ impl NatsPartitionConsumer {
 
     /// After a failed pull, deliveries may have gone to a request nobody reads any more.
     async fn check_after_failure(&mut self) -> Result<()> {
+        if self.unfinished_reset.is_some() {
+            return self.finish_reset().await;
+        }
         if !self.suspect {
             return Ok(());
         }

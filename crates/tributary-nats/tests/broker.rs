@@ -271,3 +271,26 @@ async fn a_commit_after_a_newer_redelivery_was_acknowledged_still_moves_the_floo
     let ids: Vec<_> = rest.iter().map(|d| d.id).collect();
     assert_eq!(ids, vec![Some(sent[5].id), Some(sent[6].id)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comma_separated_server_list_connects_through_a_live_server() {
+    let Some(url) = common::shared_server("NATS server list") else {
+        return;
+    };
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A cluster's URLs, one of them down: the broker connects through another one.
+    let list = format!("nats://127.0.0.1:{dead}, {url}");
+    let (broker, _cleanup) = connect(common::test_config(list)).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.expect("a topic");
+    broker.publish(&batch(&topic, 3)).await.expect("publish");
+    let err = NatsBroker::connect(common::test_config(" , ")).await.err();
+    assert!(
+        matches!(err, Some(Error::InvalidInput { .. })),
+        "got {err:?}"
+    );
+}
