@@ -47,7 +47,7 @@ mod units {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use serde_json::json;
-    use tributary_core::{Database, Envelope, Error, Payload, Topic, UnitOfWork, UnitOfWorkExt};
+    use tributary_core::{Database, Envelope, Error, Payload, Topic, UnitOfWorkExt};
     use tributary_runtime::{Dispatch, HandlerError};
 
     use super::{Applied, Committed};
@@ -61,22 +61,26 @@ mod units {
     ) -> Result<(), Error> {
         let topic = topic.clone();
         db.transact(move |unit| {
-            for (key, seq) in &events {
-                let data = Payload::from_value(&json!({"key": key, "seq": seq}))?;
-                unit.publish(
-                    &topic,
-                    Envelope::new("cluster-test", "LedgerEvent", data).with_subject(key),
-                )?;
-                unit.put_as(
-                    "committed",
-                    &format!("{key}:{seq:08}"),
-                    &Committed {
-                        key: key.clone(),
-                        seq: *seq,
-                    },
-                )?;
-            }
-            Ok::<_, Error>(())
+            Box::pin(async move {
+                for (key, seq) in &events {
+                    let data = Payload::from_value(&json!({"key": key, "seq": seq}))?;
+                    unit.publish(
+                        &topic,
+                        Envelope::new("cluster-test", "LedgerEvent", data).with_subject(key),
+                    )
+                    .await?;
+                    unit.put_as(
+                        "committed",
+                        &format!("{key}:{seq:08}"),
+                        &Committed {
+                            key: key.clone(),
+                            seq: *seq,
+                        },
+                    )
+                    .await?;
+                }
+                Ok::<_, Error>(())
+            })
         })
         .await
     }
@@ -85,16 +89,17 @@ mod units {
     /// `applied` document, in the consumer's unit with the inbox entry. `calls` counts handler
     /// runs (including ones rolled back), as a progress signal only.
     pub fn handler(calls: Arc<AtomicU64>) -> Dispatch {
-        Dispatch::new().on(
-            "LedgerEvent",
-            move |e: Committed, _envelope, unit: &mut dyn UnitOfWork| -> Result<(), HandlerError> {
-                let mut applied: Applied = unit.get_as("applied", &e.key)?.unwrap_or_default();
+        Dispatch::new().on("LedgerEvent", move |e: Committed, _envelope, unit| {
+            let calls = calls.clone();
+            Box::pin(async move {
+                let mut applied: Applied =
+                    unit.get_as("applied", &e.key).await?.unwrap_or_default();
                 applied.seqs.push(e.seq);
-                unit.put_as("applied", &e.key, &applied)?;
+                unit.put_as("applied", &e.key, &applied).await?;
                 calls.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            },
-        )
+                Ok::<_, HandlerError>(())
+            })
+        })
     }
 }
 
@@ -660,7 +665,10 @@ async fn relay_and_consumers_ride_through_node_kills_in_a_three_node_cluster() {
         "the relay and the consumer ran through every kill without being restarted"
     );
     shutdown.cancel();
-    relay_task.await.expect("relay stops");
+    relay_task
+        .await
+        .expect("relay stops")
+        .expect("the relay rode through without a fatal error");
     consumer_task
         .await
         .expect("consumer task")
