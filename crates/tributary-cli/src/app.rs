@@ -208,6 +208,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "external" => Publishing::External,
         other => anyhow::bail!("--publish {other:?}: use relay, cdc or external"),
     };
+    // Bound before anything starts: a port in use is the first thing reported, with its
+    // address, and no consumer has run by then.
+    let listener = tributary_http::bind(listen).await?;
     let backends = Backends::connect(&resolved.db, &resolved.broker, &services).await?;
     let running = system::start_with(backends, publishing).await?;
     let names: Vec<_> = services.iter().map(|s| s.as_str()).collect();
@@ -217,11 +220,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         resolved.db,
         resolved.broker
     );
+    println!("listening on http://{}", listener.local_addr()?);
     let state = AppState {
         services: running.services.clone(),
         health: Arc::new(running.health()),
     };
-    http::serve(listen, http::router(state), shutdown_signal()).await?;
+    http::serve(listener, http::router(state), shutdown_signal()).await?;
     eprintln!("stopping: finishing in-flight batches");
     running.stop().await;
     Ok(())

@@ -34,12 +34,12 @@ impl App {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            axum::serve(listener, http::router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
+            // The server the binary runs: its limits and JSON protocol errors are the API too.
+            http::serve(listener, http::router(state), async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
         });
         Self {
             base: format!("http://{addr}"),

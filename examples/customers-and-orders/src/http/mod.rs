@@ -2,7 +2,6 @@
 
 mod json;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -232,21 +231,20 @@ async fn health(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Serves `router` on `listen` until `stop` resolves, then stops accepting and lets requests
-/// in flight finish.
+/// Serves `router` on `listener` (bound with [`tributary_http::bind`], before anything else
+/// starts, so that a port in use is reported first and with its address) until `stop`
+/// resolves, then stops accepting and lets requests in flight finish. Slow and stalled
+/// clients are cut off, connections and requests in flight are bounded, protocol errors are
+/// JSON like every other error (see [`tributary_http::HttpLimits`]).
 ///
 /// # Errors
-/// When the address cannot be bound.
+/// When serving fails.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await?;
-    Ok(addr)
+) -> anyhow::Result<()> {
+    let limits = tributary_http::HttpLimits::default().with_max_body_bytes(MAX_BODY_BYTES);
+    tributary_http::serve(listener, router, stop, limits).await?;
+    Ok(())
 }
