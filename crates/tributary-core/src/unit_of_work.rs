@@ -208,9 +208,10 @@ pub trait Database: Send + Sync + 'static {
     /// How often readers poll for commits made by other processes.
     fn poll_every(&self) -> Duration;
 
-    /// How many consumed messages the runtime handles in one transaction by default.
+    /// How many consumed messages the runtime handles in one transaction by default: one
+    /// commit then serves them all.
     fn messages_per_unit(&self) -> usize {
-        1
+        64
     }
 }
 

@@ -78,6 +78,23 @@ pub(crate) fn outgoing(
     Ok(OutgoingMessage::from_envelope(topic.clone(), event))
 }
 
+/// The columns of outbox rows, as the arrays the insert statements unnest.
+pub(crate) struct Columns<'m> {
+    pub topics: Vec<&'m str>,
+    pub keys: Vec<&'m str>,
+    pub ids: Vec<uuid::Uuid>,
+    pub payloads: Vec<&'m [u8]>,
+}
+
+pub(crate) fn columns<'m>(messages: &[&'m OutgoingMessage]) -> Columns<'m> {
+    Columns {
+        topics: messages.iter().map(|m| m.topic.as_str()).collect(),
+        keys: messages.iter().map(|m| m.key.as_str()).collect(),
+        ids: messages.iter().map(|m| m.id.as_uuid()).collect(),
+        payloads: messages.iter().map(|m| m.payload.as_slice()).collect(),
+    }
+}
+
 /// Inserts `messages` (already validated) as outbox rows of the transaction on `conn`, in
 /// order, in one statement.
 pub(crate) async fn insert_all(
@@ -98,10 +115,13 @@ pub(crate) async fn insert_all(
                 .context("writing to the outbox")?;
         }
         _ => {
-            let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-            let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
-            let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id.as_uuid()).collect();
-            let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+            let refs: Vec<&OutgoingMessage> = messages.iter().collect();
+            let Columns {
+                topics,
+                keys,
+                ids,
+                payloads,
+            } = columns(&refs);
             sqlx::query(sql.insert_outbox_all.sql())
                 .bind(topics)
                 .bind(keys)

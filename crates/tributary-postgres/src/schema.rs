@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "messaging",
         sql: include_str!("migrations/0002_messaging.sql"),
     },
+    Migration {
+        version: 3,
+        description: "document versions",
+        sql: include_str!("migrations/0003_document_versions.sql"),
+    },
 ];
 
 /// The relations Tributary's migrations create in a schema: a schema where one of them exists

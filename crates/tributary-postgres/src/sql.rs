@@ -52,10 +52,11 @@ macro_rules! statements {
 
 statements! {
     get_document => "unit_of_work/get_document.sql",
-    put_document => "unit_of_work/put_document.sql",
-    update_documents => "unit_of_work/update_documents.sql",
-    create_document => "unit_of_work/create_document.sql",
-    delete_document => "unit_of_work/delete_document.sql",
+    lock_documents => "unit_of_work/lock_documents.sql",
+    write_documents => "unit_of_work/write_documents.sql",
+    delete_documents => "unit_of_work/delete_documents.sql",
+    put_documents => "unit_of_work/put_documents.sql",
+    put_documents_and_publish => "unit_of_work/put_documents_and_publish.sql",
     clear_collection => "unit_of_work/clear_collection.sql",
     insert_outbox => "unit_of_work/insert_outbox.sql",
     insert_outbox_all => "unit_of_work/insert_outbox_all.sql",

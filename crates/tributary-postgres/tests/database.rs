@@ -46,7 +46,7 @@ async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn documents_read_in_a_unit_are_locked_so_concurrent_updates_are_not_lost() {
+async fn concurrent_read_modify_writes_lose_no_update() {
     let Some((db, _guard)) = common::database("postgres units").await else {
         return;
     };
@@ -58,18 +58,29 @@ async fn documents_read_in_a_unit_are_locked_so_concurrent_updates_are_not_lost(
     for _ in 0..6 {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
+            let mut lost_races = 0u32;
             for _ in 0..10 {
-                db.transact(|unit| {
-                    Box::pin(async move {
-                        let n: u64 = unit.get_as("counters", "c").await?.unwrap_or(0);
-                        // Widen the window between read and write.
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        unit.put_as("counters", "c", &(n + 1)).await
-                    })
-                })
-                .await
-                .unwrap();
+                // A unit that loses the race is rolled back and reports a retryable conflict:
+                // run it again, as the consumer runtime does.
+                loop {
+                    let done = db
+                        .transact(|unit| {
+                            Box::pin(async move {
+                                let n: u64 = unit.get_as("counters", "c").await?.unwrap_or(0);
+                                // Widen the window between read and write.
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                unit.put_as("counters", "c", &(n + 1)).await
+                            })
+                        })
+                        .await;
+                    match done {
+                        Ok(()) => break,
+                        Err(Error::DocumentConflict { .. }) => lost_races += 1,
+                        Err(e) => panic!("only a lost race may fail a unit here: {e:?}"),
+                    }
+                }
             }
+            lost_races
         }));
     }
     for t in tasks {
@@ -82,7 +93,62 @@ async fn documents_read_in_a_unit_are_locked_so_concurrent_updates_are_not_lost(
         .unwrap()
         .decode()
         .unwrap();
-    assert_eq!(n, 60, "every increment read the previous one's result");
+    assert_eq!(
+        n, 60,
+        "every increment that committed read the previous one's result"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn units_touching_the_same_documents_in_opposite_orders_conflict_instead_of_deadlocking() {
+    let Some((db, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(db);
+    db.transact(|unit| {
+        Box::pin(async move {
+            unit.put_as("docs", "a", &0u64).await?;
+            unit.put_as("docs", "b", &0u64).await
+        })
+    })
+    .await
+    .unwrap();
+    // Both units read their first document, wait until the other has too, then read and
+    // write the other one: with read locks this is the textbook deadlock.
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let unit = |first: &'static str, second: &'static str| {
+        let (db, barrier) = (db.clone(), barrier.clone());
+        tokio::spawn(async move {
+            db.transact(move |unit| {
+                Box::pin(async move {
+                    let x: u64 = unit.get_as("docs", first).await?.unwrap_or(0);
+                    barrier.wait().await;
+                    let y: u64 = unit.get_as("docs", second).await?.unwrap_or(0);
+                    unit.put_as("docs", first, &(x + 1)).await?;
+                    unit.put_as("docs", second, &(y + 1)).await
+                })
+            })
+            .await
+        })
+    };
+    let (one, other) = (unit("a", "b"), unit("b", "a"));
+    let outcomes = [one.await.unwrap(), other.await.unwrap()];
+    let committed = outcomes.iter().filter(|o| o.is_ok()).count();
+    let lost = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(Error::DocumentConflict { .. })))
+        .count();
+    assert_eq!(
+        (committed, lost),
+        (1, 1),
+        "one commits, the other loses the race (not a deadlock): {outcomes:?}"
+    );
+    for id in ["a", "b"] {
+        assert_eq!(
+            db.get_document_as::<u64>("docs", id).await.unwrap(),
+            Some(1)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -933,5 +999,76 @@ async fn a_held_write_refused_at_commit_names_the_message_that_made_it() {
         db.get_document_as::<u64>("docs", "a").await.unwrap(),
         Some(0),
         "nothing of the unit was committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_unit_that_only_writes_commits_its_documents_and_events_together_or_not_at_all() {
+    let Some((pg, _guard)) = common::database("postgres units").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg.clone());
+    let topic = Topic::new("Writes").unwrap();
+    // Read nothing, put and publish: committed without a transaction of its own (one
+    // statement), atomically.
+    let t = topic.clone();
+    db.transact(move |unit| {
+        Box::pin(async move {
+            unit.put_as("docs", "b", &2u64).await?;
+            unit.put_as("docs", "a", &1u64).await?;
+            unit.publish(&t, event(1)).await?;
+            unit.publish(&t, event(2)).await
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.get_document_as::<u64>("docs", "a").await.unwrap(),
+        Some(1)
+    );
+    let batch = pg.outbox_source().read_batch(10).await.unwrap().unwrap();
+    let order: Vec<u64> = batch
+        .messages
+        .iter()
+        .map(|m| {
+            Envelope::from_json(&m.payload).unwrap().data.to_value()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(order, [1, 2], "events in publish order");
+    pg.outbox_source()
+        .mark_published(batch.through)
+        .await
+        .unwrap();
+    // One value the server refuses: nothing of the unit is kept.
+    let refused = Payload::from_json_str(r#"{"n":1e1000000}"#).unwrap();
+    let t = topic.clone();
+    let err = db
+        .transact(move |unit| {
+            Box::pin(async move {
+                unit.put_as("docs", "c", &3u64).await?;
+                unit.put("docs", "d", refused).await?;
+                unit.publish(&t, event(3)).await
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "got {err:?}");
+    assert_eq!(db.get_document_as::<u64>("docs", "c").await.unwrap(), None);
+    assert!(pg.outbox_source().read_batch(10).await.unwrap().is_none());
+    // Deletes need more than one statement: a transaction of its own, still all or nothing.
+    db.transact(|unit| {
+        Box::pin(async move {
+            unit.delete("docs", "a").await?;
+            unit.put_as("docs", "e", &5u64).await
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.get_document_as::<u64>("docs", "a").await.unwrap(), None);
+    assert_eq!(
+        db.get_document_as::<u64>("docs", "e").await.unwrap(),
+        Some(5)
     );
 }

@@ -432,24 +432,40 @@ async fn sustained(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Resul
     let mut result = BenchResult::new("pipeline", "sustained", backend.name, total, end_to_end)
         .with_peak_rss(peak_rss_mb())
         .with_settings(settings);
+    pipeline.stop().await;
     if let Some(c) = &backend.cleanup {
-        // The raw limit of the broker from the same run: plain JetStream publishes with acks.
+        // The raw limits from the same run, measured after the pipeline stopped: PostgreSQL
+        // committing single-row inserts from as many clients as there were producers, and
+        // JetStream taking plain publishes with acks.
+        let producers_rate = total as f64 / produce_time.as_secs_f64();
+        let raw_insert = tributary::postgres::bench::raw_single_row_commits(
+            &c.pg,
+            total.min(20_000),
+            args.payload_bytes,
+            args.producers.max(1) as usize,
+        )
+        .await?
+        .rows_per_sec;
         let config = tributary::nats::NatsBrokerConfig::default()
             .with_url(c.nats.clone())
             .with_stream_prefix(c.stream_prefix.clone());
-        let raw = tributary::nats::bench::raw_publish_throughput(
+        let raw_publish = tributary::nats::bench::raw_publish_throughput(
             &config,
             total.min(100_000) as usize,
             args.payload_bytes,
         )
         .await?;
-        result = result.against(
-            "plain JetStream publishes with acks (async-nats, pipelined)",
-            raw,
+        let ratio = |x: f64| (x / raw_insert.max(1e-9) * 1000.0).round() / 1000.0;
+        let mut settings = result.settings.clone();
+        settings["raw_single_row_inserts_per_sec"] = json!(raw_insert.round());
+        settings["producers_vs_raw_inserts"] = json!(ratio(producers_rate));
+        settings["raw_jetstream_publishes_per_sec"] = json!(raw_publish.round());
+        result = result.with_settings(settings).against(
+            "PostgreSQL BEGIN; INSERT one row; COMMIT from as many clients as producers, same run",
+            raw_insert,
         );
     }
     result.emit();
-    pipeline.stop().await;
     Ok(())
 }
 

@@ -1,11 +1,16 @@
-//! What a unit knows about the documents it touched: the ones it read as absent, the ones it
-//! holds locked, and the updates of locked documents that it has not written yet.
+//! What a unit knows about the documents it touched, and how it writes them: optimistically,
+//! in one sorted pass at commit.
 //!
-//! A document the unit read with `get` (`SELECT … FOR UPDATE`) is locked until the unit ends,
-//! so updating it cannot conflict with anyone: such updates are held and written in one
-//! statement when the unit commits (or before a savepoint or the raw transaction), which
-//! saves a round trip per read-modify-write. A put that might conflict — creating a document
-//! read as absent, or a blind put — still runs at once, so its conflict is reported at once.
+//! A unit reads a document without locking it and remembers the version it saw (or that it
+//! was absent). Its puts and deletes are held. When it commits (or before a savepoint or the
+//! service's own SQL), it locks every document it read or writes that exists, **in key
+//! order** (`lock_documents.sql`), checks that each read one is still at the version it saw,
+//! and then writes all its puts in one statement and its deletes in another. Two units that
+//! touch the same documents therefore never wait for each other in a cycle — consumer units
+//! of many messages from different partitions cannot deadlock on documents — and neither can
+//! update a document from a stale read: the later one fails with
+//! [`tributary_core::Error::DocumentConflict`] and is run again. The locks are held from that
+//! pass to the commit only.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -21,129 +26,225 @@ pub(super) fn key(collection: &str, id: &str) -> DocumentKey {
     (collection.to_owned(), id.to_owned())
 }
 
-/// An update of a locked document, held until the unit writes it.
+/// A write the unit holds, with the consumer message that made it.
 #[derive(Clone, Debug)]
-pub(super) struct HeldUpdate {
-    pub key: DocumentKey,
-    pub document: Payload,
-    /// The consumer message whose handler made it.
+pub(super) struct HeldWrite {
+    /// The new document, or `None` for a delete.
+    pub document: Option<Payload>,
     pub message: usize,
 }
 
+/// What a unit read of a document: its version, or that it did not exist.
+type ReadVersion = Option<i64>;
+
 #[derive(Clone, Debug, Default)]
 pub(super) struct Documents {
-    /// Read as absent: a put must create it, and fails if another unit did first.
-    absent: HashSet<DocumentKey>,
-    /// Rows this unit holds locked (read FOR UPDATE or written by it).
+    /// Documents read (and not written by a flush since), with what the unit saw.
+    read: BTreeMap<DocumentKey, ReadVersion>,
+    /// Writes not made yet, in key order.
+    held: BTreeMap<DocumentKey, HeldWrite>,
+    /// Documents the unit locked in an earlier flush: nobody else can change them until it
+    /// ends, so reading them again needs no check.
     locked: HashSet<DocumentKey>,
-    /// Updates of locked rows not written yet, in key order, each with the consumer message
-    /// that made it (see `ConsumerTx::start_message`).
-    updates: BTreeMap<DocumentKey, (Payload, usize)>,
 }
 
 impl Documents {
-    /// The value of a document whose update is held, as the unit sees it.
-    pub fn held(&self, key: &DocumentKey) -> Option<&Payload> {
-        self.updates.get(key).map(|(document, _)| document)
+    /// A held write of `key`: `Some(Some(doc))` for a put, `Some(None)` for a delete.
+    pub fn held(&self, key: &DocumentKey) -> Option<Option<&Payload>> {
+        self.held.get(key).map(|w| w.document.as_ref())
     }
 
-    /// Records what a read found (and so locked, if present).
-    pub fn read(&mut self, key: DocumentKey, present: bool) {
-        if present {
-            self.absent.remove(&key);
-            self.locked.insert(key);
-        } else {
-            self.locked.remove(&key);
-            self.absent.insert(key);
+    /// Records what a read of `key` found, unless the unit already knows better.
+    pub fn read(&mut self, key: DocumentKey, version: ReadVersion) {
+        if !self.locked.contains(&key) {
+            self.read.entry(key).or_insert(version);
         }
     }
 
-    /// Whether a put must create the document (it was read as absent).
-    pub fn must_create(&self, key: &DocumentKey) -> bool {
-        self.absent.contains(key)
+    /// Holds a put (`Some`) or a delete (`None`) of `key`.
+    pub fn hold(&mut self, key: DocumentKey, document: Option<Payload>, message: usize) {
+        self.held.insert(key, HeldWrite { document, message });
     }
 
-    /// Holds the update of a locked document; returns it back if the document is not locked.
-    pub fn hold(&mut self, key: DocumentKey, document: Payload, message: usize) -> Option<Payload> {
-        if self.locked.contains(&key) {
-            self.updates.insert(key, (document, message));
-            None
-        } else {
-            Some(document)
-        }
-    }
-
-    /// Records a put written at once: the row exists now and the unit holds it.
-    pub fn written(&mut self, key: DocumentKey) {
-        self.absent.remove(&key);
-        self.locked.insert(key);
-    }
-
-    /// Forgets a document the unit deletes.
-    pub fn deleted(&mut self, key: &DocumentKey) {
-        self.absent.remove(key);
-        self.locked.remove(key);
-        self.updates.remove(key);
-    }
-
-    /// Forgets every document of a collection the unit clears.
+    /// Forgets every document of a collection the unit cleared at once (puts after it are
+    /// blind: the rows are gone, and the unit's delete holds their keys until it ends).
     pub fn cleared(&mut self, collection: &str) {
-        self.absent.retain(|(c, _)| c != collection);
+        self.read.retain(|(c, _), _| c != collection);
+        self.held.retain(|(c, _), _| c != collection);
         self.locked.retain(|(c, _)| c != collection);
-        self.updates.retain(|(c, _), _| c != collection);
     }
 
     pub fn held_count(&self) -> usize {
-        self.updates.len()
+        self.held.len()
     }
 
-    /// The held updates, to be written now, each with its message.
-    pub fn take_updates(&mut self) -> Vec<HeldUpdate> {
-        std::mem::take(&mut self.updates)
-            .into_iter()
-            .map(|(key, (document, message))| HeldUpdate {
-                key,
-                document,
-                message,
-            })
-            .collect()
+    /// Takes what the unit read and holds, to be written now; [`Documents::written`] after
+    /// it was.
+    pub fn take_writes(&mut self) -> DocumentWrites {
+        let read = std::mem::take(&mut self.read);
+        let held: Vec<(DocumentKey, HeldWrite)> =
+            std::mem::take(&mut self.held).into_iter().collect();
+        let lock: Vec<DocumentKey> = read
+            .keys()
+            .chain(
+                held.iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| !read.contains_key(*k)),
+            )
+            .filter(|k| !self.locked.contains(*k))
+            .cloned()
+            .collect();
+        DocumentWrites { read, held, lock }
+    }
+
+    /// Records that `writes` were made: their documents are locked by the unit now.
+    pub fn written(&mut self, writes: DocumentWrites) {
+        self.locked.extend(writes.lock);
     }
 }
 
-/// Writes held updates of locked documents in one statement.
-pub(super) async fn write_updates(
+/// What a unit writes of its documents at one flush (see the module doc).
+#[derive(Debug, Default)]
+pub(super) struct DocumentWrites {
+    read: BTreeMap<DocumentKey, ReadVersion>,
+    held: Vec<(DocumentKey, HeldWrite)>,
+    /// The documents to lock and check: read or written, not locked before.
+    lock: Vec<DocumentKey>,
+}
+
+impl DocumentWrites {
+    /// The held writes, each with its key.
+    pub fn held(&self) -> &[(DocumentKey, HeldWrite)] {
+        &self.held
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.lock.is_empty()
+    }
+
+    /// The puts, when they are all the flush does: nothing to lock or check (nothing read),
+    /// no delete. Such puts are upserts in key order (see `put_documents.sql`).
+    pub fn blind_puts(&self) -> Option<Vec<(&DocumentKey, &Payload)>> {
+        if !self.read.is_empty() {
+            return None;
+        }
+        self.held
+            .iter()
+            .map(|(k, w)| w.document.as_ref().map(|d| (k, d)))
+            .collect()
+    }
+
+    /// Only `write`, as a flush of its own (to find a write the server refuses).
+    pub fn only(write: &(DocumentKey, HeldWrite)) -> Self {
+        Self {
+            read: BTreeMap::new(),
+            held: vec![write.clone()],
+            lock: Vec::new(),
+        }
+    }
+
+    /// Locks and checks, then writes the puts and the deletes.
+    pub async fn apply(&self, conn: &mut PgConnection, sql: &Statements) -> Result<()> {
+        if !self.lock.is_empty() {
+            lock_and_check(conn, sql, &self.lock, &self.read).await?;
+        }
+        write_puts(conn, sql, &self.held, &self.read).await?;
+        write_deletes(conn, sql, &self.held).await
+    }
+}
+
+/// Locks the documents of `keys` that exist, in key order, and checks the `read` ones against
+/// what the unit saw.
+async fn lock_and_check(
     conn: &mut PgConnection,
     sql: &Statements,
-    updates: &[HeldUpdate],
+    keys: &[DocumentKey],
+    read: &BTreeMap<DocumentKey, ReadVersion>,
 ) -> Result<()> {
-    let done = match updates {
-        [] => return Ok(()),
-        [one] => sqlx::query(sql.put_document.sql())
-            .bind(&one.key.0)
-            .bind(&one.key.1)
-            .bind(one.document.as_str())
-            .execute(conn)
-            .await
-            .context("writing a document")?,
-        _ => {
-            let collections: Vec<&str> = updates.iter().map(|u| u.key.0.as_str()).collect();
-            let ids: Vec<&str> = updates.iter().map(|u| u.key.1.as_str()).collect();
-            let bodies: Vec<&str> = updates.iter().map(|u| u.document.as_str()).collect();
-            sqlx::query(sql.update_documents.sql())
-                .bind(collections)
-                .bind(ids)
-                .bind(bodies)
-                .execute(conn)
-                .await
-                .context("writing documents")?
+    let collections: Vec<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
+    let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(sql.lock_documents.sql())
+        .bind(collections)
+        .bind(ids)
+        .persistent(false)
+        .fetch_all(conn)
+        .await
+        .context("locking documents")?;
+    let stored: BTreeMap<(String, String), i64> =
+        rows.into_iter().map(|(c, id, v)| ((c, id), v)).collect();
+    for (key, seen) in read {
+        if stored.get(key).copied() != *seen {
+            return Err(Error::DocumentConflict {
+                collection: key.0.clone(),
+                id: key.1.clone(),
+            });
         }
-    };
-    if done.rows_affected() != updates.len() as u64 {
-        return Err(Error::storage_msg(format!(
-            "{} of {} locked documents were not found to update",
-            updates.len() as u64 - done.rows_affected(),
-            updates.len()
-        )));
     }
+    Ok(())
+}
+
+/// Writes the held puts in one statement; a document the unit read as absent that another
+/// unit created meanwhile is a conflict.
+async fn write_puts(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    held: &[(DocumentKey, HeldWrite)],
+    read: &BTreeMap<DocumentKey, ReadVersion>,
+) -> Result<()> {
+    let puts: Vec<(&DocumentKey, &Payload, bool)> = held
+        .iter()
+        .filter_map(|(k, w)| {
+            let create = read.get(k) == Some(&None);
+            w.document.as_ref().map(|d| (k, d, create))
+        })
+        .collect();
+    if puts.is_empty() {
+        return Ok(());
+    }
+    let collections: Vec<&str> = puts.iter().map(|(k, _, _)| k.0.as_str()).collect();
+    let ids: Vec<&str> = puts.iter().map(|(k, _, _)| k.1.as_str()).collect();
+    let bodies: Vec<&str> = puts.iter().map(|(_, d, _)| d.as_str()).collect();
+    let creates: Vec<bool> = puts.iter().map(|(_, _, c)| *c).collect();
+    let written: Vec<(String, String)> = sqlx::query_as(sql.write_documents.sql())
+        .bind(collections)
+        .bind(ids)
+        .bind(bodies)
+        .bind(creates)
+        .fetch_all(conn)
+        .await
+        .context("writing documents")?;
+    if written.len() != puts.len() {
+        let written: HashSet<(String, String)> = written.into_iter().collect();
+        if let Some((k, _, _)) = puts.iter().find(|(k, _, _)| !written.contains(*k)) {
+            return Err(Error::DocumentConflict {
+                collection: k.0.clone(),
+                id: k.1.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn write_deletes(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    held: &[(DocumentKey, HeldWrite)],
+) -> Result<()> {
+    let deletes: Vec<&DocumentKey> = held
+        .iter()
+        .filter(|(_, w)| w.document.is_none())
+        .map(|(k, _)| k)
+        .collect();
+    if deletes.is_empty() {
+        return Ok(());
+    }
+    let collections: Vec<&str> = deletes.iter().map(|k| k.0.as_str()).collect();
+    let ids: Vec<&str> = deletes.iter().map(|k| k.1.as_str()).collect();
+    sqlx::query(sql.delete_documents.sql())
+        .bind(collections)
+        .bind(ids)
+        .execute(conn)
+        .await
+        .context("deleting documents")?;
     Ok(())
 }

@@ -1,3 +1,2 @@
--- Locks the row: a unit that read a document holds it until it commits, so two units cannot
--- both update from the same old value.
-SELECT body::text FROM __SCHEMA__.documents WHERE collection = $1 AND id = $2 FOR UPDATE
+-- No lock: the unit checks at commit that the version it read is still the stored one.
+SELECT body::text, version FROM __SCHEMA__.documents WHERE collection = $1 AND id = $2

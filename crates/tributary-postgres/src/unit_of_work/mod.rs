@@ -3,20 +3,18 @@
 //! and rolls back when it returns an error, panics, or is dropped.
 //!
 //! Consistency inside a unit (the transaction runs at READ COMMITTED):
-//! - a document read with `get` is locked (`SELECT … FOR UPDATE`) until the unit ends, so two
-//!   units cannot both update a document from the same old value: the second waits and reads
-//!   the first's result;
-//! - a document read as absent and then `put` is inserted only if no other unit created it
-//!   meanwhile; otherwise the put fails with a retryable [`Error::DocumentConflict`];
+//! - documents are read without locks and written at commit, after the unit locked every
+//!   document it read or writes in key order and checked that none it read changed (see
+//!   `documents.rs`): no update is lost, no two units deadlock on documents, and the unit
+//!   that loses a race fails with a retryable [`Error::DocumentConflict`] (run it again);
 //! - an append that loses a race to another unit reports a conflict from the stream's new
 //!   version (the lost insert is rolled back to a savepoint, the unit stays usable);
 //! - a failed statement aborts a PostgreSQL transaction: a unit that swallows such an error
 //!   and returns `Ok` is rolled back and reported, never silently half-committed.
 //!
-//! Published events, and updates of documents the unit holds locked (see `documents.rs`), are
-//! held in the unit and written in one statement each when it commits (also before a
-//! savepoint, and before the service's own SQL runs, so that it sees them), instead of one
-//! round trip each. Values PostgreSQL would refuse (`\u0000` in a document) are refused at the
+//! Published events and document writes are held in the unit and written in one statement
+//! each when it commits (also before a savepoint, and before the service's own SQL runs, so
+//! that it sees them), instead of one round trip each. Values PostgreSQL would refuse (`\u0000` in a document) are refused at the
 //! call; a held write refused at commit anyway fails the unit with [`Error::Refused`], naming
 //! the consumer message that made it.
 
@@ -38,14 +36,14 @@ use tributary_core::{
 };
 
 use crate::database::{Inner, PgDatabase};
-use crate::error::db_error;
+use crate::error::{SqlxResultExt, db_error};
 use crate::event_store::{Mode, append, load_snapshot_in, read_stream_in, save_snapshot_in};
 use crate::outbox;
 use crate::sql::Statements;
 
 mod documents;
 
-use documents::{Documents, HeldUpdate, key, write_updates};
+use documents::{DocumentWrites, Documents, key};
 
 /// Held events or document updates are written once this many are waiting, to bound a
 /// unit's memory.
@@ -75,7 +73,9 @@ const HELD_EVENT_BYTES_MAX: usize = 8 << 20;
 /// # }
 /// ```
 pub struct PgTx {
-    tx: Transaction<'static, Postgres>,
+    /// Begun at the unit's first statement: a unit that only holds writes commits them in one
+    /// statement at the end, without `BEGIN` and `COMMIT` round trips.
+    tx: Option<Transaction<'static, Postgres>>,
     db: Arc<Inner>,
     /// Open `ConsumerTx` savepoints, each with what the unit knew of documents at the time.
     savepoints: Vec<Documents>,
@@ -112,9 +112,31 @@ impl<U: UnitOfWork + ?Sized> PgUnitExt for U {
 }
 
 impl PgTx {
-    fn new(tx: Transaction<'static, Postgres>, db: Arc<Inner>) -> Self {
+    /// The unit's transaction, begun now if it was not.
+    async fn tx(&mut self) -> Result<&mut PgConnection> {
+        if self.tx.is_none() {
+            let begun = self.db.pool.begin().await;
+            self.tx = Some(begun.map_err(|e| db_error("starting a unit of work", e))?);
+        }
+        self.tx
+            .as_deref_mut()
+            .ok_or_else(|| Error::storage_msg("the unit's transaction is missing"))
+    }
+
+    /// A document and its version as the unit's transaction sees it (no lock).
+    async fn read_document(&mut self, collection: &str, id: &str) -> Result<Option<(String, i64)>> {
+        let db = self.db.clone();
+        let found = sqlx::query_as(db.sql.get_document.sql())
+            .bind(collection)
+            .bind(id)
+            .fetch_optional(self.tx().await?)
+            .await;
+        self.sqlx(found, "reading a document")
+    }
+
+    fn new(db: Arc<Inner>) -> Self {
         Self {
-            tx,
+            tx: None,
             db,
             savepoints: Vec::new(),
             docs: Documents::default(),
@@ -138,7 +160,7 @@ impl PgTx {
         self.flush().await?;
         self.raw = true;
         self.wrote = true;
-        Ok(&mut self.tx)
+        self.tx().await
     }
 
     /// The schema of Tributary's tables for this service.
@@ -162,7 +184,17 @@ impl PgTx {
     async fn flush(&mut self) -> Result<()> {
         self.outbox_bytes = 0;
         let held = Held::take(&mut self.docs, &mut self.outbox);
-        let done = held.write(&mut self.tx, &self.db.sql).await;
+        if held.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let done = match self.tx().await {
+            Ok(conn) => held.write(conn, &db.sql).await,
+            Err(e) => Err(e),
+        };
+        if done.is_ok() {
+            self.docs.written(held.docs);
+        }
         self.checked(done)
     }
 
@@ -174,38 +206,40 @@ impl PgTx {
         let value = match outcome {
             Ok(value) => value,
             Err(e) => {
-                if let Err(rollback) = self.tx.rollback().await {
+                if let Some(tx) = self.tx.take()
+                    && let Err(rollback) = tx.rollback().await
+                {
                     tracing::debug!(error = %rollback, "rolling back a failed unit of work failed; the connection is discarded");
                 }
                 return Err(e);
             }
         };
+        let held = Held::take(&mut self.docs, &mut self.outbox);
+        let Some(mut tx) = self.tx.take() else {
+            // Nothing but held writes: one statement, its own transaction.
+            if !held.is_empty() {
+                self.write_alone(&held).await?;
+            }
+            if self.wrote {
+                self.db.committed();
+            }
+            return Ok(value);
+        };
         // A transaction that hit an error answers COMMIT with a silent ROLLBACK: ask first.
         if (self.failed || self.raw)
-            && let Err(e) = sqlx::raw_sql("SELECT 1").execute(&mut *self.tx).await
+            && let Err(e) = sqlx::raw_sql("SELECT 1").execute(&mut *tx).await
         {
-            let _ = self.tx.rollback().await;
+            let _ = tx.rollback().await;
             return Err(WorkError::Failed(Error::storage(
                 "a statement of the unit of work failed, but the unit returned Ok; it was rolled back (return the statement's error from the unit)",
                 e,
             )));
         }
-        let held = Held::take(&mut self.docs, &mut self.outbox);
-        if let Err(e) = held.write(&mut self.tx, &self.db.sql).await {
-            let _ = self.tx.rollback().await;
-            return Err(WorkError::Failed(match e {
-                Error::InvalidInput { reason } => {
-                    // Rolled back: find which held write the server refuses, on the now idle
-                    // connection, so the runtime can tell whose handler made it.
-                    let db = self.db.clone();
-                    let message = held.refused_by(&db).await;
-                    Error::Refused { reason, message }
-                }
-                other => other,
-            }));
+        if let Err(e) = held.write(&mut tx, &self.db.sql).await {
+            let _ = tx.rollback().await;
+            return Err(WorkError::Failed(self.refused(e, &held).await));
         }
-        self.tx
-            .commit()
+        tx.commit()
             .await
             .map_err(|e| WorkError::Failed(db_error("committing a unit of work", e)))?;
         if self.wrote {
@@ -213,25 +247,86 @@ impl PgTx {
         }
         Ok(value)
     }
+
+    /// Commits a unit that never began a transaction: its held writes in one statement.
+    async fn write_alone(&self, held: &Held) -> Result<(), WorkError> {
+        let mut conn = self
+            .db
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| WorkError::Failed(db_error("committing a unit of work", e)))?;
+        let written = match held.as_one_statement() {
+            Some(statement) => statement.run(&mut conn, &self.db.sql).await,
+            None => {
+                // Deletes too: more than one statement, so a transaction after all.
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(|e| WorkError::Failed(db_error("committing a unit of work", e)))?;
+                match held.write(&mut tx, &self.db.sql).await {
+                    Ok(()) => tx
+                        .commit()
+                        .await
+                        .map_err(|e| db_error("committing a unit of work", e)),
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(WorkError::Failed(self.refused(e, held).await)),
+        }
+    }
+
+    /// The error for a failed write of `held`: a value the server refused names the consumer
+    /// message that wrote it (found on the now idle connection), so the runtime can tell
+    /// whose handler made it.
+    async fn refused(&self, e: Error, held: &Held) -> Error {
+        match e {
+            Error::InvalidInput { reason } => {
+                let message = held.refused_by(&self.db).await;
+                Error::Refused { reason, message }
+            }
+            other => other,
+        }
+    }
 }
 
 /// What a unit holds, taken out to be written.
 struct Held {
-    updates: Vec<HeldUpdate>,
+    docs: DocumentWrites,
     events: Vec<(OutgoingMessage, usize)>,
 }
 
 impl Held {
     fn take(docs: &mut Documents, outbox: &mut Vec<(OutgoingMessage, usize)>) -> Self {
         Self {
-            updates: docs.take_updates(),
+            docs: docs.take_writes(),
             events: std::mem::take(outbox),
         }
     }
 
-    /// Writes the document updates and the events (none: no round trip).
+    fn is_empty(&self) -> bool {
+        self.docs.is_empty() && self.events.is_empty()
+    }
+
+    /// The held writes as one statement, when they can be (puts and events; deletes and
+    /// checks of what the unit read need statements of their own).
+    fn as_one_statement(&self) -> Option<OneStatement<'_>> {
+        let puts = self.docs.blind_puts()?;
+        Some(OneStatement {
+            puts,
+            events: self.events.iter().map(|(m, _)| m).collect(),
+        })
+    }
+
+    /// Writes the documents and the events (nothing held: no round trip).
     async fn write(&self, conn: &mut PgConnection, sql: &Statements) -> Result<()> {
-        write_updates(conn, sql, &self.updates).await?;
+        self.docs.apply(conn, sql).await?;
         let messages: Vec<OutgoingMessage> = self.events.iter().map(|(m, _)| m.clone()).collect();
         outbox::insert_all(conn, sql, &messages).await
     }
@@ -242,20 +337,20 @@ impl Held {
         let mut conn = db.pool.acquire().await.ok()?;
         let mut tx = conn.begin().await.ok()?;
         let mut culprit = None;
-        for update in &self.updates {
+        for write in self.docs.held() {
             let one = Held {
-                updates: vec![update.clone()],
+                docs: DocumentWrites::only(write),
                 events: Vec::new(),
             };
             if probe(&mut tx, &db.sql, &one).await {
-                culprit = Some(update.message);
+                culprit = Some(write.1.message);
                 break;
             }
         }
         if culprit.is_none() {
             for (event, message) in &self.events {
                 let one = Held {
-                    updates: Vec::new(),
+                    docs: DocumentWrites::default(),
                     events: vec![(event.clone(), *message)],
                 };
                 if probe(&mut tx, &db.sql, &one).await {
@@ -266,6 +361,57 @@ impl Held {
         }
         let _ = tx.rollback().await;
         culprit
+    }
+}
+
+/// A unit's held puts and events written as one statement, in autocommit: one round trip
+/// for the whole unit, atomic because it is one statement.
+struct OneStatement<'a> {
+    puts: Vec<(&'a (String, String), &'a Payload)>,
+    events: Vec<&'a OutgoingMessage>,
+}
+
+impl OneStatement<'_> {
+    async fn run(&self, conn: &mut PgConnection, sql: &Statements) -> Result<()> {
+        match (self.puts.is_empty(), self.events.is_empty()) {
+            (true, true) => Ok(()),
+            (true, false) => {
+                let messages: Vec<OutgoingMessage> =
+                    self.events.iter().map(|&m| m.clone()).collect();
+                outbox::insert_all(conn, sql, &messages).await
+            }
+            (false, events_empty) => {
+                let outbox::Columns {
+                    topics,
+                    keys,
+                    ids,
+                    payloads,
+                } = outbox::columns(&self.events);
+                let collections: Vec<&str> = self.puts.iter().map(|(k, _)| k.0.as_str()).collect();
+                let doc_ids: Vec<&str> = self.puts.iter().map(|(k, _)| k.1.as_str()).collect();
+                let bodies: Vec<&str> = self.puts.iter().map(|(_, d)| d.as_str()).collect();
+                let query = if events_empty {
+                    sqlx::query(sql.put_documents.sql())
+                        .bind(collections)
+                        .bind(doc_ids)
+                        .bind(bodies)
+                } else {
+                    sqlx::query(sql.put_documents_and_publish.sql())
+                        .bind(collections)
+                        .bind(doc_ids)
+                        .bind(bodies)
+                        .bind(topics)
+                        .bind(keys)
+                        .bind(ids)
+                        .bind(payloads)
+                };
+                query
+                    .execute(conn)
+                    .await
+                    .context("writing documents and events")?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -287,13 +433,7 @@ async fn probe(tx: &mut PgConnection, sql: &Statements, one: &Held) -> bool {
 
 /// Runs `work` as one transaction (see the module doc).
 pub(crate) async fn execute(db: &PgDatabase, work: Work) -> Result<Box<dyn Any + Send>, WorkError> {
-    let tx = db
-        .inner
-        .pool
-        .begin()
-        .await
-        .map_err(|e| WorkError::Failed(db_error("starting a unit of work", e)))?;
-    let mut unit = PgTx::new(tx, db.inner.clone());
+    let mut unit = PgTx::new(db.inner.clone());
     let outcome = AssertUnwindSafe(work.run(&mut unit))
         .catch_unwind()
         .await
@@ -317,71 +457,52 @@ impl UnitOfWork for PgTx {
         validate_document_key(collection, id)?;
         let k = key(collection, id);
         if let Some(held) = self.docs.held(&k) {
-            return Ok(Some(held.clone()));
+            return Ok(held.cloned());
         }
-        let found = sqlx::query_scalar(self.db.sql.get_document.sql())
-            .bind(collection)
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await;
-        let body: Option<String> = self.sqlx(found, "reading a document")?;
-        self.docs.read(k, body.is_some());
-        decode_document(body)
+        let found = self.read_document(collection, id).await?;
+        self.docs
+            .read(k, found.as_ref().map(|(_, version)| *version));
+        decode_document(found.map(|(body, _)| body))
     }
 
     async fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
         validate_document_key(collection, id)?;
         validate_document(collection, id, document.as_str())?;
-        let k = key(collection, id);
-        let Some(document) = self.docs.hold(k.clone(), document, self.message) else {
-            self.wrote = true;
-            if self.docs.held_count() >= HELD_WRITES_MAX {
-                self.flush().await?;
-            }
-            return Ok(());
-        };
-        let create = self.docs.must_create(&k);
-        let statement = if create {
-            &self.db.sql.create_document
-        } else {
-            &self.db.sql.put_document
-        };
-        let done = sqlx::query(statement.sql())
-            .bind(collection)
-            .bind(id)
-            .bind(document.as_str())
-            .execute(&mut *self.tx)
-            .await;
-        let done = self.sqlx(done, "writing a document")?;
-        if create && done.rows_affected() == 0 {
-            return Err(Error::DocumentConflict {
-                collection: collection.to_owned(),
-                id: id.to_owned(),
-            });
-        }
-        self.docs.written(k);
+        self.docs
+            .hold(key(collection, id), Some(document), self.message);
         self.wrote = true;
+        if self.docs.held_count() >= HELD_WRITES_MAX {
+            self.flush().await?;
+        }
         Ok(())
     }
 
     async fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
         validate_document_key(collection, id)?;
-        let done = sqlx::query(self.db.sql.delete_document.sql())
-            .bind(collection)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await;
-        let done = self.sqlx(done, "deleting a document")?;
-        self.docs.deleted(&key(collection, id));
+        let k = key(collection, id);
+        let existed = match self.docs.held(&k) {
+            Some(held) => held.is_some(),
+            None => {
+                let found = self.read_document(collection, id).await?;
+                let version = found.map(|(_, version)| version);
+                self.docs.read(k.clone(), version);
+                version.is_some()
+            }
+        };
+        self.docs.hold(k, None, self.message);
         self.wrote = true;
-        Ok(done.rows_affected() > 0)
+        if self.docs.held_count() >= HELD_WRITES_MAX {
+            self.flush().await?;
+        }
+        Ok(existed)
     }
 
     async fn clear_collection(&mut self, collection: &str) -> Result<u64> {
+        let db = self.db.clone();
         validate_document_key(collection, "-")?;
-        let done = sqlx::query(self.db.sql.clear_collection.sql())
+        let done = sqlx::query(db.sql.clear_collection.sql())
             .bind(collection)
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         let done = self.sqlx(done, "clearing a collection")?;
         self.docs.cleared(collection);
@@ -406,10 +527,11 @@ impl UnitOfWork for PgTx {
         expected: ExpectedVersion,
         events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
+        let db = self.db.clone();
         validate_batch(&events, self.db.config.max_event_bytes)?;
         let done = append(
-            &mut self.tx,
-            &self.db.sql,
+            self.tx().await?,
+            &db.sql,
             stream,
             expected,
             &events,
@@ -429,17 +551,20 @@ impl UnitOfWork for PgTx {
         from: StreamVersion,
         max: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let read = read_stream_in(&mut *self.tx, &self.db.sql, stream, from, max).await;
+        let db = self.db.clone();
+        let read = read_stream_in(self.tx().await?, &db.sql, stream, from, max).await;
         self.checked(read)
     }
 
     async fn load_snapshot(&mut self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        let loaded = load_snapshot_in(&mut *self.tx, &self.db.sql, stream).await;
+        let db = self.db.clone();
+        let loaded = load_snapshot_in(self.tx().await?, &db.sql, stream).await;
         self.checked(loaded)
     }
 
     async fn save_snapshot(&mut self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
-        let saved = save_snapshot_in(&mut *self.tx, &self.db.sql, stream, &snapshot).await;
+        let db = self.db.clone();
+        let saved = save_snapshot_in(self.tx().await?, &db.sql, stream, &snapshot).await;
         self.wrote = true;
         self.checked(saved)
     }
@@ -452,19 +577,21 @@ impl UnitOfWork for PgTx {
 #[async_trait]
 impl ConsumerTx for PgTx {
     async fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool> {
-        let found = sqlx::query_scalar(self.db.sql.inbox_contains.sql())
+        let db = self.db.clone();
+        let found = sqlx::query_scalar(db.sql.inbox_contains.sql())
             .bind(group.as_str())
             .bind(id.as_uuid())
-            .fetch_one(&mut *self.tx)
+            .fetch_one(self.tx().await?)
             .await;
         self.sqlx(found, "reading the inbox")
     }
 
     async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
-        let done = sqlx::query(self.db.sql.inbox_insert.sql())
+        let db = self.db.clone();
+        let done = sqlx::query(db.sql.inbox_insert.sql())
             .bind(group.as_str())
             .bind(id.as_uuid())
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         let done = self.sqlx(done, "writing the inbox")?;
         if done.rows_affected() == 0 {
@@ -483,32 +610,34 @@ impl ConsumerTx for PgTx {
     // consumer slowing down as its inbox grew). That costs one more round trip per unit; a
     // unit of one message uses the single-row statements instead.
     async fn inbox_seen(&mut self, group: &GroupName, ids: &[EventId]) -> Result<HashSet<EventId>> {
+        let db = self.db.clone();
         if let [id] = ids {
             let seen = self.inbox_contains(group, id).await?;
             return Ok(seen.then_some(*id).into_iter().collect());
         }
         let ids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
-        let found = sqlx::query_scalar(self.db.sql.inbox_seen.sql())
+        let found = sqlx::query_scalar(db.sql.inbox_seen.sql())
             .bind(group.as_str())
             .bind(&ids)
             .persistent(false)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.tx().await?)
             .await;
         let seen: Vec<uuid::Uuid> = self.sqlx(found, "reading the inbox")?;
         Ok(seen.into_iter().map(EventId::from_uuid).collect())
     }
 
     async fn inbox_insert_all(&mut self, group: &GroupName, ids: &[EventId]) -> Result<()> {
+        let db = self.db.clone();
         match ids {
             [] => return Ok(()),
             [id] => return self.inbox_insert(group, id).await,
             _ => {}
         }
         let uuids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
-        let done = sqlx::query(self.db.sql.inbox_insert_all.sql())
+        let done = sqlx::query(db.sql.inbox_insert_all.sql())
             .bind(group.as_str())
             .bind(&uuids)
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         let done = self.sqlx(done, "writing the inbox")?;
         if done.rows_affected() != ids.len() as u64 {
@@ -527,6 +656,7 @@ impl ConsumerTx for PgTx {
         group: &GroupName,
         keys: &[&str],
     ) -> Result<HashMap<String, DeadLetterId>> {
+        let db = self.db.clone();
         if let [key] = keys {
             let blocker = self.blocking_dead_letter(group, key).await?;
             return Ok(blocker
@@ -534,11 +664,11 @@ impl ConsumerTx for PgTx {
                 .into_iter()
                 .collect());
         }
-        let found = sqlx::query_as(self.db.sql.blocking_dead_letters.sql())
+        let found = sqlx::query_as(db.sql.blocking_dead_letters.sql())
             .bind(group.as_str())
             .bind(keys)
             .persistent(false)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.tx().await?)
             .await;
         let rows: Vec<(String, i64)> = self.sqlx(found, "looking for dead letters of keys")?;
         Ok(rows
@@ -548,9 +678,10 @@ impl ConsumerTx for PgTx {
     }
 
     async fn clear_inbox(&mut self, group: &GroupName) -> Result<u64> {
-        let done = sqlx::query(self.db.sql.clear_inbox.sql())
+        let db = self.db.clone();
+        let done = sqlx::query(db.sql.clear_inbox.sql())
             .bind(group.as_str())
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         let done = self.sqlx(done, "clearing an inbox")?;
         self.wrote = true;
@@ -562,17 +693,19 @@ impl ConsumerTx for PgTx {
         group: &GroupName,
         key: &str,
     ) -> Result<Option<DeadLetterId>> {
-        let found = sqlx::query_scalar(self.db.sql.blocking_dead_letter.sql())
+        let db = self.db.clone();
+        let found = sqlx::query_scalar(db.sql.blocking_dead_letter.sql())
             .bind(group.as_str())
             .bind(key)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.tx().await?)
             .await;
         let id: Option<i64> = self.sqlx(found, "looking for dead letters of a key")?;
         Ok(id.map(|id| DeadLetterId::new(id as u64)))
     }
 
     async fn insert_dead_letter(&mut self, letter: NewDeadLetter) -> Result<DeadLetterId> {
-        let inserted = sqlx::query_scalar(self.db.sql.insert_dead_letter.sql())
+        let db = self.db.clone();
+        let inserted = sqlx::query_scalar(db.sql.insert_dead_letter.sql())
             .bind(letter.group.as_str())
             .bind(letter.topic.as_str())
             .bind(i64::from(letter.partition.get()))
@@ -585,7 +718,7 @@ impl ConsumerTx for PgTx {
             .bind(i64::from(letter.attempts))
             .bind(letter.first_failed_at)
             .bind(letter.parked_behind.map(|id| id.get() as i64))
-            .fetch_one(&mut *self.tx)
+            .fetch_one(self.tx().await?)
             .await;
         let id: i64 = self.sqlx(inserted, "writing a dead letter")?;
         self.wrote = true;
@@ -593,9 +726,10 @@ impl ConsumerTx for PgTx {
     }
 
     async fn dead_letter(&mut self, id: DeadLetterId) -> Result<Option<DeadLetter>> {
-        let row = sqlx::query(self.db.sql.get_dead_letter.sql())
+        let db = self.db.clone();
+        let row = sqlx::query(db.sql.get_dead_letter.sql())
             .bind(id.get() as i64)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.tx().await?)
             .await;
         let row = self.sqlx(row, "reading a dead letter")?;
         row.as_ref()
@@ -608,10 +742,11 @@ impl ConsumerTx for PgTx {
         id: DeadLetterId,
         resolution: Resolution,
     ) -> Result<()> {
-        let done = sqlx::query(self.db.sql.resolve_dead_letter.sql())
+        let db = self.db.clone();
+        let done = sqlx::query(db.sql.resolve_dead_letter.sql())
             .bind(id.get() as i64)
             .bind(resolution.as_str())
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         let done = self.sqlx(done, "resolving a dead letter")?;
         if done.rows_affected() == 0 {
@@ -624,10 +759,11 @@ impl ConsumerTx for PgTx {
     }
 
     async fn record_dead_letter_failure(&mut self, id: DeadLetterId, reason: &str) -> Result<()> {
-        let done = sqlx::query(self.db.sql.dead_letter_failure.sql())
+        let db = self.db.clone();
+        let done = sqlx::query(db.sql.dead_letter_failure.sql())
             .bind(id.get() as i64)
             .bind(reason)
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         self.sqlx(done, "recording a dead letter failure")?;
         self.wrote = true;
@@ -635,11 +771,12 @@ impl ConsumerTx for PgTx {
     }
 
     async fn checkpoint(&mut self, name: &str) -> Result<Option<Position>> {
+        let db = self.db.clone();
         // Locked, so that a rebuild's reset commits before this read or after this unit,
         // never in between (where this unit's write would undo the reset).
-        let found = sqlx::query_scalar(self.db.sql.lock_checkpoint.sql())
+        let found = sqlx::query_scalar(db.sql.lock_checkpoint.sql())
             .bind(name)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.tx().await?)
             .await;
         let p: Option<i64> = self.sqlx(found, "reading a checkpoint")?;
         // Positions are u64 stored bit for bit in a bigint.
@@ -647,10 +784,11 @@ impl ConsumerTx for PgTx {
     }
 
     async fn set_checkpoint(&mut self, name: &str, position: Position) -> Result<()> {
-        let done = sqlx::query(self.db.sql.set_checkpoint.sql())
+        let db = self.db.clone();
+        let done = sqlx::query(db.sql.set_checkpoint.sql())
             .bind(name)
             .bind(position.get() as i64)
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         self.sqlx(done, "writing a checkpoint")?;
         self.wrote = true;
@@ -664,7 +802,7 @@ impl ConsumerTx for PgTx {
         self.flush().await?;
         let sql = format!("SAVEPOINT tributary_nested_{}", self.savepoints.len() + 1);
         let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         self.sqlx(done, "opening a savepoint")?;
         self.savepoints.push(self.docs.clone());
@@ -680,7 +818,7 @@ impl ConsumerTx for PgTx {
             self.savepoints.len()
         );
         let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         self.savepoints.pop();
         self.sqlx(done, "releasing a savepoint")?;
@@ -694,7 +832,7 @@ impl ConsumerTx for PgTx {
         let name = format!("tributary_nested_{}", self.savepoints.len() + 1);
         let sql = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
         let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *self.tx)
+            .execute(self.tx().await?)
             .await;
         self.sqlx(done, "rolling back a savepoint")?;
         // Back at the savepoint: whatever failed after it is undone, and the locks taken after

@@ -44,9 +44,9 @@ pub struct ConsumerConfig {
     /// How often old inbox entries are pruned.
     pub prune_every: Duration,
     /// Messages handled per transaction; `None` takes the database's choice
-    /// ([`Database::messages_per_unit`]). Raise it on PostgreSQL only if each handler touches
-    /// rows of its own message's key alone (keys never share a row across partitions):
-    /// otherwise transactions of two partitions deadlock on shared rows (retried, but slow).
+    /// ([`Database::messages_per_unit`]). A unit that loses a race for a document to another
+    /// partition's unit is run again at once with half its messages, down to one, so that
+    /// contention costs retries of small units, never a stall.
     pub messages_per_unit: Option<usize>,
 }
 

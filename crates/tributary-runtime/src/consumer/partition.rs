@@ -125,6 +125,10 @@ async fn handle_all(
         .messages_per_unit
         .unwrap_or_else(|| ctx.db.messages_per_unit())
         .max(1);
+    // Halved when a unit loses a race to another partition's unit, doubled again (up to
+    // `per_unit`) after each unit that commits: contention costs retries of small units.
+    let mut size = per_unit;
+    let mut races = 0;
     // After a unit failed at a message: the end of the unit that redoes the messages before
     // it, and the failure to deal with once they are committed.
     let mut redo_until = None;
@@ -134,7 +138,7 @@ async fn handle_all(
     let mut one_by_one_until = 0;
     while next < deliveries.len() {
         let end = redo_until.take().unwrap_or_else(|| {
-            let size = if next < one_by_one_until { 1 } else { per_unit };
+            let size = if next < one_by_one_until { 1 } else { size };
             deliveries.len().min(next + size)
         });
         match run_unit(ctx, &deliveries, next, end).await {
@@ -144,6 +148,8 @@ async fn handle_all(
             }) => {
                 next += done;
                 store_failures = 0;
+                races = 0;
+                size = (size * 2).min(per_unit);
                 if let Some(failure) = failed_next.take() {
                     retry_one(ctx, &deliveries, next, failure, retry).await?;
                     next += 1;
@@ -190,6 +196,17 @@ async fn handle_all(
                     }
                 }
             }
+            Err(e) if lost_race(&e) => {
+                // Another unit changed a document (or a stream) this one read: nothing of it
+                // was written. Not a failure of anything: run again, smaller, at once (after
+                // a few races in a row, with a short jittered pause).
+                races += 1;
+                size = ((end - next) / 2).max(1);
+                tracing::debug!(group = %ctx.group, races, size, error = %e, "a unit lost a race; running it again");
+                if races > 3 {
+                    retry.nap(ctx.config.backoff.delay(races - 3)).await?;
+                }
+            }
             Err(e) => {
                 // The transaction itself failed (database busy, disk full): nothing of it was
                 // written. Try the same deliveries again; an operator may have to fix the
@@ -203,6 +220,11 @@ async fn handle_all(
     }
     ctx.health.set(HealthState::Running);
     Ok(())
+}
+
+/// Whether a unit failed because another unit won a race for a document or a stream.
+fn lost_race(e: &Error) -> bool {
+    matches!(e, Error::DocumentConflict { .. } | Error::Conflict { .. })
 }
 
 /// Retries the delivery at `index`, which just failed for the first time, until it succeeds,
@@ -253,7 +275,9 @@ async fn retry_one(
                     "the database refused what the handler wrote: {reason}"
                 ));
             }
-            // A store failure is not the message's fault: do not count it.
+            // A lost race is nobody's failure; a store failure is not the message's: neither
+            // counts as an attempt.
+            Err(e) if lost_race(&e) => {}
             Err(e) => retry.degraded("handling a message", &e),
         }
     }

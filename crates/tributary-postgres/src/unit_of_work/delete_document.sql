@@ -1,1 +1,0 @@
-DELETE FROM __SCHEMA__.documents WHERE collection = $1 AND id = $2
