@@ -305,10 +305,26 @@ pub struct RowImage {
 }
 
 impl RowImage {
-    fn from_row(row: BinlogRow, columns: usize) -> Self {
+    fn from_row(row: BinlogRow, table: &TableInfo) -> Self {
         let mut row = row;
-        let values = (0..columns)
-            .map(|i| row.take(i).map(BinlogValue::into_owned))
+        let values = table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                row.take(i).map(BinlogValue::into_owned).map(|value| match value {
+                    // mysql_common reads a signed MEDIUMINT without sign extension (-1 comes
+                    // out as 16777215): extend it here.
+                    BinlogValue::Value(MyValue::Int(v))
+                        if column.column_type == ColumnType::MYSQL_TYPE_INT24
+                            && !column.unsigned
+                            && v > 0x7f_ffff =>
+                    {
+                        BinlogValue::Value(MyValue::Int(v - 0x100_0000))
+                    }
+                    other => other,
+                })
+            })
             .collect();
         RowImage { values }
     }
@@ -501,14 +517,13 @@ impl BinlogDecoder {
                 table.columns.len()
             )));
         }
-        let columns = table.columns.len();
         let images = fence("rows", || {
             let mut out = Vec::new();
             for row in rows.rows(&table.event) {
                 let (before, after) = row.map_err(|e| BinlogError::decode(format!("row: {e}")))?;
                 out.push((
-                    before.map(|r| RowImage::from_row(r, columns)),
-                    after.map(|r| RowImage::from_row(r, columns)),
+                    before.map(|r| RowImage::from_row(r, &table)),
+                    after.map(|r| RowImage::from_row(r, &table)),
                 ));
             }
             Ok::<_, BinlogError>(out)
