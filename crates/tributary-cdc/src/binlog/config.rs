@@ -20,7 +20,9 @@ pub struct BinlogConfig {
     /// The capture's identity: its state row, its lease and its event ids. One running
     /// capture per name (`tributary cdc --slot`).
     pub capture: String,
-    /// The replica id the capture registers with; unique among the server's replicas.
+    /// The replica id the capture registers with; unique among the server's replicas (a
+    /// server drops the older of two replicas with the same id). Derived from the capture's
+    /// name by [`with_capture`](Self::with_capture).
     pub server_id: u32,
     /// Table changes.
     pub tables: Option<TableCapture>,
@@ -61,6 +63,16 @@ impl Default for BinlogConfig {
     }
 }
 
+/// A replica server id for a capture: FNV-1a of its database and name, in the upper half of
+/// the id space (where hand-picked server ids rarely are).
+fn server_id_for(capture: &str, database: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in database.bytes().chain([0]).chain(capture.bytes()) {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    hash | 0x8000_0000
+}
+
 impl BinlogConfig {
     pub fn with_url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
@@ -72,6 +84,7 @@ impl BinlogConfig {
     }
     pub fn with_capture(mut self, capture: impl Into<String>) -> Self {
         self.capture = capture.into();
+        self.server_id = server_id_for(&self.capture, self.database().as_deref().unwrap_or(""));
         self
     }
     pub fn with_server_id(mut self, server_id: u32) -> Self {

@@ -333,8 +333,13 @@ impl RowImage {
 /// A decoded event, in the terms the capture needs.
 #[derive(Debug)]
 pub enum BinlogEvent {
-    /// The stream continues in `file` at `offset` (real or fake rotate).
-    Rotate { file: String, offset: u64 },
+    /// The stream continues in `file` (raw bytes) at `offset` (real or fake rotate). A fake
+    /// rotate that comes before the stream's first format description still carries its
+    /// checksum in the name (nothing said yet that there is one): see
+    /// [`BinlogEvent::FormatDescription`].
+    Rotate { file: Vec<u8>, offset: u64 },
+    /// A format description: whether events carry a CRC32 checksum.
+    FormatDescription { checksum: bool },
     /// A MariaDB transaction (or standalone statement) starts.
     Gtid { gtid: MariaGtid, standalone: bool },
     /// MariaDB's state at the start of a binlog file.
@@ -462,8 +467,16 @@ impl BinlogDecoder {
             .map_err(|e| BinlogError::decode(format!("event type {event_type}: {e}")))?;
         let event = match parsed {
             Some(EventData::RotateEvent(rotate)) => BinlogEvent::Rotate {
-                file: rotate.name().into_owned(),
+                file: rotate.name_raw().to_vec(),
                 offset: rotate.position(),
+            },
+            Some(EventData::FormatDescriptionEvent(fde)) => BinlogEvent::FormatDescription {
+                checksum: fde
+                    .footer()
+                    .get_checksum_alg()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|alg| alg as u8 != 0),
             },
             Some(EventData::TableMapEvent(map)) => {
                 let info = Arc::new(TableInfo::new(map.into_owned())?);

@@ -255,7 +255,19 @@ pub(crate) fn text_value_json(column: &Column, value: &Value) -> String {
             Ok(v) => out.push_str(&v.to_string()),
             Err(_) => write_json_string(&String::from_utf8_lossy(bytes), &mut out),
         },
-        _ if binary && !column.flags().contains(ColumnFlags::ENUM_FLAG) => {
+        ColumnType::MYSQL_TYPE_STRING
+        | ColumnType::MYSQL_TYPE_VAR_STRING
+        | ColumnType::MYSQL_TYPE_VARCHAR
+        | ColumnType::MYSQL_TYPE_BLOB
+        | ColumnType::MYSQL_TYPE_TINY_BLOB
+        | ColumnType::MYSQL_TYPE_MEDIUM_BLOB
+        | ColumnType::MYSQL_TYPE_LONG_BLOB
+        | ColumnType::MYSQL_TYPE_GEOMETRY
+            if binary
+                && !column
+                    .flags()
+                    .intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG) =>
+        {
             out.push_str("\"\\\\x");
             for b in bytes {
                 out.push_str(&format!("{b:02x}"));

@@ -201,7 +201,7 @@ impl BinlogSource {
         reader.handed = None;
         drop(reader);
         if let Some(conn) = self.inner.control.lock().await.take() {
-            let _ = conn.disconnect().await;
+            disconnect(conn).await;
         }
     }
 
@@ -622,13 +622,13 @@ impl RelaySource for BinlogSource {
             reader.handed = None;
         }
         if let Some(old) = self.inner.control.lock().await.take() {
-            let _ = old.disconnect().await;
+            disconnect(old).await;
         }
         let config = &self.inner.config;
         let acquired = async {
             let mut conn = state::connect(&config.url).await?;
             if !state::try_lock(&mut conn, &config.capture).await? {
-                let _ = conn.disconnect().await;
+                disconnect(conn).await;
                 return Ok(None);
             }
             self.inner.state.ensure_table(&mut conn).await?;
@@ -754,6 +754,11 @@ async fn keep_lease(inner: Weak<Inner>, epoch: u64) {
     }
 }
 
+/// Says goodbye to the server, but never waits long for a connection that may be dead.
+async fn disconnect(conn: Conn) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.disconnect()).await;
+}
+
 fn lease_lost() -> BinlogError {
     BinlogError::Unavailable {
         reason: "the capture's lease (control connection) was lost".into(),
@@ -786,14 +791,14 @@ pub async fn resnapshot_binlog(config: &BinlogConfig) -> Result<()> {
     let source = BinlogSource::new(config.clone())?;
     let mut conn = state::connect(&config.url).await?;
     if !state::try_lock(&mut conn, &config.capture).await? {
-        let _ = conn.disconnect().await;
+        disconnect(conn).await;
         return Err(BinlogError::LeaseHeld {
             capture: config.capture.clone(),
         });
     }
     source.inner.state.ensure_table(&mut conn).await?;
     let result = source.inner.state.forget(&mut conn).await;
-    let _ = conn.disconnect().await;
+    disconnect(conn).await;
     result
 }
 
@@ -836,7 +841,7 @@ pub async fn binlog_lag(config: &BinlogConfig) -> Result<BinlogLag> {
     let stored_at: Option<String> = mysql_async::prelude::Queryable::query_first(&mut conn, &sql)
         .await
         .map_err(|e| BinlogError::driver(&sql, e))?;
-    let _ = conn.disconnect().await;
+    disconnect(conn).await;
     let bytes = stored.as_ref().and_then(|s| {
         let start = files.iter().position(|(f, _)| f == &s.file)?;
         let end = files.iter().position(|(f, _)| f == &current.file)?;

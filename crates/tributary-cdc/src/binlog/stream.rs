@@ -163,6 +163,8 @@ pub(crate) async fn run(
         shared,
         capture: settings.capture.clone(),
         captured_names: Vec::new(),
+        seen_format: false,
+        pending_rotate: None,
     };
     reader.captured_names = reader.mapper.captured_names();
     let max = settings.batch_size.max(1);
@@ -234,6 +236,9 @@ struct Reader {
     shared: Arc<Shared>,
     capture: String,
     captured_names: Vec<String>,
+    /// Whether this session's format description was read.
+    seen_format: bool,
+    pending_rotate: Option<Vec<u8>>,
 }
 
 impl Reader {
@@ -329,10 +334,25 @@ impl Reader {
         self.ordinal += 1;
         match &decoded.event {
             BinlogEvent::Rotate { file, offset } => {
-                self.position.file.clone_from(file);
+                if self.seen_format {
+                    self.position.file = String::from_utf8_lossy(file).into_owned();
+                } else {
+                    // The checksum, if any, is still part of the name: decided at the format
+                    // description that follows.
+                    self.pending_rotate = Some(file.clone());
+                }
                 if decoded.log_pos == 0 || self.assembler.open.is_none() {
                     self.position.offset = *offset;
                 }
+            }
+            BinlogEvent::FormatDescription { checksum } => {
+                if let Some(mut name) = self.pending_rotate.take() {
+                    if *checksum {
+                        name.truncate(name.len().saturating_sub(4));
+                    }
+                    self.position.file = String::from_utf8_lossy(&name).into_owned();
+                }
+                self.seen_format = true;
             }
             BinlogEvent::Gtid { gtid, standalone } => {
                 if self.position.gtids.is_none() {

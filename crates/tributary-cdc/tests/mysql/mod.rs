@@ -333,3 +333,125 @@ pub fn binlog_bytes(path: &Path) -> Result<Vec<u8>> {
     anyhow::ensure!(bytes.starts_with(b"\xfebin"), "{} is not a binlog", path.display());
     Ok(bytes[4..].to_vec())
 }
+
+/// The embedded broker in a temporary directory.
+pub fn broker(dir: &tempfile::TempDir) -> Result<std::sync::Arc<tributary_sqlite::SqliteBroker>> {
+    Ok(std::sync::Arc::new(tributary_sqlite::SqliteBroker::open(
+        dir.path().join("broker.db"),
+        tributary_sqlite::SqliteBrokerConfig::default().with_default_partitions(4),
+    )?))
+}
+
+/// Everything the broker stored on `topic`, partition by partition, in offset order.
+pub async fn read_topic(
+    broker: &dyn tributary_core::Broker,
+    topic: &str,
+) -> Result<Vec<tributary_core::Delivery>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tributary_core::{GroupName, Partition, Topic};
+    static READERS: AtomicU64 = AtomicU64::new(0);
+    let topic = Topic::new(topic)?;
+    let group = GroupName::new(format!("check-{}", READERS.fetch_add(1, Ordering::Relaxed)))?;
+    let mut out = Vec::new();
+    for partition in 0..broker.partitions(&topic).await.unwrap_or(0) {
+        let mut consumer = broker
+            .consume(&group, &topic, Partition::new(partition))
+            .await?;
+        loop {
+            let batch = consumer.fetch(1000, Duration::from_millis(1)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            out.extend(batch);
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until `topic` holds at least `count` messages, and returns them.
+pub async fn wait_for(
+    broker: &dyn tributary_core::Broker,
+    topic: &str,
+    count: usize,
+) -> Result<Vec<tributary_core::Delivery>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = read_topic(broker, topic).await.unwrap_or_default();
+        if stored.len() >= count {
+            return Ok(stored);
+        }
+        if Instant::now() > deadline {
+            bail!("{topic} holds {} messages, expected {count}", stored.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn envelope(delivery: &tributary_core::Delivery) -> tributary_core::Envelope {
+    tributary_core::Envelope::from_json(&delivery.payload).expect("a CloudEvents envelope")
+}
+
+/// A binlog capture publishing in the background.
+pub struct Running {
+    pub source: std::sync::Arc<tributary_cdc::BinlogSource>,
+    token: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tributary_cdc::BinlogError>>,
+}
+
+impl Running {
+    pub fn start(
+        config: tributary_cdc::BinlogConfig,
+        broker: std::sync::Arc<dyn tributary_core::Broker>,
+    ) -> Result<Self> {
+        let source = std::sync::Arc::new(tributary_cdc::BinlogSource::new(config)?);
+        let token = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(std::sync::Arc::clone(&source).run(broker, token.clone()));
+        Ok(Running {
+            source,
+            token,
+            task,
+        })
+    }
+
+    pub async fn stop(self) -> Result<Result<(), tributary_cdc::BinlogError>> {
+        self.token.cancel();
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .context("the capture did not stop")??)
+    }
+
+    /// Waits for the capture to end on its own (a fatal error).
+    pub async fn ended(self, within: Duration) -> Result<Result<(), tributary_cdc::BinlogError>> {
+        Ok(tokio::time::timeout(within, self.task)
+            .await
+            .context("the capture kept running")??)
+    }
+}
+
+/// The capture settings of the tests: short intervals, a capture named `cdc`.
+pub fn config(url: &str) -> tributary_cdc::BinlogConfig {
+    tributary_cdc::BinlogConfig::default()
+        .with_url(url)
+        .with_name("test-capture")
+        .with_capture("cdc")
+        .with_server_id(rand::random::<u32>() | 0x4000_0000)
+        .with_heartbeat_interval(Some(Duration::from_millis(300)))
+        .with_lease_check_interval(Duration::from_millis(100))
+        .with_idle_wait(Duration::from_millis(100))
+}
+
+/// Waits until the capture's state row says it streams.
+pub async fn wait_streaming(sql: impl Fn(&str) -> Result<String>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = sql("SELECT status FROM tributary_cdc_binlog WHERE capture = 'cdc'")
+            .unwrap_or_default();
+        if status == "streaming" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the capture did not start streaming (status {status:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
