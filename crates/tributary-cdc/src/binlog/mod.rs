@@ -119,6 +119,7 @@
 //! The lease is a named lock (`GET_LOCK('tributary-cdc:<capture>')`) held by the control
 //! connection, checked every [`BinlogConfig::lease_check_interval`]; a standby polls for it.
 
+pub mod bench;
 pub mod decode;
 
 mod config;

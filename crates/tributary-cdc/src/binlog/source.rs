@@ -78,6 +78,8 @@ enum Phase {
 
 struct Streaming {
     batches: mpsc::Receiver<Result<ReadyBatch>>,
+    /// A batch taken off the channel that did not fit into the last one handed out.
+    peeked: Option<ReadyBatch>,
     task: JoinHandle<()>,
     shared: Arc<Shared>,
 }
@@ -94,6 +96,8 @@ enum Handed {
         outbox_ids: Vec<u64>,
         commit_time: Option<DateTime<Utc>>,
         messages: usize,
+        /// Decoded batches merged into this one.
+        batches: usize,
     },
     Snapshot {
         rows: usize,
@@ -247,25 +251,53 @@ impl BinlogSource {
                 }
                 Phase::Streaming(streaming) => {
                     let wait = self.inner.config.idle_wait;
-                    let received = tokio::select! {
-                        biased;
-                        () = self.inner.stop.cancelled() => return Ok(None),
-                        received = tokio::time::timeout(wait, streaming.batches.recv()) => received,
-                    };
-                    let batch = match received {
-                        Err(_) => return Ok(None),
-                        Ok(None) => {
-                            return Err(BinlogError::Unavailable {
-                                reason: "the binlog reader stopped".into(),
-                            });
+                    let first = match streaming.peeked.take() {
+                        Some(batch) => batch,
+                        None => {
+                            let received = tokio::select! {
+                                biased;
+                                () = self.inner.stop.cancelled() => return Ok(None),
+                                received = tokio::time::timeout(wait, streaming.batches.recv()) => received,
+                            };
+                            match received {
+                                Err(_) => return Ok(None),
+                                Ok(None) => {
+                                    return Err(BinlogError::Unavailable {
+                                        reason: "the binlog reader stopped".into(),
+                                    });
+                                }
+                                Ok(Some(batch)) => batch?,
+                            }
                         }
-                        Ok(Some(batch)) => batch?,
                     };
+                    // Batches that queued up while the broker had the previous one go out
+                    // together: a queue of small batches would add a round trip each.
+                    let max = self.inner.config.batch_size.max(1);
+                    let mut batch = first;
+                    let mut merged = 1;
+                    while batch.messages.len() < max {
+                        let Ok(next) = streaming.batches.try_recv() else {
+                            break;
+                        };
+                        let next = next?;
+                        if batch.messages.len() + next.messages.len() > max {
+                            streaming.peeked = Some(next);
+                            break;
+                        }
+                        batch.messages.extend(next.messages);
+                        batch.outbox_ids.extend(next.outbox_ids);
+                        if next.end.is_some() {
+                            batch.end = next.end;
+                            batch.commit_time = next.commit_time;
+                        }
+                        merged += 1;
+                    }
                     reader.handed = Some(Handed::Stream {
                         end: batch.end,
                         outbox_ids: batch.outbox_ids,
                         commit_time: batch.commit_time,
                         messages: batch.messages.len(),
+                        batches: merged,
                     });
                     return Ok(Some(SourceBatch {
                         messages: batch.messages,
@@ -355,6 +387,7 @@ impl BinlogSource {
         tracing::info!(capture, from = %position, "streaming the binlog");
         reader.phase = Phase::Streaming(Streaming {
             batches: rx,
+            peeked: None,
             task,
             shared,
         });
@@ -486,16 +519,18 @@ impl BinlogSource {
                 outbox_ids,
                 commit_time,
                 messages,
+                batches,
             } => {
-                if let Phase::Streaming(streaming) = &reader.phase {
-                    streaming.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-                }
                 if let Some((ordinal, position)) = end {
                     self.store(ordinal, &position).await?;
                     let mut progress = lock(&self.inner.progress);
                     if commit_time.is_some() {
                         progress.last_commit = commit_time;
                     }
+                }
+                // Only now: an idle position read while these were in flight is not stored.
+                if let Phase::Streaming(streaming) = &reader.phase {
+                    streaming.shared.in_flight.fetch_sub(batches, Ordering::SeqCst);
                 }
                 self.delete_published(&outbox_ids).await;
                 lock(&self.inner.progress).published += messages as u64;
