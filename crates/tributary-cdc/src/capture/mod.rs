@@ -149,6 +149,7 @@ mod error;
 pub(crate) mod ids;
 mod lag;
 pub(crate) mod mapping;
+mod pipeline;
 mod snapshot;
 mod source;
 mod state;
