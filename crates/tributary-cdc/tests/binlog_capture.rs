@@ -14,7 +14,9 @@ use tributary_cdc::BinlogError;
 use tributary_cdc::capture::{OutboxCapture, TableCapture};
 use tributary_core::Envelope;
 
-use mysql::{PrivateMariaDb, Running, TestDb, broker, config, envelope, read_topic, wait_for, wait_streaming};
+use mysql::{
+    PrivateMariaDb, Running, TestDb, broker, config, envelope, read_topic, wait_for, wait_streaming,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_after_a_restart()
@@ -24,8 +26,10 @@ async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_aft
     ) else {
         return Ok(());
     };
-    db.sql("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(20), total DECIMAL(10,2));
-            CREATE TABLE other (id INT PRIMARY KEY);")?;
+    db.sql(
+        "CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(20), total DECIMAL(10,2));
+            CREATE TABLE other (id INT PRIMARY KEY);",
+    )?;
     let dir = tempfile::tempdir()?;
     let broker = broker(&dir)?;
     let base = config(&db.url());
@@ -70,11 +74,20 @@ async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_aft
         .context("update")?
         .data
         .to_value();
-    assert_eq!(update["old"], json!({"id": 1, "customer": "acme", "total": "10.50"}));
-    assert_eq!(update["new"], json!({"id": 1, "customer": "acme", "total": "11.00"}));
+    assert_eq!(
+        update["old"],
+        json!({"id": 1, "customer": "acme", "total": "10.50"})
+    );
+    assert_eq!(
+        update["new"],
+        json!({"id": 1, "customer": "acme", "total": "11.00"})
+    );
     assert_eq!(update["key"], json!({"id": 1}));
     assert_eq!(update["schema"], json!(db.name));
-    let gtid = update["transaction"]["gtid"].as_str().context("gtid")?.to_owned();
+    let gtid = update["transaction"]["gtid"]
+        .as_str()
+        .context("gtid")?
+        .to_owned();
     let mut indexes: Vec<u64> = events
         .iter()
         .map(|e| e.data.to_value())
@@ -82,7 +95,11 @@ async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_aft
         .map(|d| d["transaction"]["index"].as_u64().unwrap_or(99))
         .collect();
     indexes.sort();
-    assert_eq!(indexes, vec![0, 1, 2, 3, 4], "the other table's row takes no index");
+    assert_eq!(
+        indexes,
+        vec![0, 1, 2, 3, 4],
+        "the other table's row takes no index"
+    );
     let ids: HashSet<_> = events.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), 6);
     running.stop().await??;
@@ -93,7 +110,12 @@ async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_aft
     let stored = wait_for(broker.as_ref(), "orders", 7).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = read_topic(broker.as_ref(), "orders").await?;
-    assert_eq!(again.len(), 7, "resumed exactly after the stored position: {}", stored.len());
+    assert_eq!(
+        again.len(),
+        7,
+        "resumed exactly after the stored position: {}",
+        stored.len()
+    );
     running.stop().await??;
 
     // Forgetting the position and reading the same binlog again gives the same ids.
@@ -104,9 +126,9 @@ async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_aft
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_rows_any_client_wrote_are_published_as_written_and_deleted_after() -> Result<()> {
-    let Some(db) =
-        TestDb::create_or_skip("outbox_rows_any_client_wrote_are_published_as_written_and_deleted_after")
-    else {
+    let Some(db) = TestDb::create_or_skip(
+        "outbox_rows_any_client_wrote_are_published_as_written_and_deleted_after",
+    ) else {
         return Ok(());
     };
     db.sql(
@@ -139,7 +161,10 @@ async fn outbox_rows_any_client_wrote_are_published_as_written_and_deleted_after
     assert_eq!(stored[0].payload, envelope_a.as_bytes());
     assert_eq!(stored[1].payload, br#"{"plain": true}"#);
     assert_eq!(
-        stored.iter().map(|d| d.id.map(|i| i.to_string())).collect::<Vec<_>>(),
+        stored
+            .iter()
+            .map(|d| d.id.map(|i| i.to_string()))
+            .collect::<Vec<_>>(),
         vec![
             Some("0190f5a4-0000-7000-8000-000000000001".to_owned()),
             Some("0190f5a4-0000-7000-8000-000000000002".to_owned())
@@ -147,11 +172,18 @@ async fn outbox_rows_any_client_wrote_are_published_as_written_and_deleted_after
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while db.sql("SELECT COUNT(*) FROM outbox")? != "0" {
-        ensure!(std::time::Instant::now() < deadline, "published rows were not deleted");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "published rows were not deleted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(read_topic(broker.as_ref(), "Order").await?.len(), 2, "deletes publish nothing");
+    assert_eq!(
+        read_topic(broker.as_ref(), "Order").await?.len(),
+        2,
+        "deletes publish nothing"
+    );
     running.stop().await??;
     Ok(())
 }
@@ -171,7 +203,9 @@ async fn the_snapshot_and_the_stream_meet_without_gap_or_double() -> Result<()> 
     let base = config(&db.url());
     let cfg = base
         .clone()
-        .with_tables(TableCapture::only(vec![base.table("items").with_snapshot(true)]))
+        .with_tables(TableCapture::only(vec![
+            base.table("items").with_snapshot(true),
+        ]))
         .with_batch_size(10);
     let running = Running::start(cfg, broker.clone())?;
     wait_streaming(|q| db.sql(q)).await?;
@@ -181,7 +215,10 @@ async fn the_snapshot_and_the_stream_meet_without_gap_or_double() -> Result<()> 
     let stored_after = read_topic(broker.as_ref(), "items").await?;
     assert_eq!(stored_after.len(), 27, "{}", stored.len());
     let events: Vec<Envelope> = stored_after.iter().map(envelope).collect();
-    let snapshots = events.iter().filter(|e| e.event_type == "items.snapshot").count();
+    let snapshots = events
+        .iter()
+        .filter(|e| e.event_type == "items.snapshot")
+        .count();
     assert_eq!(snapshots, 25);
     let first = events
         .iter()
@@ -200,7 +237,10 @@ async fn the_snapshot_and_the_stream_meet_without_gap_or_double() -> Result<()> 
         .context("update")?
         .data
         .to_value();
-    assert_eq!(update["old"], first["new"], "stream and snapshot agree on every value");
+    assert_eq!(
+        update["old"], first["new"],
+        "stream and snapshot agree on every value"
+    );
     running.stop().await??;
     Ok(())
 }
@@ -212,55 +252,84 @@ async fn capture_on(
 ) -> Result<(Running, std::sync::Arc<tributary_sqlite::SqliteBroker>)> {
     let broker = broker(dir)?;
     let base = config(&server.url("test"));
-    let cfg = base.clone().with_tables(TableCapture::only(vec![base.table("t")]));
+    let cfg = base
+        .clone()
+        .with_tables(TableCapture::only(vec![base.table("t")]));
     let running = Running::start(cfg, broker.clone())?;
     wait_streaming(|q| server.sql("test", q)).await?;
     Ok((running, broker))
 }
 
 fn says_resnapshot(error: &BinlogError) -> bool {
-    error.to_string().contains("tributary cdc --resnapshot --slot cdc")
+    error
+        .to_string()
+        .contains("tributary cdc --resnapshot --slot cdc")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guards_stop_the_capture_loudly_with_the_operator_command() -> Result<()> {
-    let Some(mut server) =
-        PrivateMariaDb::start_or_skip("guards_stop_the_capture_loudly_with_the_operator_command", &[])
-    else {
+    let Some(mut server) = PrivateMariaDb::start_or_skip(
+        "guards_stop_the_capture_loudly_with_the_operator_command",
+        &[],
+    ) else {
         return Ok(());
     };
-    server.sql("test", "CREATE TABLE t (id INT PRIMARY KEY, v INT); CREATE TABLE idle (id INT);")?;
+    server.sql(
+        "test",
+        "CREATE TABLE t (id INT PRIMARY KEY, v INT); CREATE TABLE idle (id INT);",
+    )?;
     let dir = tempfile::tempdir()?;
 
     // An idle capture's stored position keeps moving with other tables' transactions.
     let (running, broker) = capture_on(&server, &dir).await?;
     server.sql("test", "INSERT INTO t VALUES (1, 1);")?;
     wait_for(broker.as_ref(), "t", 1).await?;
-    let stored = || server.sql("test", "SELECT gtid_position FROM tributary_cdc_binlog WHERE capture = 'cdc'");
+    let stored = || {
+        server.sql(
+            "test",
+            "SELECT gtid_position FROM tributary_cdc_binlog WHERE capture = 'cdc'",
+        )
+    };
     let before = stored()?;
-    server.sql("test", "INSERT INTO idle VALUES (1); INSERT INTO idle VALUES (2);")?;
+    server.sql(
+        "test",
+        "INSERT INTO idle VALUES (1); INSERT INTO idle VALUES (2);",
+    )?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while stored()? == before {
-        ensure!(std::time::Instant::now() < deadline, "the idle capture's position did not move from {before}");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the idle capture's position did not move from {before}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // A session that logs a captured table's change as a statement.
-    server.sql("test", "SET SESSION binlog_format = 'STATEMENT'; INSERT INTO t VALUES (2, 2);")?;
+    server.sql(
+        "test",
+        "SET SESSION binlog_format = 'STATEMENT'; INSERT INTO t VALUES (2, 2);",
+    )?;
     let ended = running.ended(Duration::from_secs(20)).await?;
     match ended {
-        Err(error @ BinlogError::CannotFollow { .. }) => assert!(says_resnapshot(&error), "{error}"),
+        Err(error @ BinlogError::CannotFollow { .. }) => {
+            assert!(says_resnapshot(&error), "{error}")
+        }
         other => panic!("a statement-logged change must stop the capture: {other:?}"),
     }
 
     // binlog_format = STATEMENT for everyone.
     server.sql("test", "SET GLOBAL binlog_format = 'STATEMENT';")?;
     let base = config(&server.url("test"));
-    let cfg = base.clone().with_tables(TableCapture::only(vec![base.table("t")]));
+    let cfg = base
+        .clone()
+        .with_tables(TableCapture::only(vec![base.table("t")]));
     let running = Running::start(cfg.clone(), broker.clone())?;
     match running.ended(Duration::from_secs(20)).await? {
         Err(error @ BinlogError::ServerSettings { .. }) => {
-            assert!(says_resnapshot(&error) && error.to_string().contains("binlog_format"), "{error}");
+            assert!(
+                says_resnapshot(&error) && error.to_string().contains("binlog_format"),
+                "{error}"
+            );
         }
         other => panic!("binlog_format=STATEMENT must stop the capture: {other:?}"),
     }
@@ -279,7 +348,9 @@ async fn guards_stop_the_capture_loudly_with_the_operator_command() -> Result<()
     server.sql("", &format!("PURGE BINARY LOGS TO '{file}'"))?;
     let running = Running::start(cfg.clone(), broker.clone())?;
     match running.ended(Duration::from_secs(20)).await? {
-        Err(error @ BinlogError::BinlogPurged { .. }) => assert!(says_resnapshot(&error), "{error}"),
+        Err(error @ BinlogError::BinlogPurged { .. }) => {
+            assert!(says_resnapshot(&error), "{error}")
+        }
         other => panic!("a purged binlog must stop the capture: {other:?}"),
     }
     tributary_cdc::resnapshot_binlog(&cfg).await?;
@@ -290,8 +361,15 @@ async fn guards_stop_the_capture_loudly_with_the_operator_command() -> Result<()
     server.sql("test", "INSERT INTO t VALUES (10, 10);")?;
     let running = Running::start(cfg.clone(), broker.clone())?;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !read_topic(broker.as_ref(), "t").await?.iter().any(|d| envelope(d).subject.as_deref() == Some("10")) {
-        ensure!(std::time::Instant::now() < deadline, "the change after a resume never arrived");
+    while !read_topic(broker.as_ref(), "t")
+        .await?
+        .iter()
+        .any(|d| envelope(d).subject.as_deref() == Some("10"))
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the change after a resume never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.stop().await??;
@@ -303,7 +381,9 @@ async fn guards_stop_the_capture_loudly_with_the_operator_command() -> Result<()
     )?;
     let running = Running::start(cfg.clone(), broker.clone())?;
     match running.ended(Duration::from_secs(20)).await? {
-        Err(error @ BinlogError::GtidDomainChanged { .. }) => assert!(says_resnapshot(&error), "{error}"),
+        Err(error @ BinlogError::GtidDomainChanged { .. }) => {
+            assert!(says_resnapshot(&error), "{error}")
+        }
         other => panic!("a new GTID domain must stop the capture: {other:?}"),
     }
     server.kill();

@@ -82,7 +82,9 @@ fn worker_config(url: &str) -> BinlogConfig {
         .with_name("crash-capture")
         .with_capture("cdc");
     base.clone()
-        .with_tables(TableCapture::only(vec![base.table("ledger").with_key_columns(["k"])]))
+        .with_tables(TableCapture::only(vec![
+            base.table("ledger").with_key_columns(["k"]),
+        ]))
         .with_batch_size(BATCH)
         .with_heartbeat_interval(Some(Duration::from_millis(300)))
         .with_lease_check_interval(Duration::from_millis(200))
@@ -282,22 +284,36 @@ async fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Re
         if stored >= rows {
             break;
         }
-        ensure!(Instant::now() < deadline, "the capture did not catch up: {stored} of {rows}");
+        ensure!(
+            Instant::now() < deadline,
+            "the capture did not catch up: {stored} of {rows}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     recovering.kill();
 
     let mut check = DeliveryCheck::default();
-    for line in db.sql("SELECT CONCAT(k, ' ', seq) FROM ledger ORDER BY id")?.lines() {
+    for line in db
+        .sql("SELECT CONCAT(k, ' ', seq) FROM ledger ORDER BY id")?
+        .lines()
+    {
         let (key, seq) = line.split_once(' ').context("k seq")?;
-        check.committed.entry(key.to_owned()).or_default().push(seq.parse()?);
+        check
+            .committed
+            .entry(key.to_owned())
+            .or_default()
+            .push(seq.parse()?);
     }
     let stored = read_topic(broker.as_ref(), "ledger").await?;
     for delivery in &stored {
         let data = envelope(delivery).data.to_value();
         let seq = data["new"]["seq"].as_u64().context("seq")?;
-        check.applied.entry(delivery.key.clone()).or_default().push(seq);
+        check
+            .applied
+            .entry(delivery.key.clone())
+            .or_default()
+            .push(seq);
     }
     let report = check.report();
 
@@ -332,9 +348,15 @@ async fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Re
         kills = ROUNDS + 1,
     );
     ensure!(report.is_clean(), "{report}");
-    assert_eq!(report.committed as u64, rows, "the producer's rows are all in the table");
+    assert_eq!(
+        report.committed as u64, rows,
+        "the producer's rows are all in the table"
+    );
     assert_eq!(stored.len(), report.committed, "stored once each");
-    ensure!(mid_big_kills >= ROUNDS / 4, "kills landed in the big transaction");
+    ensure!(
+        mid_big_kills >= ROUNDS / 4,
+        "kills landed in the big transaction"
+    );
     // What a kill makes the next run publish again is the transaction in flight: a small
     // batch's worth, or (part of, at most all of) the big one when its end was not stored yet.
     // The batches decoded ahead were never published, so they are not copies.

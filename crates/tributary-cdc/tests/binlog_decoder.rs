@@ -25,13 +25,19 @@ fn binlog_of(test: &str, script: &str) -> Result<Option<Vec<DecodedJson>>> {
     }
     let (events, error) = decode_binlog(&bytes);
     if let Some(error) = error {
-        anyhow::bail!("decoding the server's binlog failed after {} events: {error}", events.len());
+        anyhow::bail!(
+            "decoding the server's binlog failed after {} events: {error}",
+            events.len()
+        );
     }
     Ok(Some(events))
 }
 
+/// (before, after) images of each row of an event.
+type Images = Vec<(Option<Value>, Option<Value>)>;
+
 /// The rows events of `table`: (kind, [(before, after)]).
-fn rows_of(events: &[DecodedJson], table: &str) -> Vec<(RowsKind, Vec<(Option<Value>, Option<Value>)>)> {
+fn rows_of(events: &[DecodedJson], table: &str) -> Vec<(RowsKind, Images)> {
     events
         .iter()
         .filter_map(|e| match &e.decoded.event {
@@ -79,7 +85,12 @@ fn every_column_type_decodes_from_the_servers_own_bytes() -> Result<()> {
     let kinds: Vec<RowsKind> = rows.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         kinds,
-        [RowsKind::Insert, RowsKind::Insert, RowsKind::Update, RowsKind::Delete]
+        [
+            RowsKind::Insert,
+            RowsKind::Insert,
+            RowsKind::Update,
+            RowsKind::Delete
+        ]
     );
     let full = rows[0].1[0].1.clone().context("after image")?;
     let expected = json!({
@@ -101,12 +112,24 @@ fn every_column_type_decodes_from_the_servers_own_bytes() -> Result<()> {
     let nulls = rows[1].1[0].1.clone().context("after image")?;
     assert_eq!(nulls["id"], json!(18446744073709551615u64));
     let object = nulls.as_object().context("object")?;
-    assert!(object.iter().filter(|(k, _)| *k != "id").all(|(_, v)| v.is_null()), "{nulls}");
+    assert!(
+        object
+            .iter()
+            .filter(|(k, _)| *k != "id")
+            .all(|(_, v)| v.is_null()),
+        "{nulls}"
+    );
     // Before and after images of the update.
     let (before, after) = rows[2].1[0].clone();
     let (before, after) = (before.context("before")?, after.context("after")?);
-    assert_eq!((before["vc"].clone(), after["vc"].clone()), (json!("héllo wörld"), json!("changed")));
-    assert_eq!((before["d"].clone(), after["d"].clone()), (json!("-123456789.125"), json!("0.001")));
+    assert_eq!(
+        (before["vc"].clone(), after["vc"].clone()),
+        (json!("héllo wörld"), json!("changed"))
+    );
+    assert_eq!(
+        (before["d"].clone(), after["d"].clone()),
+        (json!("-123456789.125"), json!("0.001"))
+    );
     assert_eq!(before["ts"], after["ts"]);
     // The delete has a before image only.
     assert!(rows[3].1[0].0.is_some() && rows[3].1[0].1.is_none());
@@ -115,7 +138,9 @@ fn every_column_type_decodes_from_the_servers_own_bytes() -> Result<()> {
     let positions: Vec<usize> = events
         .iter()
         .enumerate()
-        .filter(|(_, e)| matches!(&e.decoded.event, BinlogEvent::Rows(c) if c.table.table == "types"))
+        .filter(
+            |(_, e)| matches!(&e.decoded.event, BinlogEvent::Rows(c) if c.table.table == "types"),
+        )
         .map(|(i, _)| i)
         .collect();
     let (first, last) = (positions[0], positions[positions.len() - 1]);
@@ -131,7 +156,10 @@ fn every_column_type_decodes_from_the_servers_own_bytes() -> Result<()> {
         "no transaction boundary between the statements"
     );
     ensure!(
-        matches!(events.get(last + 1).map(|e| &e.decoded.event), Some(BinlogEvent::Xid(_))),
+        matches!(
+            events.get(last + 1).map(|e| &e.decoded.event),
+            Some(BinlogEvent::Xid(_))
+        ),
         "the transaction commits right after its last rows event"
     );
     // The table map gave the primary key.
@@ -167,7 +195,10 @@ fn rows_around_alter_table_are_read_with_their_own_columns() -> Result<()> {
         vec![
             (None, Some(json!({"id": 1, "a": "one"}))),
             (None, Some(json!({"id": 2, "b": 20, "a": "two"}))),
-            (Some(json!({"id": 2, "b": 20})), Some(json!({"id": 2, "b": 21}))),
+            (
+                Some(json!({"id": 2, "b": 20})),
+                Some(json!({"id": 2, "b": 21}))
+            ),
             (Some(json!({"id": 1, "b": "7"})), None),
         ]
     );

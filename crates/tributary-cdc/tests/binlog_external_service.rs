@@ -40,8 +40,11 @@ async fn a_shell_script_service_gets_its_rows_and_outbox_published_to_nats() -> 
     {
         Ok(nats) => Arc::new(nats),
         Err(e) => {
-            return skip(test, &format!("NATS is not reachable at {}: {e}", nats_url()))
-                .unwrap_or(Ok(()));
+            return skip(
+                test,
+                &format!("NATS is not reachable at {}: {e}", nats_url()),
+            )
+            .unwrap_or(Ok(()));
         }
     };
     // The service creates its tables on first run; run it once with no orders.
@@ -67,7 +70,9 @@ async fn a_shell_script_service_gets_its_rows_and_outbox_published_to_nats() -> 
     let base = config(&db.url());
     let cfg = base
         .clone()
-        .with_tables(TableCapture::only(vec![base.table("orders").with_key_columns(["customer"])]))
+        .with_tables(TableCapture::only(vec![
+            base.table("orders").with_key_columns(["customer"]),
+        ]))
         .with_outbox(
             OutboxCapture::default()
                 .with_table(&format!("{}.outbox", db.name))
@@ -82,7 +87,12 @@ async fn a_shell_script_service_gets_its_rows_and_outbox_published_to_nats() -> 
     });
 
     // Wait until NATS holds every order change and every outbox event.
-    let orders_expected: usize = db_count_after(&service, &db, "SELECT COUNT(*) + SUM(id % 7 = 0) FROM orders").await?;
+    let orders_expected: usize = db_count_after(
+        &service,
+        &db,
+        "SELECT COUNT(*) + SUM(id % 7 = 0) FROM orders",
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let (changes, events) = loop {
         let changes = read_topic(broker.as_ref(), "orders").await?;
@@ -103,7 +113,10 @@ async fn a_shell_script_service_gets_its_rows_and_outbox_published_to_nats() -> 
 
     // Table changes: per customer, the seq of each insert in commit order (updates repeat it).
     let mut check = DeliveryCheck::default();
-    for line in db.sql("SELECT customer, seq FROM orders ORDER BY seq")?.lines() {
+    for line in db
+        .sql("SELECT customer, seq FROM orders ORDER BY seq")?
+        .lines()
+    {
         let (customer, seq) = line.split_once('\t').context("customer seq")?;
         check
             .committed
@@ -111,7 +124,10 @@ async fn a_shell_script_service_gets_its_rows_and_outbox_published_to_nats() -> 
             .or_default()
             .push(seq.parse()?);
     }
-    for line in db.sql("SELECT message_key, JSON_VALUE(payload, '$.data.seq') FROM outbox ORDER BY id")?.lines() {
+    for line in db
+        .sql("SELECT message_key, JSON_VALUE(payload, '$.data.seq') FROM outbox ORDER BY id")?
+        .lines()
+    {
         let (customer, seq) = line.split_once('\t').context("key seq")?;
         check
             .committed
@@ -125,11 +141,21 @@ async fn a_shell_script_service_gets_its_rows_and_outbox_published_to_nats() -> 
         let data = envelope.data.to_value();
         if envelope.event_type == "orders.updated" {
             updates += 1;
-            ensure!(data["old"]["seq"] == data["new"]["seq"], "an update keeps its seq");
+            ensure!(
+                data["old"]["seq"] == data["new"]["seq"],
+                "an update keeps its seq"
+            );
             continue;
         }
-        ensure!(envelope.event_type == "orders.inserted", "{}", envelope.event_type);
-        ensure!(delivery.key == data["new"]["customer"].as_str().unwrap_or_default(), "keyed by customer");
+        ensure!(
+            envelope.event_type == "orders.inserted",
+            "{}",
+            envelope.event_type
+        );
+        ensure!(
+            delivery.key == data["new"]["customer"].as_str().unwrap_or_default(),
+            "keyed by customer"
+        );
         check
             .applied
             .entry(format!("row:{}", delivery.key))
@@ -139,7 +165,10 @@ async fn a_shell_script_service_gets_its_rows_and_outbox_published_to_nats() -> 
     for delivery in &events {
         // Published exactly as the script wrote it: its own id, key and envelope.
         let envelope = Envelope::from_json(&delivery.payload)?;
-        ensure!(Some(envelope.id) == delivery.id, "the outbox row's event id is the message id");
+        ensure!(
+            Some(envelope.id) == delivery.id,
+            "the outbox row's event id is the message id"
+        );
         check
             .applied
             .entry(format!("outbox:{}", delivery.key))
@@ -165,7 +194,10 @@ async fn db_count_after(
 ) -> Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !service.is_finished() {
-        ensure!(Instant::now() < deadline, "the shell service did not finish");
+        ensure!(
+            Instant::now() < deadline,
+            "the shell service did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(db.sql(sql)?.trim().parse()?)

@@ -84,7 +84,9 @@ pub async fn bench_binlog_capture(
         written = next;
     }
     let end = server.current(&mut conn).await?;
-    state_sql.create(&mut conn, Status::Streaming, &start).await?;
+    state_sql
+        .create(&mut conn, Status::Streaming, &start)
+        .await?;
     let bytes = byte_span(&mut conn, &start, &end).await?;
 
     let baseline_seconds = run_mariadb_binlog(config, mariadb_binlog, &start).await?;
@@ -206,9 +208,12 @@ async fn run_mariadb_binlog(
         command.env("MYSQL_PWD", password);
     }
     let started = Instant::now();
-    let output = command.output().await.map_err(|e| BinlogError::Unavailable {
-        reason: format!("cannot run {}: {e}", program.display()),
-    })?;
+    let output = command
+        .output()
+        .await
+        .map_err(|e| BinlogError::Unavailable {
+            reason: format!("cannot run {}: {e}", program.display()),
+        })?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     if !output.status.success() {
@@ -260,7 +265,11 @@ impl LatencyTable {
             .get_conn()
             .await
             .map_err(|e| BinlogError::driver("connect", e))?;
-        state::exec(&mut conn, &format!("CREATE DATABASE IF NOT EXISTS {database}")).await?;
+        state::exec(
+            &mut conn,
+            &format!("CREATE DATABASE IF NOT EXISTS {database}"),
+        )
+        .await?;
         state::exec(
             &mut conn,
             &format!(
@@ -329,9 +338,63 @@ impl LatencyTable {
             .get_conn()
             .await
             .map_err(|e| BinlogError::driver("connect", e))?;
-        state::exec(&mut conn, &format!("DROP DATABASE IF EXISTS {}", self.database)).await?;
+        state::exec(
+            &mut conn,
+            &format!("DROP DATABASE IF EXISTS {}", self.database),
+        )
+        .await?;
         drop(conn);
         let _ = self.pool.disconnect().await;
+        Ok(())
+    }
+}
+
+/// A broker that acknowledges every publish at once and keeps nothing: with it a benchmark
+/// measures the capture alone (reading, decoding, building envelopes, storing positions),
+/// without the broker's share of the machine.
+#[derive(Debug, Default)]
+pub struct DiscardBroker;
+
+#[async_trait::async_trait]
+impl Broker for DiscardBroker {
+    async fn ensure_topic(&self, _: &tributary_core::Topic, _: u32) -> tributary_core::Result<()> {
+        Ok(())
+    }
+    async fn partitions(&self, _: &tributary_core::Topic) -> tributary_core::Result<u32> {
+        Ok(1)
+    }
+    async fn publish(
+        &self,
+        messages: &[tributary_core::OutgoingMessage],
+    ) -> tributary_core::Result<()> {
+        std::hint::black_box(messages);
+        Ok(())
+    }
+    async fn consume(
+        &self,
+        _: &tributary_core::GroupName,
+        _: &tributary_core::Topic,
+        _: tributary_core::Partition,
+    ) -> tributary_core::Result<Box<dyn tributary_core::PartitionConsumer>> {
+        Err(tributary_core::Error::invalid(
+            "the discard broker keeps nothing to consume",
+        ))
+    }
+    fn redelivery_horizon(&self) -> Duration {
+        Duration::MAX
+    }
+    async fn reset_group(
+        &self,
+        _: &tributary_core::GroupName,
+        _: &tributary_core::Topic,
+    ) -> tributary_core::Result<()> {
+        Ok(())
+    }
+    async fn delete_group(
+        &self,
+        _: &tributary_core::GroupName,
+        _: &tributary_core::Topic,
+    ) -> tributary_core::Result<()> {
         Ok(())
     }
 }

@@ -144,7 +144,10 @@ impl BinlogConfig {
     }
 
     pub(crate) fn wants_snapshot(&self) -> bool {
-        self.tables.iter().flat_map(|t| &t.tables).any(|t| t.snapshot)
+        self.tables
+            .iter()
+            .flat_map(|t| &t.tables)
+            .any(|t| t.snapshot)
             || self.outbox.as_ref().is_some_and(|o| o.snapshot)
     }
 }

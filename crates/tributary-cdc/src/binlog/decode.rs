@@ -232,7 +232,9 @@ impl TableInfo {
         let (mut enums, mut sets) = (enums.into_iter(), sets.into_iter());
         for column in columns.iter_mut() {
             match column.column_type {
-                ColumnType::MYSQL_TYPE_ENUM => column.enum_values = enums.next().unwrap_or_default(),
+                ColumnType::MYSQL_TYPE_ENUM => {
+                    column.enum_values = enums.next().unwrap_or_default()
+                }
                 ColumnType::MYSQL_TYPE_SET => column.set_values = sets.next().unwrap_or_default(),
                 _ => {}
             }
@@ -250,11 +252,25 @@ impl TableInfo {
 fn check_metadata(index: usize, column_type: ColumnType, meta: &[u8]) -> Result<()> {
     use ColumnType::*;
     let needed = match column_type {
-        MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_STRING | MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING
-        | MYSQL_TYPE_BIT | MYSQL_TYPE_ENUM | MYSQL_TYPE_SET => 2,
-        MYSQL_TYPE_BLOB | MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB
-        | MYSQL_TYPE_GEOMETRY | MYSQL_TYPE_VECTOR | MYSQL_TYPE_JSON | MYSQL_TYPE_TIMESTAMP2
-        | MYSQL_TYPE_DATETIME2 | MYSQL_TYPE_TIME2 | MYSQL_TYPE_TYPED_ARRAY | MYSQL_TYPE_FLOAT
+        MYSQL_TYPE_NEWDECIMAL
+        | MYSQL_TYPE_STRING
+        | MYSQL_TYPE_VARCHAR
+        | MYSQL_TYPE_VAR_STRING
+        | MYSQL_TYPE_BIT
+        | MYSQL_TYPE_ENUM
+        | MYSQL_TYPE_SET => 2,
+        MYSQL_TYPE_BLOB
+        | MYSQL_TYPE_TINY_BLOB
+        | MYSQL_TYPE_MEDIUM_BLOB
+        | MYSQL_TYPE_LONG_BLOB
+        | MYSQL_TYPE_GEOMETRY
+        | MYSQL_TYPE_VECTOR
+        | MYSQL_TYPE_JSON
+        | MYSQL_TYPE_TIMESTAMP2
+        | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIME2
+        | MYSQL_TYPE_TYPED_ARRAY
+        | MYSQL_TYPE_FLOAT
         | MYSQL_TYPE_DOUBLE => 1,
         _ => 0,
     };
@@ -312,18 +328,20 @@ impl RowImage {
             .iter()
             .enumerate()
             .map(|(i, column)| {
-                row.take(i).map(BinlogValue::into_owned).map(|value| match value {
-                    // mysql_common reads a signed MEDIUMINT without sign extension (-1 comes
-                    // out as 16777215): extend it here.
-                    BinlogValue::Value(MyValue::Int(v))
-                        if column.column_type == ColumnType::MYSQL_TYPE_INT24
-                            && !column.unsigned
-                            && v > 0x7f_ffff =>
-                    {
-                        BinlogValue::Value(MyValue::Int(v - 0x100_0000))
-                    }
-                    other => other,
-                })
+                row.take(i)
+                    .map(BinlogValue::into_owned)
+                    .map(|value| match value {
+                        // mysql_common reads a signed MEDIUMINT without sign extension (-1 comes
+                        // out as 16777215): extend it here.
+                        BinlogValue::Value(MyValue::Int(v))
+                            if column.column_type == ColumnType::MYSQL_TYPE_INT24
+                                && !column.unsigned
+                                && v > 0x7f_ffff =>
+                        {
+                            BinlogValue::Value(MyValue::Int(v - 0x100_0000))
+                        }
+                        other => other,
+                    })
             })
             .collect();
         RowImage { values }
@@ -337,11 +355,19 @@ pub enum BinlogEvent {
     /// rotate that comes before the stream's first format description still carries its
     /// checksum in the name (nothing said yet that there is one): see
     /// [`BinlogEvent::FormatDescription`].
-    Rotate { file: Vec<u8>, offset: u64 },
+    Rotate {
+        file: Vec<u8>,
+        offset: u64,
+    },
     /// A format description: whether events carry a CRC32 checksum.
-    FormatDescription { checksum: bool },
+    FormatDescription {
+        checksum: bool,
+    },
     /// A MariaDB transaction (or standalone statement) starts.
-    Gtid { gtid: MariaGtid, standalone: bool },
+    Gtid {
+        gtid: MariaGtid,
+        standalone: bool,
+    },
     /// MariaDB's state at the start of a binlog file.
     GtidList(GtidList),
     TableMap(Arc<TableInfo>),
@@ -349,7 +375,10 @@ pub enum BinlogEvent {
     /// An InnoDB transaction committed.
     Xid(u64),
     /// A statement: `BEGIN`, `COMMIT`, DDL, or a statement-logged change.
-    Query { database: String, query: String },
+    Query {
+        database: String,
+        query: String,
+    },
     /// The server has nothing to send; the stream stands at the header's position.
     Heartbeat,
     /// Anything else (format description, checkpoints, annotations, …).
@@ -416,7 +445,13 @@ impl BinlogDecoder {
             .ok()
             .flatten()
             .is_some_and(|alg| alg as u8 != 0);
-        let needed = if is_fde { 5 + 57 } else if checksummed { 4 } else { 0 };
+        let needed = if is_fde {
+            5 + 57
+        } else if checksummed {
+            4
+        } else {
+            0
+        };
         if size < HEADER_LEN || data < needed {
             return Err(BinlogError::decode(format!(
                 "event of {size} bytes is too short for its header and checksum"
@@ -456,7 +491,9 @@ impl BinlogDecoder {
                     "the binlog is encrypted (encrypt_binlog=ON); the capture cannot read it",
                 ));
             }
-            t if (mariadb_event::FIRST_COMPRESSED..=mariadb_event::LAST_COMPRESSED).contains(&t) => {
+            t if (mariadb_event::FIRST_COMPRESSED..=mariadb_event::LAST_COMPRESSED)
+                .contains(&t) =>
+            {
                 return Err(BinlogError::decode(
                     "the binlog is compressed (log_bin_compress=ON); turn it off for the capture",
                 ));
@@ -551,14 +588,15 @@ impl BinlogDecoder {
 
 /// Runs `f`, turning a panic inside `mysql_common` into an error.
 fn fence<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
-        BinlogError::decode(format!("malformed {what} (the parser gave up on it)"))
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|_| BinlogError::decode(format!("malformed {what} (the parser gave up on it)")))
 }
 
 fn mariadb_gtid(data: &[u8], server: u32) -> Result<BinlogEvent> {
     if data.len() < 13 {
-        return Err(BinlogError::decode("MariaDB GTID event shorter than 13 bytes"));
+        return Err(BinlogError::decode(
+            "MariaDB GTID event shorter than 13 bytes",
+        ));
     }
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&data[..8]);
@@ -576,7 +614,9 @@ fn mariadb_gtid(data: &[u8], server: u32) -> Result<BinlogEvent> {
 
 fn mariadb_gtid_list(data: &[u8]) -> Result<BinlogEvent> {
     if data.len() < 4 {
-        return Err(BinlogError::decode("MariaDB GTID list event shorter than 4 bytes"));
+        return Err(BinlogError::decode(
+            "MariaDB GTID list event shorter than 4 bytes",
+        ));
     }
     let count = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) & 0x0fff_ffff;
     let mut list = GtidList::default();
@@ -585,7 +625,8 @@ fn mariadb_gtid_list(data: &[u8]) -> Result<BinlogEvent> {
         if rest.len() < 16 {
             return Err(BinlogError::decode("MariaDB GTID list event cut short"));
         }
-        let u32_at = |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
+        let u32_at =
+            |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&rest[8..16]);
         list.advance(MariaGtid {

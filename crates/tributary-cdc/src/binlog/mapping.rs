@@ -37,7 +37,7 @@ pub(crate) struct TxInfo {
     pub(crate) id: String,
     pub(crate) gtid: Option<String>,
     pub(crate) file: String,
-    /// Where the transaction starts in `file`.
+    /// Where the transaction's first event ends in `file`.
     pub(crate) offset: u64,
     pub(crate) time: DateTime<Utc>,
 }
@@ -146,7 +146,10 @@ impl Mapper {
                 }
                 transaction.push_str(",\"binlog_file\":");
                 write_json_string(&tx.file, &mut transaction);
-                transaction.push_str(&format!(",\"binlog_pos\":{},\"index\":{index}}}", tx.offset));
+                transaction.push_str(&format!(
+                    ",\"binlog_pos\":{},\"index\":{index}}}",
+                    tx.offset
+                ));
                 let message = self.table_event(
                     id,
                     tx.time,
@@ -330,7 +333,10 @@ impl Mapper {
             )
             .with_id(fallback_id);
             return Ok(Mapped {
-                message: OutgoingMessage::from_envelope(self.config.invalid_topic.clone(), &envelope),
+                message: OutgoingMessage::from_envelope(
+                    self.config.invalid_topic.clone(),
+                    &envelope,
+                ),
                 outbox_id,
             });
         };
@@ -367,7 +373,9 @@ impl Mapper {
         key_columns: &[String],
     ) -> Result<Mapped> {
         let qualified = format!("snapshot:{snapshot}:{}.{}", config.schema, config.table);
-        let id = self.ids.keyed(qualified.as_bytes(), ordinal, 0, unix_ms(time));
+        let id = self
+            .ids
+            .keyed(qualified.as_bytes(), ordinal, 0, unix_ms(time));
         let mut data = String::with_capacity(256);
         data.push_str("{\"operation\":\"snapshot\",\"schema\":");
         write_json_string(&config.schema, &mut data);
@@ -457,7 +465,9 @@ impl Mapper {
         };
         let text = |name: &str| get(name).and_then(|b| std::str::from_utf8(b).ok());
         let qualified = format!("snapshot:{snapshot}:{}.{}", outbox.schema, outbox.table);
-        let fallback = self.ids.keyed(qualified.as_bytes(), ordinal, 0, unix_ms(time));
+        let fallback = self
+            .ids
+            .keyed(qualified.as_bytes(), ordinal, 0, unix_ms(time));
         let payload = get(&outbox.payload_column).cloned().unwrap_or_default();
         let envelope = Envelope::from_json(&payload).ok();
         let id = text(&outbox.event_id_column)
@@ -488,7 +498,9 @@ fn key_part(value: Option<&BinlogValue<'_>>) -> String {
     match value {
         Some(BinlogValue::Value(MyValue::Int(i))) => i.to_string(),
         Some(BinlogValue::Value(MyValue::UInt(u))) => u.to_string(),
-        Some(BinlogValue::Value(MyValue::Bytes(bytes))) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(BinlogValue::Value(MyValue::Bytes(bytes))) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
         Some(BinlogValue::Value(MyValue::Double(f))) => f.to_string(),
         Some(BinlogValue::Value(MyValue::Float(f))) => f.to_string(),
         Some(BinlogValue::Value(MyValue::Date(y, mo, d, h, mi, s, us))) => {

@@ -74,7 +74,7 @@
 //!
 //! # Modes and envelopes
 //!
-//! - **Table changes** (`tables`): as the PostgreSQL capture (see [`crate::capture`]): type
+//! - **Table changes** (`tables`): as the PostgreSQL capture (see [`mod@crate::capture`]): type
 //!   `<table>.inserted|updated|deleted`, `<table>.snapshot` for the initial load; subject and
 //!   partition key = the key columns' values joined with `:` (configured, else the primary key,
 //!   else the table is one stream keyed by its name); data `{"operation", "schema" (the

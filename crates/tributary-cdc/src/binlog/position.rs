@@ -93,7 +93,10 @@ impl FromStr for GtidList {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let gtid: MariaGtid = part.parse()?;
             if list.domains.contains_key(&gtid.domain) {
-                return Err(format!("GTID list {text:?} names domain {} twice", gtid.domain));
+                return Err(format!(
+                    "GTID list {text:?} names domain {} twice",
+                    gtid.domain
+                ));
             }
             list.advance(gtid);
         }

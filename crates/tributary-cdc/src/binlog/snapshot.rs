@@ -121,7 +121,11 @@ impl Snapshot {
         while let Some(source) = self.sources.get(self.at.0) {
             let (schema, table, configured) = match source {
                 Source::Table(t) => (t.schema.clone(), t.table.clone(), t.key_columns.clone()),
-                Source::Outbox(o) => (o.schema.clone(), o.table.clone(), Some(vec![o.id_column.clone()])),
+                Source::Outbox(o) => (
+                    o.schema.clone(),
+                    o.table.clone(),
+                    Some(vec![o.id_column.clone()]),
+                ),
             };
             if self.keys.is_none() {
                 let keys = match configured {
@@ -165,8 +169,14 @@ impl Snapshot {
                             .zip(&values)
                             .map(|(c, v)| (c.name_str().into_owned(), text_value_json(c, v)))
                             .collect();
-                        self.mapper
-                            .snapshot_row(&self.label, self.time, config, ordinal, &json, &keys)?
+                        self.mapper.snapshot_row(
+                            &self.label,
+                            self.time,
+                            config,
+                            ordinal,
+                            &json,
+                            &keys,
+                        )?
                     }
                     Source::Outbox(outbox) => {
                         let raw: Vec<(String, Option<Vec<u8>>)> = columns
@@ -238,13 +248,18 @@ pub(crate) fn text_value_json(column: &Column, value: &Value) -> String {
             _ => write_json_string(&String::from_utf8_lossy(bytes), &mut out),
         },
         ColumnType::MYSQL_TYPE_FLOAT | ColumnType::MYSQL_TYPE_DOUBLE => {
-            match text.and_then(|t| t.parse::<f64>().ok()).and_then(serde_json::Number::from_f64) {
+            match text
+                .and_then(|t| t.parse::<f64>().ok())
+                .and_then(serde_json::Number::from_f64)
+            {
                 Some(n) => out.push_str(&n.to_string()),
                 None => write_json_string(&String::from_utf8_lossy(bytes), &mut out),
             }
         }
         ColumnType::MYSQL_TYPE_BIT => {
-            let n = bytes.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+            let n = bytes
+                .iter()
+                .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
             out.push_str(&n.to_string());
         }
         ColumnType::MYSQL_TYPE_TIMESTAMP | ColumnType::MYSQL_TYPE_TIMESTAMP2 => {

@@ -187,7 +187,9 @@ impl BinlogSource {
         let relay_config = RelayConfig::default()
             .with_batch_size(self.inner.config.batch_size)
             .with_standby_poll(Duration::from_millis(500));
-        Relay::new(self.clone(), broker, relay_config).run(stop).await;
+        Relay::new(self.clone(), broker, relay_config)
+            .run(stop)
+            .await;
         forward.abort();
         self.close().await;
         match lock(&self.inner.fatal).take() {
@@ -370,7 +372,6 @@ impl BinlogSource {
                 .unwrap_or(Duration::from_secs(30))
                 .min(config.idle_wait.max(Duration::from_millis(100)) * 4),
             batch_size: config.batch_size,
-            depth: config.pipeline_depth,
             capture: config.capture.clone(),
         };
         let binlog = stream::open(&settings, &position).await?;
@@ -442,10 +443,7 @@ impl BinlogSource {
                 }
                 // Purged past the position: the first binlog's GTID list is beyond it.
                 if let Some((first, _)) = state::binlog_files(control).await?.first() {
-                    let sql = format!(
-                        "SHOW BINLOG EVENTS IN {} LIMIT 4",
-                        state::literal(first)
-                    );
+                    let sql = format!("SHOW BINLOG EVENTS IN {} LIMIT 4", state::literal(first));
                     for row in state::rows(control, &sql).await? {
                         let kind: Option<String> = row.get(2);
                         let info: Option<String> = row.get(5);
@@ -530,7 +528,10 @@ impl BinlogSource {
                 }
                 // Only now: an idle position read while these were in flight is not stored.
                 if let Phase::Streaming(streaming) = &reader.phase {
-                    streaming.shared.in_flight.fetch_sub(batches, Ordering::SeqCst);
+                    streaming
+                        .shared
+                        .in_flight
+                        .fetch_sub(batches, Ordering::SeqCst);
                 }
                 self.delete_published(&outbox_ids).await;
                 lock(&self.inner.progress).published += messages as u64;
@@ -562,11 +563,7 @@ impl BinlogSource {
         if !outbox.delete_published || ids.is_empty() {
             return;
         }
-        let list = ids
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         let sql = format!(
             "DELETE FROM {}.{} WHERE {} IN ({list})",
             state::ident(&outbox.schema),
@@ -780,7 +777,10 @@ async fn keep_lease(inner: Weak<Inner>, epoch: u64) {
                     Ok(Err(error)) => error.to_string(),
                     _ => "timed out".to_owned(),
                 };
-                tracing::warn!(reason, "the binlog capture's control connection failed; lease lost");
+                tracing::warn!(
+                    reason,
+                    "the binlog capture's control connection failed; lease lost"
+                );
                 *control = None;
                 inner.lease_held.store(false, Ordering::SeqCst);
                 return;
@@ -865,7 +865,12 @@ pub async fn binlog_lag(config: &BinlogConfig) -> Result<BinlogLag> {
     let server = ServerInfo::read(&mut conn).await?;
     let current = server.current(&mut conn).await?;
     source.inner.state.ensure_table(&mut conn).await?;
-    let stored = source.inner.state.load(&mut conn).await?.map(|r| r.position);
+    let stored = source
+        .inner
+        .state
+        .load(&mut conn)
+        .await?
+        .map(|r| r.position);
     let files = state::binlog_files(&mut conn).await?;
     let sql = format!(
         "SELECT CAST(updated_at AS CHAR) FROM {}.{} WHERE capture = {}",
@@ -888,7 +893,10 @@ pub async fn binlog_lag(config: &BinlogConfig) -> Result<BinlogLag> {
         }
         Some(total)
     });
-    let transactions = match (stored.as_ref().and_then(|s| s.gtids.as_ref()), &current.gtids) {
+    let transactions = match (
+        stored.as_ref().and_then(|s| s.gtids.as_ref()),
+        &current.gtids,
+    ) {
         (Some(stored), Some(now)) => Some(
             now.iter()
                 .map(|g| {

@@ -24,7 +24,9 @@ pub(crate) async fn exec(conn: &mut Conn, sql: &str) -> Result<()> {
 }
 
 pub(crate) async fn rows(conn: &mut Conn, sql: &str) -> Result<Vec<Row>> {
-    conn.query(sql).await.map_err(|e| BinlogError::driver(sql, e))
+    conn.query(sql)
+        .await
+        .map_err(|e| BinlogError::driver(sql, e))
 }
 
 /// `name` as a quoted identifier.

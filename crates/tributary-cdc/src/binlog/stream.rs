@@ -4,8 +4,8 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -48,7 +48,6 @@ pub(crate) struct StreamSettings {
     pub(crate) mariadb: bool,
     pub(crate) heartbeat: Duration,
     pub(crate) batch_size: usize,
-    pub(crate) depth: usize,
     pub(crate) capture: String,
 }
 
@@ -56,8 +55,15 @@ pub(crate) struct StreamSettings {
 pub(crate) async fn open(settings: &StreamSettings, from: &BinlogPosition) -> Result<BinlogStream> {
     let mut conn = super::state::connect(&settings.url).await?;
     // The server sends a heartbeat when it has had nothing to send for this long.
-    let period = settings.heartbeat.as_nanos().clamp(1_000_000, 4_294_967_000_000_000);
-    super::state::exec(&mut conn, &format!("SET @master_heartbeat_period = {period}")).await?;
+    let period = settings
+        .heartbeat
+        .as_nanos()
+        .clamp(1_000_000, 4_294_967_000_000_000);
+    super::state::exec(
+        &mut conn,
+        &format!("SET @master_heartbeat_period = {period}"),
+    )
+    .await?;
     let mut request = BinlogStreamRequest::new(settings.server_id);
     match (&from.gtids, settings.mariadb) {
         (Some(gtids), true) => {
@@ -168,12 +174,14 @@ pub(crate) async fn run(
     };
     reader.captured_names = reader.mapper.captured_names();
     let max = settings.batch_size.max(1);
-    let _ = settings.depth;
     loop {
         let ready = reader.assembler.end.is_some() || reader.assembler.messages.len() >= max;
         // mysql_common panics on some malformed frames inside the stream's poll: fenced.
         let next = if ready {
-            match AssertUnwindSafe(stream.next()).catch_unwind().now_or_never() {
+            match AssertUnwindSafe(stream.next())
+                .catch_unwind()
+                .now_or_never()
+            {
                 Some(next) => next,
                 None => {
                     if !reader.flush(max, &out).await {
@@ -286,9 +294,9 @@ impl Reader {
         if self.assembler.open.is_some() {
             return Err(BinlogError::decode("a transaction starts inside another"));
         }
-        let offset = at
-            .log_pos
-            .saturating_sub(u64::from(at.event_size()));
+        // Where the transaction's first event (GTID or BEGIN) ends: unique per transaction
+        // in its file, so it names the transaction in ids where there is no GTID.
+        let offset = at.log_pos;
         let id = match gtid {
             Some(gtid) => gtid.to_string(),
             None => format!("{}:{offset}", self.position.file),
@@ -384,8 +392,10 @@ impl Reader {
                         // A statement-logged change (a session with binlog_format=STATEMENT):
                         // it carries no rows, so a captured table's change would be lost.
                         let lower = head.to_lowercase();
-                        if let Some(name) =
-                            self.captured_names.iter().find(|n| lower.contains(n.as_str()))
+                        if let Some(name) = self
+                            .captured_names
+                            .iter()
+                            .find(|n| lower.contains(n.as_str()))
                         {
                             return Err(self.cannot_follow(format!(
                                 "a statement-logged change (binlog_format=STATEMENT in the \
@@ -432,7 +442,14 @@ impl Reader {
                 for (before, after) in &change.rows {
                     let mapped = self
                         .mapper
-                        .change(&info, index, &table, change.kind, before.as_ref(), after.as_ref())
+                        .change(
+                            &info,
+                            index,
+                            &table,
+                            change.kind,
+                            before.as_ref(),
+                            after.as_ref(),
+                        )
                         .map_err(|e| match e {
                             BinlogError::Decode { reason } => self.cannot_follow(reason),
                             other => other,
@@ -457,14 +474,6 @@ impl Reader {
             BinlogEvent::GtidList(_) | BinlogEvent::Other => {}
         }
         Ok(())
-    }
-}
-
-impl Decoded {
-    fn event_size(&self) -> u32 {
-        // Not kept by the decoder; the offset of a transaction's first event is only part of
-        // ids of servers without GTIDs, where the end of the BEGIN event names it as well.
-        0
     }
 }
 

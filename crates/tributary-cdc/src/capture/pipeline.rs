@@ -130,7 +130,9 @@ impl Pipeline {
         self.stop.cancel();
         self.batches.close();
         if let Some(task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(15), task).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .is_err()
         {
             tracing::debug!("the decoder did not stop in time");
         }

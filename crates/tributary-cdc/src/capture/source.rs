@@ -12,17 +12,19 @@ use tokio_util::sync::CancellationToken;
 use tributary_core::{Broker, LeaseGuard, Position, RelaySource, SourceBatch};
 use tributary_runtime::{Relay, RelayConfig};
 
-use super::pipeline::{Hooks, Pipeline};
 use super::config::CdcConfig;
 use super::error::{CdcError, Result};
 use super::ids::IdSpace;
 use super::lag::{SlotLag, query_lag};
 use super::mapping::Mapper;
+use super::pipeline::{Hooks, Pipeline};
 use super::snapshot::SnapshotReader;
 use super::state::{self, SlotStatus, StateSql};
 use crate::lsn::Lsn;
 use crate::pgoutput::PgTimestamp;
-use crate::replication::{ReplicationConnection, ReplicationError, SnapshotAction, StartReplication};
+use crate::replication::{
+    ReplicationConnection, ReplicationError, SnapshotAction, StartReplication,
+};
 use crate::sql::{SqlSession, fill, ident};
 
 /// How long a control statement may take before the lease is considered lost.

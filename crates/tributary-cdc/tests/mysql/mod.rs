@@ -88,7 +88,9 @@ impl Server {
                 script.chars().take(500).collect::<String>()
             );
         }
-        Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_owned())
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned())
     }
 }
 
@@ -158,7 +160,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ = self.server.sql("", &format!("DROP DATABASE IF EXISTS {}", self.name));
+        let _ = self
+            .server
+            .sql("", &format!("DROP DATABASE IF EXISTS {}", self.name));
     }
 }
 
@@ -168,7 +172,11 @@ pub fn unique() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() % 1_000_000_000);
-    format!("{}_{nanos}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}_{nanos}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A MariaDB server of the test's own.
@@ -196,7 +204,10 @@ impl PrivateMariaDb {
     /// plus `extra` options, or skips without MariaDB's server binaries.
     pub fn start_or_skip(test: &str, extra: &[&str]) -> Option<Self> {
         let Some((_, install)) = binaries() else {
-            return skip(test, "MariaDB's server binaries (mariadbd, mariadb-install-db) are not installed");
+            return skip(
+                test,
+                "MariaDB's server binaries (mariadbd, mariadb-install-db) are not installed",
+            );
         };
         let dir = tempfile::Builder::new()
             .prefix("tributary-mariadb-")
@@ -204,7 +215,10 @@ impl PrivateMariaDb {
             .unwrap_or_else(|e| panic!("temp dir: {e}"));
         let data = dir.path().join("data");
         // The server runs as `mysql` when started as root: it must own the directory.
-        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
         let _ = std::fs::create_dir_all(&data);
         if as_root {
             let _ = Command::new("chown")
@@ -286,7 +300,8 @@ impl PrivateMariaDb {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.server.sql("", "SELECT 1").is_err() {
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
                 panic!("the private mariadbd did not start:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -330,7 +345,11 @@ impl Drop for PrivateMariaDb {
 /// The bytes of a binlog file after its 4-byte magic.
 pub fn binlog_bytes(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(bytes.starts_with(b"\xfebin"), "{} is not a binlog", path.display());
+    anyhow::ensure!(
+        bytes.starts_with(b"\xfebin"),
+        "{} is not a binlog",
+        path.display()
+    );
     Ok(bytes[4..].to_vec())
 }
 

@@ -35,7 +35,9 @@ pub struct CdcBenchArgs {
     /// The captured PostgreSQL (wal_level=logical).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub db: String,
-    /// The broker: nats://host:port (default) or embedded://DIR.
+    /// The broker: nats://host:port (default), embedded://DIR, or discard:// (acknowledges
+    /// at once and keeps nothing: measures the capture without a broker; latency needs a
+    /// real one).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub broker: String,
     /// Row changes for `throughput`.
@@ -53,8 +55,14 @@ pub struct CdcBenchArgs {
 }
 
 /// The broker for one run: NATS streams under a prefix of their own (deleted afterwards), or
-/// the embedded log.
+/// the embedded log; `discard://` acknowledges everything at once (the capture alone).
 async fn broker(args: &CdcBenchArgs, run: &str) -> anyhow::Result<(Arc<dyn Broker>, String)> {
+    if args.broker == "discard://" {
+        return Ok((
+            Arc::new(tributary_cdc::binlog::bench::DiscardBroker),
+            "discard".to_owned(),
+        ));
+    }
     let url: BrokerUrl = args.broker.parse().map_err(anyhow::Error::msg)?;
     let url = match url {
         BrokerUrl::Nats { url, .. } => BrokerUrl::Nats {
@@ -352,7 +360,8 @@ mod binlog {
     }
 
     async fn throughput(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
-        let program = find_mariadb_binlog().context("mariadb-binlog is not installed (MariaDB client programs)")?;
+        let program = find_mariadb_binlog()
+            .context("mariadb-binlog is not installed (MariaDB client programs)")?;
         let (broker, broker_name) = broker(args, run).await?;
         let config = BinlogConfig::default().with_url(args.db.clone());
         let report =
@@ -419,7 +428,10 @@ mod binlog {
         let received = latencies.len();
         table.drop_all().await?;
         delete_streams(args, run, &[topic_name(&name).as_str()]).await;
-        anyhow::ensure!(received as u64 == total, "{received} of {total} changes arrived");
+        anyhow::ensure!(
+            received as u64 == total,
+            "{received} of {total} changes arrived"
+        );
         let mut result = BenchResult::new(
             "cdc",
             "latency",
