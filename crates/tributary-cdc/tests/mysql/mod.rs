@@ -214,6 +214,10 @@ impl PrivateMariaDb {
             .tempdir()
             .unwrap_or_else(|e| panic!("temp dir: {e}"));
         let data = dir.path().join("data");
+        // A temporary directory of its own: servers bootstrapping side by side in /tmp name
+        // their temporary tables alike and remove each other's.
+        let tmp = dir.path().join("tmp");
+        let _ = std::fs::create_dir_all(&tmp);
         // The server runs as `mysql` when started as root: it must own the directory.
         let as_root = Command::new("id")
             .arg("-u")
@@ -230,6 +234,7 @@ impl PrivateMariaDb {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
         if as_root {
             command.arg("--user=mysql");
@@ -249,6 +254,7 @@ impl PrivateMariaDb {
         let mut args: Vec<String> = vec![
             "--no-defaults".into(),
             format!("--datadir={}", data.display()),
+            format!("--tmpdir={}", tmp.display()),
             format!("--port={port}"),
             "--bind-address=127.0.0.1".into(),
             format!("--socket={}", dir.path().join("sock").display()),
