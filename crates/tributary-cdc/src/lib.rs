@@ -1,11 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+pub mod binlog;
 pub mod capture;
 mod lsn;
 pub mod pgoutput;
 mod replication;
 mod sql;
 
+pub use binlog::{
+    BinlogConfig, BinlogError, BinlogLag, BinlogPosition, BinlogSource, GtidList, MariaGtid,
+    binlog_lag, capture_binlog, resnapshot_binlog,
+};
 pub use capture::{
     CdcConfig, CdcError, CdcSource, MessageCapture, MessageRoute, OutboxCapture, SlotLag,
     TableCapture, TableConfig, capture, ensure_publication, resnapshot, retire_capture, slot_lag,

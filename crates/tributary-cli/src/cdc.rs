@@ -1,4 +1,5 @@
-//! `tributary cdc`: change data capture from PostgreSQL's WAL as a process of its own.
+//! `tributary cdc`: change data capture from PostgreSQL's WAL, or from a MySQL/MariaDB binlog
+//! (`--db mysql://…`), as a process of its own.
 
 use anyhow::Context;
 use tributary::BrokerUrl;
@@ -11,13 +12,15 @@ use tributary::cdc::{
 #[derive(Debug, clap::Args)]
 pub struct CdcArgs {
     /// The captured database: `postgres://user[:password]@host[:port]/database` (needs
-    /// wal_level=logical and a user with REPLICATION).
+    /// wal_level=logical and a user with REPLICATION), or
+    /// `mysql://user[:password]@host[:port]/database` (binlog_format=ROW, see the docs).
     #[arg(long, env = "TRIBUTARY_DB")]
     db: String,
     /// Where to publish: nats://host:port or embedded://DIR.
     #[arg(long, env = "TRIBUTARY_BROKER")]
     broker: Option<String>,
-    /// The replication slot (one active capture per slot).
+    /// The replication slot (one active capture per slot); on MySQL/MariaDB, the capture's
+    /// name (its stored position and lease).
     #[arg(long)]
     slot: String,
     /// The publication to read (default: the slot's name).
@@ -95,6 +98,9 @@ fn config(args: &CdcArgs) -> anyhow::Result<CdcConfig> {
 }
 
 pub async fn run(args: CdcArgs) -> anyhow::Result<()> {
+    if args.db.starts_with("mysql://") || args.db.starts_with("mariadb://") {
+        return binlog::run(args).await;
+    }
     let config = config(&args)?;
     if args.resnapshot {
         resnapshot(&config).await?;
@@ -143,4 +149,97 @@ pub async fn run(args: CdcArgs) -> anyhow::Result<()> {
     eprintln!("capturing slot {} into {broker_url}", args.slot);
     capture(config, broker, shutdown).await?;
     Ok(())
+}
+
+/// `tributary cdc --db mysql://…`: the binlog capture (see `tributary::cdc::binlog`).
+mod binlog {
+    use anyhow::Context;
+    use tributary::BrokerUrl;
+    use tributary::CancellationToken;
+    use tributary::cdc::capture::{OutboxCapture, TableCapture};
+    use tributary::cdc::{BinlogConfig, binlog_lag, capture_binlog, resnapshot_binlog};
+
+    use super::CdcArgs;
+
+    fn config(args: &CdcArgs) -> anyhow::Result<BinlogConfig> {
+        anyhow::ensure!(
+            !args.messages,
+            "MySQL and MariaDB have no transactional logical messages: write an outbox table \
+             and use --outbox"
+        );
+        let url = args.db.replacen("mariadb://", "mysql://", 1);
+        let mut config = BinlogConfig::default()
+            .with_url(url)
+            .with_name(format!("cdc-{}", args.slot))
+            .with_capture(args.slot.clone())
+            .without_tables();
+        if !args.tables.is_empty() {
+            let tables = args
+                .tables
+                .iter()
+                .map(|t| config.table(t).with_snapshot(args.snapshot))
+                .collect();
+            config = config.with_tables(TableCapture::only(tables));
+        }
+        if let Some(outbox) = &args.outbox {
+            let table = config.table(outbox);
+            config = config.with_outbox(
+                OutboxCapture::default()
+                    .with_table(&format!("{}.{}", table.schema, table.table))
+                    .with_delete_published(args.delete_published),
+            );
+        }
+        anyhow::ensure!(
+            config.tables.is_some() || config.outbox.is_some() || args.resnapshot || args.lag,
+            "nothing to capture: give --tables or --outbox"
+        );
+        Ok(config)
+    }
+
+    pub(super) async fn run(args: CdcArgs) -> anyhow::Result<()> {
+        let mut config = config(&args)?;
+        if config.tables.is_none() && config.outbox.is_none() {
+            // --lag and --resnapshot need no mode; the source wants one.
+            config = config.with_outbox(OutboxCapture::default());
+        }
+        if args.resnapshot {
+            resnapshot_binlog(&config).await?;
+            println!(
+                "capture {} forgotten; the next start takes a new snapshot (or starts at the binlog's end)",
+                args.slot
+            );
+            return Ok(());
+        }
+        if args.lag {
+            let lag = binlog_lag(&config).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "capture": lag.capture,
+                    "stored": lag.stored.as_ref().map(ToString::to_string),
+                    "current": lag.current.to_string(),
+                    "bytes": lag.bytes,
+                    "transactions": lag.transactions,
+                    "stored_at": lag.stored_at,
+                })
+            );
+            return Ok(());
+        }
+        let broker_url: BrokerUrl = args
+            .broker
+            .as_deref()
+            .context("--broker is required")?
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let broker = broker_url.connect().await?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            crate::app::shutdown_signal().await;
+            stop.cancel();
+        });
+        eprintln!("capturing the binlog as {} into {broker_url}", args.slot);
+        capture_binlog(config, broker, shutdown).await?;
+        Ok(())
+    }
 }

@@ -82,11 +82,6 @@ impl Assembler {
         self.messages.is_empty() && self.open.is_none()
     }
 
-    /// Forgets everything (the stream is read again from the slot).
-    pub(crate) fn reset(&mut self) {
-        *self = Assembler::default();
-    }
-
     /// Takes in one decoded message.
     ///
     /// # Errors

@@ -43,6 +43,10 @@ pub struct CdcConfig {
     pub lease_check_interval: Duration,
     /// How long one read waits for a committed transaction before reporting none.
     pub idle_wait: Duration,
+    /// How many decoded batches may wait for the broker while it has the one before them:
+    /// decoding and building envelopes overlap the publish round trip, and memory stays
+    /// bounded to about `(pipeline_depth + 2) × batch_size` messages.
+    pub pipeline_depth: usize,
     /// Schema of the capture's bookkeeping table (`tributary_cdc_slots`), created on first
     /// run. It must not be in a published table list (a `FOR ALL TABLES` publication is
     /// fine: its changes are ignored).
@@ -66,6 +70,7 @@ impl Default for CdcConfig {
             heartbeat_interval: Some(Duration::from_secs(10)),
             lease_check_interval: Duration::from_secs(2),
             idle_wait: Duration::from_millis(500),
+            pipeline_depth: 4,
             state_schema: "public".into(),
             invalid_topic: topic_or_default("cdc-invalid"),
         }
@@ -146,6 +151,11 @@ impl CdcConfig {
     }
 
     /// Sets how long one read waits for a transaction.
+    pub fn with_pipeline_depth(mut self, depth: usize) -> Self {
+        self.pipeline_depth = depth.max(1);
+        self
+    }
+
     pub fn with_idle_wait(mut self, wait: Duration) -> Self {
         self.idle_wait = wait;
         self

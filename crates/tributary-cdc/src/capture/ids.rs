@@ -67,6 +67,22 @@ impl IdSpace {
     }
 }
 
+impl IdSpace {
+    /// The id of the `sub`-th event of the `index`-th change of the transaction named by
+    /// `transaction` (a binlog capture's GTID or file and offset; `snapshot:` keys for rows
+    /// of its initial snapshot).
+    pub(crate) fn keyed(&self, transaction: &[u8], index: u64, sub: u32, unix_ms: u64) -> EventId {
+        let mut hash = Sha256::new();
+        hash.update(self.seed);
+        hash.update(b"keyed");
+        hash.update((transaction.len() as u64).to_be_bytes());
+        hash.update(transaction);
+        hash.update(index.to_be_bytes());
+        hash.update(sub.to_be_bytes());
+        v7(hash, unix_ms)
+    }
+}
+
 fn v7(hash: Sha256, unix_ms: u64) -> EventId {
     let digest: [u8; 32] = hash.finalize().into();
     let mut bits = [0u8; 10];

@@ -12,19 +12,18 @@ use tokio_util::sync::CancellationToken;
 use tributary_core::{Broker, LeaseGuard, Position, RelaySource, SourceBatch};
 use tributary_runtime::{Relay, RelayConfig};
 
-use super::assembler::{Assembler, Step};
 use super::config::CdcConfig;
 use super::error::{CdcError, Result};
 use super::ids::IdSpace;
 use super::lag::{SlotLag, query_lag};
 use super::mapping::Mapper;
+use super::pipeline::{Hooks, Pipeline};
 use super::snapshot::SnapshotReader;
 use super::state::{self, SlotStatus, StateSql};
 use crate::lsn::Lsn;
-use crate::pgoutput::{PgOutputDecoder, PgTimestamp};
+use crate::pgoutput::PgTimestamp;
 use crate::replication::{
-    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream, SnapshotAction,
-    StartReplication,
+    ReplicationConnection, ReplicationError, SnapshotAction, StartReplication,
 };
 use crate::sql::{SqlSession, fill, ident};
 
@@ -82,9 +81,7 @@ struct Progress {
 #[derive(Default)]
 struct Reader {
     phase: Phase,
-    assembler: Assembler,
-    decoder: PgOutputDecoder,
-    mapper: Option<Mapper>,
+    mapper: Option<Arc<Mapper>>,
     /// The batch handed out and not yet marked published.
     outstanding: Option<Outstanding>,
 }
@@ -95,12 +92,15 @@ enum Phase {
     #[default]
     Idle,
     Snapshot(Box<SnapshotReader>),
-    Streaming(ReplicationStream),
+    /// The stream, decoded ahead by the pipeline's task.
+    Streaming(Pipeline),
 }
 
 struct Outstanding {
     through: Position,
     messages: usize,
+    /// Pipeline batches merged into this one.
+    batches: usize,
     kind: BatchKind,
 }
 
@@ -123,14 +123,8 @@ impl Reader {
         match std::mem::take(&mut self.phase) {
             Phase::Idle => {}
             Phase::Snapshot(snapshot) => snapshot.finish().await,
-            Phase::Streaming(stream) => {
-                if let Err(error) = stream.stop().await {
-                    tracing::debug!(%error, "replication stream ended with an error");
-                }
-            }
+            Phase::Streaming(pipeline) => pipeline.stop().await,
         }
-        self.assembler.reset();
-        self.decoder = PgOutputDecoder::new();
         self.outstanding = None;
     }
 }
@@ -282,6 +276,7 @@ impl CdcSource {
                     reader.outstanding = Some(Outstanding {
                         through: batch.through,
                         messages: batch.messages.len(),
+                        batches: 0,
                         kind: BatchKind::Snapshot {
                             rows: batch.messages.len(),
                             done: snapshot.is_done(),
@@ -297,59 +292,22 @@ impl CdcSource {
 
     async fn read_stream(&self, reader: &mut Reader, max: usize) -> Result<Option<SourceBatch>> {
         let Reader {
-            phase,
-            assembler,
-            decoder,
-            mapper,
-            outstanding,
+            phase, outstanding, ..
         } = reader;
-        let (Phase::Streaming(stream), Some(mapper)) = (phase, mapper.as_ref()) else {
+        let Phase::Streaming(pipeline) = phase else {
             return Err(CdcError::protocol("reading a stream that is not open"));
         };
-        let slot = self.inner.config.slot.as_str();
-        let deadline = Instant::now() + self.inner.config.idle_wait;
-        while assembler.len() < max {
-            // With a whole transaction in hand, take only what is already there; otherwise
-            // wait (a transaction's rest arrives right after its start: it is committed).
-            let wait = if assembler.has_complete() {
-                Duration::ZERO
-            } else {
-                deadline.saturating_duration_since(Instant::now())
-            };
-            // A backlog is read without timers; waiting needs them.
-            let received = match stream.try_recv() {
-                Some(message) => Some(message),
-                None => tokio::select! {
-                biased;
-                () = self.inner.stop.cancelled() => None,
-                received = tokio::time::timeout(wait, stream.recv()) => match received {
-                    Err(_) => None,
-                    Ok(Ok(Some(message))) => Some(message),
-                    Ok(Ok(None)) => return Err(ReplicationError::StreamEnded.into()),
-                    Ok(Err(error)) => {
-                        return Err(CdcError::from_stream(error, slot, self.confirmed()));
-                    }
-                },
-                },
-            };
-            let Some(message) = received else { break };
-            let step = match message {
-                ReplicationMessage::KeepAlive(keepalive) => Step::Idle(keepalive.wal_end),
-                ReplicationMessage::XLogData(data) => {
-                    let message = decoder.decode(&data.payload)?;
-                    assembler.apply(&message, decoder, mapper)?
-                }
-            };
-            if let Step::Idle(position) = step
-                && assembler.is_idle()
-            {
-                self.confirm_idle(stream, position);
-            }
-        }
-        let confirmed = self.confirmed();
-        let Some(taken) = assembler.take(max, confirmed) else {
+        let Some((taken, batches)) = pipeline
+            .next(self.inner.config.idle_wait, max, &self.inner.stop)
+            .await?
+        else {
             return Ok(None);
         };
+        // A part of an oversized transaction moves nothing: its position is whatever is
+        // confirmed when it is handed out (the decoder took it earlier, maybe before the
+        // batch ahead of it was confirmed).
+        let mut taken = taken;
+        taken.through = taken.through.max(self.confirmed());
         let batch = SourceBatch {
             messages: taken.messages,
             through: Position::new(taken.through.as_u64()),
@@ -357,6 +315,7 @@ impl CdcSource {
         *outstanding = Some(Outstanding {
             through: batch.through,
             messages: batch.messages.len(),
+            batches,
             kind: BatchKind::Stream {
                 through: taken.through,
                 outbox_max: taken.outbox_max,
@@ -366,14 +325,34 @@ impl CdcSource {
         Ok(Some(batch))
     }
 
-    /// Confirms a position that covers nothing unpublished (a keepalive, a heartbeat, an
-    /// empty transaction), as far as the recorded limit allows; the heartbeat raises it.
-    fn confirm_idle(&self, stream: &ReplicationStream, position: Lsn) {
-        let mut progress = lock(&self.inner.progress);
-        let target = position.min(progress.limit);
-        if target > progress.confirmed {
-            stream.confirm(target);
-            progress.confirmed = target;
+    /// What the pipeline's task asks of the source: the confirmed position, confirming idle
+    /// positions (a keepalive, a heartbeat, an empty transaction: they cover nothing
+    /// unpublished) as far as the recorded limit allows, and the errors of the stream.
+    fn hooks(&self) -> Hooks {
+        let (confirmed, idle) = (Arc::downgrade(&self.inner), Arc::downgrade(&self.inner));
+        let slot = self.inner.config.slot.to_string();
+        let errors = Arc::downgrade(&self.inner);
+        Hooks {
+            confirmed: Box::new(move || {
+                confirmed
+                    .upgrade()
+                    .map_or(Lsn::ZERO, |inner| lock(&inner.progress).confirmed)
+            }),
+            idle: Box::new(move |position| {
+                let inner = idle.upgrade()?;
+                let mut progress = lock(&inner.progress);
+                let target = position.min(progress.limit);
+                (target > progress.confirmed).then(|| {
+                    progress.confirmed = target;
+                    target
+                })
+            }),
+            stream_error: Box::new(move |error| {
+                let confirmed = errors
+                    .upgrade()
+                    .map_or(Lsn::ZERO, |inner| lock(&inner.progress).confirmed);
+                CdcError::from_stream(error, &slot, confirmed)
+            }),
         }
     }
 
@@ -444,9 +423,8 @@ impl CdcSource {
             }
         };
         let primary_keys = state::primary_keys(control, &config.publications).await?;
-        reader.mapper = Some(Mapper::new(Arc::clone(&config), ids, primary_keys));
-        reader.assembler.reset();
-        reader.decoder = PgOutputDecoder::new();
+        let mapper = Arc::new(Mapper::new(Arc::clone(&config), ids, primary_keys));
+        reader.mapper = Some(Arc::clone(&mapper));
         // Where the slot stands; starting there explicitly makes the server refuse a slot
         // that moved since it was checked (dropped and recreated in between).
         let (limit, resume) = match limit {
@@ -484,7 +462,13 @@ impl CdcSource {
         let confirmed = stream.slot().confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
         self.set_positions(confirmed, limit);
         tracing::info!(slot = slot.as_str(), from = %confirmed, "streaming from the slot");
-        reader.phase = Phase::Streaming(stream);
+        reader.phase = Phase::Streaming(Pipeline::spawn(
+            stream,
+            mapper,
+            config.batch_size,
+            config.pipeline_depth,
+            self.hooks(),
+        ));
         Ok(())
     }
 
@@ -601,15 +585,21 @@ impl CdcSource {
                             ));
                         }
                     }
-                    let Phase::Streaming(stream) = &reader.phase else {
+                    let Phase::Streaming(pipeline) = &reader.phase else {
                         return Err(CdcError::protocol("confirming without a stream"));
                     };
-                    stream.confirm(through);
+                    pipeline.confirmer.confirm(through);
                     let mut progress = lock(&self.inner.progress);
-                    progress.confirmed = through;
+                    progress.confirmed = progress.confirmed.max(through);
                     if let Some(time) = commit_time.and_then(PgTimestamp::to_utc) {
                         progress.last_confirmed_commit = Some(time);
                     }
+                }
+                // Only now may the decoder confirm idle positions again.
+                if let Phase::Streaming(pipeline) = &reader.phase {
+                    pipeline
+                        .in_flight
+                        .fetch_sub(outstanding.batches, std::sync::atomic::Ordering::SeqCst);
                 }
                 self.delete_published(outbox_max).await;
             }

@@ -19,4 +19,5 @@ pub use error::{ReplicationError, Result};
 pub use slot::{
     CreatedSlot, PublicationName, SlotInfo, SlotName, SnapshotAction, SystemIdentity, WalStatus,
 };
+pub(crate) use stream::Confirmer;
 pub use stream::{KeepAlive, ReplicationMessage, ReplicationStream, XLogData};

@@ -12,6 +12,7 @@
 //! caller confirmed (or `0/0`, "nothing", before the first confirmation), never a position the
 //! task saw go by.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -73,7 +74,7 @@ pub struct KeepAlive {
 #[derive(Debug)]
 pub struct ReplicationStream {
     events: mpsc::Receiver<ReplicationMessage>,
-    confirm: watch::Sender<Lsn>,
+    confirm: Arc<watch::Sender<Lsn>>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<Result<()>>>,
     slot: SlotInfo,
@@ -106,7 +107,7 @@ impl ReplicationStream {
         };
         ReplicationStream {
             events,
-            confirm,
+            confirm: Arc::new(confirm),
             stop,
             task: Some(tokio::spawn(worker.run())),
             slot,
@@ -148,13 +149,13 @@ impl ReplicationStream {
     ///
     /// Confirm a transaction's `Commit::end_lsn` once all of it is acknowledged.
     pub fn confirm(&self, lsn: Lsn) {
-        self.confirm.send_if_modified(|confirmed| {
-            let newer = lsn > *confirmed;
-            if newer {
-                *confirmed = lsn;
-            }
-            newer
-        });
+        confirm(&self.confirm, lsn);
+    }
+
+    /// A handle that confirms positions of this stream from another task (the one marking
+    /// batches published while this one keeps reading).
+    pub(crate) fn confirmer(&self) -> Confirmer {
+        Confirmer(Arc::clone(&self.confirm))
     }
 
     /// The last position passed to [`confirm`](Self::confirm) (`0/0` if none).
@@ -187,6 +188,26 @@ impl ReplicationStream {
             Some(task) => join(task).await,
         }
     }
+}
+
+/// Confirms positions of a [`ReplicationStream`]; see [`ReplicationStream::confirm`].
+#[derive(Debug, Clone)]
+pub(crate) struct Confirmer(Arc<watch::Sender<Lsn>>);
+
+impl Confirmer {
+    pub(crate) fn confirm(&self, lsn: Lsn) {
+        confirm(&self.0, lsn);
+    }
+}
+
+fn confirm(sender: &watch::Sender<Lsn>, lsn: Lsn) {
+    sender.send_if_modified(|confirmed| {
+        let newer = lsn > *confirmed;
+        if newer {
+            *confirmed = lsn;
+        }
+        newer
+    });
 }
 
 impl Drop for ReplicationStream {

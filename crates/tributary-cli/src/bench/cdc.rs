@@ -7,6 +7,9 @@
 //!   acknowledgement), p50/p99/max.
 //!
 //! Needs `wal_level = logical`. Uses streams and slots of its own, removed afterwards.
+//!
+//! With `--db mysql://…` the same two scenarios run on the MySQL/MariaDB binlog capture, the
+//! baseline being `mariadb-binlog --read-from-remote-server --raw` reading the same binlog.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,7 +35,9 @@ pub struct CdcBenchArgs {
     /// The captured PostgreSQL (wal_level=logical).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub db: String,
-    /// The broker: nats://host:port (default) or embedded://DIR.
+    /// The broker: nats://host:port (default), embedded://DIR, or discard:// (acknowledges
+    /// at once and keeps nothing: measures the capture without a broker; latency needs a
+    /// real one).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub broker: String,
     /// Row changes for `throughput`.
@@ -50,8 +55,14 @@ pub struct CdcBenchArgs {
 }
 
 /// The broker for one run: NATS streams under a prefix of their own (deleted afterwards), or
-/// the embedded log.
+/// the embedded log; `discard://` acknowledges everything at once (the capture alone).
 async fn broker(args: &CdcBenchArgs, run: &str) -> anyhow::Result<(Arc<dyn Broker>, String)> {
+    if args.broker == "discard://" {
+        return Ok((
+            Arc::new(tributary::cdc::binlog::bench::DiscardBroker),
+            "discard".to_owned(),
+        ));
+    }
     let url: BrokerUrl = args.broker.parse().map_err(anyhow::Error::msg)?;
     let url = match url {
         BrokerUrl::Nats { url, replicas, .. } => BrokerUrl::Nats {
@@ -85,6 +96,9 @@ async fn delete_streams(args: &CdcBenchArgs, run: &str, topics: &[&str]) {
 }
 
 pub async fn run(args: CdcBenchArgs) -> anyhow::Result<()> {
+    if args.db.starts_with("mysql://") {
+        return binlog::run(args).await;
+    }
     let scenarios: Vec<&str> = match args.scenario.as_deref() {
         None => vec!["throughput", "latency"],
         Some(s @ ("throughput" | "latency")) => vec![s],
@@ -315,4 +329,125 @@ async fn read_arrivals(
     }
     let arrived = arrived.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(arrived)
+}
+
+/// `tributary bench cdc --db mysql://…`.
+mod binlog {
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use serde_json::json;
+    use tributary::CancellationToken;
+    use tributary::EventId;
+    use tributary::cdc::BinlogConfig;
+    use tributary::cdc::binlog::bench::{LatencyTable, bench_binlog_capture, find_mariadb_binlog};
+    use tributary::cdc::capture::TableCapture;
+
+    use super::{BenchResult, CdcBenchArgs, broker, delete_streams, read_arrivals, topic_name};
+
+    pub(super) async fn run(args: CdcBenchArgs) -> anyhow::Result<()> {
+        let scenarios: Vec<&str> = match args.scenario.as_deref() {
+            None => vec!["throughput", "latency"],
+            Some(s @ ("throughput" | "latency")) => vec![s],
+            Some(s) => anyhow::bail!("unknown scenario {s:?}; choose throughput or latency"),
+        };
+        for scenario in scenarios {
+            let run = EventId::new().as_uuid().simple().to_string()[20..].to_owned();
+            match scenario {
+                "throughput" => throughput(&args, &run).await?,
+                _ => latency(&args, &run).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn throughput(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
+        let program = find_mariadb_binlog()
+            .context("mariadb-binlog is not installed (MariaDB client programs)")?;
+        let (broker, broker_name) = broker(args, run).await?;
+        let config = BinlogConfig::default().with_url(args.db.clone());
+        let report =
+            bench_binlog_capture(&config, broker, args.rows, args.rows_per_txn, &program).await;
+        delete_streams(args, run, &["rows_bench"]).await;
+        let report = report?;
+        BenchResult::new(
+            "cdc",
+            "throughput",
+            &format!("mariadb+{broker_name}"),
+            report.rows,
+            Duration::from_secs_f64(report.capture_seconds),
+        )
+        .against(
+            "mariadb-binlog --read-from-remote-server --raw reading the same binlog range",
+            report.baseline_rows_per_sec,
+        )
+        .with_settings(json!({
+            "rows_per_txn": report.rows_per_transaction,
+            "capture_batch": report.batch_size,
+            "pipeline_depth": report.pipeline_depth,
+            "binlog_bytes": report.bytes,
+            "timing": "from connecting to the last broker acknowledgement (both sides include connecting)",
+        }))
+        .emit();
+        Ok(())
+    }
+
+    async fn latency(args: &CdcBenchArgs, run: &str) -> anyhow::Result<()> {
+        let name = format!("cdc_latency_{run}");
+        let table = LatencyTable::create(&args.db, &name).await?;
+        let (broker, broker_name) = broker(args, run).await?;
+        let base = BinlogConfig::default()
+            .with_url(table.url(&args.db))
+            .with_name("cdc-latency-bench")
+            .with_capture(name.clone())
+            .with_idle_wait(Duration::from_millis(50));
+        let config = base
+            .clone()
+            .with_tables(TableCapture::only(vec![base.table(&name)]));
+        let shutdown = CancellationToken::new();
+        let capture = tokio::spawn(tributary::cdc::capture_binlog(
+            config,
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        // Let the capture reach the stream before offering rows.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let total = args.rate * args.seconds;
+        let topic = tributary::cdc::capture::topic_for_name(&name);
+        let reader = tokio::spawn(read_arrivals(broker.clone(), topic, total as usize));
+        let started = std::time::Instant::now();
+        let committed = table.offer(args.rate, total).await?;
+        let offered_for = started.elapsed();
+        let arrived = reader.await??;
+        shutdown.cancel();
+        let _ = capture.await;
+        let committed: std::collections::HashMap<i64, std::time::Instant> =
+            committed.into_iter().collect();
+        let mut latencies: Vec<Duration> = arrived
+            .iter()
+            .filter_map(|(id, at)| committed.get(id).map(|c| at.saturating_duration_since(*c)))
+            .collect();
+        let received = latencies.len();
+        table.drop_all().await?;
+        delete_streams(args, run, &[topic_name(&name).as_str()]).await;
+        anyhow::ensure!(
+            received as u64 == total,
+            "{received} of {total} changes arrived"
+        );
+        let mut result = BenchResult::new(
+            "cdc",
+            "latency",
+            &format!("mariadb+{broker_name}"),
+            total,
+            offered_for,
+        )
+        .with_latencies(&mut latencies)
+        .with_settings(json!({
+            "rows_per_txn": 1,
+            "latency": "the insert's commit returned -> the change read from the broker",
+        }));
+        result.offered_rate = Some(args.rate as f64);
+        result.emit();
+        Ok(())
+    }
 }
