@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::consistency::{TokenEntry, name_hash};
 use crate::dead_letter::{DeadLetter, DeadLetterId, NewDeadLetter, Resolution};
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::ids::{EventId, Position};
 use crate::topic::GroupName;
@@ -32,11 +34,15 @@ pub trait ConsumerTx: UnitOfWork {
     /// Whether `group` already processed message `id`.
     async fn inbox_contains(&mut self, group: &GroupName, id: &EventId) -> Result<bool>;
 
-    /// Records that `group` processed message `id`.
+    /// Records that `group` dealt with a message (see [`InboxEntry`]).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when it was already recorded.
-    async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()>;
+    async fn inbox_insert(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()>;
+
+    /// Records that `group` applied a message it had dealt with without applying it (a dead
+    /// letter that was replayed), or records it applied if it was not recorded at all.
+    async fn inbox_mark_applied(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()>;
 
     /// Forgets every message `group` processed (before rebuilding its view); returns how many.
     async fn clear_inbox(&mut self, group: &GroupName) -> Result<u64>;
@@ -61,14 +67,13 @@ pub trait ConsumerTx: UnitOfWork {
         Ok(seen)
     }
 
-    /// Records that `group` processed each of `ids`, as [`ConsumerTx::inbox_insert`] does
-    /// for one.
+    /// Records each of `entries`, as [`ConsumerTx::inbox_insert`] does for one.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when one of them was already recorded.
-    async fn inbox_insert_all(&mut self, group: &GroupName, ids: &[EventId]) -> Result<()> {
-        for id in ids {
-            self.inbox_insert(group, id).await?;
+    async fn inbox_insert_all(&mut self, group: &GroupName, entries: &[InboxEntry]) -> Result<()> {
+        for entry in entries {
+            self.inbox_insert(group, entry).await?;
         }
         Ok(())
     }
@@ -124,6 +129,56 @@ pub trait ConsumerTx: UnitOfWork {
     fn start_message(&mut self, index: usize) {
         let _ = index;
     }
+}
+
+/// A message a consumer group dealt with, as its inbox records it: by id (a redelivery finds
+/// it and is skipped), whether its handler applied it (a dead-lettered or parked message was
+/// dealt with but not applied), and what a consistency token's follow-ups ask about it (see
+/// [`crate::ConsistencyToken`]): its source and correlation, hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub id: EventId,
+    pub applied: bool,
+    pub source: u64,
+    pub correlation: Option<u64>,
+}
+
+impl InboxEntry {
+    /// The entry of `event`, applied or not.
+    pub fn of(event: &Envelope, applied: bool) -> Self {
+        Self {
+            id: event.id,
+            applied,
+            source: name_hash(&event.source),
+            correlation: event.correlation_id.as_deref().map(name_hash),
+        }
+    }
+
+    /// The entry of a message that could not be decoded (never applied).
+    pub fn undecodable(id: EventId) -> Self {
+        Self {
+            id,
+            applied: false,
+            source: 0,
+            correlation: None,
+        }
+    }
+}
+
+/// Why a write a token covers is not applied by a view yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PendingReason {
+    /// The view has not dealt with it (not delivered yet, or still being handled).
+    NotYet,
+    /// The view dealt with it without applying it: it is a dead letter (or parked behind one).
+    DeadLettered,
+}
+
+/// A write of a consistency token that a view has not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub entry: TokenEntry,
+    pub reason: PendingReason,
 }
 
 /// Why a unit of work did not commit: the store failed, or the work itself chose to stop

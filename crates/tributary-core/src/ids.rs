@@ -33,6 +33,11 @@ impl EventId {
         *self.0.as_bytes()
     }
 
+    /// The id of [`EventId::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
     /// # Errors
     /// [`Error::Decode`] when `bytes` is not 16 bytes long.
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {

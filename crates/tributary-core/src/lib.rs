@@ -4,6 +4,7 @@ mod aggregate;
 pub mod backend;
 mod broker;
 mod catch_up;
+mod consistency;
 mod dead_letter;
 mod driver_errors;
 mod envelope;
@@ -26,6 +27,10 @@ pub use broker::{
     SourceBatch, topic_for_event,
 };
 pub use catch_up::{CatchUpConfig, Positioned, catch_up};
+pub use consistency::{
+    ConsistencyKey, ConsistencyToken, MAX_ENTRIES as MAX_TOKEN_ENTRIES, MAX_SEALED_LEN, TokenEntry,
+    TokenError, Written, correlation_of, name_hash,
+};
 pub use dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
 pub use envelope::{Envelope, JSON_CONTENT_TYPE};
 pub use error::{BoxError, Error, ExpectedVersion, Result};

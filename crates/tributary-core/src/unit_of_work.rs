@@ -63,8 +63,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{ConsumerTx, Work, WorkError, WorkOrigin};
+use crate::backend::{ConsumerTx, Pending, Work, WorkError, WorkOrigin};
 use crate::broker::RelaySource;
+use crate::consistency::{ConsistencyToken, TokenEntry, Written};
 use crate::dead_letter::DeadLetterStore;
 use crate::envelope::Envelope;
 use crate::error::{Error, ExpectedVersion, Result};
@@ -124,6 +125,94 @@ pub trait UnitOfWork: Send {
     /// The backend's own transaction object. Backend crates build their typed accessors on it
     /// (`unit.sqlite()`, `unit.postgres()`); applications use those.
     fn backend(&mut self) -> &mut dyn Any;
+
+    /// What this unit has published and appended so far, as a consistency token: return it
+    /// from the unit (it is complete once the unit's last write is made) so that a view can
+    /// be asked to wait for those writes (see [`ConsistencyToken`]). Empty for a unit that
+    /// wrote no event, and inside a consumer's handler.
+    fn written(&self) -> ConsistencyToken {
+        ConsistencyToken::new()
+    }
+}
+
+/// The unit an application's closure gets from [`Database::transact`]: the backend's unit,
+/// recording what it publishes and appends for [`UnitOfWork::written`].
+struct Recording<'a> {
+    inner: &'a mut dyn ConsumerTx,
+    token: ConsistencyToken,
+}
+
+#[async_trait]
+impl UnitOfWork for Recording<'_> {
+    async fn get(&mut self, collection: &str, id: &str) -> Result<Option<Payload>> {
+        self.inner.get(collection, id).await
+    }
+
+    async fn put(&mut self, collection: &str, id: &str, document: Payload) -> Result<()> {
+        self.inner.put(collection, id, document).await
+    }
+
+    async fn delete(&mut self, collection: &str, id: &str) -> Result<bool> {
+        self.inner.delete(collection, id).await
+    }
+
+    async fn clear_collection(&mut self, collection: &str) -> Result<u64> {
+        self.inner.clear_collection(collection).await
+    }
+
+    async fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+        let written = Written::of(Some(topic), &event);
+        self.inner.publish(topic, event).await?;
+        self.token.note(written);
+        Ok(())
+    }
+
+    async fn append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Envelope>,
+    ) -> Result<AppendOutcome> {
+        // Relayed to the topic named by the aggregate type (see `topic_for_event`); without
+        // one the relay's default topic is not known here.
+        let written: Vec<Written> = events
+            .iter()
+            .map(|e| {
+                let topic = e.aggregate_type.as_deref().and_then(|t| Topic::new(t).ok());
+                Written::of(topic.as_ref(), e)
+            })
+            .collect();
+        let outcome = self.inner.append(stream, expected, events).await?;
+        for w in written {
+            self.token.note(w);
+        }
+        Ok(outcome)
+    }
+
+    async fn read_stream(
+        &mut self,
+        stream: &StreamId,
+        from: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(stream, from, max).await
+    }
+
+    async fn load_snapshot(&mut self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        self.inner.load_snapshot(stream).await
+    }
+
+    async fn save_snapshot(&mut self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+
+    fn backend(&mut self) -> &mut dyn Any {
+        self.inner.backend()
+    }
+
+    fn written(&self) -> ConsistencyToken {
+        self.token.clone()
+    }
 }
 
 /// Typed access to documents.
@@ -208,6 +297,11 @@ pub trait Database: Send + Sync + 'static {
     /// How often readers poll for commits made by other processes.
     fn poll_every(&self) -> Duration;
 
+    /// Which of a token's `entries` `group` has not applied yet, and why (empty: all of them
+    /// applied). One indexed read per entry. Entries of writes the group never sees (other
+    /// topics) are the caller's to leave out (see `View` in `tributary-runtime`).
+    async fn pending(&self, group: &GroupName, entries: &[TokenEntry]) -> Result<Vec<Pending>>;
+
     /// How many consumed messages the runtime handles in one transaction by default: one
     /// commit then serves them all.
     fn messages_per_unit(&self) -> usize {
@@ -249,9 +343,12 @@ impl dyn Database {
         let work = Work::new(
             WorkOrigin::Caller(Location::caller()),
             move |tx: &mut dyn ConsumerTx| {
-                let unit = work(tx);
                 Box::pin(async move {
-                    match unit.await {
+                    let mut unit = Recording {
+                        inner: tx,
+                        token: ConsistencyToken::new(),
+                    };
+                    match work(&mut unit).await {
                         Ok(value) => Ok(Box::new(value) as Box<dyn Any + Send>),
                         Err(e) => Err(WorkError::Aborted(Box::new(e))),
                     }

@@ -2,6 +2,7 @@
 //! processed a message, written in the caller's own transaction with the message's effects.
 
 use sqlx::{Postgres, Transaction};
+use tributary_core::backend::InboxEntry;
 use tributary_core::{Envelope, GroupName, Result};
 
 use crate::database::PgDatabase;
@@ -58,9 +59,13 @@ impl PgInbox {
         group: &GroupName,
         event: &Envelope,
     ) -> Result<Recorded> {
+        let entry = InboxEntry::of(event, true);
         let done = sqlx::query(self.db.inner.sql.inbox_insert.sql())
             .bind(group.as_str())
-            .bind(event.id.as_uuid())
+            .bind(entry.id.as_uuid())
+            .bind(entry.applied)
+            .bind(entry.source as i64)
+            .bind(entry.correlation.map(|c| c as i64))
             .execute(&mut **tx)
             .await
             .context("recording a message in the inbox")?;

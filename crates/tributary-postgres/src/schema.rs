@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "document versions",
         sql: include_str!("migrations/0003_document_versions.sql"),
     },
+    Migration {
+        version: 4,
+        description: "inbox entries for consistency tokens",
+        sql: include_str!("migrations/0004_inbox_entries.sql"),
+    },
 ];
 
 /// The relations Tributary's migrations create in a schema: a schema where one of them exists
@@ -53,6 +58,7 @@ const RELATIONS: &[&str] = &[
     "relay_cursors",
     "inbox_by_time",
     "dead_letters_unresolved",
+    "inbox_by_correlation",
 ];
 
 /// The newest schema version this build knows.

@@ -100,6 +100,9 @@ statements! {
     lease => "service/lease.sql",
     unlease => "service/unlease.sql",
     notify => "service/notify.sql",
+    inbox_applied => "service/inbox_applied.sql",
+    inbox_follow_ups => "service/inbox_follow_ups.sql",
+    inbox_mark_applied => "unit_of_work/inbox_mark_applied.sql",
     transaction_status => "service/transaction_status.sql",
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::Connection;
-use tributary_core::backend::WorkOrigin;
+use tributary_core::backend::{InboxEntry, WorkOrigin};
 use tributary_core::{
     Database, Envelope, Error, EventStore, ExpectedVersion, Payload, Position, RelaySource,
     StreamId, Topic, UnitOfWorkExt,
@@ -529,7 +529,7 @@ async fn pruning_the_inbox_deletes_only_entries_recorded_before_the_cutoff() {
     );
     let g = group.clone();
     db.transact_consumer(origin(), move |tx| {
-        Box::pin(async move { tx.inbox_insert(&g, &old).await })
+        Box::pin(async move { tx.inbox_insert(&g, &InboxEntry::undecodable(old)).await })
     })
     .await
     .unwrap();
@@ -539,10 +539,10 @@ async fn pruning_the_inbox_deletes_only_entries_recorded_before_the_cutoff() {
     let g = group.clone();
     db.transact_consumer(origin(), move |tx| {
         Box::pin(async move {
-            tx.inbox_insert(&g, &new).await?;
+            tx.inbox_insert(&g, &InboxEntry::undecodable(new)).await?;
             // Recording the same message twice is refused without breaking the unit.
             assert!(matches!(
-                tx.inbox_insert(&g, &new).await,
+                tx.inbox_insert(&g, &InboxEntry::undecodable(new)).await,
                 Err(Error::InvalidInput { .. })
             ));
             Ok(())

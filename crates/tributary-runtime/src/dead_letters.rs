@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use tributary_core::backend::{ConsumerTx, WorkOrigin};
+use tributary_core::backend::{ConsumerTx, InboxEntry, WorkOrigin};
 use tributary_core::{
     Database, DeadLetter, DeadLetterId, Envelope, Error, GroupName, Resolution, Result, UnitOfWork,
     Upcasters,
@@ -152,9 +152,8 @@ async fn replay_chunk(
         match failure {
             None => {
                 tx.release_savepoint().await?;
-                if !tx.inbox_contains(group, &envelope.id).await? {
-                    tx.inbox_insert(group, &envelope.id).await?;
-                }
+                tx.inbox_mark_applied(group, &InboxEntry::of(&envelope, true))
+                    .await?;
                 tx.resolve_dead_letter(id, Resolution::Replayed).await?;
                 outcome.replayed.push(id);
             }

@@ -8,6 +8,7 @@ mod health;
 mod projector;
 mod relay;
 mod retry;
+mod view;
 
 pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerConfig};
@@ -17,5 +18,6 @@ pub use health::{Health, HealthState};
 pub use projector::{Projector, ProjectorConfig};
 pub use relay::{Relay, RelayConfig, RelayStats};
 pub use tributary_core::HandlerError;
+pub use view::{View, WaitError};
 
 pub use tokio_util::sync::CancellationToken;

@@ -50,6 +50,10 @@ const SERVICE_MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("migrations/service/0002_messaging.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("migrations/service/0003_inbox_entries.sql"),
+    },
 ];
 
 const BROKER_MIGRATIONS: &[Migration] = &[Migration {

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tributary_core::backend::WorkOrigin;
+use tributary_core::backend::{InboxEntry, PendingReason, WorkOrigin};
 use tributary_core::{
-    Broker, CommandError, Database, Envelope, Error, EventId, ExpectedVersion, GroupName, Metadata,
-    OutgoingMessage, Payload, Repository, Snapshot, StreamId, StreamVersion, Topic, UnitOfWorkExt,
-    Upcasters,
+    Broker, CommandError, ConsistencyToken, Database, Envelope, Error, EventId, ExpectedVersion,
+    GroupName, Metadata, OutgoingMessage, Payload, Repository, Snapshot, StreamId, StreamVersion,
+    Topic, UnitOfWorkExt, Upcasters,
 };
 use tributary_runtime::{
     Backoff, CancellationToken, Consumer, ConsumerConfig, DeadLetterAdmin, Dispatch, Handler,
-    HandlerError, HealthState, Projector, ProjectorConfig, Relay, RelayConfig, handler_fn,
+    HandlerError, HealthState, Projector, ProjectorConfig, Relay, RelayConfig, WaitError,
+    handler_fn,
 };
 
 use crate::broker::{fresh_group, fresh_topic};
@@ -66,6 +67,9 @@ macro_rules! messaging_conformance {
             events_published_in_a_rolled_back_savepoint_are_dropped_and_the_rest_keep_their_order,
             document_updates_are_read_back_in_the_unit_and_undone_by_a_savepoint_rollback,
             a_document_no_backend_can_store_dead_letters_only_its_message,
+            a_consistency_token_is_satisfied_only_after_every_write_it_names_is_applied,
+            consistency_tokens_survive_a_restart_of_the_view,
+            a_token_waits_for_the_follow_ups_of_its_writes_in_another_service,
             repository_upcasts_old_events_on_read,
             repository_snapshots_every_n_events_and_loads_from_them,
             repository_retries_conflicts_and_stays_consistent,
@@ -1380,8 +1384,8 @@ pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFix
     let (p, o) = (pruned.clone(), other.clone());
     db.transact_consumer(origin(), move |tx| {
         Box::pin(async move {
-            tx.inbox_insert(&p, &id).await?;
-            tx.inbox_insert(&o, &id).await
+            tx.inbox_insert(&p, &InboxEntry::undecodable(id)).await?;
+            tx.inbox_insert(&o, &InboxEntry::undecodable(id)).await
         })
     })
     .await
@@ -1411,7 +1415,13 @@ pub async fn batched_inbox_and_dead_letter_lookups_agree_with_single_ones(f: &Me
     let db = (f.new_database)().await;
     let group = fresh_group();
     let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
-    let (g, recorded) = (group.clone(), ids[..3].to_vec());
+    let (g, recorded) = (
+        group.clone(),
+        ids[..3]
+            .iter()
+            .map(|id| InboxEntry::undecodable(*id))
+            .collect::<Vec<_>>(),
+    );
     db.transact_consumer(origin(), move |tx| {
         Box::pin(async move {
             tx.inbox_insert_all(&g, &recorded).await?;
@@ -1641,4 +1651,231 @@ pub async fn repository_retries_conflicts_and_stays_consistent(f: &MessagingFixt
         repo.load(&id).await.unwrap().version,
         StreamVersion::new(41)
     );
+}
+
+/// Publishes one numbered event per key on `topic` in one unit and returns the unit's token.
+async fn publish_with_token(
+    db: &Arc<dyn Database>,
+    topic: &Topic,
+    keys: &[&str],
+    seq: u64,
+) -> ConsistencyToken {
+    let (t, keys): (Topic, Vec<String>) = (
+        topic.clone(),
+        keys.iter().map(|k| (*k).to_owned()).collect(),
+    );
+    db.transact(move |unit| {
+        Box::pin(async move {
+            for k in &keys {
+                unit.publish(&t, numbered(k, seq)).await?;
+            }
+            Ok::<_, Error>(unit.written())
+        })
+    })
+    .await
+    .expect("publish")
+}
+
+/// A ledger handler that holds back (retries, without counting it as an attempt) every
+/// message of `held` while `hold` is set.
+fn holding_ledger(hold: Arc<AtomicBool>, held: &'static str) -> Arc<dyn Handler> {
+    let inner = ledger_handler();
+    handler_fn(move |e, unit| {
+        let (inner, hold) = (inner.clone(), hold.clone());
+        Box::pin(async move {
+            if hold.load(Ordering::SeqCst) && e.subject.as_deref() == Some(held) {
+                return Err(HandlerError::transient("held back by the test"));
+            }
+            inner.handle(e, unit).await
+        })
+    })
+}
+
+pub async fn a_consistency_token_is_satisfied_only_after_every_write_it_names_is_applied(
+    f: &MessagingFixture,
+) {
+    let (producer, view_db) = ((f.new_database)().await, (f.new_database)().await);
+    let (first, second) = (fresh_topic(), fresh_topic());
+    f.broker.ensure_topic(&first, 8).await.unwrap();
+    f.broker.ensure_topic(&second, 8).await.unwrap();
+    let hold = Arc::new(AtomicBool::new(true));
+    let consumer = Consumer::new(
+        fresh_group(),
+        vec![first.clone(), second.clone()],
+        view_db.clone(),
+        f.broker.clone(),
+        holding_ledger(hold.clone(), "held"),
+        fast_config(),
+    )
+    .expect("valid consumer");
+    let view = consumer.view();
+    let mut running = Running::new();
+    running.relay(&producer, &f.broker);
+    running.consumer(consumer);
+    // Writes over both topics and many keys (so many partitions), one of them held back.
+    let keys: Vec<String> = (0..24).map(|i| format!("k{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let flowing = publish_with_token(&producer, &first, &key_refs, 1)
+        .await
+        .merge(&publish_with_token(&producer, &second, &key_refs, 1).await);
+    view.wait_for(&flowing, WITHIN)
+        .await
+        .expect("the writes of flowing keys are applied");
+    for k in &keys {
+        assert_eq!(
+            ledger(&view_db, k).await.applied,
+            2,
+            "both topics applied for {k}"
+        );
+    }
+    let with_held = publish_with_token(&producer, &second, &["k1", "held", "k2"], 2).await;
+    assert_eq!(with_held.entries().len(), 3);
+    let err = view
+        .wait_for(&with_held, Duration::from_millis(300))
+        .await
+        .expect_err("one write is held back");
+    let pending = match err {
+        WaitError::Timeout { pending, .. } => pending,
+        other => panic!("a timeout, not {other:?}"),
+    };
+    assert_eq!(
+        pending.len(),
+        1,
+        "only the held-back write is pending: {pending:?}"
+    );
+    assert_eq!(pending[0].reason, PendingReason::NotYet);
+    assert_eq!(
+        ledger(&view_db, "k1").await.last_seq,
+        2,
+        "the other writes of the token are applied"
+    );
+    hold.store(false, Ordering::SeqCst);
+    view.wait_for(&with_held, WITHIN)
+        .await
+        .expect("applied once released");
+    assert_eq!(ledger(&view_db, "held").await.last_seq, 2);
+    // A token for topics the view does not read asks nothing of it.
+    let elsewhere = publish_with_token(&producer, &fresh_topic(), &["x"], 1).await;
+    assert!(view.concerned(&elsewhere).is_empty());
+    view.wait_for(&elsewhere, Duration::ZERO)
+        .await
+        .expect("nothing to wait for");
+    running.stop().await;
+}
+
+pub async fn consistency_tokens_survive_a_restart_of_the_view(f: &MessagingFixture) {
+    let (producer, view_db) = ((f.new_database)().await, (f.new_database)().await);
+    let topic = fresh_topic();
+    f.broker.ensure_topic(&topic, 4).await.unwrap();
+    let group = fresh_group();
+    let token = publish_with_token(&producer, &topic, &["a", "b"], 1).await;
+    let mut relay = Running::new();
+    relay.relay(&producer, &f.broker);
+    let first = consumer(&group, &topic, &view_db, &f.broker, ledger_handler());
+    let view = first.view();
+    let mut running = Running::new();
+    running.consumer(first);
+    view.wait_for(&token, WITHIN).await.expect("applied");
+    running.stop().await;
+    // A new process's view of the same group answers from the durable inbox at once.
+    let again = consumer(&group, &topic, &view_db, &f.broker, ledger_handler()).view();
+    assert!(again.pending(&token).await.unwrap().is_empty());
+    // Written while the view is down: pending until it runs again.
+    let later = publish_with_token(&producer, &topic, &["a"], 2).await;
+    assert!(
+        matches!(
+            again.wait_for(&later, Duration::from_millis(200)).await,
+            Err(WaitError::Timeout { .. })
+        ),
+        "nothing applies it while the view is stopped"
+    );
+    let mut running = Running::new();
+    running.consumer(consumer(
+        &group,
+        &topic,
+        &view_db,
+        &f.broker,
+        ledger_handler(),
+    ));
+    again
+        .wait_for(&later, WITHIN)
+        .await
+        .expect("applied after the restart");
+    running.stop().await;
+    relay.stop().await;
+}
+
+pub async fn a_token_waits_for_the_follow_ups_of_its_writes_in_another_service(
+    f: &MessagingFixture,
+) {
+    let (orders, credit, view_db) = (
+        (f.new_database)().await,
+        (f.new_database)().await,
+        (f.new_database)().await,
+    );
+    let (order_topic, decisions) = (fresh_topic(), fresh_topic());
+    f.broker.ensure_topic(&order_topic, 2).await.unwrap();
+    f.broker.ensure_topic(&decisions, 2).await.unwrap();
+    let hold = Arc::new(AtomicBool::new(true));
+    // The "credit service" decides on each order, caused by it, when it is not held back.
+    let out = decisions.clone();
+    let h = hold.clone();
+    let decide = handler_fn(move |e, unit| {
+        let (out, h) = (out.clone(), h.clone());
+        Box::pin(async move {
+            if h.load(Ordering::SeqCst) {
+                return Err(HandlerError::transient("held back by the test"));
+            }
+            let decision = Envelope::new("credit-service", "Decided", e.data.clone())
+                .with_subject(e.subject.clone().unwrap_or_default())
+                .caused_by(e);
+            unit.publish(&out, decision).await?;
+            Ok(())
+        })
+    });
+    let view = Consumer::new(
+        fresh_group(),
+        vec![order_topic.clone(), decisions.clone()],
+        view_db.clone(),
+        f.broker.clone(),
+        Arc::new(Dispatch::new().ignore(&["Numbered", "Decided"])),
+        fast_config(),
+    )
+    .expect("view");
+    let waiter = view.view();
+    let mut running = Running::new();
+    running.relay(&orders, &f.broker);
+    running.relay(&credit, &f.broker);
+    running.consumer(consumer(
+        &fresh_group(),
+        &order_topic,
+        &credit,
+        &f.broker,
+        decide,
+    ));
+    running.consumer(view);
+    let created = publish_with_token(&orders, &order_topic, &["o-1"], 1).await;
+    let with_decision = created.clone().and_follow_ups(&decisions, "credit-service");
+    waiter
+        .wait_for(&created, WITHIN)
+        .await
+        .expect("the order itself is applied");
+    assert!(
+        matches!(
+            waiter
+                .wait_for(&with_decision, Duration::from_millis(300))
+                .await,
+            Err(WaitError::Timeout { .. })
+        ),
+        "the decision has not been made yet"
+    );
+    hold.store(false, Ordering::SeqCst);
+    waiter
+        .wait_for(&with_decision, WITHIN)
+        .await
+        .expect("the decision reached the view");
+    // A decision from another service of the same correlation does not count.
+    let other_source = created.and_follow_ups(&decisions, "billing-service");
+    assert!(!waiter.pending(&other_source).await.unwrap().is_empty());
+    running.stop().await;
 }

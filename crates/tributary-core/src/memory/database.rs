@@ -14,9 +14,13 @@ use tokio::sync::watch;
 
 use super::event_log::EventLog;
 use super::event_store::lock;
-use crate::backend::{ConsumerTx, Work, WorkError, validate_document, validate_document_key};
+use crate::backend::{
+    ConsumerTx, InboxEntry, Pending, PendingReason, Work, WorkError, validate_document,
+    validate_document_key,
+};
 use crate::broker::{LeaseGuard, OutgoingMessage, RelaySource, SourceBatch, topic_for_event};
 use crate::catch_up::{CatchUpConfig, catch_up};
+use crate::consistency::TokenEntry;
 use crate::dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
 use crate::envelope::Envelope;
 use crate::error::{Error, ExpectedVersion, Result};
@@ -35,19 +39,26 @@ struct State {
     documents: BTreeMap<(String, String), Payload>,
     outbox: BTreeMap<u64, OutgoingMessage>,
     next_outbox: u64,
-    inbox: HashMap<(GroupName, EventId), DateTime<Utc>>,
+    inbox: HashMap<(GroupName, EventId), InboxRow>,
     dead_letters: BTreeMap<u64, (DeadLetter, Option<Resolution>)>,
     next_dead_letter: u64,
     checkpoints: HashMap<String, Position>,
     cursors: HashMap<String, Position>,
 }
 
+/// A message a group dealt with.
+#[derive(Clone, Copy, Debug)]
+struct InboxRow {
+    at: DateTime<Utc>,
+    entry: InboxEntry,
+}
+
 /// How to undo one change of a unit.
 enum Undo {
     Document((String, String), Option<Payload>),
     Outbox(u64),
-    Inbox((GroupName, EventId)),
-    InboxRemoved((GroupName, EventId)),
+    Inbox((GroupName, EventId), Option<InboxRow>),
+    InboxRemoved((GroupName, EventId), InboxRow),
     DeadLetterInsert(u64),
     DeadLetterChange(u64, (DeadLetter, Option<Resolution>)),
     Checkpoint(String, Option<Position>),
@@ -139,11 +150,14 @@ impl MemoryTx<'_> {
                 Undo::Outbox(id) => {
                     s.outbox.remove(&id);
                 }
-                Undo::Inbox(key) => {
+                Undo::Inbox(key, Some(previous)) => {
+                    s.inbox.insert(key, previous);
+                }
+                Undo::Inbox(key, None) => {
                     s.inbox.remove(&key);
                 }
-                Undo::InboxRemoved(key) => {
-                    s.inbox.insert(key, Utc::now());
+                Undo::InboxRemoved(key, row) => {
+                    s.inbox.insert(key, row);
                 }
                 Undo::DeadLetterInsert(id) => {
                     s.dead_letters.remove(&id);
@@ -293,14 +307,34 @@ impl ConsumerTx for MemoryTx<'_> {
         Ok(self.state.inbox.contains_key(&(group.clone(), *id)))
     }
 
-    async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
-        let key = (group.clone(), *id);
-        if self.state.inbox.insert(key.clone(), Utc::now()).is_some() {
+    async fn inbox_insert(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()> {
+        let key = (group.clone(), entry.id);
+        if self.state.inbox.contains_key(&key) {
             return Err(Error::invalid(format!(
-                "message {id} is already in {group}'s inbox"
+                "message {} is already in {group}'s inbox",
+                entry.id
             )));
         }
-        self.undo.push(Undo::Inbox(key));
+        let row = InboxRow {
+            at: Utc::now(),
+            entry: *entry,
+        };
+        self.state.inbox.insert(key.clone(), row);
+        self.undo.push(Undo::Inbox(key, None));
+        Ok(())
+    }
+
+    async fn inbox_mark_applied(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()> {
+        let key = (group.clone(), entry.id);
+        let row = InboxRow {
+            at: Utc::now(),
+            entry: InboxEntry {
+                applied: true,
+                ..*entry
+            },
+        };
+        let previous = self.state.inbox.insert(key.clone(), row);
+        self.undo.push(Undo::Inbox(key, previous));
         Ok(())
     }
 
@@ -313,8 +347,9 @@ impl ConsumerTx for MemoryTx<'_> {
             .cloned()
             .collect();
         for key in &keys {
-            self.state.inbox.remove(key);
-            self.undo.push(Undo::InboxRemoved(key.clone()));
+            if let Some(row) = self.state.inbox.remove(key) {
+                self.undo.push(Undo::InboxRemoved(key.clone(), row));
+            }
         }
         Ok(keys.len() as u64)
     }
@@ -504,7 +539,9 @@ impl Database for InMemoryDatabase {
     async fn prune_inbox(&self, group: &GroupName, before: DateTime<Utc>) -> Result<u64> {
         let mut state = self.shared.state.lock().await;
         let n = state.inbox.len();
-        state.inbox.retain(|(g, _), at| g != group || *at >= before);
+        state
+            .inbox
+            .retain(|(g, _), row| g != group || row.at >= before);
         Ok((n - state.inbox.len()) as u64)
     }
 
@@ -514,6 +551,41 @@ impl Database for InMemoryDatabase {
 
     fn messages_per_unit(&self) -> usize {
         256
+    }
+
+    async fn pending(&self, group: &GroupName, entries: &[TokenEntry]) -> Result<Vec<Pending>> {
+        let state = self.shared.state.lock().await;
+        Ok(entries
+            .iter()
+            .filter_map(|entry| {
+                let reason = match *entry {
+                    TokenEntry::Write { id, .. } => match state.inbox.get(&(group.clone(), id)) {
+                        None => Some(PendingReason::NotYet),
+                        Some(row) if !row.entry.applied => Some(PendingReason::DeadLettered),
+                        Some(_) => None,
+                    },
+                    TokenEntry::FollowUp {
+                        source,
+                        correlation,
+                        after,
+                        ..
+                    } => {
+                        let seen = state.inbox.iter().any(|((g, id), row)| {
+                            g == group
+                                && row.entry.applied
+                                && row.entry.source == source
+                                && row.entry.correlation == Some(correlation)
+                                && *id > after
+                        });
+                        (!seen).then_some(PendingReason::NotYet)
+                    }
+                };
+                reason.map(|reason| Pending {
+                    entry: *entry,
+                    reason,
+                })
+            })
+            .collect())
     }
 }
 

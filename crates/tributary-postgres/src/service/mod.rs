@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tributary_core::backend::{Work, WorkError, validate_document_key};
+use tributary_core::backend::{Pending, PendingReason, Work, WorkError, validate_document_key};
 use tributary_core::{
-    Database, DeadLetterStore, Error, EventStore, Payload, Position, RelaySource, Result, Topic,
+    Database, DeadLetterStore, Error, EventStore, GroupName, Payload, Position, RelaySource,
+    Result, TokenEntry, Topic,
 };
 
 use crate::database::PgDatabase;
@@ -128,6 +129,82 @@ impl Database for PgDatabase {
                 return Ok(total);
             }
         }
+    }
+
+    async fn pending(&self, group: &GroupName, entries: &[TokenEntry]) -> Result<Vec<Pending>> {
+        let sql = &self.inner.sql;
+        let mut pending = Vec::new();
+        let writes: Vec<&TokenEntry> = entries
+            .iter()
+            .filter(|e| matches!(e, TokenEntry::Write { .. }))
+            .collect();
+        if !writes.is_empty() {
+            let ids: Vec<uuid::Uuid> = writes
+                .iter()
+                .filter_map(|e| match e {
+                    TokenEntry::Write { id, .. } => Some(id.as_uuid()),
+                    TokenEntry::FollowUp { .. } => None,
+                })
+                .collect();
+            let rows: Vec<(i64, Option<bool>)> = sqlx::query_as(sql.inbox_applied.sql())
+                .bind(group.as_str())
+                .bind(&ids)
+                .persistent(false)
+                .fetch_all(self.pool())
+                .await
+                .context("reading the inbox")?;
+            for (n, applied) in rows {
+                let reason = match applied {
+                    None => PendingReason::NotYet,
+                    Some(false) => PendingReason::DeadLettered,
+                    Some(true) => continue,
+                };
+                if let Some(entry) = usize::try_from(n - 1).ok().and_then(|i| writes.get(i)) {
+                    pending.push(Pending {
+                        entry: **entry,
+                        reason,
+                    });
+                }
+            }
+        }
+        let follow_ups: Vec<&TokenEntry> = entries
+            .iter()
+            .filter(|e| matches!(e, TokenEntry::FollowUp { .. }))
+            .collect();
+        if !follow_ups.is_empty() {
+            let (mut correlations, mut sources, mut afters) = (Vec::new(), Vec::new(), Vec::new());
+            for e in &follow_ups {
+                if let TokenEntry::FollowUp {
+                    source,
+                    correlation,
+                    after,
+                    ..
+                } = e
+                {
+                    correlations.push(*correlation as i64);
+                    sources.push(*source as i64);
+                    afters.push(after.as_uuid());
+                }
+            }
+            let missing: Vec<i64> = sqlx::query_scalar(sql.inbox_follow_ups.sql())
+                .bind(group.as_str())
+                .bind(&correlations)
+                .bind(&sources)
+                .bind(&afters)
+                .persistent(false)
+                .fetch_all(self.pool())
+                .await
+                .context("reading the inbox")?;
+            for n in missing {
+                if let Some(entry) = usize::try_from(n - 1).ok().and_then(|i| follow_ups.get(i)) {
+                    pending.push(Pending {
+                        entry: **entry,
+                        reason: PendingReason::NotYet,
+                    });
+                }
+            }
+        }
+        Ok(pending)
     }
 
     fn poll_every(&self) -> Duration {

@@ -27,7 +27,8 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tributary_core::backend::{
-    ConsumerTx, Work, WorkError, validate_batch, validate_document, validate_document_key,
+    ConsumerTx, InboxEntry, Work, WorkError, validate_batch, validate_document,
+    validate_document_key,
 };
 use tributary_core::{
     AppendOutcome, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion, GroupName,
@@ -586,19 +587,37 @@ impl ConsumerTx for PgTx {
         self.sqlx(found, "reading the inbox")
     }
 
-    async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
+    async fn inbox_insert(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()> {
         let db = self.db.clone();
         let done = sqlx::query(db.sql.inbox_insert.sql())
             .bind(group.as_str())
-            .bind(id.as_uuid())
+            .bind(entry.id.as_uuid())
+            .bind(entry.applied)
+            .bind(entry.source as i64)
+            .bind(entry.correlation.map(|c| c as i64))
             .execute(self.tx().await?)
             .await;
         let done = self.sqlx(done, "writing the inbox")?;
         if done.rows_affected() == 0 {
             return Err(Error::invalid(format!(
-                "message {id} is already in {group}'s inbox"
+                "message {} is already in {group}'s inbox",
+                entry.id
             )));
         }
+        self.wrote = true;
+        Ok(())
+    }
+
+    async fn inbox_mark_applied(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()> {
+        let db = self.db.clone();
+        let done = sqlx::query(db.sql.inbox_mark_applied.sql())
+            .bind(group.as_str())
+            .bind(entry.id.as_uuid())
+            .bind(entry.source as i64)
+            .bind(entry.correlation.map(|c| c as i64))
+            .execute(self.tx().await?)
+            .await;
+        self.sqlx(done, "writing the inbox")?;
         self.wrote = true;
         Ok(())
     }
@@ -626,25 +645,34 @@ impl ConsumerTx for PgTx {
         Ok(seen.into_iter().map(EventId::from_uuid).collect())
     }
 
-    async fn inbox_insert_all(&mut self, group: &GroupName, ids: &[EventId]) -> Result<()> {
-        let db = self.db.clone();
-        match ids {
+    async fn inbox_insert_all(&mut self, group: &GroupName, entries: &[InboxEntry]) -> Result<()> {
+        match entries {
             [] => return Ok(()),
-            [id] => return self.inbox_insert(group, id).await,
+            [entry] => return self.inbox_insert(group, entry).await,
             _ => {}
         }
-        let uuids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
+        let db = self.db.clone();
+        let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.id.as_uuid()).collect();
+        let applied: Vec<bool> = entries.iter().map(|e| e.applied).collect();
+        let sources: Vec<i64> = entries.iter().map(|e| e.source as i64).collect();
+        let correlations: Vec<Option<i64>> = entries
+            .iter()
+            .map(|e| e.correlation.map(|c| c as i64))
+            .collect();
         let done = sqlx::query(db.sql.inbox_insert_all.sql())
             .bind(group.as_str())
-            .bind(&uuids)
+            .bind(&ids)
+            .bind(&applied)
+            .bind(&sources)
+            .bind(&correlations)
             .execute(self.tx().await?)
             .await;
         let done = self.sqlx(done, "writing the inbox")?;
-        if done.rows_affected() != ids.len() as u64 {
+        if done.rows_affected() != entries.len() as u64 {
             return Err(Error::invalid(format!(
                 "{} of {} messages were already in {group}'s inbox",
-                ids.len() as u64 - done.rows_affected(),
-                ids.len()
+                entries.len() as u64 - done.rows_affected(),
+                entries.len()
             )));
         }
         self.wrote = true;

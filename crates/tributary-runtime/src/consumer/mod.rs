@@ -175,6 +175,11 @@ impl Consumer {
         &self.ctx.group
     }
 
+    /// The group's view, for readers that wait until it applied a consistency token's writes.
+    pub fn view(&self) -> crate::View {
+        crate::View::new(self.ctx.db.clone(), self.ctx.group.clone(), &self.topics)
+    }
+
     /// Asks for `group`'s view to be rebuilt from the broker's retained log: in one
     /// transaction, clears `collections` and the group's inbox and records the request; the
     /// next [`Consumer::run`] of the group moves it back to the start of its topics before it

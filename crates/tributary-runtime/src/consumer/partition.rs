@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use futures::FutureExt;
-use tributary_core::backend::{ConsumerTx, Work, WorkError};
+use tributary_core::backend::{ConsumerTx, InboxEntry, Work, WorkError};
 use tributary_core::{
     DeadLetterId, Delivery, Envelope, Error, EventId, HandlerError, NewDeadLetter, Partition,
     Result, Topic, UnitOfWork,
@@ -379,7 +379,7 @@ async fn handle_in_unit(
                 let letter = letter_for(ctx, delivery, None, reason, 1, Utc::now(), blocker);
                 let letter = tx.insert_dead_letter(letter).await?;
                 blockers.entry(delivery.key.clone()).or_insert(letter);
-                dealt_with.extend(delivery.id);
+                dealt_with.extend(delivery.id.map(InboxEntry::undecodable));
                 continue;
             }
         };
@@ -398,7 +398,7 @@ async fn handle_in_unit(
                 Some(blocker),
             );
             tx.insert_dead_letter(letter).await?;
-            dealt_with.push(envelope.id);
+            dealt_with.push(InboxEntry::of(&envelope, false));
             continue;
         }
         tx.start_message(done);
@@ -419,7 +419,7 @@ async fn handle_in_unit(
                 failure: Some(failure),
             });
         }
-        dealt_with.push(envelope.id);
+        dealt_with.push(InboxEntry::of(&envelope, true));
     }
     tx.inbox_insert_all(&ctx.group, &dealt_with).await?;
     Ok(Progress {
@@ -492,8 +492,12 @@ async fn record_dead_letter(
         parked_behind,
     );
     tx.insert_dead_letter(letter).await?;
-    if let Some(id) = &id {
-        tx.inbox_insert(&ctx.group, id).await?;
+    let entry = match envelope {
+        Some(e) => Some(InboxEntry::of(e, false)),
+        None => id.map(InboxEntry::undecodable),
+    };
+    if let Some(entry) = entry {
+        tx.inbox_insert(&ctx.group, &entry).await?;
     }
     Ok(())
 }

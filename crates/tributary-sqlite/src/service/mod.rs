@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
-use tributary_core::backend::{Work, WorkError, validate_document_key};
+use tributary_core::backend::{Pending, PendingReason, Work, WorkError, validate_document_key};
 use tributary_core::{
     Database, DeadLetterStore, Error, EventStore, GroupName, Payload, Position, RelaySource,
-    Result, Topic,
+    Result, TokenEntry, Topic,
 };
 
 use crate::database::SqliteDatabase;
@@ -156,5 +156,56 @@ impl Database for SqliteDatabase {
     /// One writer, no row locks: a batch of messages costs one commit.
     fn messages_per_unit(&self) -> usize {
         256
+    }
+
+    async fn pending(&self, group: &GroupName, entries: &[TokenEntry]) -> Result<Vec<Pending>> {
+        let (group, entries) = (group.as_str().to_owned(), entries.to_vec());
+        self.read(move |conn| {
+            let mut pending = Vec::new();
+            for entry in entries {
+                let reason = match entry {
+                    TokenEntry::Write { id, .. } => {
+                        let applied: Option<bool> = rusqlite::OptionalExtension::optional(
+                            conn.prepare_cached(include_str!("inbox_applied.sql"))
+                                .context("preparing inbox_applied")?
+                                .query_row(params![group, &id.to_bytes()[..]], |r| r.get(0)),
+                        )
+                        .context("reading the inbox")?;
+                        match applied {
+                            None => Some(PendingReason::NotYet),
+                            Some(false) => Some(PendingReason::DeadLettered),
+                            Some(true) => None,
+                        }
+                    }
+                    TokenEntry::FollowUp {
+                        source,
+                        correlation,
+                        after,
+                        ..
+                    } => {
+                        let found = rusqlite::OptionalExtension::optional(
+                            conn.prepare_cached(include_str!("inbox_follow_up.sql"))
+                                .context("preparing inbox_follow_up")?
+                                .query_row(
+                                    params![
+                                        group,
+                                        correlation as i64,
+                                        source as i64,
+                                        &after.to_bytes()[..]
+                                    ],
+                                    |_| Ok(()),
+                                ),
+                        )
+                        .context("reading the inbox")?;
+                        found.is_none().then_some(PendingReason::NotYet)
+                    }
+                };
+                if let Some(reason) = reason {
+                    pending.push(Pending { entry, reason });
+                }
+            }
+            Ok(pending)
+        })
+        .await
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, params};
 use tributary_core::backend::{
-    ConsumerTx, validate_batch, validate_document, validate_document_key,
+    ConsumerTx, InboxEntry, validate_batch, validate_document, validate_document_key,
 };
 use tributary_core::{
     AppendOutcome, DeadLetter, DeadLetterId, Envelope, Error, EventId, ExpectedVersion, GroupName,
@@ -223,18 +223,43 @@ impl ConsumerTx for SqliteTx {
             .is_some())
     }
 
-    async fn inbox_insert(&mut self, group: &GroupName, id: &EventId) -> Result<()> {
+    async fn inbox_insert(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()> {
         self.conn
             .prepare_cached(include_str!("inbox_insert.sql"))
             .context("preparing inbox_insert")?
-            .execute(params![group.as_str(), &id.to_bytes()[..], now_ms()])
+            .execute(params![
+                group.as_str(),
+                &entry.id.to_bytes()[..],
+                now_ms(),
+                entry.applied,
+                entry.source as i64,
+                entry.correlation.map(|c| c as i64),
+            ])
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    Error::invalid(format!("message {id} is already in {group}'s inbox"))
+                    Error::invalid(format!(
+                        "message {} is already in {group}'s inbox",
+                        entry.id
+                    ))
                 } else {
                     sql_error("writing the inbox", e)
                 }
             })?;
+        Ok(())
+    }
+
+    async fn inbox_mark_applied(&mut self, group: &GroupName, entry: &InboxEntry) -> Result<()> {
+        self.conn
+            .prepare_cached(include_str!("inbox_mark_applied.sql"))
+            .context("preparing inbox_mark_applied")?
+            .execute(params![
+                group.as_str(),
+                &entry.id.to_bytes()[..],
+                now_ms(),
+                entry.source as i64,
+                entry.correlation.map(|c| c as i64),
+            ])
+            .context("writing the inbox")?;
         Ok(())
     }
 
