@@ -159,6 +159,13 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "order created -> approved/rejected: p50 {:.1} ms, p99 {:.1} ms",
         summary.latency_p50_ms, summary.latency_p99_ms
     );
+    let ryw = &summary.read_your_writes;
+    if ryw.pairs > 0 {
+        println!(
+            "read your writes over HTTP ({} order-then-history pairs each): {} stale without tokens, {} with tokens; write -> consistent read p50 {:.1} ms, p99 {:.1} ms",
+            ryw.pairs, ryw.stale_without_token, ryw.stale_with_token, ryw.p50_ms, ryw.p99_ms
+        );
+    }
     println!("invariants:");
     for c in &summary.checks {
         println!(
@@ -184,6 +191,10 @@ pub struct ServeArgs {
     /// PostgreSQL's WAL in this process) or external (a separate `tributary cdc` process).
     #[arg(long, env = "TRIBUTARY_PUBLISH", default_value = "relay")]
     publish: String,
+    /// The secret consistency tokens are signed with: the same in every service of a
+    /// deployment (default on SQLite: DIR/consistency.key, created once).
+    #[arg(long, env = "TRIBUTARY_CONSISTENCY_KEY", hide_env_values = true)]
+    consistency_key: Option<String>,
     #[command(flatten)]
     backends: BackendArgs,
 }
@@ -224,11 +235,58 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState {
         services: running.services.clone(),
         health: Arc::new(running.health()),
+        consistency: http::Consistency::new(consistency_key(
+            args.consistency_key.as_deref(),
+            &resolved.db,
+        )?),
     };
     http::serve(listener, http::router(state), shutdown_signal()).await?;
     eprintln!("stopping: finishing in-flight batches");
     running.stop().await;
     Ok(())
+}
+
+/// The deployment's consistency key: given, or kept beside the SQLite files (created once),
+/// or — for servers, where no file is shared — a fixed development key, said loudly.
+fn consistency_key(given: Option<&str>, db: &DbUrl) -> anyhow::Result<tributary::ConsistencyKey> {
+    if let Some(secret) = given {
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "the consistency key must be at least 16 characters"
+        );
+        return Ok(tributary::ConsistencyKey::new(secret.as_bytes().to_vec()));
+    }
+    match db {
+        DbUrl::Sqlite(dir) => {
+            let path = dir.join("consistency.key");
+            let secret = match std::fs::read(&path) {
+                Ok(secret) => secret,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let secret = format!(
+                        "{}{}",
+                        uuid::Uuid::now_v7().simple(),
+                        uuid::Uuid::now_v7().simple()
+                    )
+                    .into_bytes();
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::write(&path, &secret)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    secret
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            Ok(tributary::ConsistencyKey::new(secret))
+        }
+        DbUrl::Postgres { .. } => {
+            eprintln!(
+                "warning: no --consistency-key (TRIBUTARY_CONSISTENCY_KEY): consistency tokens are signed with a development key anyone can forge; give every service the same secret"
+            );
+            Ok(tributary::ConsistencyKey::new(
+                b"tributary development consistency key".to_vec(),
+            ))
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

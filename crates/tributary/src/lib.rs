@@ -6,20 +6,20 @@ pub use url::{BrokerUrl, DatabaseUrl, connect, connect_broker, redact};
 
 // The model and the application's API.
 pub use tributary_core::{
-    Aggregate, AppendOutcome, BoxFuture, Broker, CommandError, Database, DeadLetter, DeadLetterId,
-    DeadLetterStore, Delivery, Envelope, Error, EventId, EventStore, EventStream, Executed,
-    ExpectedVersion, GroupName, HandlerError, InMemoryBroker, InMemoryDatabase, InMemoryEventStore,
-    JSON_CONTENT_TYPE, Loaded, Metadata, Offset, OutgoingMessage, Partition, Payload, Position,
-    RecordedEvent, RelaySource, Repository, Resolution, Result, Snapshot, StreamId, StreamVersion,
-    Topic, UnitOfWork, UnitOfWorkExt, UpcastEvent, Upcasters, decode_event, encode_event,
-    envelopes_for,
+    Aggregate, AppendOutcome, BoxFuture, Broker, CommandError, ConsistencyKey, ConsistencyToken,
+    Database, DeadLetter, DeadLetterId, DeadLetterStore, Delivery, Envelope, Error, EventId,
+    EventStore, EventStream, Executed, ExpectedVersion, GroupName, HandlerError, InMemoryBroker,
+    InMemoryDatabase, InMemoryEventStore, JSON_CONTENT_TYPE, Loaded, Metadata, Offset,
+    OutgoingMessage, Partition, Payload, Position, RecordedEvent, RelaySource, Repository,
+    Resolution, Result, Snapshot, StreamId, StreamVersion, TokenEntry, TokenError, Topic,
+    UnitOfWork, UnitOfWorkExt, UpcastEvent, Upcasters, decode_event, encode_event, envelopes_for,
 };
 
 // The long-running tasks.
 pub use tributary_runtime::{
     Backoff, CancellationToken, Consumer, ConsumerConfig, DeadLetterAdmin, Dispatch, Handler,
     Health, HealthState, Projector, ProjectorConfig, Relay, RelayConfig, RelayStats, ReplayOutcome,
-    handler_fn,
+    View, WaitError, handler_fn,
 };
 
 /// For implementing a backend; applications do not need it.

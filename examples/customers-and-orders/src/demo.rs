@@ -13,8 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
 use tributary::Position;
 
+use crate::http::{AppState, Consistency};
 use crate::invariants::{self, Check, State};
 use crate::order::OrderState;
+use crate::read_your_writes::ReadYourWrites;
 use crate::system::{self, Backends, BrokerUrl, DbUrl, Publishing, Running, ServiceName};
 
 /// Options of the demo.
@@ -39,6 +41,8 @@ pub struct DemoOptions {
     /// Publish the customer outbox from PostgreSQL's WAL (CDC) instead of by the relay.
     pub cdc: bool,
     pub progress: bool,
+    /// Write-then-read pairs through HTTP, without and with consistency tokens.
+    pub read_your_writes_pairs: usize,
 }
 
 impl Default for DemoOptions {
@@ -55,6 +59,7 @@ impl Default for DemoOptions {
             broker: None,
             cdc: false,
             progress: true,
+            read_your_writes_pairs: 200,
         }
     }
 }
@@ -71,6 +76,7 @@ pub struct DemoSummary {
     /// Order created (its command returned) → APPROVED/REJECTED committed, in ms.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
+    pub read_your_writes: ReadYourWrites,
     pub checks: Vec<Check>,
 }
 
@@ -205,7 +211,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
     }))
     .buffer_unordered(options.concurrency.max(1));
     while let Some(c) = created.next().await {
-        customer_ids.push(c?.customer_id);
+        customer_ids.push(c?.0.customer_id);
     }
 
     // Watch the order service's own events: when each order settles, and cancel some
@@ -300,7 +306,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
                 created_at
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(o.order_id.clone(), Instant::now());
+                    .insert(o.0.order_id.clone(), Instant::now());
             }
             drop(permit);
             o.map(|_| ())
@@ -332,7 +338,31 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
         c.await?;
     }
     watcher.abort();
-    let checks = settle_and_check(running, Duration::from_secs(60)).await?;
+    let state = AppState {
+        services: running.services.clone(),
+        health: Arc::new(running.health()),
+        consistency: Consistency::new(tributary::ConsistencyKey::new(
+            uuid::Uuid::now_v7().as_bytes().to_vec(),
+        )),
+    };
+    let known: Vec<String> = customer_ids.iter().take(50).cloned().collect();
+    let read_your_writes =
+        crate::read_your_writes::measure(running, state, &known, options.read_your_writes_pairs)
+            .await?;
+    let mut checks = settle_and_check(running, Duration::from_secs(60)).await?;
+    if read_your_writes.pairs > 0 {
+        checks.push(Check {
+            name: "a read with a consistency token includes the write and its saga's decision",
+            ok: read_your_writes.stale_with_token == 0,
+            detail: format!(
+                "{} of {} reads with tokens stale ({} of {} without)",
+                read_your_writes.stale_with_token,
+                read_your_writes.pairs,
+                read_your_writes.stale_without_token,
+                read_your_writes.pairs
+            ),
+        });
+    }
     let state = State::read(&services).await?;
     let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     l.sort_unstable();
@@ -349,6 +379,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
         orders_per_sec: options.orders as f64 / seconds_to_settle,
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
+        read_your_writes,
         checks,
     })
 }

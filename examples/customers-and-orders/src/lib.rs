@@ -21,6 +21,7 @@ pub mod history;
 pub mod http;
 pub mod invariants;
 pub mod order;
+pub mod read_your_writes;
 pub mod system;
 
 /// What can go wrong in a service call, mapped to HTTP statuses by [`http`].
@@ -38,6 +39,13 @@ pub enum AppError {
     /// The service's storage failed (503 when worth retrying, else 500).
     #[error(transparent)]
     Store(#[from] tributary::Error),
+    /// A read asked to include writes (a consistency token) the view has not applied yet (503
+    /// with `Retry-After`, and what is pending).
+    #[error("{0}")]
+    NotConsistent(tributary::WaitError),
+    /// A consistency token from outside is malformed or not this deployment's (400).
+    #[error("{0}")]
+    BadToken(#[from] tributary::TokenError),
 }
 
 /// The largest amount accepted (cents): far beyond any real order, far below overflow.

@@ -29,6 +29,9 @@ impl App {
         let state = AppState {
             services: running.services.clone(),
             health: Arc::new(running.health()),
+            consistency: http::Consistency::new(tributary::ConsistencyKey::new(
+                b"the http tests' consistency key".to_vec(),
+            )),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -468,5 +471,101 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     let (status, body) = app.get("/health").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_with_the_writes_token_includes_the_write_and_its_decision() {
+    let app = App::start().await;
+    let c = app.customer("Reader", 10_000).await;
+    let response = app
+        .client
+        .post(format!("{}/orders", app.base))
+        .json(&json!({"customer_id": c, "order_total": 2_500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let header = response
+        .headers()
+        .get("tributary-consistency")
+        .expect("the token in a header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["consistency_token"], header.as_str(), "and in the body");
+    let order = body["order_id"].as_str().unwrap().to_owned();
+    // No polling: one read that waits for exactly these writes.
+    let history = app
+        .client
+        .get(format!("{}/customers/{c}/orderhistory", app.base))
+        .header("tributary-consistency", &header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(history.status(), StatusCode::OK);
+    let history: Value = history.json().await.unwrap();
+    assert_eq!(
+        history["orders"][0],
+        json!({"order_id": order, "order_total": 2_500, "state": "APPROVED"}),
+        "the order and its saga's decision"
+    );
+    let (status, settled) = app
+        .get(&format!("/orders/{order}?consistent_with={header}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{settled}");
+    assert_eq!(settled["state"], "APPROVED", "the order service applied the decision");
+    // A cancellation's token: the history shows it at once.
+    let (status, cancelled) = app.post(&format!("/orders/{order}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    let token = cancelled["consistency_token"].as_str().unwrap();
+    let (status, history) = app
+        .get(&format!("/customers/{c}/orderhistory?consistent_with={token}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(history["orders"][0]["state"], "CANCELLED");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_malformed_or_forged_token_is_a_400_and_an_unmet_one_a_503_that_says_what_is_pending() {
+    let app = App::start().await;
+    let c = app.customer("Wary", 100).await;
+    let history = format!("/customers/{c}/orderhistory");
+    let (status, body) = app.get(&format!("{history}?consistent_with=not-a-token")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("malformed"), "{body}");
+    // Signed with another deployment's key.
+    let mut elsewhere = tributary::ConsistencyToken::new();
+    elsewhere.record(
+        Some(&tributary::Topic::new("Order").unwrap()),
+        &tributary::Envelope::new("x", "OrderCreated", tributary::Payload::null()),
+    );
+    let forged = elsewhere.seal(&tributary::ConsistencyKey::new(b"another deployment".to_vec()));
+    let (status, body) = app.get(&format!("{history}?consistent_with={forged}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not issued"), "{body}");
+    // A genuine token of a write the view never receives: a bounded wait, then 503.
+    let unmet = elsewhere.seal(&tributary::ConsistencyKey::new(
+        b"the http tests' consistency key".to_vec(),
+    ));
+    let started = Instant::now();
+    let response = app
+        .client
+        .get(format!("{}{history}?wait_ms=200", app.base))
+        .header("tributary-consistency", &unmet)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= Duration::from_millis(200), "it waited");
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["pending"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["pending"][0]["reason"], "not applied yet");
     app.stop().await;
 }

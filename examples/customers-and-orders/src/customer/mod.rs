@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tributary::{
-    Database, Dispatch, Envelope, Error, HandlerError, Payload, UnitOfWork, UnitOfWorkExt,
+    ConsistencyToken, Database, Dispatch, Envelope, Error, HandlerError, Payload, UnitOfWork,
+    UnitOfWorkExt,
 };
 
 use crate::AppError;
@@ -68,11 +69,16 @@ impl CustomerService {
         &self.db
     }
 
-    /// Creates a customer and publishes `CustomerCreated`.
+    /// Creates a customer and publishes `CustomerCreated`; returns the customer and the
+    /// consistency token of the write.
     ///
     /// # Errors
     /// [`AppError::Invalid`] for an empty or too long name or a negative limit.
-    pub async fn create(&self, name: String, credit_limit: i64) -> Result<Customer, AppError> {
+    pub async fn create(
+        &self,
+        name: String,
+        credit_limit: i64,
+    ) -> Result<(Customer, ConsistencyToken), AppError> {
         let name = name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(AppError::Invalid("name must be 1 to 200 characters".into()));
@@ -85,7 +91,8 @@ impl CustomerService {
             reservations: BTreeMap::new(),
         };
         let c = customer.clone();
-        self.db
+        let token = self
+            .db
             .transact(move |unit| {
                 Box::pin(async move {
                     unit.put_as(CUSTOMERS, &c.customer_id, &c).await?;
@@ -99,11 +106,11 @@ impl CustomerService {
                         event("CustomerCreated", &created, &c.customer_id, &c.customer_id)?,
                     )
                     .await?;
-                    Ok::<_, Error>(())
+                    Ok::<_, Error>(unit.written())
                 })
             })
             .await?;
-        Ok(customer)
+        Ok((customer, token))
     }
 
     /// The committed state of a customer.

@@ -9,11 +9,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tributary::{Database, UnitOfWork, UnitOfWorkExt};
-use tributary::{Dispatch, HandlerError};
+use std::time::Duration;
+
+use tributary::{
+    ConsistencyToken, Database, Dispatch, GroupName, HandlerError, UnitOfWork, UnitOfWorkExt, View,
+};
 
 use crate::AppError;
-use crate::events::{CustomerCreated, OrderApproved, OrderCancelled, OrderCreated, OrderRejected};
+use crate::events::{
+    CustomerCreated, OrderApproved, OrderCancelled, OrderCreated, OrderRejected, customer_topic,
+    order_topic,
+};
 use crate::order::OrderState;
 
 const HISTORY: &str = crate::system::HISTORY_COLLECTION;
@@ -37,11 +43,31 @@ pub struct CustomerHistory {
 #[derive(Clone)]
 pub struct HistoryService {
     db: Arc<dyn Database>,
+    view: View,
 }
 
 impl HistoryService {
     pub fn new(db: Arc<dyn Database>) -> Self {
-        Self { db }
+        let group = GroupName::new(crate::system::HISTORY_GROUP)
+            .unwrap_or_else(|_| unreachable!("a valid group name"));
+        let view = View::new(db.clone(), group, &[customer_topic(), order_topic()]);
+        Self { db, view }
+    }
+
+    /// A customer's history once the view has applied every write of `token` (waiting up to
+    /// `wait`).
+    ///
+    /// # Errors
+    /// As [`HistoryService::get`], or [`AppError::NotConsistent`] when the writes were not
+    /// applied within `wait`.
+    pub async fn get_consistent(
+        &self,
+        customer_id: &str,
+        token: &ConsistencyToken,
+        wait: Duration,
+    ) -> Result<Option<CustomerHistory>, AppError> {
+        self.view.wait_for(token, wait).await?;
+        self.get(customer_id).await
     }
 
     pub fn database(&self) -> &Arc<dyn Database> {

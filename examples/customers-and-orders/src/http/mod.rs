@@ -1,10 +1,12 @@
 //! The HTTP API (axum, JSON). Errors are `{"error": "..."}` with a 4xx/5xx status.
 
+pub mod consistency;
 mod json;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tributary::Health;
 
+pub use consistency::{Consistency, ConsistencyQuery};
 pub use json::ApiJson;
 
 use crate::AppError;
@@ -26,6 +29,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct AppState {
     pub services: Services,
     pub health: Arc<Vec<Health>>,
+    pub consistency: Consistency,
 }
 
 /// The routes of the services this process runs (all three, or one in a distributed
@@ -70,6 +74,8 @@ impl IntoResponse for AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::BadToken(_) => StatusCode::BAD_REQUEST,
+            AppError::NotConsistent(e) => return consistency::not_consistent(e),
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
@@ -97,16 +103,17 @@ async fn create_customer(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<NewCustomer>,
 ) -> Result<Response, AppError> {
-    let c = s
+    let (c, token) = s
         .services
         .customers()?
         .create(body.name, body.credit_limit)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "customer_id": c.customer_id })),
-    )
-        .into_response())
+    let sealed = s.consistency.seal(&token);
+    let body = json!({ "customer_id": c.customer_id, "consistency_token": sealed });
+    Ok(consistency::with_token(
+        (StatusCode::CREATED, Json(body)).into_response(),
+        &sealed,
+    ))
 }
 
 async fn get_customer(
@@ -157,48 +164,62 @@ async fn create_order(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<NewOrder>,
 ) -> Result<Response, AppError> {
-    let o = s
+    let (o, token) = s
         .services
         .orders()?
         .create(body.customer_id, body.order_total)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "order_id": o.order_id, "state": o.state.to_string() })),
-    )
-        .into_response())
+    let sealed = s.consistency.seal(&token);
+    let body = json!({
+        "order_id": o.order_id,
+        "state": o.state.to_string(),
+        "consistency_token": sealed,
+    });
+    Ok(consistency::with_token(
+        (StatusCode::CREATED, Json(body)).into_response(),
+        &sealed,
+    ))
 }
 
 async fn get_order(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<ConsistencyQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<OrderView>, AppError> {
-    let o = s
-        .services
-        .orders()?
-        .get(&id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("order {id}")))?;
+    let orders = s.services.orders()?;
+    let o = match s.consistency.requested(&headers, &query)? {
+        Some((token, wait)) => orders.get_consistent(&id, &token, wait).await?,
+        None => orders.get(&id).await?,
+    };
+    let o = o.ok_or_else(|| AppError::NotFound(format!("order {id}")))?;
     Ok(Json(o.into()))
 }
 
 async fn cancel_order(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<OrderView>, AppError> {
-    Ok(Json(s.services.orders()?.cancel(&id).await?.into()))
+) -> Result<Response, AppError> {
+    let (o, token) = s.services.orders()?.cancel(&id).await?;
+    let sealed = s.consistency.seal(&token);
+    let mut body = serde_json::to_value(OrderView::from(o))
+        .map_err(|e| AppError::Invalid(format!("cannot show the order: {e}")))?;
+    body["consistency_token"] = json!(sealed);
+    Ok(consistency::with_token(Json(body).into_response(), &sealed))
 }
 
 async fn get_history(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<ConsistencyQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let h = s
-        .services
-        .history()?
-        .get(&id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("order history of customer {id}")))?;
+    let history = s.services.history()?;
+    let h = match s.consistency.requested(&headers, &query)? {
+        Some((token, wait)) => history.get_consistent(&id, &token, wait).await?,
+        None => history.get(&id).await?,
+    };
+    let h = h.ok_or_else(|| AppError::NotFound(format!("order history of customer {id}")))?;
     let orders: Vec<_> = h
         .orders
         .iter()

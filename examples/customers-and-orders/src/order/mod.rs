@@ -6,15 +6,19 @@ mod aggregate;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tributary::{
-    CommandError, Database, Dispatch, Envelope, Executed, HandlerError, Metadata, Repository,
-    UnitOfWork,
+    CommandError, ConsistencyToken, Database, Dispatch, Envelope, Executed, GroupName,
+    HandlerError, Metadata, Repository, UnitOfWork, View, WaitError,
 };
 
 pub use aggregate::{Order, OrderCommand, OrderError, OrderEvent, OrderState};
 
 use crate::AppError;
-use crate::events::{CreditLimitExceeded, CreditReserved, CustomerValidationFailed};
+use crate::events::{
+    CreditLimitExceeded, CreditReserved, CustomerValidationFailed, customer_topic, order_topic,
+};
 
 pub const SOURCE: &str = "order-service";
 
@@ -23,23 +27,41 @@ pub const SOURCE: &str = "order-service";
 pub struct OrderService {
     db: Arc<dyn Database>,
     repository: Repository<Order>,
+    /// The service's consumer group's view of the customer topic: an order's state includes
+    /// the credit decision once this view applied it.
+    decisions: View,
 }
+
+/// The order service's consumer group (the saga's replies from the customer service).
+pub const GROUP: &str = "order-service";
 
 impl OrderService {
     pub fn new(db: Arc<dyn Database>) -> Self {
         let repository = Repository::new(db.event_store(), SOURCE).with_max_attempts(10);
-        Self { db, repository }
+        let group = GroupName::new(GROUP).unwrap_or_else(|_| unreachable!("a valid group name"));
+        let decisions = View::new(db.clone(), group, &[customer_topic()]);
+        Self {
+            db,
+            repository,
+            decisions,
+        }
     }
 
     pub fn database(&self) -> &Arc<dyn Database> {
         &self.db
     }
 
-    /// Records a new order as NEW and emits `OrderCreated`, which starts the saga.
+    /// Records a new order as NEW and emits `OrderCreated`, which starts the saga. The token
+    /// covers the order and the saga's steps it causes: the credit decision (customer
+    /// service) and the approval or rejection (this service).
     ///
     /// # Errors
     /// [`AppError::Invalid`] for a malformed customer id or a total that is not positive.
-    pub async fn create(&self, customer_id: String, order_total: i64) -> Result<Order, AppError> {
+    pub async fn create(
+        &self,
+        customer_id: String,
+        order_total: i64,
+    ) -> Result<(Order, ConsistencyToken), AppError> {
         crate::validate_id("customer id", &customer_id)?;
         crate::validate_amount("order_total", order_total, false)?;
         let order_id = uuid::Uuid::now_v7().to_string();
@@ -48,8 +70,11 @@ impl OrderService {
             customer_id,
             order_total,
         };
-        let done = self.run(order_id, command).await?;
-        Ok(done.state)
+        let (done, token) = self.run(order_id, command).await?;
+        let token = token
+            .and_follow_ups(&customer_topic(), crate::customer::SOURCE)
+            .and_follow_ups(&order_topic(), SOURCE);
+        Ok((done.state, token))
     }
 
     /// Runs `command` on order `order_id` in a unit of work of its own.
@@ -57,18 +82,35 @@ impl OrderService {
         &self,
         order_id: String,
         command: OrderCommand,
-    ) -> Result<Executed<Order>, AppError> {
+    ) -> Result<(Executed<Order>, ConsistencyToken), AppError> {
         let repository = self.repository.clone();
         self.db
             .transact(move |unit| {
                 Box::pin(async move {
-                    repository
+                    let done = repository
                         .execute(unit, &order_id, command, &Metadata::default())
-                        .await
+                        .await?;
+                    Ok((done, unit.written()))
                 })
             })
             .await
             .map_err(order_error)
+    }
+
+    /// The order, once this service has applied every write of `token` it reads (the credit
+    /// decision of the saga a created order started), waiting up to `wait`.
+    ///
+    /// # Errors
+    /// As [`OrderService::get`], or [`AppError::NotConsistent`] when the writes were not
+    /// applied within `wait`.
+    pub async fn get_consistent(
+        &self,
+        order_id: &str,
+        token: &ConsistencyToken,
+        wait: Duration,
+    ) -> Result<Option<Order>, AppError> {
+        self.decisions.wait_for(token, wait).await?;
+        self.get(order_id).await
     }
 
     /// The current state of an order, from its events.
@@ -82,10 +124,10 @@ impl OrderService {
     ///
     /// # Errors
     /// [`AppError::NotFound`], or [`AppError::Conflict`] when the order is not APPROVED.
-    pub async fn cancel(&self, order_id: &str) -> Result<Order, AppError> {
+    pub async fn cancel(&self, order_id: &str) -> Result<(Order, ConsistencyToken), AppError> {
         crate::validate_id("order id", order_id)?;
-        let done = self.run(order_id.to_owned(), OrderCommand::Cancel).await?;
-        Ok(done.state)
+        let (done, token) = self.run(order_id.to_owned(), OrderCommand::Cancel).await?;
+        Ok((done.state, token))
     }
 
     /// Every order, folded from the whole event store (for invariant checks and audits).
@@ -174,6 +216,15 @@ async fn settle(
             Err(HandlerError::reject(format!("order {order_id}: {e}")))
         }
         Err(CommandError::Store(e)) => Err(e.into()),
+    }
+}
+
+impl From<WaitError> for AppError {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::Store(e) => AppError::Store(e),
+            other => AppError::NotConsistent(other),
+        }
     }
 }
 
