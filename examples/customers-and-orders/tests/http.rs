@@ -494,7 +494,11 @@ async fn a_read_with_the_writes_token_includes_the_write_and_its_decision() {
         .unwrap()
         .to_owned();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["consistency_token"], header.as_str(), "and in the body");
+    assert_eq!(
+        body["consistency_token"],
+        header.as_str(),
+        "and in the body"
+    );
     let order = body["order_id"].as_str().unwrap().to_owned();
     // No polling: one read that waits for exactly these writes.
     let history = app
@@ -515,13 +519,20 @@ async fn a_read_with_the_writes_token_includes_the_write_and_its_decision() {
         .get(&format!("/orders/{order}?consistent_with={header}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{settled}");
-    assert_eq!(settled["state"], "APPROVED", "the order service applied the decision");
+    assert_eq!(
+        settled["state"], "APPROVED",
+        "the order service applied the decision"
+    );
     // A cancellation's token: the history shows it at once.
-    let (status, cancelled) = app.post(&format!("/orders/{order}/cancel"), json!({})).await;
+    let (status, cancelled) = app
+        .post(&format!("/orders/{order}/cancel"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     let token = cancelled["consistency_token"].as_str().unwrap();
     let (status, history) = app
-        .get(&format!("/customers/{c}/orderhistory?consistent_with={token}"))
+        .get(&format!(
+            "/customers/{c}/orderhistory?consistent_with={token}"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(history["orders"][0]["state"], "CANCELLED");
@@ -533,19 +544,31 @@ async fn a_malformed_or_forged_token_is_a_400_and_an_unmet_one_a_503_that_says_w
     let app = App::start().await;
     let c = app.customer("Wary", 100).await;
     let history = format!("/customers/{c}/orderhistory");
-    let (status, body) = app.get(&format!("{history}?consistent_with=not-a-token")).await;
+    let (status, body) = app
+        .get(&format!("{history}?consistent_with=not-a-token"))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("malformed"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("malformed"),
+        "{body}"
+    );
     // Signed with another deployment's key.
     let mut elsewhere = tributary::ConsistencyToken::new();
     elsewhere.record(
         Some(&tributary::Topic::new("Order").unwrap()),
         &tributary::Envelope::new("x", "OrderCreated", tributary::Payload::null()),
     );
-    let forged = elsewhere.seal(&tributary::ConsistencyKey::new(b"another deployment".to_vec()));
-    let (status, body) = app.get(&format!("{history}?consistent_with={forged}")).await;
+    let forged = elsewhere.seal(&tributary::ConsistencyKey::new(
+        b"another deployment".to_vec(),
+    ));
+    let (status, body) = app
+        .get(&format!("{history}?consistent_with={forged}"))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("not issued"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not issued"),
+        "{body}"
+    );
     // A genuine token of a write the view never receives: a bounded wait, then 503.
     let unmet = elsewhere.seal(&tributary::ConsistencyKey::new(
         b"the http tests' consistency key".to_vec(),
@@ -561,7 +584,10 @@ async fn a_malformed_or_forged_token_is_a_400_and_an_unmet_one_a_503_that_says_w
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() >= Duration::from_millis(200), "it waited");
     assert_eq!(
-        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
         Some("1")
     );
     let body: Value = response.json().await.unwrap();

@@ -9,6 +9,12 @@
 //!   the consumer's commit, p50/p99/max.
 //! - `relay_restart`: a relay child process is killed with SIGKILL and started again; time
 //!   from the restart to its first publish.
+//! - `read_your_writes`: like `fixed_rate`, but each writer then waits on the consumer's view
+//!   for its unit's consistency token; the wait (commit returned → `wait_for` returned) beside
+//!   commit → handled of the same run. A token wait should cost little more than the
+//!   pipeline's own latency.
+//! - `token_check`: how many single-entry tokens an up-to-date view checks per second (the
+//!   cost a waiting read adds when nothing is pending).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +30,8 @@ use tributary::{
     Broker, Database, Envelope, Error, EventId, GroupName, Payload, Topic, UnitOfWorkExt,
 };
 use tributary::{
-    CancellationToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay, RelayConfig,
-    RelayStats,
+    CancellationToken, ConsistencyToken, Consumer, ConsumerConfig, Dispatch, HandlerError, Relay,
+    RelayConfig, RelayStats, View,
 };
 
 use super::report::{BenchResult, peak_rss_mb};
@@ -34,7 +40,8 @@ use crate::urls::named_database;
 /// Options of `tributary bench pipeline`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct PipelineBenchArgs {
-    /// Run only this scenario: sustained, fixed_rate or relay_restart.
+    /// Run only this scenario: sustained, fixed_rate, relay_restart, read_your_writes or
+    /// token_check.
     #[arg(long)]
     pub scenario: Option<String>,
     /// Events for `sustained`.
@@ -74,7 +81,13 @@ pub struct PipelineBenchArgs {
     pub dir: Option<PathBuf>,
 }
 
-const SCENARIOS: &[&str] = &["sustained", "fixed_rate", "relay_restart"];
+const SCENARIOS: &[&str] = &[
+    "sustained",
+    "fixed_rate",
+    "relay_restart",
+    "read_your_writes",
+    "token_check",
+];
 
 pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
     let chosen: Vec<&str> = match &args.scenario {
@@ -104,6 +117,8 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
         let outcome = match scenario {
             "sustained" => sustained(&args, &backend).await,
             "fixed_rate" => fixed_rate(&args, &backend).await,
+            "read_your_writes" => read_your_writes(&args, &backend).await,
+            "token_check" => token_check(&args, &backend).await,
             _ => relay_restart(&args, &backend).await,
         };
         backend.remove().await;
@@ -204,6 +219,8 @@ struct Pipeline {
     relay_stats: Arc<RelayStats>,
     handled: Arc<AtomicU64>,
     handled_at: Arc<Mutex<HashMap<EventId, Instant>>>,
+    /// The consumer group's view, for consistency-token waits.
+    view: View,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -270,6 +287,7 @@ impl Pipeline {
             Arc::new(handler),
             config,
         )?;
+        let view = consumer.view();
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = consumer.run(s).await {
@@ -300,6 +318,7 @@ impl Pipeline {
             relay_stats,
             handled,
             handled_at,
+            view,
             shutdown,
             tasks,
         })
@@ -540,6 +559,138 @@ async fn fixed_rate(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Resu
         }));
     result.offered_rate = Some(args.rate as f64);
     result.emit();
+    pipeline.stop().await;
+    Ok(())
+}
+
+async fn read_your_writes(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(backend, args, true).await?;
+    let topic = Topic::new("pipeline")?;
+    let data = payload(args.payload_bytes);
+    let total = args.rate * args.seconds;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    // (event, commit returned, wait returned)
+    let samples: Arc<Mutex<Vec<(EventId, Instant, Instant)>>> = Arc::default();
+    let started = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    // Open loop, as in `fixed_rate`: a writer is started at its scheduled time.
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (source, view, t, e, out) = (
+            pipeline.source.clone(),
+            pipeline.view.clone(),
+            topic.clone(),
+            event(&data, i % 1000),
+            samples.clone(),
+        );
+        writers.spawn(async move {
+            let id = e.id;
+            let token = source
+                .transact(move |unit| {
+                    Box::pin(async move {
+                        unit.publish(&t, e).await?;
+                        Ok::<_, Error>(unit.written())
+                    })
+                })
+                .await?;
+            let committed = Instant::now();
+            view.wait_for(&token, Duration::from_secs(60)).await?;
+            out.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((id, committed, Instant::now()));
+            anyhow::Ok(())
+        });
+        while let Some(done) = writers.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    let offered_for = started.elapsed();
+    let handled_at = pipeline
+        .handled_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut waits: Vec<Duration> = samples.iter().map(|(_, c, w)| *w - *c).collect();
+    let mut handled: Vec<Duration> = samples
+        .iter()
+        .filter_map(|(id, c, _)| handled_at.get(id).map(|h| h.saturating_duration_since(*c)))
+        .collect();
+    let handled_p99 = BenchResult::new("", "", "", 0, Duration::ZERO)
+        .with_latencies(&mut handled)
+        .p99_ms;
+    let mut result = BenchResult::new(
+        "pipeline",
+        "read_your_writes",
+        backend.name,
+        total,
+        offered_for,
+    )
+    .with_latencies(&mut waits)
+    .with_settings(json!({
+        "partitions": args.partitions,
+        "payload_bytes": args.payload_bytes,
+        "events_per_txn": 1,
+        "latency": "producer commit returned -> View::wait_for(its token) returned",
+        "commit_to_handled_p99_ms": handled_p99,
+    }));
+    if let (Some(wait), Some(handled)) = (result.p99_ms, handled_p99) {
+        result.settings["wait_p99_vs_handled_p99"] =
+            json!((wait / handled.max(1e-9) * 100.0).round() / 100.0);
+    }
+    result.offered_rate = Some(args.rate as f64);
+    result.emit();
+    pipeline.stop().await;
+    Ok(())
+}
+
+async fn token_check(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(backend, args, false).await?;
+    let topic = Topic::new("pipeline")?;
+    let data = payload(args.payload_bytes);
+    // One token per key, each for a write the view has applied.
+    let keys = 1000u64;
+    let mut tokens = Vec::new();
+    for k in 0..keys {
+        let (t, e) = (topic.clone(), event(&data, k));
+        let token: ConsistencyToken = pipeline
+            .source
+            .transact(move |unit| {
+                Box::pin(async move {
+                    unit.publish(&t, e).await?;
+                    Ok::<_, Error>(unit.written())
+                })
+            })
+            .await?;
+        tokens.push(token);
+    }
+    for token in &tokens {
+        pipeline
+            .view
+            .wait_for(token, Duration::from_secs(60))
+            .await?;
+    }
+    let checks = args.events;
+    let started = Instant::now();
+    for i in 0..checks {
+        let token = &tokens[(i % keys) as usize];
+        pipeline
+            .view
+            .wait_for(token, Duration::from_secs(1))
+            .await?;
+    }
+    let elapsed = started.elapsed();
+    BenchResult::new("pipeline", "token_check", backend.name, checks, elapsed)
+        .with_peak_rss(peak_rss_mb())
+        .with_settings(json!({
+            "measured": "View::wait_for of a single-entry token the view has already applied, one after another",
+            "distinct_tokens": keys,
+        }))
+        .emit();
     pipeline.stop().await;
     Ok(())
 }
