@@ -359,16 +359,44 @@ async fn read_all_reader(db: PgDatabase, done: watch::Receiver<bool>) -> Vec<Uui
 }
 
 async fn subscription_reader(db: PgDatabase, mut done: watch::Receiver<bool>) -> Vec<Uuid> {
-    let mut sub = db.events().subscribe_all(Position::START);
+    let store = db.events();
+    let mut sub = store.subscribe_all(Position::START);
     let mut delivered = Vec::new();
+    let mut last_delivered = None;
+    let mut until = None;
     loop {
-        let finished = *done.borrow_and_update();
+        if until.is_none() && *done.borrow_and_update() {
+            // The writers are done, so the store's last event is final: read on until the
+            // subscription has delivered it, however far behind a loaded machine keeps it.
+            until = Some(last_position(&store).await);
+        }
+        if let Some(last) = until
+            && last_delivered >= last
+        {
+            return delivered;
+        }
         match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
-            Ok(Some(event)) => delivered.push(event.expect("subscription").envelope.id.as_uuid()),
+            Ok(Some(event)) => {
+                let event = event.expect("subscription");
+                last_delivered = Some(event.position);
+                delivered.push(event.envelope.id.as_uuid());
+            }
             Ok(None) => panic!("the subscription ended"),
-            Err(_) if finished => return delivered,
             Err(_) => {}
         }
+    }
+}
+
+/// The position of the store's last event, or `None` when it is empty.
+async fn last_position(store: &tributary_postgres::PgEventStore) -> Option<Position> {
+    let (mut from, mut last) = (Position::START, None);
+    loop {
+        let events = store.read_all(from, 10_000).await.expect("read_all");
+        let Some(event) = events.last() else {
+            return last;
+        };
+        last = Some(event.position);
+        from = event.position.next();
     }
 }
 

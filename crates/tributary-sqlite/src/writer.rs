@@ -289,9 +289,32 @@ struct Counters {
 /// Handle to a database file's writer thread. Cloning shares the same thread.
 #[derive(Clone)]
 pub struct SqliteWriter {
-    units: mpsc::Sender<Box<dyn Unit>>,
+    thread: Arc<WriterHandle>,
     commits: watch::Receiver<u64>,
     counters: Arc<Counters>,
+}
+
+/// The only sender to the writer thread, and the thread: when the last [`SqliteWriter`] goes,
+/// the sender is dropped and the thread joined, so that "every handle dropped" means "the
+/// connection is closed" — a caller may then reopen, copy or replace the file at once.
+struct WriterHandle {
+    units: Option<mpsc::Sender<Box<dyn Unit>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop once it has run what is queued.
+        drop(self.units.take());
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // A unit's future that owned the last handle is dropped on the writer thread itself;
+        // that thread ends on its own when it returns to its loop.
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Something the writer thread calls after it has answered a batch's callers: tests use it
@@ -322,7 +345,7 @@ impl SqliteWriter {
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         let file = name.to_owned();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("tributary-writer-{name}"))
             .spawn(move || {
                 let thread = WriterThread {
@@ -343,7 +366,10 @@ impl SqliteWriter {
             })
             .map_err(|e| Error::unavailable("sqlite writer thread", e))?;
         Ok(Self {
-            units: units_tx,
+            thread: Arc::new(WriterHandle {
+                units: Some(units_tx),
+                thread: Some(thread),
+            }),
             commits: commits_rx,
             counters,
         })
@@ -396,7 +422,8 @@ impl SqliteWriter {
                 what: "sqlite writer".into(),
             })
         };
-        self.units.send(job).await.map_err(|_| shutdown())?;
+        let units = self.thread.units.as_ref().ok_or_else(shutdown)?;
+        units.send(job).await.map_err(|_| shutdown())?;
         answer.await.map_err(|_| shutdown())?
     }
 

@@ -102,7 +102,6 @@ fn a_service_database_cannot_be_opened_as_a_broker_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("svc.db");
     drop(SqliteDatabase::open(&path, SqliteConfig::default()).unwrap());
-    std::thread::sleep(Duration::from_millis(50));
     let err = SqliteBroker::open(&path, SqliteBrokerConfig::default())
         .err()
         .expect("refused");

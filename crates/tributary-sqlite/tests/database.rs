@@ -134,8 +134,7 @@ async fn events_survive_closing_and_reopening_the_file() {
             .await
             .unwrap();
     }
-    // Give the writer thread of the dropped handle a moment to close its connection.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Dropping the last handle joined its writer thread: the file is closed now.
     let store =
         SqliteEventStore::new(SqliteDatabase::open(&path, SqliteConfig::default()).unwrap());
     assert_eq!(
@@ -143,6 +142,37 @@ async fn events_survive_closing_and_reopening_the_file() {
         StreamVersion::new(1)
     );
     assert_eq!(store.read_all(Position::START, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_file_before_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed.db");
+    let wal = dir.path().join("closed.db-wal");
+    for round in 0..20 {
+        let store =
+            SqliteEventStore::new(SqliteDatabase::open(&path, SqliteConfig::default()).unwrap());
+        let e = Envelope::new("t", "E", Payload::from_json_str("{}").unwrap());
+        store
+            .append(
+                &StreamId::new(format!("s-{round}")).unwrap(),
+                ExpectedVersion::NoStream,
+                vec![e],
+            )
+            .await
+            .unwrap();
+        assert!(
+            wal.exists(),
+            "WAL mode keeps a -wal file while the database is open"
+        );
+        drop(store);
+        // SQLite checkpoints and deletes the -wal file when its last connection closes: gone
+        // at once means the writer thread had closed its connection when the drop returned.
+        assert!(
+            !wal.exists(),
+            "round {round}: the writer still held the file after the drop"
+        );
+    }
 }
 
 #[tokio::test]
@@ -207,7 +237,6 @@ fn a_newer_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("newer.db");
     drop(SqliteDatabase::open(&path, SqliteConfig::default()).unwrap());
-    std::thread::sleep(std::time::Duration::from_millis(50));
     {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.pragma_update(None, "user_version", 9999).unwrap();
