@@ -85,6 +85,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// The current version of `stream` ([`StreamVersion::NONE`] if it has no events).
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion>;
 
+    /// Where the event `id` is in global order, if this store holds it (one indexed read):
+    /// a projector has applied it once its checkpoint is at or past that position.
+    async fn position_of(&self, id: &EventId) -> Result<Option<Position>>;
+
     /// The latest snapshot saved for `stream`, if any.
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>>;
 

@@ -85,6 +85,12 @@ impl Projector {
         self.health.clone()
     }
 
+    /// The view this projector keeps, for readers that must see their own writes: it has
+    /// applied an event once its checkpoint is at or past the event's position.
+    pub fn view(&self) -> crate::View {
+        crate::View::of_projection(self.db.clone(), self.checkpoint_name())
+    }
+
     fn checkpoint_name(&self) -> String {
         format!("projector:{}", self.name)
     }

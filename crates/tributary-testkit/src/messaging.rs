@@ -70,6 +70,7 @@ macro_rules! messaging_conformance {
             a_consistency_token_is_satisfied_only_after_every_write_it_names_is_applied,
             consistency_tokens_survive_a_restart_of_the_view,
             a_token_waits_for_the_follow_ups_of_its_writes_in_another_service,
+            a_projectors_view_waits_for_the_events_a_unit_appended,
             repository_upcasts_old_events_on_read,
             repository_snapshots_every_n_events_and_loads_from_them,
             repository_retries_conflicts_and_stays_consistent,
@@ -974,10 +975,9 @@ pub async fn inbox_retention_shorter_than_the_redelivery_horizon_is_rejected(f: 
     }
 }
 
-pub async fn a_projection_rebuilds_while_events_keep_arriving(f: &MessagingFixture) {
-    let db = (f.new_database)().await;
-    let store = db.event_store();
-    let handler = handler_fn(move |e, unit| {
+/// A projection of `Numbered` events into per-key ledgers in the collection `view`.
+fn ledger_projection() -> Arc<dyn Handler> {
+    handler_fn(move |e, unit| {
         Box::pin(async move {
             let n: Numbered = e.data.decode().map_err(HandlerError::from)?;
             let mut l: Ledger = unit.get_as("view", &n.key).await?.unwrap_or_default();
@@ -986,7 +986,13 @@ pub async fn a_projection_rebuilds_while_events_keep_arriving(f: &MessagingFixtu
             unit.put_as("view", &n.key, &l).await?;
             Ok(())
         })
-    });
+    })
+}
+
+pub async fn a_projection_rebuilds_while_events_keep_arriving(f: &MessagingFixture) {
+    let db = (f.new_database)().await;
+    let store = db.event_store();
+    let handler = ledger_projection();
     let name = format!("p{}", EventId::new().as_uuid().simple());
     let projector = Projector::new(
         name.clone(),
@@ -1878,4 +1884,63 @@ pub async fn a_token_waits_for_the_follow_ups_of_its_writes_in_another_service(
     let other_source = created.and_follow_ups(&decisions, "billing-service");
     assert!(!waiter.pending(&other_source).await.unwrap().is_empty());
     running.stop().await;
+}
+
+/// Appends `Numbered` events with `seq` to the streams `v-<key>` in one unit; returns its token.
+async fn append_with_token(db: &Arc<dyn Database>, keys: &[&str], seq: u64) -> ConsistencyToken {
+    let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+    db.transact(move |unit| {
+        Box::pin(async move {
+            for k in &keys {
+                let stream = StreamId::new(format!("v-{k}")).expect("stream id");
+                unit.append(&stream, ExpectedVersion::Any, vec![numbered(k, seq)])
+                    .await?;
+            }
+            Ok::<_, Error>(unit.written())
+        })
+    })
+    .await
+    .expect("append")
+}
+
+pub async fn a_projectors_view_waits_for_the_events_a_unit_appended(f: &MessagingFixture) {
+    let db = (f.new_database)().await;
+    let name = format!("p{}", EventId::new().as_uuid().simple());
+    let projector = Projector::new(
+        name,
+        db.clone(),
+        ledger_projection(),
+        ProjectorConfig::default(),
+    );
+    let projection = projector.view();
+    let first = append_with_token(&db, &["a", "b"], 1).await;
+
+    // Not running yet: both appends are pending, and the wait ends at its bound.
+    let pending = match projection
+        .wait_for(&first, Duration::from_millis(200))
+        .await
+    {
+        Err(WaitError::Timeout { pending, .. }) => pending,
+        other => panic!("expected a timeout, got {other:?}"),
+    };
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    // A write this store does not hold (published elsewhere) is not the projector's concern.
+    let elsewhere = publish_with_token(&(f.new_database)().await, &fresh_topic(), &["x"], 1).await;
+    projection
+        .wait_for(&elsewhere, Duration::ZERO)
+        .await
+        .expect("not the projector's concern");
+
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(projector.run(shutdown.clone()));
+    projection.wait_for(&first, WITHIN).await.expect("applied");
+    assert_eq!(view(&db, "a").await.last_seq, 1);
+    // Read your writes while it runs: once the wait returns, the view shows the write.
+    for seq in 2..=20 {
+        let token = append_with_token(&db, &["a", "b"], seq).await;
+        projection.wait_for(&token, WITHIN).await.expect("applied");
+        assert_eq!(view(&db, "b").await.last_seq, seq, "seq {seq}");
+    }
+    shutdown.cancel();
+    task.await.expect("projector task").expect("projector");
 }

@@ -54,10 +54,11 @@ pub mod cdc {
 /// What a service usually needs: `use tributary::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Aggregate, Broker, CancellationToken, Consumer, ConsumerConfig, Database, Dispatch,
-        Envelope, Error, EventStore, ExpectedVersion, GroupName, Handler, HandlerError, Metadata,
-        Payload, Projector, Relay, RelayConfig, Repository, StreamId, Topic, UnitOfWork,
-        UnitOfWorkExt, connect, connect_broker, handler_fn,
+        Aggregate, Broker, CancellationToken, ConsistencyKey, ConsistencyToken, Consumer,
+        ConsumerConfig, Database, Dispatch, Envelope, Error, EventStore, ExpectedVersion,
+        GroupName, Handler, HandlerError, Metadata, Payload, Projector, ProjectorConfig, Relay,
+        RelayConfig, Repository, StreamId, Topic, UnitOfWork, UnitOfWorkExt, View, WaitError,
+        connect, connect_broker, handler_fn,
     };
 
     #[cfg(feature = "postgres")]

@@ -697,6 +697,10 @@ impl EventStore for DatabaseEvents {
             .stream_version(stream))
     }
 
+    async fn position_of(&self, id: &EventId) -> Result<Option<Position>> {
+        Ok(self.0.shared.state.lock().await.events.position_of(id))
+    }
+
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         Ok(self
             .0

@@ -29,6 +29,10 @@ impl EventLog {
         })
     }
 
+    pub(crate) fn position_of(&self, id: &EventId) -> Option<Position> {
+        self.ids.get(id).map(|&i| self.log[i].position)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.log.len()
     }

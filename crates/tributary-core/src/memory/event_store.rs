@@ -13,7 +13,7 @@ use crate::event_store::{
     AppendOutcome, DEFAULT_MAX_EVENT_BYTES, EventStore, EventStream, RecordedEvent, Snapshot,
     validate_batch,
 };
-use crate::ids::{Position, StreamId, StreamVersion};
+use crate::ids::{EventId, Position, StreamId, StreamVersion};
 
 /// Locks a mutex, ignoring poisoning: every mutation of the in-memory state is validated
 /// before it starts, so a panic cannot leave it half-changed.
@@ -98,6 +98,10 @@ impl EventStore for InMemoryEventStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
         Ok(lock(&self.log).stream_version(stream))
+    }
+
+    async fn position_of(&self, id: &EventId) -> Result<Option<Position>> {
+        Ok(lock(&self.log).position_of(id))
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use tributary_core::backend::validate_batch;
 use tributary_core::{
-    AppendOutcome, CatchUpConfig, Envelope, Error, EventStore, EventStream, ExpectedVersion,
-    Payload, Position, RecordedEvent, Result, Snapshot, StreamId, StreamVersion, catch_up,
+    AppendOutcome, CatchUpConfig, Envelope, Error, EventId, EventStore, EventStream,
+    ExpectedVersion, Payload, Position, RecordedEvent, Result, Snapshot, StreamId, StreamVersion,
+    catch_up,
 };
 
 use crate::database::{Inner, PgDatabase};
@@ -217,6 +218,18 @@ impl EventStore for PgEventStore {
         u64::try_from(v)
             .map(StreamVersion::new)
             .map_err(|_| Error::decode("stream version", "negative"))
+    }
+
+    async fn position_of(&self, id: &EventId) -> Result<Option<Position>> {
+        let inner = &self.db.inner;
+        let row: Option<(uuid::Uuid, String, i64, i64, i32)> =
+            sqlx::query_as(inner.sql.find_events.sql())
+                .bind(vec![id.as_uuid()])
+                .fetch_optional(&inner.pool)
+                .await
+                .context("looking up an event id")?;
+        row.map(|(_, _, _, tx_id, ordinal)| TxPosition::from_row(tx_id, ordinal)?.to_position())
+            .transpose()
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tributary_core::backend::validate_batch;
 use tributary_core::{
-    AppendOutcome, CatchUpConfig, Envelope, Error, EventStore, EventStream, ExpectedVersion,
-    Payload, Position, RecordedEvent, Result, Snapshot, StreamId, StreamVersion, catch_up,
+    AppendOutcome, CatchUpConfig, Envelope, Error, EventId, EventStore, EventStream,
+    ExpectedVersion, Payload, Position, RecordedEvent, Result, Snapshot, StreamId, StreamVersion,
+    catch_up,
 };
 
 use crate::database::SqliteDatabase;
@@ -192,6 +193,13 @@ impl EventStore for SqliteEventStore {
         let stream = stream.clone();
         self.db
             .read(move |conn| append::stream_version(conn, &stream))
+            .await
+    }
+
+    async fn position_of(&self, id: &EventId) -> Result<Option<Position>> {
+        let id = *id;
+        self.db
+            .read(move |conn| Ok(append::find_event(conn, &id)?.map(|at| at.position)))
             .await
     }
 
