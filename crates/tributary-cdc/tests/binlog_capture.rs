@@ -108,11 +108,13 @@ async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_aft
     db.sql("INSERT INTO orders VALUES (5, 'acme', 3);")?;
     let running = Running::start(cfg.clone(), broker.clone())?;
     let stored = wait_for(broker.as_ref(), "orders", 7).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let again = read_topic(broker.as_ref(), "orders").await?;
+    // A marker committed after the restart: changes arrive in commit order, so once it is on
+    // the topic anything re-published from before the stored position would be there too.
+    db.sql("INSERT INTO orders VALUES (6, 'marker', 1);")?;
+    let again = wait_for(broker.as_ref(), "orders", 8).await?;
     assert_eq!(
         again.len(),
-        7,
+        8,
         "resumed exactly after the stored position: {}",
         stored.len()
     );
@@ -178,12 +180,15 @@ async fn outbox_rows_any_client_wrote_are_published_as_written_and_deleted_after
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        read_topic(broker.as_ref(), "Order").await?.len(),
-        2,
-        "deletes publish nothing"
-    );
+    // A marker row written after the deletes: once it is published, a delete that published
+    // something would be on the topic before it.
+    db.sql(
+        "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES
+           ('0190f5a4-0000-7000-8000-000000000003', 'Order', 'o-1', '{\"marker\": true}');",
+    )?;
+    let after = wait_for(broker.as_ref(), "Order", 3).await?;
+    assert_eq!(after.len(), 3, "deletes publish nothing");
+    assert_eq!(after[2].payload, br#"{"marker": true}"#);
     running.stop().await??;
     Ok(())
 }
@@ -211,10 +216,16 @@ async fn the_snapshot_and_the_stream_meet_without_gap_or_double() -> Result<()> 
     wait_streaming(|q| db.sql(q)).await?;
     db.sql("INSERT INTO items VALUES (26, 'n26', NULL, NULL); UPDATE items SET name = 'x' WHERE id = 1;")?;
     let stored = wait_for(broker.as_ref(), "items", 27).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stored_after = read_topic(broker.as_ref(), "items").await?;
-    assert_eq!(stored_after.len(), 27, "{}", stored.len());
-    let events: Vec<Envelope> = stored_after.iter().map(envelope).collect();
+    // A marker row after both: once it is published, a snapshot row published twice would be
+    // on the topic before it.
+    db.sql("INSERT INTO items VALUES (27, 'marker', NULL, NULL);")?;
+    let stored_after = wait_for(broker.as_ref(), "items", 28).await?;
+    assert_eq!(stored_after.len(), 28, "{}", stored.len());
+    let events: Vec<Envelope> = stored_after
+        .iter()
+        .map(envelope)
+        .filter(|e| e.subject.as_deref() != Some("27"))
+        .collect();
     let snapshots = events
         .iter()
         .filter(|e| e.event_type == "items.snapshot")

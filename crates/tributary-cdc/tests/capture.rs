@@ -387,12 +387,22 @@ async fn logical_messages_inside_transactions_become_events() -> Result<()> {
     )?;
     let orders = wait_for(broker.as_ref(), "Order", 3).await?;
     let audit = wait_for(broker.as_ref(), "audit-log", 1).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let orders_now = read_topic(broker.as_ref(), "Order").await?;
+    // A marker committed after everything above: the capture publishes in commit order, so once
+    // the marker is on the topic, anything rolled back or non-transactional would be there too.
+    pg.sql(
+        db,
+        "SELECT pg_logical_emit_message(true, 'orders', '{\"note\": \"marker\"}');",
+    )?;
+    let orders_now = wait_for(broker.as_ref(), "Order", 4).await?;
     assert_eq!(
         orders_now.len(),
-        3,
+        4,
         "nothing rolled back or non-transactional"
+    );
+    assert!(
+        orders_now
+            .iter()
+            .any(|d| envelope(d).data.to_value()["note"] == json!("marker"))
     );
     let envelopes: Vec<Envelope> = orders.iter().map(envelope).collect();
     let notes: Vec<Value> = envelopes
