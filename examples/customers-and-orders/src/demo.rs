@@ -355,9 +355,10 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
             name: "a read with a consistency token includes the write and its saga's decision",
             ok: read_your_writes.stale_with_token == 0,
             detail: format!(
-                "{} of {} reads with tokens stale ({} of {} without)",
+                "{} of {} reads with tokens stale, {} answered 503 after the bound ({} of {} without tokens stale)",
                 read_your_writes.stale_with_token,
                 read_your_writes.pairs,
+                read_your_writes.not_yet_with_token,
                 read_your_writes.stale_without_token,
                 read_your_writes.pairs
             ),
