@@ -45,8 +45,17 @@ pub struct MessagingFixture {
 /// returning `Option<`[`MessagingFixture`]`>`).
 #[macro_export]
 macro_rules! messaging_conformance {
+    // In-memory backends: tokio's clock is paused and jumps ahead whenever every task waits,
+    // so retries, backoffs and bounded waits take no wall-clock time and no machine load can
+    // stretch them.
+    (paused: $make:path) => {
+        $crate::messaging_conformance!(@checks $make; (start_paused = true));
+    };
     ($make:path) => {
-        $crate::messaging_conformance!(@tests $make;
+        $crate::messaging_conformance!(@checks $make; (flavor = "multi_thread", worker_threads = 4));
+    };
+    (@checks $make:path; $runtime:tt) => {
+        $crate::messaging_conformance!(@tests $make; $runtime;
             outbox_events_reach_consumers_in_per_key_order_exactly_once,
             a_rolled_back_unit_publishes_nothing,
             published_outbox_rows_are_removed,
@@ -76,9 +85,9 @@ macro_rules! messaging_conformance {
             repository_retries_conflicts_and_stays_consistent,
         );
     };
-    (@tests $make:path; $($check:ident),* $(,)?) => {
+    (@tests $make:path; $runtime:tt; $($check:ident),* $(,)?) => {
         $(
-            #[$crate::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[$crate::tokio::test $runtime]
             async fn $check() {
                 let Some(fixture) = $make().await else { return };
                 $crate::messaging::$check(&fixture).await;

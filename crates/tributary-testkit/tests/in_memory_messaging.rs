@@ -13,4 +13,4 @@ async fn make() -> Option<MessagingFixture> {
     })
 }
 
-tributary_testkit::messaging_conformance!(make);
+tributary_testkit::messaging_conformance!(paused: make);
