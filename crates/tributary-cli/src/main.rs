@@ -4,6 +4,7 @@ mod app;
 mod bench;
 mod cdc;
 mod fault_test;
+mod metrics_http;
 mod urls;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,

@@ -5,6 +5,7 @@ mod consumer;
 mod dead_letters;
 mod handler;
 mod health;
+pub mod metrics;
 mod projector;
 mod relay;
 mod retry;
