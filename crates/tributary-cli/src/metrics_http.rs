@@ -8,13 +8,16 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// From 100 µs to 30 s.
 const SECONDS: &[f64] = &[
@@ -27,6 +30,50 @@ const SIZES: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Whether handles registered from now on record (`true` after [`install`]). Handles already
+/// registered keep what they were: `bench pipeline --metrics ab` flips this between runs, each
+/// of which builds its relay, consumer and databases afresh.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::SeqCst);
+}
+
+/// The Prometheus recorder, or no-op handles while recording is off.
+struct Switch(PrometheusRecorder);
+
+impl Recorder for Switch {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_counter(key, unit, description)
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_gauge(key, unit, description)
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_histogram(key, unit, description)
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_counter(key, metadata)
+        } else {
+            Counter::noop()
+        }
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_gauge(key, metadata)
+        } else {
+            Gauge::noop()
+        }
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_histogram(key, metadata)
+        } else {
+            Histogram::noop()
+        }
+    }
+}
 
 /// Installs the process's Prometheus recorder (once; later calls return the same handle) and
 /// starts its upkeep, which drains histogram samples so memory stays bounded between scrapes.
@@ -37,12 +84,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
         .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), SIZES)?
         .set_buckets_for_metric(Matcher::Suffix("_units_per_commit".into()), SIZES)?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(Switch(recorder))
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
