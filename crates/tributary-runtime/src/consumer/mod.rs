@@ -50,6 +50,9 @@ pub struct ConsumerConfig {
     pub messages_per_unit: Option<usize>,
     /// How often the group counts its open dead letters for the metrics.
     pub dead_letters_every: Duration,
+    /// How often the group looks for replays requested from outside its process (see
+    /// [`crate::request_replay`]).
+    pub replay_requests_every: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -64,6 +67,7 @@ impl Default for ConsumerConfig {
             prune_every: Duration::from_secs(3600),
             messages_per_unit: None,
             dead_letters_every: Duration::from_secs(5),
+            replay_requests_every: Duration::from_secs(1),
         }
     }
 }
@@ -95,6 +99,10 @@ impl ConsumerConfig {
     }
     pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
         self.fetch_wait = wait;
+        self
+    }
+    pub fn with_replay_requests_every(mut self, every: Duration) -> Self {
+        self.replay_requests_every = every;
         self
     }
     pub fn with_dead_letters_every(mut self, every: Duration) -> Self {
@@ -272,6 +280,14 @@ impl Consumer {
             let stop = stop.clone();
             tasks.spawn(async move {
                 count_dead_letters(ctx, stop).await;
+                Ok(())
+            });
+        }
+        {
+            let (ctx, stop) = (self.ctx.clone(), stop.clone());
+            let every = self.ctx.config.replay_requests_every;
+            tasks.spawn(async move {
+                crate::replay_requests::serve(ctx, every, stop).await;
                 Ok(())
             });
         }
