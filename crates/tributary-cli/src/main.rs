@@ -3,6 +3,7 @@
 mod app;
 mod bench;
 mod cdc;
+mod console;
 mod fault_test;
 mod metrics_http;
 mod ops;
@@ -39,6 +40,8 @@ enum Command {
     Status(ops::status::StatusArgs),
     /// Dead letters of any consumer group in a service database.
     DeadLetters(ops::dead_letters::DeadLettersArgs),
+    /// A web console: outbox backlogs, dead letters with replay and discard.
+    Console(console::ConsoleArgs),
     /// Reads a service's event store.
     Events(ops::events::EventsArgs),
     /// Publishes a service database's outbox (or event store) to a broker, as its own process.
@@ -85,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status(args) => ops::status::run(args).await,
             Command::DeadLetters(args) => ops::dead_letters::run(args).await,
             Command::Events(args) => ops::events::run(args).await,
+            Command::Console(args) => console::run(args).await,
             Command::Relay(args) => ops::relay::run(args).await,
             Command::Cdc(args) => cdc::run(args).await,
             Command::Bench(command) => bench::run(command).await,
