@@ -15,6 +15,7 @@ mod ids;
 mod memory;
 mod payload;
 mod topic;
+pub mod trace;
 mod unit_of_work;
 mod upcast;
 

@@ -10,6 +10,7 @@ mod projector;
 mod relay;
 mod replay_requests;
 mod retry;
+mod trace;
 mod view;
 
 pub use backoff::Backoff;

@@ -226,7 +226,11 @@ impl Relay {
         let mut failures = 0;
         let mut refusal_reported = false;
         let started = Instant::now();
-        while let Err(e) = self.broker.publish(&batch.messages).await {
+        let span = crate::trace::send_span(self.source.name(), &batch.messages);
+        while let Err(e) =
+            tracing::Instrument::instrument(self.broker.publish(&batch.messages), span.clone())
+                .await
+        {
             failures += 1;
             let delay = if e.is_retryable() {
                 retry.degraded("publishing", &e);
@@ -253,6 +257,7 @@ impl Relay {
             };
             retry.nap(delay).await?;
         }
+        drop(span);
         self.metrics
             .publish_seconds
             .record(started.elapsed().as_secs_f64());

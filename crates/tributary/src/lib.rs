@@ -28,6 +28,9 @@ pub use tributary_runtime::{
     REPLAY_REQUESTS, ReplayRequest, ReplayState, metrics, replay_request, request_replay,
 };
 
+/// W3C trace context through the envelope.
+pub use tributary_core::trace;
+
 /// For implementing a backend; applications do not need it.
 pub use tributary_core::backend;
 

@@ -447,9 +447,12 @@ async fn handle_in_unit(
         tx.start_message(done);
         let unit: &mut dyn UnitOfWork = &mut *tx;
         let started = Instant::now();
-        let outcome = AssertUnwindSafe(ctx.handler.handle(&envelope, unit))
-            .catch_unwind()
-            .await;
+        let span = crate::trace::process_span(&ctx.group, delivery, &envelope);
+        let outcome = tracing::Instrument::instrument(
+            AssertUnwindSafe(ctx.handler.handle(&envelope, unit)).catch_unwind(),
+            span,
+        )
+        .await;
         metrics
             .handler_seconds
             .record(started.elapsed().as_secs_f64());
