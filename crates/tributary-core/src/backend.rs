@@ -323,20 +323,6 @@ fn contains_escaped_nul(json: &str) -> bool {
     false
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_an_escaped_nul_is_refused() {
-        assert!(contains_escaped_nul(r#"{"a":"x\u0000y"}"#));
-        assert!(contains_escaped_nul(r#"{"a":"\\\u0000"}"#));
-        assert!(!contains_escaped_nul(r#"{"a":"\\u0000"}"#));
-        assert!(!contains_escaped_nul(r#"{"a":"u0000"}"#));
-        assert!(!contains_escaped_nul(r#"{"a":"\u0001"}"#));
-    }
-}
-
 /// Counts an event-store append through the `metrics` facade (a no-op without an exporter):
 /// `tributary_event_store_appends_total` and `…_appended_events_total` for appends that wrote,
 /// `…_conflicts_total` for stale expected versions, by `backend`. Backends call it where the
@@ -355,5 +341,19 @@ pub fn count_append(backend: &'static str, events: usize, outcome: &Result<crate
                 .increment(1);
         }
         Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_escaped_nul_is_refused() {
+        assert!(contains_escaped_nul(r#"{"a":"x\u0000y"}"#));
+        assert!(contains_escaped_nul(r#"{"a":"\\\u0000"}"#));
+        assert!(!contains_escaped_nul(r#"{"a":"\\u0000"}"#));
+        assert!(!contains_escaped_nul(r#"{"a":"u0000"}"#));
+        assert!(!contains_escaped_nul(r#"{"a":"\u0001"}"#));
     }
 }

@@ -15,7 +15,7 @@ use tributary::{
     HandlerError, Payload, Relay, RelayConfig, Topic, handler_fn,
 };
 
-fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<String> {
+fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
         .iter()
         .find(|kv| kv.key.as_str() == key)
