@@ -227,6 +227,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Bound before anything starts: a port in use is the first thing reported, with its
     // address, and no consumer has run by then.
     let listener = tributary_http::bind(listen).await?;
+    // Before the relays and consumers are built: they register their metrics then.
+    let metrics = crate::metrics_http::install()?;
     let backends = Backends::connect(&resolved.db, &resolved.broker, &services).await?;
     let running = system::start_with(backends, publishing).await?;
     let names: Vec<_> = services.iter().map(|s| s.as_str()).collect();
@@ -245,7 +247,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &resolved.db,
         )?),
     };
-    http::serve(listener, http::router(state), shutdown_signal()).await?;
+    let router = http::router(state).merge(crate::metrics_http::router(metrics));
+    http::serve(listener, router, shutdown_signal()).await?;
     eprintln!("stopping: finishing in-flight batches");
     running.stop().await;
     Ok(())

@@ -3,7 +3,10 @@
 mod app;
 mod bench;
 mod cdc;
+mod console;
 mod fault_test;
+mod metrics_http;
+mod ops;
 mod urls;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,
@@ -31,8 +34,18 @@ enum Command {
     Demo(app::DemoArgs),
     /// Serves the reference application's HTTP API on the embedded default.
     Serve(app::ServeArgs),
-    /// Operations on a deployment: dead letters, view rebuilds.
+    /// Operations on the reference application: dead letters, view rebuilds.
     Admin(app::AdminArgs),
+    /// What a service database holds back: outbox backlog, open dead letters per group.
+    Status(ops::status::StatusArgs),
+    /// Dead letters of any consumer group in a service database.
+    DeadLetters(ops::dead_letters::DeadLettersArgs),
+    /// A web console: outbox backlogs, dead letters with replay and discard.
+    Console(console::ConsoleArgs),
+    /// Reads a service's event store.
+    Events(ops::events::EventsArgs),
+    /// Publishes a service database's outbox (or event store) to a broker, as its own process.
+    Relay(ops::relay::RelayArgs),
     /// Change data capture: publishes table changes, outbox rows or logical messages from
     /// PostgreSQL's WAL.
     Cdc(cdc::CdcArgs),
@@ -72,6 +85,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Demo(args) => app::demo(args).await,
             Command::Serve(args) => app::serve(args).await,
             Command::Admin(args) => app::admin(args).await,
+            Command::Status(args) => ops::status::run(args).await,
+            Command::DeadLetters(args) => ops::dead_letters::run(args).await,
+            Command::Events(args) => ops::events::run(args).await,
+            Command::Console(args) => console::run(args).await,
+            Command::Relay(args) => ops::relay::run(args).await,
             Command::Cdc(args) => cdc::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::FaultTest(command) => fault_test::run(command).await,

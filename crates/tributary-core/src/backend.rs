@@ -323,6 +323,27 @@ fn contains_escaped_nul(json: &str) -> bool {
     false
 }
 
+/// Counts an event-store append through the `metrics` facade (a no-op without an exporter):
+/// `tributary_event_store_appends_total` and `…_appended_events_total` for appends that wrote,
+/// `…_conflicts_total` for stale expected versions, by `backend`. Backends call it where the
+/// append statement ran; an append inside a unit that later rolls back is still counted.
+pub fn count_append(backend: &'static str, events: usize, outcome: &Result<crate::AppendOutcome>) {
+    match outcome {
+        Ok(o) if !o.deduplicated => {
+            metrics::counter!("tributary_event_store_appends_total", "backend" => backend)
+                .increment(1);
+            metrics::counter!("tributary_event_store_appended_events_total", "backend" => backend)
+                .increment(events as u64);
+        }
+        Ok(_) => {}
+        Err(Error::Conflict { .. }) => {
+            metrics::counter!("tributary_event_store_conflicts_total", "backend" => backend)
+                .increment(1);
+        }
+        Err(_) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,6 +132,16 @@ pub struct SourceBatch {
     pub through: Position,
 }
 
+/// What a relay source still has to publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Committed messages not yet published.
+    pub pending: u64,
+    /// How long the oldest of them has been waiting (by its envelope's time where the source
+    /// keeps no write time of its own), `None` when nothing is pending.
+    pub oldest_age: Option<Duration>,
+}
+
 /// Holds a source's lease while alive; dropping it releases the lease.
 pub trait LeaseGuard: Send + Sync {
     /// Whether the lease is still held (a lease bound to a lost connection is not).
@@ -162,4 +172,10 @@ pub trait RelaySource: Send + Sync + 'static {
 
     /// Takes the source's lease if no other relay holds it.
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>>;
+
+    /// What is still to publish, for metrics and `tributary status`; `None` when the source
+    /// cannot tell cheaply. Reads only: never takes the lease.
+    async fn backlog(&self) -> Result<Option<Backlog>> {
+        Ok(None)
+    }
 }

@@ -87,6 +87,19 @@ impl Resolution {
     }
 }
 
+/// The unresolved dead letters of one consumer group, counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetterSummary {
+    pub group: GroupName,
+    /// Every unresolved dead letter of the group, parked ones included.
+    pub open: u64,
+    /// Of those, the ones parked behind an earlier dead letter of their key.
+    pub parked: u64,
+    /// Distinct keys held back by a dead letter.
+    pub keys: u64,
+    pub oldest_failed_at: Option<DateTime<Utc>>,
+}
+
 /// Read access to a database's unresolved dead letters, oldest first.
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync {
@@ -95,6 +108,43 @@ pub trait DeadLetterStore: Send + Sync {
 
     /// One dead letter, resolved or not.
     async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>>;
+
+    /// The unresolved dead letters of every group that has any, counted, by group name.
+    /// Backends count in the database; this default reads every letter.
+    async fn summary(&self) -> Result<Vec<DeadLetterSummary>> {
+        let mut by_group: std::collections::BTreeMap<String, (DeadLetterSummary, Vec<String>)> =
+            Default::default();
+        for letter in self.list(None, usize::MAX).await? {
+            let (s, keys) = by_group
+                .entry(letter.group.as_str().to_owned())
+                .or_insert_with(|| {
+                    let s = DeadLetterSummary {
+                        group: letter.group.clone(),
+                        open: 0,
+                        parked: 0,
+                        keys: 0,
+                        oldest_failed_at: None,
+                    };
+                    (s, Vec::new())
+                });
+            s.open += 1;
+            s.parked += u64::from(letter.parked_behind.is_some());
+            s.oldest_failed_at = Some(
+                s.oldest_failed_at
+                    .map_or(letter.first_failed_at, |t| t.min(letter.first_failed_at)),
+            );
+            keys.push(letter.key);
+        }
+        Ok(by_group
+            .into_values()
+            .map(|(mut s, mut keys)| {
+                keys.sort_unstable();
+                keys.dedup();
+                s.keys = keys.len() as u64;
+                s
+            })
+            .collect())
+    }
 }
 
 mod lossy_bytes {

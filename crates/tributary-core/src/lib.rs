@@ -15,6 +15,7 @@ mod ids;
 mod memory;
 mod payload;
 mod topic;
+pub mod trace;
 mod unit_of_work;
 mod upcast;
 
@@ -23,15 +24,17 @@ pub use aggregate::{
     envelopes_for,
 };
 pub use broker::{
-    Broker, Delivery, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, PartitionConsumer, RelaySource,
-    SourceBatch, topic_for_event,
+    Backlog, Broker, Delivery, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, PartitionConsumer,
+    RelaySource, SourceBatch, topic_for_event,
 };
 pub use catch_up::{CatchUpConfig, Positioned, catch_up};
 pub use consistency::{
     ConsistencyKey, ConsistencyToken, MAX_ENTRIES as MAX_TOKEN_ENTRIES, MAX_SEALED_LEN, TokenEntry,
     TokenError, Written, correlation_of, name_hash,
 };
-pub use dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
+pub use dead_letter::{
+    DeadLetter, DeadLetterId, DeadLetterStore, DeadLetterSummary, NewDeadLetter, Resolution,
+};
 pub use envelope::{Envelope, JSON_CONTENT_TYPE};
 pub use error::{BoxError, Error, ExpectedVersion, Result};
 pub use event_store::{

@@ -340,22 +340,26 @@ impl dyn Database {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        let work = Work::new(
-            WorkOrigin::Caller(Location::caller()),
-            move |tx: &mut dyn ConsumerTx| {
-                Box::pin(async move {
-                    let mut unit = Recording {
-                        inner: tx,
-                        token: ConsistencyToken::new(),
-                    };
-                    match work(&mut unit).await {
-                        Ok(value) => Ok(Box::new(value) as Box<dyn Any + Send>),
-                        Err(e) => Err(WorkError::Aborted(Box::new(e))),
-                    }
-                })
-            },
-        );
+        let origin = WorkOrigin::Caller(Location::caller());
         async move {
+            // The unit may run on another thread (SQLite's writer): it runs in the span that
+            // awaits it, so that what it publishes carries the caller's trace context.
+            let span = tracing::Span::current();
+            let work = Work::new(origin, move |tx: &mut dyn ConsumerTx| {
+                Box::pin(tracing::Instrument::instrument(
+                    async move {
+                        let mut unit = Recording {
+                            inner: tx,
+                            token: ConsistencyToken::new(),
+                        };
+                        match work(&mut unit).await {
+                            Ok(value) => Ok(Box::new(value) as Box<dyn Any + Send>),
+                            Err(e) => Err(WorkError::Aborted(Box::new(e))),
+                        }
+                    },
+                    span,
+                ))
+            });
             match self.execute(work).await {
                 Ok(value) => Ok(*value
                     .downcast::<T>()

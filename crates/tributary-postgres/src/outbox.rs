@@ -54,6 +54,17 @@ impl PgOutbox {
         event: &Envelope,
     ) -> Result<()> {
         let inner = &self.db.inner;
+        // The caller's current span, as every unit's publish does.
+        let stamped;
+        let event = match tributary_core::trace::current_traceparent() {
+            Some(traceparent) => {
+                let mut copy = event.clone();
+                copy.traceparent = Some(traceparent);
+                stamped = copy;
+                &stamped
+            }
+            None => event,
+        };
         let message = outgoing(topic, event, inner.config.max_event_bytes)?;
         let tx_id: i64 = sqlx::query_scalar(inner.sql.insert_outbox.sql())
             .bind(message.topic.as_str())

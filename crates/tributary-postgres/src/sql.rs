@@ -94,6 +94,7 @@ statements! {
     list_documents => "service/list_documents.sql",
     get_dead_letter => "service/get_dead_letter.sql",
     list_dead_letters => "service/list_dead_letters.sql",
+    dead_letter_summary => "service/dead_letter_summary.sql",
     prune_inbox => "service/prune_inbox.sql",
     horizon => "service/horizon.sql",
     horizon_holder => "service/horizon_holder.sql",

@@ -5,9 +5,12 @@ mod consumer;
 mod dead_letters;
 mod handler;
 mod health;
+pub mod metrics;
 mod projector;
 mod relay;
+mod replay_requests;
 mod retry;
+mod trace;
 mod view;
 
 pub use backoff::Backoff;
@@ -17,6 +20,9 @@ pub use handler::{Dispatch, Handler, handler_fn};
 pub use health::{Health, HealthState};
 pub use projector::{Projector, ProjectorConfig};
 pub use relay::{Relay, RelayConfig, RelayStats};
+pub use replay_requests::{
+    REPLAY_REQUESTS, ReplayRequest, ReplayState, replay_request, request_replay,
+};
 pub use tributary_core::HandlerError;
 pub use view::{View, WaitError};
 

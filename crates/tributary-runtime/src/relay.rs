@@ -11,13 +11,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tributary_core::{Broker, Error, LeaseGuard, RelaySource, SourceBatch};
 
 use crate::backoff::Backoff;
 use crate::health::{Health, HealthState};
+use crate::metrics::RelayMetrics;
 use crate::retry::{Retry, Stop};
 
 /// Settings of a [`Relay`].
@@ -29,6 +30,10 @@ pub struct RelayConfig {
     pub standby_poll: Duration,
     /// Delays between retries after a failed read, publish or mark.
     pub backoff: Backoff,
+    /// The `service` label of the relay's metrics (the source's name is the `source` label).
+    pub service: Option<String>,
+    /// How often the active relay measures its source's backlog for the metrics.
+    pub backlog_every: Duration,
 }
 
 impl Default for RelayConfig {
@@ -37,6 +42,8 @@ impl Default for RelayConfig {
             batch_size: 1000,
             standby_poll: Duration::from_millis(250),
             backoff: Backoff::new(Duration::from_millis(20), Duration::from_secs(2)),
+            service: None,
+            backlog_every: Duration::from_secs(5),
         }
     }
 }
@@ -52,6 +59,14 @@ impl RelayConfig {
     }
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+    pub fn with_backlog_every(mut self, every: Duration) -> Self {
+        self.backlog_every = every;
         self
     }
 }
@@ -72,17 +87,20 @@ pub struct Relay {
     config: RelayConfig,
     stats: Arc<RelayStats>,
     health: Health,
+    metrics: RelayMetrics,
 }
 
 impl Relay {
     pub fn new(source: Arc<dyn RelaySource>, broker: Arc<dyn Broker>, config: RelayConfig) -> Self {
         let health = Health::new(format!("relay {}", source.name()));
+        let metrics = RelayMetrics::new(config.service.as_deref(), source.name());
         Self {
             source,
             broker,
             config,
             stats: Arc::default(),
             health,
+            metrics,
         }
     }
 
@@ -115,7 +133,10 @@ impl Relay {
                 "relay holds the lease; publishing"
             );
             self.health.set(HealthState::Running);
-            self.publish_while_held(lease.as_ref(), retry).await?;
+            self.metrics.lease_held.set(1.0);
+            let held = self.publish_while_held(lease.as_ref(), retry).await;
+            self.metrics.lease_held.set(0.0);
+            held?;
             tracing::warn!(source = self.source.name(), "relay lost its lease");
         }
     }
@@ -144,12 +165,17 @@ impl Relay {
     /// Publishes until the lease is lost (`Ok`) or the relay stops (`Err`).
     async fn publish_while_held(&self, lease: &dyn LeaseGuard, retry: &Retry) -> Result<(), Stop> {
         let mut commits = self.source.commits();
+        let mut backlog_measured: Option<Instant> = None;
         loop {
             if retry.shutdown.is_cancelled() {
                 return Err(Stop::Shutdown);
             }
             if !lease.is_held() {
                 return Ok(());
+            }
+            if backlog_measured.is_none_or(|t| t.elapsed() >= self.config.backlog_every) {
+                backlog_measured = Some(Instant::now());
+                self.measure_backlog().await;
             }
             // Seen before reading: a commit during the read wakes the wait below.
             commits.borrow_and_update();
@@ -172,6 +198,23 @@ impl Relay {
         }
     }
 
+    /// Sets the backlog gauges; a failure only skips this sample (the read that follows
+    /// reports a source that is down).
+    async fn measure_backlog(&self) {
+        match self.source.backlog().await {
+            Ok(Some(backlog)) => {
+                self.metrics.pending.set(backlog.pending as f64);
+                self.metrics
+                    .oldest_age
+                    .set(backlog.oldest_age.map_or(0.0, |a| a.as_secs_f64()));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(source = self.source.name(), error = %e, "measuring the backlog failed")
+            }
+        }
+    }
+
     /// Publishes `batch` and marks it published, retrying each step until it succeeds.
     /// Stopped first, the batch is left unmarked and is published again by whoever runs next.
     ///
@@ -182,7 +225,12 @@ impl Relay {
     async fn deliver(&self, batch: SourceBatch, retry: &Retry) -> Result<(), Stop> {
         let mut failures = 0;
         let mut refusal_reported = false;
-        while let Err(e) = self.broker.publish(&batch.messages).await {
+        let started = Instant::now();
+        let span = crate::trace::send_span(self.source.name(), &batch.messages);
+        while let Err(e) =
+            tracing::Instrument::instrument(self.broker.publish(&batch.messages), span.clone())
+                .await
+        {
             failures += 1;
             let delay = if e.is_retryable() {
                 retry.degraded("publishing", &e);
@@ -201,6 +249,7 @@ impl Relay {
                     );
                 }
                 self.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                self.metrics.refusals.increment(1);
                 self.health.set(HealthState::Degraded(format!(
                     "publishing refused by the broker, relay halted on this batch: {e}"
                 )));
@@ -208,6 +257,10 @@ impl Relay {
             };
             retry.nap(delay).await?;
         }
+        drop(span);
+        self.metrics
+            .publish_seconds
+            .record(started.elapsed().as_secs_f64());
         retry
             .until_ok("recording progress", || {
                 self.source.mark_published(batch.through)
@@ -217,6 +270,10 @@ impl Relay {
             .published
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .published
+            .increment(batch.messages.len() as u64);
+        self.metrics.batch_size.record(batch.messages.len() as f64);
         self.health.set(HealthState::Running);
         Ok(())
     }

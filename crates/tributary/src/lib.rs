@@ -22,6 +22,15 @@ pub use tributary_runtime::{
     View, WaitError, handler_fn,
 };
 
+// Operating a deployment from outside its processes (the operator CLI, the console).
+pub use tributary_core::{Backlog, DeadLetterSummary};
+pub use tributary_runtime::{
+    REPLAY_REQUESTS, ReplayRequest, ReplayState, metrics, replay_request, request_replay,
+};
+
+/// W3C trace context through the envelope.
+pub use tributary_core::trace;
+
 /// For implementing a backend; applications do not need it.
 pub use tributary_core::backend;
 

@@ -79,6 +79,14 @@ pub struct PipelineBenchArgs {
     /// Directory for the database files (default: a fresh temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Metrics recording into a Prometheus recorder: off (no recorder, the default), on, or
+    /// ab — `sustained` run `--rounds` times each with recording off and on, alternating, in
+    /// this process, then the ratio of the medians (on / off).
+    #[arg(long, default_value = "off")]
+    pub metrics: String,
+    /// Runs of each side for `--metrics ab`.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -90,6 +98,14 @@ const SCENARIOS: &[&str] = &[
 ];
 
 pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
+    match args.metrics.as_str() {
+        "off" => {}
+        "on" => {
+            crate::metrics_http::install()?;
+        }
+        "ab" => return metrics_ab(&args).await,
+        other => anyhow::bail!("--metrics {other:?}: use off, on or ab"),
+    }
     let chosen: Vec<&str> = match &args.scenario {
         None => SCENARIOS.to_vec(),
         Some(s) if SCENARIOS.contains(&s.as_str()) => vec![s.as_str()],
@@ -115,7 +131,7 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
         };
         let backend = Backend::open(&args, &dir).await?;
         let outcome = match scenario {
-            "sustained" => sustained(&args, &backend).await,
+            "sustained" => sustained(&args, &backend).await.map(|r| r.emit()),
             "fixed_rate" => fixed_rate(&args, &backend).await,
             "read_your_writes" => read_your_writes(&args, &backend).await,
             "token_check" => token_check(&args, &backend).await,
@@ -124,6 +140,64 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
         backend.remove().await;
         outcome?;
     }
+    Ok(())
+}
+
+/// `--metrics ab`: `sustained` with recording off and on, alternating (off first in even
+/// rounds, on first in odd ones) so that a drift of the machine during the run falls on both.
+async fn metrics_ab(args: &PipelineBenchArgs) -> anyhow::Result<()> {
+    crate::metrics_http::install()?;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for recording in order {
+            crate::metrics_http::set_recording(recording);
+            let temp = tempfile::Builder::new()
+                .prefix("tributary-pipeline-")
+                .tempdir()?;
+            let backend = Backend::open(args, temp.path()).await?;
+            let outcome = sustained(args, &backend).await;
+            backend.remove().await;
+            let mut result = outcome?;
+            result.settings["metrics"] = json!(if recording { "on" } else { "off" });
+            result.settings["round"] = json!(round);
+            if recording {
+                on.push(result.events_per_sec);
+            } else {
+                off.push(result.events_per_sec);
+            }
+            result.emit();
+        }
+    }
+    crate::metrics_http::set_recording(true);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off_median, on_median) = (median(&mut off), median(&mut on));
+    let events = args.events / args.producers.max(1) * args.producers.max(1);
+    let mut summary = BenchResult::new(
+        "pipeline",
+        "sustained_metrics_ab",
+        if args.db.is_some() { "postgres+nats" } else { "embedded" },
+        events,
+        Duration::from_secs_f64(events as f64 / on_median.max(1e-9)),
+    )
+    .against(
+        "the same sustained pipeline with metrics recording off (median of the rounds, same process)",
+        off_median,
+    );
+    summary.settings = json!({
+        "rounds": args.rounds.max(1),
+        "events_per_sec_on": on,
+        "events_per_sec_off": off,
+        "recorder": "metrics-exporter-prometheus, histograms with fixed buckets",
+    });
+    summary.emit();
     Ok(())
 }
 
@@ -376,7 +450,7 @@ async fn produce(
     Ok(committed)
 }
 
-async fn sustained(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<()> {
+async fn sustained(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<BenchResult> {
     let pipeline = Pipeline::start(backend, args, false).await?;
     let topic = Topic::new("pipeline")?;
     let data = payload(args.payload_bytes);
@@ -484,8 +558,7 @@ async fn sustained(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Resul
             raw_insert,
         );
     }
-    result.emit();
-    Ok(())
+    Ok(result)
 }
 
 async fn fixed_rate(args: &PipelineBenchArgs, backend: &Backend) -> anyhow::Result<()> {

@@ -244,7 +244,8 @@ impl UnitOfWork for MemoryTx<'_> {
         Ok(keys.len() as u64)
     }
 
-    async fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+    async fn publish(&mut self, topic: &Topic, mut event: Envelope) -> Result<()> {
+        crate::trace::stamp(&mut event);
         validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
         self.state.next_outbox += 1;
         let id = self.state.next_outbox;

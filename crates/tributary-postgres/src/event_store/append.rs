@@ -174,6 +174,19 @@ pub(crate) async fn append(
     events: &[Envelope],
     mode: Mode,
 ) -> Result<AppendOutcome> {
+    let outcome = append_unmeasured(conn, sql, stream, expected, events, mode).await;
+    tributary_core::backend::count_append("postgres", events.len(), &outcome);
+    outcome
+}
+
+async fn append_unmeasured(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[Envelope],
+    mode: Mode,
+) -> Result<AppendOutcome> {
     let Some(first) = events.first() else {
         return Err(Error::invalid("nothing to append: the batch is empty"));
     };

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use tributary_core::{
-    DeadLetter, DeadLetterId, DeadLetterStore, Error, EventId, GroupName, Offset, Partition,
-    Result, Topic,
+    DeadLetter, DeadLetterId, DeadLetterStore, DeadLetterSummary, Error, EventId, GroupName,
+    Offset, Partition, Result, Topic,
 };
 use uuid::Uuid;
 
@@ -66,6 +66,26 @@ pub(crate) fn decode(row: &PgRow) -> Result<DeadLetter> {
 
 #[async_trait]
 impl DeadLetterStore for PgDeadLetters {
+    async fn summary(&self) -> Result<Vec<DeadLetterSummary>> {
+        let inner = &self.db.inner;
+        let rows = sqlx::query(inner.sql.dead_letter_summary.sql())
+            .fetch_all(&inner.pool)
+            .await
+            .context("counting dead letters")?;
+        rows.iter()
+            .map(|row| {
+                let count = |i| col::<i64>(row, i).map(|n| n.max(0) as u64);
+                Ok(DeadLetterSummary {
+                    group: GroupName::new(col::<String>(row, 0)?)?,
+                    open: count(1)?,
+                    parked: count(2)?,
+                    keys: count(3)?,
+                    oldest_failed_at: col::<Option<DateTime<Utc>>>(row, 4)?,
+                })
+            })
+            .collect()
+    }
+
     async fn list(&self, group: Option<&GroupName>, max: usize) -> Result<Vec<DeadLetter>> {
         let inner = &self.db.inner;
         let rows = sqlx::query(inner.sql.list_dead_letters.sql())

@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use tributary_core::{
-    Error, EventId, LeaseGuard, OutgoingMessage, Position, RelaySource, Result, SourceBatch, Topic,
-    topic_for_event,
+    Backlog, Error, EventId, LeaseGuard, OutgoingMessage, Position, RelaySource, Result,
+    SourceBatch, Topic, topic_for_event,
 };
 use uuid::Uuid;
 
@@ -170,6 +170,14 @@ impl RelaySource for PgOutboxSource {
         Ok(try_lease(&self.db, "outbox")
             .await?
             .map(|l| Box::new(l) as Box<dyn LeaseGuard>))
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>> {
+        let lag = self.lag().await?;
+        Ok(Some(Backlog {
+            pending: lag.unread(),
+            oldest_age: lag.oldest_unread_age,
+        }))
     }
 }
 

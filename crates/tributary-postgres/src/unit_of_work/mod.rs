@@ -511,7 +511,8 @@ impl UnitOfWork for PgTx {
         Ok(done.rows_affected())
     }
 
-    async fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+    async fn publish(&mut self, topic: &Topic, mut event: Envelope) -> Result<()> {
+        tributary_core::trace::stamp(&mut event);
         let message = outbox::outgoing(topic, &event, self.db.config.max_event_bytes)?;
         self.outbox_bytes += message.payload.len();
         self.outbox.push((message, self.message));

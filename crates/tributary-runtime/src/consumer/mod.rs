@@ -48,6 +48,11 @@ pub struct ConsumerConfig {
     /// partition's unit is run again at once with half its messages, down to one, so that
     /// contention costs retries of small units, never a stall.
     pub messages_per_unit: Option<usize>,
+    /// How often the group counts its open dead letters for the metrics.
+    pub dead_letters_every: Duration,
+    /// How often the group looks for replays requested from outside its process (see
+    /// [`crate::request_replay`]).
+    pub replay_requests_every: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -61,6 +66,8 @@ impl Default for ConsumerConfig {
             inbox_retention: None,
             prune_every: Duration::from_secs(3600),
             messages_per_unit: None,
+            dead_letters_every: Duration::from_secs(5),
+            replay_requests_every: Duration::from_secs(1),
         }
     }
 }
@@ -92,6 +99,14 @@ impl ConsumerConfig {
     }
     pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
         self.fetch_wait = wait;
+        self
+    }
+    pub fn with_replay_requests_every(mut self, every: Duration) -> Self {
+        self.replay_requests_every = every;
+        self
+    }
+    pub fn with_dead_letters_every(mut self, every: Duration) -> Self {
+        self.dead_letters_every = every;
         self
     }
 }
@@ -260,6 +275,22 @@ impl Consumer {
                 Ok(())
             });
         }
+        {
+            let ctx = self.ctx.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                count_dead_letters(ctx, stop).await;
+                Ok(())
+            });
+        }
+        {
+            let (ctx, stop) = (self.ctx.clone(), stop.clone());
+            let every = self.ctx.config.replay_requests_every;
+            tasks.spawn(async move {
+                crate::replay_requests::serve(ctx, every, stop).await;
+                Ok(())
+            });
+        }
         self.ctx.health.set(HealthState::Running);
         let mut failure = None;
         while let Some(joined) = tasks.join_next().await {
@@ -294,6 +325,30 @@ impl Consumer {
             }
         }
         Ok(tasks)
+    }
+}
+
+/// Keeps the group's open-dead-letters gauge current. A failed count only skips a sample: the
+/// partitions report a database that is down.
+async fn count_dead_letters(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let gauge = crate::metrics::dead_letters_open(ctx.group.as_str());
+    loop {
+        match ctx.db.dead_letters().summary().await {
+            Ok(summary) => {
+                let open = summary
+                    .iter()
+                    .find(|s| s.group == ctx.group)
+                    .map_or(0, |s| s.open);
+                gauge.set(open as f64);
+            }
+            Err(e) => {
+                tracing::debug!(group = %ctx.group, error = %e, "counting dead letters failed")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.dead_letters_every) => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

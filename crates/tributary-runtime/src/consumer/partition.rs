@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -14,6 +15,7 @@ use tributary_core::{
 
 use super::Context;
 use crate::health::HealthState;
+use crate::metrics::{Outcome, PartitionMetrics};
 use crate::retry::{Retry, Stop};
 
 /// Why a message was not handled.
@@ -49,6 +51,19 @@ struct Progress {
     done: usize,
     /// The failure that stopped the unit at delivery `done`, if any.
     failure: Option<Failure>,
+    /// Of the deliveries dealt with: handled, found in the inbox, and dead-lettered (undecodable
+    /// or parked) inside the unit. Recorded once the unit commits.
+    handled: u64,
+    duplicates: u64,
+    dead_lettered: u64,
+}
+
+impl Progress {
+    fn record(&self, metrics: &PartitionMetrics) {
+        metrics.count(Outcome::Ok, self.handled);
+        metrics.count(Outcome::Duplicate, self.duplicates);
+        metrics.count(Outcome::DeadLettered, self.dead_lettered);
+    }
 }
 
 /// Consumes one partition until shutdown (`Ok`) or a failure retrying cannot fix (`Err`).
@@ -58,14 +73,21 @@ pub(crate) async fn run(
     partition: Partition,
     retry: Retry,
 ) -> Result<()> {
-    let stop = consume(&ctx, &topic, partition, &retry).await;
+    let metrics = PartitionMetrics::new(ctx.group.as_str(), topic.as_str(), partition.get());
+    let stop = consume(&ctx, &topic, partition, &retry, &metrics).await;
     match stop {
         Stop::Shutdown => Ok(()),
         Stop::Fatal(e) => Err(e),
     }
 }
 
-async fn consume(ctx: &Arc<Context>, topic: &Topic, partition: Partition, retry: &Retry) -> Stop {
+async fn consume(
+    ctx: &Arc<Context>,
+    topic: &Topic,
+    partition: Partition,
+    retry: &Retry,
+    metrics: &PartitionMetrics,
+) -> Stop {
     let opening = format!("opening {topic}/{partition}");
     let mut consumer = match retry
         .until_ok(&opening, || {
@@ -96,7 +118,7 @@ async fn consume(ctx: &Arc<Context>, topic: &Topic, partition: Partition, retry:
         let Some(last) = deliveries.last().map(|d| d.offset) else {
             continue;
         };
-        if let Err(stop) = handle_all(ctx, Arc::new(deliveries), retry).await {
+        if let Err(stop) = handle_all(ctx, Arc::new(deliveries), retry, metrics).await {
             return stop;
         }
         let mut commit_failures = 0;
@@ -108,6 +130,7 @@ async fn consume(ctx: &Arc<Context>, topic: &Topic, partition: Partition, retry:
                 return stop;
             }
         }
+        metrics.last_offset.set(last.get() as f64);
     }
 }
 
@@ -117,6 +140,7 @@ async fn handle_all(
     ctx: &Arc<Context>,
     deliveries: Arc<Vec<Delivery>>,
     retry: &Retry,
+    metrics: &PartitionMetrics,
 ) -> Result<(), Stop> {
     let mut next = 0;
     let mut store_failures = 0;
@@ -141,23 +165,28 @@ async fn handle_all(
             let size = if next < one_by_one_until { 1 } else { size };
             deliveries.len().min(next + size)
         });
-        match run_unit(ctx, &deliveries, next, end).await {
-            Ok(Progress {
-                done,
-                failure: None,
-            }) => {
+        match run_unit(ctx, &deliveries, next, end, metrics).await {
+            Ok(
+                progress @ Progress {
+                    done,
+                    failure: None,
+                    ..
+                },
+            ) => {
+                progress.record(metrics);
                 next += done;
                 store_failures = 0;
                 races = 0;
                 size = (size * 2).min(per_unit);
                 if let Some(failure) = failed_next.take() {
-                    retry_one(ctx, &deliveries, next, failure, retry).await?;
+                    retry_one(ctx, &deliveries, next, failure, retry, metrics).await?;
                     next += 1;
                 }
             }
             Ok(Progress {
                 done,
                 failure: Some(failure),
+                ..
             }) => {
                 store_failures = 0;
                 if done > 0 {
@@ -167,7 +196,7 @@ async fn handle_all(
                     failed_next = Some(failure);
                 } else {
                     failed_next = None;
-                    retry_one(ctx, &deliveries, next, failure, retry).await?;
+                    retry_one(ctx, &deliveries, next, failure, retry, metrics).await?;
                     next += 1;
                 }
             }
@@ -182,7 +211,7 @@ async fn handle_all(
                 match message {
                     Some(0) => {
                         failed_next = None;
-                        retry_one(ctx, &deliveries, next, failure, retry).await?;
+                        retry_one(ctx, &deliveries, next, failure, retry, metrics).await?;
                         next += 1;
                     }
                     Some(i) if next + i < end => {
@@ -191,7 +220,7 @@ async fn handle_all(
                     }
                     _ if end - next > 1 => one_by_one_until = end,
                     _ => {
-                        retry_one(ctx, &deliveries, next, failure, retry).await?;
+                        retry_one(ctx, &deliveries, next, failure, retry, metrics).await?;
                         next += 1;
                     }
                 }
@@ -235,13 +264,14 @@ async fn retry_one(
     index: usize,
     mut failure: Failure,
     retry: &Retry,
+    metrics: &PartitionMetrics,
 ) -> Result<(), Stop> {
     let first_failed_at = Utc::now();
     let mut attempts = u32::from(!failure.transient);
     let mut naps = 1;
     loop {
         if !failure.retryable || attempts >= ctx.config.max_attempts {
-            return dead_letter(
+            let recorded = dead_letter(
                 ctx,
                 deliveries,
                 index,
@@ -250,7 +280,9 @@ async fn retry_one(
                 first_failed_at,
                 retry,
             )
-            .await;
+            .await?;
+            metrics.count(Outcome::DeadLettered, u64::from(recorded));
+            return Ok(());
         }
         tracing::debug!(group = %ctx.group, attempts, reason = %failure.reason, "handler failed; retrying");
         if failure.transient {
@@ -261,8 +293,12 @@ async fn retry_one(
         }
         retry.nap(ctx.config.backoff.delay(naps)).await?;
         naps += 1;
-        match run_unit(ctx, deliveries, index, index + 1).await {
-            Ok(Progress { failure: None, .. }) => return Ok(()),
+        metrics.count(Outcome::Retried, 1);
+        match run_unit(ctx, deliveries, index, index + 1, metrics).await {
+            Ok(progress @ Progress { failure: None, .. }) => {
+                progress.record(metrics);
+                return Ok(());
+            }
             Ok(Progress {
                 failure: Some(again),
                 ..
@@ -291,7 +327,7 @@ async fn dead_letter(
     attempts: u32,
     first_failed_at: chrono::DateTime<Utc>,
     retry: &Retry,
-) -> Result<(), Stop> {
+) -> Result<bool, Stop> {
     tracing::warn!(group = %ctx.group, reason = %failure.reason, attempts, "dead-lettering a message");
     retry
         .until_ok("writing a dead letter", || {
@@ -324,11 +360,12 @@ async fn run_unit(
     deliveries: &Arc<Vec<Delivery>>,
     from: usize,
     to: usize,
+    metrics: &PartitionMetrics,
 ) -> Result<Progress> {
-    let (c, d) = (ctx.clone(), deliveries.clone());
+    let (c, d, m) = (ctx.clone(), deliveries.clone(), metrics.clone());
     let work = Work::new(ctx.origin.clone(), move |tx: &mut dyn ConsumerTx| {
         Box::pin(async move {
-            match handle_in_unit(tx, &c, &d[from..to]).await {
+            match handle_in_unit(tx, &c, &d[from..to], &m).await {
                 Ok(progress) if progress.failure.is_some() => {
                     Err(WorkError::Aborted(Box::new(progress)))
                 }
@@ -354,6 +391,7 @@ async fn handle_in_unit(
     tx: &mut dyn ConsumerTx,
     ctx: &Context,
     deliveries: &[Delivery],
+    metrics: &PartitionMetrics,
 ) -> Result<Progress> {
     let decoded: Vec<_> = deliveries.iter().map(|d| decode(ctx, d)).collect();
     let ids: Vec<EventId> = decoded
@@ -368,13 +406,16 @@ async fn handle_in_unit(
     keys.dedup();
     let mut blockers = tx.blocking_dead_letters(&ctx.group, &keys).await?;
     let mut dealt_with = Vec::new();
+    let (mut handled, mut duplicates, mut dead_lettered) = (0, 0, 0);
     for (done, (delivery, envelope)) in deliveries.iter().zip(decoded).enumerate() {
         let envelope = match envelope {
             Ok(e) => e,
             Err(reason) => {
                 if delivery.id.is_some_and(|id| !seen.insert(id)) {
+                    duplicates += 1;
                     continue;
                 }
+                dead_lettered += 1;
                 let blocker = blockers.get(&delivery.key).copied();
                 let letter = letter_for(ctx, delivery, None, reason, 1, Utc::now(), blocker);
                 let letter = tx.insert_dead_letter(letter).await?;
@@ -384,9 +425,11 @@ async fn handle_in_unit(
             }
         };
         if !seen.insert(envelope.id) {
+            duplicates += 1;
             continue;
         }
         if let Some(blocker) = blockers.get(&delivery.key).copied() {
+            dead_lettered += 1;
             let reason = format!("parked behind dead letter {blocker} with the same key");
             let letter = letter_for(
                 ctx,
@@ -403,9 +446,16 @@ async fn handle_in_unit(
         }
         tx.start_message(done);
         let unit: &mut dyn UnitOfWork = &mut *tx;
-        let outcome = AssertUnwindSafe(ctx.handler.handle(&envelope, unit))
-            .catch_unwind()
-            .await;
+        let started = Instant::now();
+        let span = crate::trace::process_span(&ctx.group, delivery, &envelope);
+        let outcome = tracing::Instrument::instrument(
+            AssertUnwindSafe(ctx.handler.handle(&envelope, unit)).catch_unwind(),
+            span,
+        )
+        .await;
+        metrics
+            .handler_seconds
+            .record(started.elapsed().as_secs_f64());
         let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(Failure::from_handler(e)),
@@ -417,14 +467,21 @@ async fn handle_in_unit(
             return Ok(Progress {
                 done,
                 failure: Some(failure),
+                handled,
+                duplicates,
+                dead_lettered,
             });
         }
+        handled += 1;
         dealt_with.push(InboxEntry::of(&envelope, true));
     }
     tx.inbox_insert_all(&ctx.group, &dealt_with).await?;
     Ok(Progress {
         done: deliveries.len(),
         failure: None,
+        handled,
+        duplicates,
+        dead_lettered,
     })
 }
 
@@ -465,7 +522,8 @@ fn letter_for(
 }
 
 /// Records a dead letter in a unit of its own, and the message as dealt with in the inbox (so
-/// a redelivery is not dead-lettered twice). A message already in the inbox is left alone.
+/// a redelivery is not dead-lettered twice). A message already in the inbox is left alone
+/// (`false`).
 async fn record_dead_letter(
     tx: &mut dyn ConsumerTx,
     ctx: &Context,
@@ -474,12 +532,12 @@ async fn record_dead_letter(
     reason: String,
     attempts: u32,
     first_failed_at: chrono::DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
     let id = envelope.map(|e| e.id).or(delivery.id);
     if let Some(id) = &id
         && tx.inbox_contains(&ctx.group, id).await?
     {
-        return Ok(());
+        return Ok(false);
     }
     let parked_behind = tx.blocking_dead_letter(&ctx.group, &delivery.key).await?;
     let letter = letter_for(
@@ -499,5 +557,5 @@ async fn record_dead_letter(
     if let Some(entry) = entry {
         tx.inbox_insert(&ctx.group, &entry).await?;
     }
-    Ok(())
+    Ok(true)
 }

@@ -54,6 +54,17 @@ pub(crate) fn append_in_tx(
     expected: ExpectedVersion,
     events: &[Envelope],
 ) -> Result<AppendOutcome> {
+    let outcome = append_unmeasured(conn, stream, expected, events);
+    tributary_core::backend::count_append("sqlite", events.len(), &outcome);
+    outcome
+}
+
+fn append_unmeasured(
+    conn: &Connection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[Envelope],
+) -> Result<AppendOutcome> {
     if let Some(first) = find_event(conn, &events[0].id)? {
         return dedup_outcome(stream, events, first, |id| find_event(conn, id));
     }

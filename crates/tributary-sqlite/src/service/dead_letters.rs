@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use chrono::DateTime;
 use rusqlite::{Row, params};
 use tributary_core::{
-    DeadLetter, DeadLetterId, DeadLetterStore, Error, EventId, GroupName, Offset, Partition,
-    Result, Topic,
+    DeadLetter, DeadLetterId, DeadLetterStore, DeadLetterSummary, Error, EventId, GroupName,
+    Offset, Partition, Result, Topic,
 };
 
 use crate::database::SqliteDatabase;
@@ -51,6 +51,33 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<DeadLetter> {
 
 #[async_trait]
 impl DeadLetterStore for SqliteDeadLetters {
+    async fn summary(&self) -> Result<Vec<DeadLetterSummary>> {
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(include_str!("dead_letter_summary.sql"))
+                    .context("preparing dead_letter_summary")?;
+                let mut rows = stmt.query([]).context("counting dead letters")?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().context("counting dead letters")? {
+                    let bad = |e: rusqlite::Error| Error::decode("dead letter summary", e);
+                    let count = |i| row.get::<_, i64>(i).map(|n| n.max(0) as u64).map_err(bad);
+                    out.push(DeadLetterSummary {
+                        group: GroupName::new(row.get::<_, String>(0).map_err(bad)?)?,
+                        open: count(1)?,
+                        parked: count(2)?,
+                        keys: count(3)?,
+                        oldest_failed_at: row
+                            .get::<_, Option<i64>>(4)
+                            .map_err(bad)?
+                            .and_then(DateTime::from_timestamp_millis),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     async fn list(&self, group: Option<&GroupName>, max: usize) -> Result<Vec<DeadLetter>> {
         let group = group.map(|g| g.as_str().to_owned());
         self.db

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tributary_core::{
-    Error, EventId, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, Position, RelaySource, Result,
-    SourceBatch, Topic, topic_for_event,
+    Backlog, Error, EventId, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, Position, RelaySource,
+    Result, SourceBatch, Topic, topic_for_event,
 };
 
 use crate::database::SqliteDatabase;
@@ -175,6 +175,29 @@ impl RelaySource for SqliteOutboxSource {
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
         try_file_lease(&self.db, "outbox").await
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>> {
+        let (pending, oldest): (i64, Option<String>) = self
+            .db
+            .read(|conn| {
+                conn.prepare_cached(include_str!("outbox_backlog.sql"))
+                    .context("preparing outbox_backlog")?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .context("counting the outbox")
+            })
+            .await?;
+        let oldest_age = oldest
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| {
+                (chrono::Utc::now() - t.to_utc())
+                    .to_std()
+                    .unwrap_or_default()
+            });
+        Ok(Some(Backlog {
+            pending: pending.max(0) as u64,
+            oldest_age,
+        }))
     }
 }
 

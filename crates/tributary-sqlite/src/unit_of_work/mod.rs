@@ -130,7 +130,8 @@ impl UnitOfWork for SqliteTx {
         Ok(n as u64)
     }
 
-    async fn publish(&mut self, topic: &Topic, event: Envelope) -> Result<()> {
+    async fn publish(&mut self, topic: &Topic, mut event: Envelope) -> Result<()> {
+        tributary_core::trace::stamp(&mut event);
         validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
         let message = OutgoingMessage::from_envelope(topic.clone(), &event);
         self.conn

@@ -1,0 +1,98 @@
+//! W3C trace context through the envelope: `publish` stamps the caller's current span into
+//! `traceparent`, so that the relay's send span and the consumers' process spans continue the
+//! caller's trace (the OpenTelemetry messaging conventions; the spans are the runtime's).
+//!
+//! Spans carry an OpenTelemetry context only where the application installed an OpenTelemetry
+//! layer (`tracing-opentelemetry`); without one nothing is stamped and nothing is exported.
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::envelope::Envelope;
+
+/// The current span's context as a W3C `traceparent`, if it has one.
+pub fn current_traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    traceparent_of(span.span_context())
+}
+
+/// `context` as a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn traceparent_of(context: &SpanContext) -> Option<String> {
+    context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The remote span context a W3C `traceparent` names; `None` for anything malformed (a bad
+/// header never fails a message: its trace is just not continued).
+pub fn parse_traceparent(traceparent: &str) -> Option<SpanContext> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if version.len() != 2
+        || version == "ff"
+        || (version == "00" && parts.next().is_some())
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+        || ![version, trace, span, flags].iter().all(|s| lower_hex(s))
+    {
+        return None;
+    }
+    let context = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    context.is_valid().then_some(context)
+}
+
+/// Stamps `event` with the current span's context, when there is one. Backends call it in
+/// `publish`; an event published inside a consumer's process span so continues that span.
+pub fn stamp(event: &mut Envelope) {
+    if let Some(traceparent) = current_traceparent() {
+        event.traceparent = Some(traceparent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_round_trips_and_bad_ones_are_ignored() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = parse_traceparent(tp).expect("valid");
+        assert_eq!(traceparent_of(&context).as_deref(), Some(tp));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn without_an_opentelemetry_layer_nothing_is_stamped() {
+        let mut e = Envelope::new("s", "T", crate::Payload::from_value(&1).unwrap());
+        stamp(&mut e);
+        assert_eq!(e.traceparent, None);
+    }
+}
