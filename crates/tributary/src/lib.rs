@@ -22,6 +22,12 @@ pub use tributary_runtime::{
     View, WaitError, handler_fn,
 };
 
+/// Orchestrated sagas: typed steps (compensatable, pivot, retriable), commands and replies
+/// through the outbox and inbox, durable deadlines, recovery and inspection.
+pub mod saga {
+    pub use tributary_saga::*;
+}
+
 /// For implementing a backend; applications do not need it.
 pub use tributary_core::backend;
 
