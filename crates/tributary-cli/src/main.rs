@@ -4,6 +4,7 @@ mod app;
 mod bench;
 mod cdc;
 mod fault_test;
+mod sagas;
 mod urls;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,
@@ -33,6 +34,8 @@ enum Command {
     Serve(app::ServeArgs),
     /// Operations on a deployment: dead letters, view rebuilds.
     Admin(app::AdminArgs),
+    /// Saga instances in an orchestrator's database: list (by type, state, age) and show.
+    Sagas(sagas::SagasArgs),
     /// Change data capture: publishes table changes, outbox rows or logical messages from
     /// PostgreSQL's WAL.
     Cdc(cdc::CdcArgs),
@@ -72,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Demo(args) => app::demo(args).await,
             Command::Serve(args) => app::serve(args).await,
             Command::Admin(args) => app::admin(args).await,
+            Command::Sagas(args) => sagas::run(args).await,
             Command::Cdc(args) => cdc::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::FaultTest(command) => fault_test::run(command).await,
