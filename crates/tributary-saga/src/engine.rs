@@ -261,6 +261,93 @@ impl<D: SagaData> Engine<D> {
         Ok(DeadlineOutcome::Fired)
     }
 
+    /// An operator's cancel: ends the current wait and compensates what is done.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the saga finished, already compensates, or is past its
+    /// pivot (it can then only go forward).
+    pub async fn cancel(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        inst: &mut SagaInstance,
+        data: &mut D,
+        reason: &str,
+    ) -> Result<()> {
+        if inst.state != SagaState::Running {
+            return Err(Error::invalid(format!(
+                "saga {} is {}: only a running saga can be cancelled",
+                inst.id,
+                inst.state.as_str()
+            )));
+        }
+        let kind = self.def.steps.get(inst.step).map(|s| s.kind);
+        if !matches!(kind, Some(StepKind::Compensatable)) {
+            return Err(Error::invalid(format!(
+                "saga {} is at its pivot or past it: it can only go forward",
+                inst.id
+            )));
+        }
+        // A command sent and not answered may have happened: it is compensated too.
+        let sent = matches!(&inst.awaiting, Some(a) if a.what == AwaitKind::Reply);
+        self.end_wait(unit, inst).await?;
+        let now = self.clock.now();
+        inst.record(
+            now,
+            Some(inst.step),
+            "cancelled by an operator",
+            None,
+            Some(reason.to_owned()),
+        );
+        let from = if sent { inst.step + 1 } else { inst.step };
+        self.begin_compensation(unit, inst, data, from, format!("cancelled: {reason}"), None)
+            .await
+    }
+
+    /// An operator's retry: runs the current step (or compensation) again now, also for a
+    /// saga that ended in `CompensationFailed`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the saga completed or was compensated.
+    pub async fn retry(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        inst: &mut SagaInstance,
+        data: &mut D,
+    ) -> Result<()> {
+        match inst.state {
+            SagaState::Completed | SagaState::Compensated => {
+                return Err(Error::invalid(format!(
+                    "saga {} is {}: nothing to retry",
+                    inst.id,
+                    inst.state.as_str()
+                )));
+            }
+            SagaState::CompensationFailed => {
+                inst.state = SagaState::Compensating;
+                inst.attempt = 0;
+            }
+            SagaState::Running | SagaState::Compensating => {}
+        }
+        self.end_wait(unit, inst).await?;
+        inst.attempt += 1;
+        let now = self.clock.now();
+        inst.record(
+            now,
+            Some(inst.step),
+            "retried by an operator",
+            None,
+            Some(format!("attempt {}", inst.attempt)),
+        );
+        if inst.compensating {
+            if let Flow::Continue = self.run_compensation(unit, inst, data, None).await? {
+                self.compensate_next(unit, inst, data, None).await?;
+            }
+        } else if let Flow::Continue = self.run_step(unit, inst, data, None).await? {
+            self.run_forward(unit, inst, data, None).await?;
+        }
+        Ok(())
+    }
+
     /// Runs steps from `inst.step` until one waits, the saga completes, or it fails.
     async fn run_forward(
         &self,

@@ -237,6 +237,50 @@ impl<D: SagaData> Orchestrator<D> {
             .await
     }
 
+    /// Cancels saga `id` (an operator's action, recorded in its timeline): its current wait
+    /// ends and the steps it completed are compensated in reverse order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an unknown saga, or one that finished, already compensates
+    /// or is at or past its pivot; storage errors.
+    pub async fn cancel(&self, id: &SagaId, reason: &str) -> Result<()> {
+        let (engine, id, reason) = (self.engine.clone(), id.clone(), reason.to_owned());
+        self.db
+            .transact(move |unit| {
+                Box::pin(async move {
+                    let (mut inst, mut data) = engine
+                        .load(unit, &id)
+                        .await?
+                        .ok_or_else(|| Error::invalid(format!("no saga {id}")))?;
+                    engine.cancel(unit, &mut inst, &mut data, &reason).await?;
+                    engine.save(unit, &mut inst, &data).await
+                })
+            })
+            .await
+    }
+
+    /// Runs the current step or compensation of saga `id` again now (an operator's action,
+    /// recorded in its timeline), also for a saga that ended in `CompensationFailed`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an unknown saga or one that completed or was compensated;
+    /// storage errors.
+    pub async fn retry(&self, id: &SagaId) -> Result<()> {
+        let (engine, id) = (self.engine.clone(), id.clone());
+        self.db
+            .transact(move |unit| {
+                Box::pin(async move {
+                    let (mut inst, mut data) = engine
+                        .load(unit, &id)
+                        .await?
+                        .ok_or_else(|| Error::invalid(format!("no saga {id}")))?;
+                    engine.retry(unit, &mut inst, &mut data).await?;
+                    engine.save(unit, &mut inst, &data).await
+                })
+            })
+            .await
+    }
+
     /// Runs the reply consumer and the deadline runner until `shutdown`.
     ///
     /// # Errors

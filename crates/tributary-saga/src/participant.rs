@@ -70,8 +70,11 @@ type Route = Box<
 
 #[derive(Default, Serialize, Deserialize)]
 struct Marker {
-    /// The success reply's data, once the step succeeded here.
-    succeeded: Option<serde_json::Value>,
+    /// Whether the step succeeded here. A flag of its own: the success data may be JSON null.
+    succeeded: bool,
+    /// The success reply's data.
+    #[serde(default)]
+    data: serde_json::Value,
     compensated: bool,
 }
 
@@ -221,7 +224,8 @@ impl Handler for Participant {
             (
                 false,
                 Marker {
-                    succeeded: Some(data),
+                    succeeded: true,
+                    data,
                     ..
                 },
             ) => (Outcome::Succeeded, None, data.clone()),
@@ -234,7 +238,7 @@ impl Handler for Participant {
             | (
                 true,
                 Marker {
-                    succeeded: None, ..
+                    succeeded: false, ..
                 },
             ) => {
                 if !marker.compensated {
@@ -249,7 +253,8 @@ impl Handler for Participant {
                     if compensation {
                         marker.compensated = true;
                     } else {
-                        marker.succeeded = Some(data.clone());
+                        marker.succeeded = true;
+                        marker.data = data.clone();
                     }
                     unit.put_as(PARTICIPANT_MARKERS, &marker_id, &marker)
                         .await?;
@@ -262,5 +267,102 @@ impl Handler for Participant {
         let topic: &Topic = &header.reply_to;
         unit.publish(topic, reply).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tributary_core::{Database, InMemoryDatabase};
+
+    use super::*;
+    use crate::definition::Command;
+    use crate::instance::SagaId;
+    use crate::message::{SagaCommandHeader, command_envelope};
+
+    fn bump(unit: &mut dyn UnitOfWork, delta: i64) -> BoxFuture<'_, Result<Reply, HandlerError>> {
+        Box::pin(async move {
+            let n: i64 = unit.get_as("count", "n").await?.unwrap_or(0);
+            unit.put_as("count", "n", &(n + delta)).await?;
+            Ok(Reply::ok())
+        })
+    }
+
+    fn add<'a>(
+        _: serde_json::Value,
+        _: &'a SagaCommand,
+        unit: &'a mut dyn UnitOfWork,
+    ) -> BoxFuture<'a, Result<Reply, HandlerError>> {
+        bump(unit, 1)
+    }
+
+    fn undo<'a>(
+        _: serde_json::Value,
+        _: &'a SagaCommand,
+        unit: &'a mut dyn UnitOfWork,
+    ) -> BoxFuture<'a, Result<Reply, HandlerError>> {
+        bump(unit, -1)
+    }
+
+    fn counter() -> Participant {
+        Participant::new("p")
+            .on("Add", add)
+            .on_compensation("Undo", undo)
+    }
+
+    fn command(compensation: bool) -> Envelope {
+        let header = SagaCommandHeader {
+            saga_type: "T".into(),
+            saga_id: SagaId::generate(),
+            step: 0,
+            step_name: "add".into(),
+            compensation,
+            attempt: 1,
+            reply_to: Topic::new("T-replies").unwrap(),
+        };
+        let kind = if compensation { "Undo" } else { "Add" };
+        command_envelope("o", header, &Command::new(kind, &1).unwrap(), None).unwrap()
+    }
+
+    async fn handle(db: &Arc<dyn Database>, p: &Arc<Participant>, e: &Envelope) -> i64 {
+        let (p, e) = (p.clone(), e.clone());
+        db.transact(move |unit| {
+            Box::pin(async move {
+                p.handle(&e, unit)
+                    .await
+                    .map_err(|e| tributary_core::Error::invalid(e.to_string()))
+            })
+        })
+        .await
+        .unwrap();
+        db.get_document_as("count", "n").await.unwrap().unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_command_sent_again_after_a_success_without_data_is_not_run_again_and_is_still_compensated()
+     {
+        let db: Arc<dyn Database> = Arc::new(InMemoryDatabase::new());
+        let p = Arc::new(counter());
+        let forward = command(false);
+        assert_eq!(handle(&db, &p, &forward).await, 1);
+        // Sent again (a new envelope for the same step): the recorded success is replied.
+        let again = forward.clone().with_id(tributary_core::EventId::new());
+        assert_eq!(handle(&db, &p, &again).await, 1);
+        let mut undo = command(true);
+        undo.data = {
+            let mut body = undo.data.to_value();
+            body["saga"]["saga_id"] = forward.data.to_value()["saga"]["saga_id"].clone();
+            tributary_core::Payload::from_value(&body).unwrap()
+        };
+        assert_eq!(
+            handle(&db, &p, &undo).await,
+            0,
+            "the success (null data) is compensated"
+        );
+        assert_eq!(handle(&db, &p, &undo).await, 0, "a compensation runs once");
+        // The command arriving after its compensation is refused, not run.
+        let late = forward.clone().with_id(tributary_core::EventId::new());
+        assert_eq!(handle(&db, &p, &late).await, 0);
     }
 }

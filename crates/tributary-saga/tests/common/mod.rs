@@ -46,6 +46,7 @@ macro_rules! saga_scenarios {
             late_and_duplicate_replies_are_recorded_and_ignored,
             a_reply_that_arrives_while_the_orchestrator_is_down_is_not_lost,
             an_orchestrator_killed_mid_saga_resumes_where_it_was,
+            an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensation,
         );
     };
     (@tests $make:path, #[$test:meta]; $($check:ident),* $(,)?) => {
@@ -938,5 +939,80 @@ pub async fn an_orchestrator_killed_mid_saga_resumes_where_it_was(fixture: Fixtu
     );
     assert_eq!(sys.participant_value("stock", "sku1").await, Some(95));
     assert_eq!(sys.participant_value("notified", "c1").await, Some(5));
+    sys.stop().await;
+}
+
+pub async fn an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensation(
+    fixture: Fixture,
+) {
+    let mut sys = System::new(fixture).await;
+    sys.seed("credit", "c1", 100).await;
+    sys.seed("stock", "sku1", 10).await;
+    sys.seed("release_refused", "c1", 1).await;
+    // The orchestrator is not running, only its relay: the credit is reserved, and the saga
+    // still waits for the reply.
+    let id = sys
+        .orchestrator
+        .start(sys.order("c1", 30, "sku1", json!(4)))
+        .await
+        .expect("start");
+    let relay = Relay::new(
+        sys.orchestrator_db.outbox_source(),
+        sys.fixture.broker.clone(),
+        RelayConfig::default(),
+    );
+    let stop_relay = CancellationToken::new();
+    let relay = tokio::spawn(relay.run(stop_relay.clone()));
+    let marker = format!("{}:{}:0", sys.saga_type, id);
+    sys.wait_participant("reserve the credit", async |s: &System| {
+        s.fixture
+            .participant_db
+            .get_document(PARTICIPANT_MARKERS, &marker)
+            .await
+            .expect("read")
+            .is_some()
+    })
+    .await;
+    stop_relay.cancel();
+    relay.await.expect("relay").expect("relay");
+    assert_eq!(sys.participant_value("credit", "c1").await, Some(70));
+    sys.orchestrator
+        .cancel(&id, "customer called")
+        .await
+        .expect("cancel");
+    let cancelled = sys.instance(&id).await;
+    assert_eq!(cancelled.state, SagaState::Compensating, "{cancelled:#?}");
+    assert_eq!(count(&cancelled, "cancelled by an operator"), 1);
+    assert!(
+        sys.orchestrator.retry(&id).await.is_ok(),
+        "a compensating saga can be retried"
+    );
+    sys.run_orchestrator();
+    // The release is refused until the operator fixes it, so the saga ends CompensationFailed.
+    let failed = sys.wait_final(&id).await;
+    assert_eq!(failed.state, SagaState::CompensationFailed, "{failed:#?}");
+    assert!(
+        sys.orchestrator.cancel(&id, "again").await.is_err(),
+        "a failed saga is not cancelled twice"
+    );
+    let refused = "release_refused".to_owned();
+    sys.fixture
+        .participant_db
+        .transact(move |unit| Box::pin(async move { unit.delete(&refused, "c1").await }))
+        .await
+        .expect("fixed");
+    sys.orchestrator.retry(&id).await.expect("retry");
+    let done = sys.wait_final(&id).await;
+    assert_eq!(done.state, SagaState::Compensated, "{done:#?}");
+    assert_eq!(count(&done, "retried by an operator"), 2);
+    assert_eq!(
+        sys.participant_value("credit", "c1").await,
+        Some(100),
+        "reserved once, released once"
+    );
+    assert!(
+        sys.orchestrator.retry(&id).await.is_err(),
+        "nothing to retry once compensated"
+    );
     sys.stop().await;
 }
