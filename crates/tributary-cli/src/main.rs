@@ -7,6 +7,7 @@ mod console;
 mod fault_test;
 mod metrics_http;
 mod ops;
+mod sagas;
 mod urls;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,
@@ -46,6 +47,8 @@ enum Command {
     Events(ops::events::EventsArgs),
     /// Publishes a service database's outbox (or event store) to a broker, as its own process.
     Relay(ops::relay::RelayArgs),
+    /// Saga instances in an orchestrator's database: list (by type, state, age) and show.
+    Sagas(sagas::SagasArgs),
     /// Change data capture: publishes table changes, outbox rows or logical messages from
     /// PostgreSQL's WAL.
     Cdc(cdc::CdcArgs),
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Events(args) => ops::events::run(args).await,
             Command::Console(args) => console::run(args).await,
             Command::Relay(args) => ops::relay::run(args).await,
+            Command::Sagas(args) => sagas::run(args).await,
             Command::Cdc(args) => cdc::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::FaultTest(command) => fault_test::run(command).await,

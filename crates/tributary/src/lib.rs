@@ -31,6 +31,12 @@ pub use tributary_runtime::{
 /// W3C trace context through the envelope.
 pub use tributary_core::trace;
 
+/// Orchestrated sagas: typed steps (compensatable, pivot, retriable), commands and replies
+/// through the outbox and inbox, durable deadlines, recovery and inspection.
+pub mod saga {
+    pub use tributary_saga::*;
+}
+
 /// For implementing a backend; applications do not need it.
 pub use tributary_core::backend;
 

@@ -11,6 +11,9 @@
 //!   cancelled.
 //! - [`history::HistoryService`] — a CQRS view: one document per customer with its orders.
 //!
+//! [`orchestration`] adds an orchestrated `CreateOrder` saga (credit, then stock at an inventory
+//! service, then approval) beside that choreography, which stays the default.
+//!
 //! [`system`] wires them to a broker with relays and consumer groups; [`http`] serves the API;
 //! [`demo`] runs a workload and checks the [`invariants`].
 
@@ -20,6 +23,7 @@ pub mod events;
 pub mod history;
 pub mod http;
 pub mod invariants;
+pub mod orchestration;
 pub mod order;
 pub mod read_your_writes;
 pub mod system;

@@ -6,6 +6,7 @@ mod event_store;
 mod pipeline;
 mod postgres;
 mod report;
+mod saga;
 
 pub use event_store::EventStoreBenchArgs;
 pub use pipeline::PipelineBenchArgs;
@@ -20,6 +21,8 @@ pub enum BenchCommand {
     Pipeline(PipelineBenchArgs),
     /// Change data capture from PostgreSQL's WAL: throughput (vs pg_recvlogical), latency.
     Cdc(cdc::CdcBenchArgs),
+    /// Orchestrated three-step order sagas beside the same flow as a choreography.
+    Saga(saga::SagaBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -28,5 +31,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Read(args) => event_store::read(args).await,
         BenchCommand::Pipeline(args) => pipeline::run(args).await,
         BenchCommand::Cdc(args) => cdc::run(args).await,
+        BenchCommand::Saga(args) => saga::run(args).await,
     }
 }

@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod admin;
+mod deadlines;
+pub mod definition;
+mod engine;
+mod instance;
+mod message;
+mod orchestrator;
+mod participant;
+
+pub use admin::{SagaAdmin, SagaFilter, SagaSummary};
+pub use deadlines::{Clock, Deadline, DeadlineOutcome, deadlines_collection};
+pub use definition::{
+    AfterPivot, BeforePivot, Command, Compensation, DefinedStep, LocalError, SagaBuilder, SagaData,
+    SagaDefinition, Step, StepKind, reply_topic,
+};
+pub use instance::{
+    AwaitKind, Awaiting, HistoryEntry, MAX_SAGA_ID_LEN, SAGAS, SagaId, SagaInstance, SagaState,
+};
+pub use message::{Outcome, REPLY_TYPE, ReplyBody, SagaCommand, SagaCommandHeader};
+pub use orchestrator::{Orchestrator, OrchestratorConfig, Started};
+pub use participant::{PARTICIPANT_MARKERS, Participant, Reply};
