@@ -365,14 +365,6 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     use tributary::{DeadLetterId, GroupName};
 
     let resolved = args.backends.resolve(Some(Path::new("tributary-data")))?;
-    if let DbUrl::Sqlite(dir) = &resolved.db {
-        anyhow::ensure!(
-            dir.join("broker.db").exists()
-                || !matches!(resolved.broker, BrokerUrl::Embedded { .. }),
-            "{} holds no Tributary deployment (no broker.db)",
-            dir.display()
-        );
-    }
     let only = match &args.command {
         AdminCommand::DeadLetters(DeadLetterCommand::List {
             service: Some(s), ..
@@ -386,7 +378,9 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             ServiceName::ALL.to_vec()
         }
     };
-    let backends = Backends::connect(&resolved.db, &resolved.broker, &only).await?;
+    // Operations on a deployment that exists: nothing is created or migrated, so a mistyped
+    // URL or prefix is "no such deployment", not a new empty one.
+    let backends = Backends::connect_existing(&resolved.db, &resolved.broker, &only).await?;
     let services = Services::new(&backends);
     let groups = consumer_groups(&services);
     let admin_for = |service: ServiceName| -> anyhow::Result<DeadLetterAdmin> {

@@ -4,6 +4,7 @@ mod app;
 mod bench;
 mod cdc;
 mod fault_test;
+mod report;
 mod urls;
 
 // The event pipeline allocates many small strings on one thread and frees them on another,
@@ -56,8 +57,8 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The chain of causes, not a backtrace: this is for operators.
-            eprintln!("error: {e:#}");
+            // The chain of causes, each once, not a backtrace: this is for operators.
+            eprintln!("error: {}", report::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
