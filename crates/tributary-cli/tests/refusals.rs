@@ -66,6 +66,19 @@ fn free_port() -> u16 {
 
 const WITHIN: Duration = Duration::from_secs(30);
 
+/// Waits until every connection of this process to the database `path` has closed: the last
+/// one to close checkpoints the WAL into the file and removes it (the writer thread closes
+/// its connection after its database handle was dropped, not at the drop).
+fn closed(path: &Path) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let deadline = Instant::now() + WITHIN;
+    while Path::new(&wal).exists() {
+        assert!(Instant::now() < deadline, "{} stayed open", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn serve_refuses_another_applications_sqlite_file_before_changing_anything() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,13 +151,10 @@ async fn a_damaged_database_is_refused_at_start_naming_the_file() {
                 .unwrap();
         }
     }
-    // Checkpointed into the main file (opening and closing a connection does it), then cut
-    // in half as a failed copy or a full disk leaves it.
+    // Checkpointed into the main file when it closed, then cut in half as a failed copy or a
+    // full disk leaves it.
     let customers = dir.path().join("customers.db");
-    {
-        let c = tributary::sqlite::rusqlite::Connection::open(&customers).unwrap();
-        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
-    }
+    closed(&customers);
     let len = std::fs::metadata(&customers).unwrap().len();
     assert!(len > 64 * 1024, "a file of many pages ({len} bytes)");
     std::fs::OpenOptions::new()
@@ -167,8 +177,9 @@ async fn a_damaged_database_is_refused_at_start_naming_the_file() {
     assert!(!out.status.success());
     let message = stderr(&out);
     assert!(
-        message.contains(&customers.display().to_string()),
-        "names the file: {message}"
+        message.contains(&customers.display().to_string())
+            && (message.contains("damaged") || message.contains("malformed")),
+        "names the file and what is wrong with it: {message}"
     );
 }
 
@@ -285,4 +296,64 @@ async fn admin_on_postgres_with_an_unknown_prefix_says_so_and_creates_no_schema(
             .await
             .unwrap();
     assert!(schemas.is_empty(), "created {schemas:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_database_that_vanished_is_refused_until_its_loss_is_accepted() {
+    use customers_and_orders::system::{Backends, Services};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let services = Services::new(&Backends::embedded(dir.path()).await.unwrap());
+        services
+            .customers()
+            .unwrap()
+            .create("Vanishing".into(), 1_000)
+            .await
+            .unwrap();
+    }
+    // Emptied to 0 bytes as a mistaken redirect or a broken copy leaves it.
+    let customers = dir.path().join("customers.db");
+    closed(&customers);
+    std::fs::File::create(&customers).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = tributary(&["serve", "--listen", &listen, "--data-dir", d], WITHIN);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains(&customers.display().to_string())
+            && message.contains(&format!(
+                "tributary admin --data-dir {d} forget-service customers"
+            )),
+        "names the file and the command that accepts the loss: {message}"
+    );
+    assert_eq!(
+        std::fs::metadata(&customers).unwrap().len(),
+        0,
+        "not re-created"
+    );
+    let forgot = tributary(
+        &["admin", "--data-dir", d, "forget-service", "customers"],
+        WITHIN,
+    );
+    assert!(forgot.status.success(), "{}", stderr(&forgot));
+    let again = tributary(
+        &["admin", "--data-dir", d, "forget-service", "customers"],
+        WITHIN,
+    );
+    assert!(
+        !again.status.success(),
+        "forgetting twice says there is nothing to forget"
+    );
+    // Accepted: the service starts on an empty database.
+    let services = Services::new(&Backends::embedded(dir.path()).await.unwrap());
+    assert!(
+        services
+            .customers()
+            .unwrap()
+            .all()
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

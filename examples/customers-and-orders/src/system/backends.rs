@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use tributary::{Broker, Database, DatabaseUrl, Found, redact};
 
+use super::DeploymentRecord;
+
 pub use tributary::BrokerUrl;
 
 /// One of the application's three services.
@@ -159,17 +161,41 @@ impl Backends {
     /// Connects to the databases of `services` and to the broker, creating what is missing.
     /// Every file or schema is checked before any is opened: one that is refused (another
     /// application's SQLite file, a newer version) leaves every other as it was, and nothing
-    /// is created beside it.
+    /// is created beside it. On SQLite, a service database that vanished (see
+    /// [`DeploymentRecord`]) is refused rather than created again empty.
     ///
     /// # Errors
-    /// When a server cannot be reached, or a file or schema is not a Tributary database.
+    /// When a server cannot be reached, a file or schema is not a Tributary database, or a
+    /// service's database vanished.
     pub async fn connect(
         db: &DbUrl,
         broker: &BrokerUrl,
         services: &[ServiceName],
     ) -> anyhow::Result<Self> {
-        inspect(db, broker, services).await?;
-        Self::open(db, broker, services).await
+        let found = inspect(db, broker, services).await?;
+        let record = match db {
+            DbUrl::Sqlite(dir) => Some((dir, DeploymentRecord::in_dir(dir))),
+            DbUrl::Postgres { .. } => None,
+        };
+        if let Some((dir, record)) = &record {
+            let held_data = record.services()?;
+            for (service, (what, found)) in services.iter().zip(&found) {
+                if *found == Found::Nothing && held_data.contains(service) {
+                    anyhow::bail!(
+                        "{what} is missing or empty, but the {service} service has run in this deployment ({} says so): its data is gone, and starting would create it again empty beside a broker and services that still refer to it. Restore the file from a backup, or accept the loss with `tributary admin --data-dir {} forget-service {service}`",
+                        record.path().display(),
+                        dir.display()
+                    );
+                }
+            }
+        }
+        let backends = Self::open(db, broker, services).await?;
+        if let Some((_, record)) = &record {
+            for service in services {
+                record.add(*service)?;
+            }
+        }
+        Ok(backends)
     }
 
     /// Connects to a deployment that exists, for commands that only read it: nothing is

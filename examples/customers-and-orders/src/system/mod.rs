@@ -4,6 +4,7 @@
 
 mod backends;
 pub mod cdc;
+mod record;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tributary::{CancellationToken, Consumer, ConsumerConfig, Handler, Health, Re
 use tributary::{Database, GroupName, Topic};
 
 pub use backends::{Backends, BrokerUrl, DbUrl, ServiceName, connect_broker, connect_named};
+pub use record::DeploymentRecord;
 
 use crate::AppError;
 use crate::customer::CustomerService;
