@@ -258,6 +258,43 @@ fn admin_on_a_directory_without_a_deployment_says_so_and_creates_nothing() {
     assert!(snapshot(&empty).is_empty(), "no file was created");
 }
 
+#[test]
+fn a_dead_letter_id_that_is_not_a_number_is_refused_before_anything_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for id in ["abc", "0x10", "1.5", "", "99999999999999999999"] {
+        for command in ["replay", "skip"] {
+            let out = tributary(
+                &[
+                    "admin",
+                    "--data-dir",
+                    d,
+                    "dead-letters",
+                    command,
+                    "--service",
+                    "order",
+                    id,
+                ],
+                WITHIN,
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} {id:?}: a usage error"
+            );
+            let message = stderr(&out);
+            assert!(
+                message.contains(&format!("invalid value '{id}'")),
+                "{message}"
+            );
+        }
+    }
+    assert!(
+        snapshot(dir.path()).is_empty(),
+        "nothing was opened or created"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_on_postgres_with_an_unknown_prefix_says_so_and_creates_no_schema() {
     let pg = postgres_url();

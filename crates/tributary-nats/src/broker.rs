@@ -435,6 +435,19 @@ enum PublishProblem {
 
 #[async_trait]
 impl Broker for NatsBroker {
+    /// The client's own view of its connection: a server that closed it (stopped, killed,
+    /// restarting) shows at once; one that went silent shows after the client's ping
+    /// interval finds it dead.
+    fn unreachable(&self) -> Option<String> {
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => None,
+            state => Some(format!(
+                "NATS server at {}: {state} (reconnecting)",
+                self.inner.config.url
+            )),
+        }
+    }
+
     async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> Result<()> {
         self.inner.ensure(topic, Some(partitions)).await.map(|_| ())
     }

@@ -63,7 +63,9 @@ impl SqliteDatabase {
         if let Some(inner) = registry.get(&canonical).and_then(Weak::upgrade) {
             return Ok(Self { inner });
         }
-        if matches!(found, crate::inspect::SqliteFileState::Tributary { .. }) {
+        if config.quick_check_on_open
+            && matches!(found, crate::inspect::SqliteFileState::Tributary { .. })
+        {
             quick_check(&conn, path)?;
         }
         schema::prepare(&mut conn, kind, &path.display().to_string())?;
