@@ -91,6 +91,10 @@ impl NatsBroker {
             .name("tributary-nats")
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout))
+            .reconnect_delay_callback({
+                let max = config.max_reconnect_delay;
+                move |attempts| crate::config::reconnect_delay(attempts, max)
+            })
             .connect(servers)
             .await
             .map_err(|e| match e.kind() {

@@ -1,5 +1,7 @@
-//! The reference application over HTTP while its NATS server goes away and comes back: health
-//! says so at once (not when a relay's or consumer's next call times out), and recovers.
+//! The reference application over HTTP while its NATS server goes away for 8 seconds and comes
+//! back: health says so at once (not when a relay's or consumer's next call times out), an
+//! order placed during the outage is accepted and settles after it (the catch-up is measured
+//! and printed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,39 @@ async fn health(client: &reqwest::Client, base: &str) -> (u16, Value) {
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
+    let r = client
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{path}");
+    r.json().await.unwrap()
+}
+
+/// Polls `path` until `want` holds for its body, for at most a minute.
+async fn state_until(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    want: impl Fn(&Value) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if want(&body) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{path} stayed {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls `/health` until `want` holds; returns how long it took.
@@ -41,7 +76,7 @@ async fn health_until(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn health_shows_a_lost_broker_at_once_and_recovers_with_it() {
+async fn health_shows_a_lost_broker_at_once_and_what_was_written_meanwhile_settles_after_it() {
     let Some(mut nats) = PrivateNats::start("broker outage") else {
         return;
     };
@@ -75,6 +110,24 @@ async fn health_shows_a_lost_broker_at_once_and_recovers_with_it() {
     let client = reqwest::Client::new();
     health_until(&client, &base, Duration::from_secs(30), |s, _| s == 200).await;
 
+    // A customer from before the outage, and an order placed during it: accepted (the
+    // services write their own databases), settled once the broker is back.
+    let customer = post(
+        &client,
+        &base,
+        "/customers",
+        json!({"name": "Patient", "credit_limit": 100}),
+    )
+    .await;
+    let customer_id = customer["customer_id"].as_str().unwrap().to_owned();
+    state_until(
+        &client,
+        &base,
+        &format!("/customers/{customer_id}/orderhistory"),
+        |b| b["customer_id"] == customer_id.as_str(),
+    )
+    .await;
+
     nats.kill();
     let noticed = health_until(&client, &base, Duration::from_secs(3), |s, body| {
         s == 503
@@ -84,50 +137,45 @@ async fn health_shows_a_lost_broker_at_once_and_recovers_with_it() {
     })
     .await;
     eprintln!("health showed the lost broker after {noticed:?}");
+    let order = post(
+        &client,
+        &base,
+        "/orders",
+        json!({"customer_id": customer_id, "order_total": 50}),
+    )
+    .await;
+    let order_id = order["order_id"].as_str().unwrap().to_owned();
+    // The outage itself, as long as the one reported (not a synchronisation: the broker is
+    // simply away for this long).
+    tokio::time::sleep(Duration::from_secs(8)).await;
 
     nats.restart();
+    let restarted = Instant::now();
     let recovered = health_until(&client, &base, Duration::from_secs(30), |s, _| s == 200).await;
     eprintln!("health was ok again {recovered:?} after the restart");
-    // And the saga runs again end to end through the restarted broker.
-    let created = client
-        .post(format!("{base}/customers"))
-        .json(&json!({"name": "After the outage", "credit_limit": 100}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status().as_u16(), 201);
-    let customer: Value = created.json().await.unwrap();
-    let placed = client
-        .post(format!("{base}/orders"))
-        .json(&json!({"customer_id": customer["customer_id"], "order_total": 50}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status().as_u16(), 201);
-    let order: Value = placed.json().await.unwrap();
-    let started = Instant::now();
-    loop {
-        let r = client
-            .get(format!(
-                "{base}/orders/{}",
-                order["order_id"].as_str().unwrap()
-            ))
-            .send()
-            .await
-            .unwrap();
-        let body: Value = r.json().await.unwrap();
-        if body["state"] == "APPROVED" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the order after the outage stayed {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    state_until(&client, &base, &format!("/orders/{order_id}"), |b| {
+        b["state"] == "APPROVED"
+    })
+    .await;
+    let approved = restarted.elapsed();
+    state_until(
+        &client,
+        &base,
+        &format!("/customers/{customer_id}/orderhistory"),
+        |b| b["orders"][0]["state"] == "APPROVED",
+    )
+    .await;
+    let in_history = restarted.elapsed();
     eprintln!(
-        "an order placed after the outage settled in {:?}",
-        started.elapsed()
+        "after the restart, the order placed during the outage was approved in {approved:?} and in the history view in {in_history:?}"
+    );
+    // Bounded, where the report that started this saw 113 s. The client now looks for the
+    // server at least every 250 ms (its default wait grew to 4 s; the mechanism has its own
+    // unit test in tributary-nats); what remains is the relays' and consumers' retry
+    // backoff (up to 5 s, not woken by the reconnection) and one pass of the saga.
+    assert!(
+        in_history < Duration::from_secs(10),
+        "caught up {in_history:?} after the restart"
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
