@@ -16,7 +16,7 @@ pub use config::{SqliteConfig, Synchronous};
 pub use database::SqliteDatabase;
 pub use event_store::SqliteEventStore;
 pub use inspect::{SqliteFileState, inspect};
-pub use schema::SqliteDatabaseKind;
+pub use schema::{SqliteDatabaseKind, latest_version};
 pub use service::{SqliteEventsSource, SqliteOutboxSource};
 pub use unit_of_work::{SqliteTx, SqliteUnitExt};
 pub use writer::{SqliteWriter, SqliteWriterStats};
