@@ -81,7 +81,12 @@ impl DeploymentRecord {
             text.push_str(s.as_str());
             text.push('\n');
         }
-        let temporary = self.path.with_extension("tmp");
+        // Per process: services of one deployment may start side by side, each recording
+        // itself (the last rename wins, which at worst forgets a service: less protection,
+        // never a refusal).
+        let temporary = self
+            .path
+            .with_extension(format!("tmp-{}", std::process::id()));
         std::fs::write(&temporary, text)
             .and_then(|()| std::fs::rename(&temporary, &self.path))
             .with_context(|| format!("writing {}", self.path.display()))
