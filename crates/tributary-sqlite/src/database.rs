@@ -51,18 +51,24 @@ impl SqliteDatabase {
         config: SqliteConfig,
         kind: SqliteDatabaseKind,
     ) -> Result<Self> {
+        let mut registry = registry().lock().unwrap_or_else(|p| p.into_inner());
+        registry.retain(|_, weak| weak.strong_count() > 0);
+        // Open in this process already: checked then, and its writer may be checkpointing
+        // into the file right now, which an immutable read must not meet.
+        if let Some(inner) = path
+            .canonicalize()
+            .ok()
+            .and_then(|canonical| registry.get(&canonical).and_then(Weak::upgrade))
+        {
+            return Ok(Self { inner });
+        }
         // Before anything can change the file (the switch to WAL, its -wal and -shm files): a
         // foreign file is refused untouched.
         let found = crate::inspect::inspect(path, kind)?;
-        let mut registry = registry().lock().unwrap_or_else(|p| p.into_inner());
-        registry.retain(|_, weak| weak.strong_count() > 0);
         let mut conn = open_connection(path, &config, false)?;
         let canonical = path
             .canonicalize()
             .map_err(|e| Error::unavailable(format!("database file {}", path.display()), e))?;
-        if let Some(inner) = registry.get(&canonical).and_then(Weak::upgrade) {
-            return Ok(Self { inner });
-        }
         if config.quick_check_on_open
             && matches!(found, crate::inspect::SqliteFileState::Tributary { .. })
         {

@@ -86,7 +86,7 @@ pub fn inspect(path: &Path, kind: SqliteDatabaseKind) -> Result<SqliteFileState>
     if header_app_id != 0 && header_app_id != APPLICATION_ID {
         return Err(foreign(path, header_app_id, None));
     }
-    let conn = read_only(path, header[18] == 2)?;
+    let conn = reader(path, header_app_id, header[18] == 2)?;
     let query = |what: &str, e: rusqlite::Error| {
         Error::storage(format!("{shown} cannot be read ({what})"), e)
     };
@@ -155,23 +155,49 @@ fn foreign(path: &Path, app_id: i32, tables: Option<&[String]>) -> Error {
     ))
 }
 
-/// A connection that reads `path` and can neither write it nor create files beside it. A
-/// file in WAL mode whose WAL holds commits is read through that WAL (its `-shm` may be
-/// created, as any reader does); otherwise the main file is the whole database and is read as
-/// immutable.
-fn read_only(path: &Path, wal_mode: bool) -> Result<Connection> {
+/// A connection that reads `path` without changing what it holds and without creating files
+/// beside it that are not there already.
+///
+/// - No WAL with commits in it: the main file is the whole database, read as immutable.
+/// - A WAL, and a Tributary header: the file is ours, and after a crash its WAL needs
+///   recovery, which a read-only connection cannot run (`SQLITE_READONLY_RECOVERY`); it is
+///   read through a read-write connection limited to queries, as opening it would anyway.
+/// - A WAL, and no Tributary header (a file of ours whose first commit is still only in its
+///   WAL, or another application's): read-only through the WAL; when that needs a recovery,
+///   the main file alone, immutable (a file of ours then shows as empty, and opening finds
+///   the rest).
+fn reader(path: &Path, header_app_id: i32, wal_mode: bool) -> Result<Connection> {
+    let unavailable = |e| Error::unavailable(format!("database file {}", path.display()), e);
     let wal = sibling(path, "-wal");
     let has_wal = wal_mode && std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let opened = if has_wal {
-        Connection::open_with_flags(path, flags)
-    } else {
+    let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let immutable = || {
         Connection::open_with_flags(
             format!("file:{}?immutable=1", uri_path(path)),
-            flags | OpenFlags::SQLITE_OPEN_URI,
+            read_only | OpenFlags::SQLITE_OPEN_URI,
         )
+        .map_err(unavailable)
     };
-    opened.map_err(|e| Error::unavailable(format!("database file {}", path.display()), e))
+    if !has_wal {
+        return immutable();
+    }
+    if header_app_id == APPLICATION_ID {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(unavailable)?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(unavailable)?;
+        return Ok(conn);
+    }
+    let conn = Connection::open_with_flags(path, read_only).map_err(unavailable)?;
+    match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) => immutable(),
+        _ => Ok(conn),
+    }
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
