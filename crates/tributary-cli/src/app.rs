@@ -336,6 +336,12 @@ enum AdminCommand {
     /// Rebuilds the order-history view from the broker's retained log. Run it while the
     /// history service is stopped; the view fills up again when it starts.
     RebuildHistory,
+    /// Accepts the loss of a service's vanished SQLite database: its next start creates it
+    /// again, empty, instead of being refused.
+    ForgetService {
+        /// customer, order or history.
+        service: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -373,14 +379,6 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     use tributary::{DeadLetterId, GroupName};
 
     let resolved = args.backends.resolve(Some(Path::new("tributary-data")))?;
-    if let DbUrl::Sqlite(dir) = &resolved.db {
-        anyhow::ensure!(
-            dir.join("broker.db").exists()
-                || !matches!(resolved.broker, BrokerUrl::Embedded { .. }),
-            "{} holds no Tributary deployment (no broker.db)",
-            dir.display()
-        );
-    }
     let only = match &args.command {
         AdminCommand::DeadLetters(DeadLetterCommand::List {
             service: Some(s), ..
@@ -390,11 +388,17 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             vec![service_arg(s)?]
         }
         AdminCommand::RebuildHistory => vec![ServiceName::History],
+        // Works on the deployment's record alone: the service's database is gone.
+        AdminCommand::ForgetService { service } => {
+            return forget_service(&resolved.db, service_arg(service)?);
+        }
         AdminCommand::DeadLetters(DeadLetterCommand::List { service: None, .. }) => {
             ServiceName::ALL.to_vec()
         }
     };
-    let backends = Backends::connect(&resolved.db, &resolved.broker, &only).await?;
+    // Operations on a deployment that exists: nothing is created or migrated, so a mistyped
+    // URL or prefix is "no such deployment", not a new empty one.
+    let backends = Backends::connect_existing(&resolved.db, &resolved.broker, &only).await?;
     let services = Services::new(&backends);
     let groups = consumer_groups(&services);
     let admin_for = |service: ServiceName| -> anyhow::Result<DeadLetterAdmin> {
@@ -431,6 +435,7 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 .await?;
             println!("skipped dead letter {id}");
         }
+        AdminCommand::ForgetService { .. } => {} // done before connecting
         AdminCommand::RebuildHistory => {
             let group = GroupName::new(HISTORY_GROUP)?;
             let db = backends.history.as_ref().context("no history database")?;
@@ -440,5 +445,23 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `admin forget-service`: takes `service` off the record of an embedded deployment.
+fn forget_service(db: &DbUrl, service: ServiceName) -> anyhow::Result<()> {
+    let DbUrl::Sqlite(dir) = db else {
+        anyhow::bail!("forget-service is for embedded deployments (sqlite://DIR or --data-dir)");
+    };
+    let record = system::DeploymentRecord::in_dir(dir);
+    anyhow::ensure!(
+        record.remove(service)?,
+        "{} does not list the {service} service: nothing to forget",
+        record.path().display()
+    );
+    println!(
+        "forgot the {service} service of {}: its next start creates an empty database",
+        dir.display()
+    );
     Ok(())
 }

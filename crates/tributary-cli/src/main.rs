@@ -7,6 +7,7 @@ mod console;
 mod fault_test;
 mod metrics_http;
 mod ops;
+mod report;
 mod sagas;
 mod urls;
 
@@ -72,8 +73,8 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The chain of causes, not a backtrace: this is for operators.
-            eprintln!("error: {e:#}");
+            // The chain of causes, each once, not a backtrace: this is for operators.
+            eprintln!("error: {}", report::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -69,6 +69,14 @@ pub struct Delivery {
 /// Every implementation passes the broker conformance suite in `tributary-testkit`.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
+    /// Why the broker cannot be reached right now, as far as this process knows without
+    /// asking it (a network broker's client knows at once when its connection dropped), or
+    /// `None` while it can. Cheap: health endpoints call it on every request. A broker in
+    /// the process's own files is always reachable.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
+
     /// Creates `topic` with `partitions` partitions, or checks that an existing topic has that
     /// many.
     ///

@@ -91,6 +91,10 @@ impl NatsBroker {
             .name("tributary-nats")
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout))
+            .reconnect_delay_callback({
+                let max = config.max_reconnect_delay;
+                move |attempts| crate::config::reconnect_delay(attempts, max)
+            })
             .connect(servers)
             .await
             .map_err(|e| match e.kind() {
@@ -435,6 +439,19 @@ enum PublishProblem {
 
 #[async_trait]
 impl Broker for NatsBroker {
+    /// The client's own view of its connection: a server that closed it (stopped, killed,
+    /// restarting) shows at once; one that went silent shows after the client's ping
+    /// interval finds it dead.
+    fn unreachable(&self) -> Option<String> {
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => None,
+            state => Some(format!(
+                "NATS server at {}: {state} (reconnecting)",
+                self.inner.config.url
+            )),
+        }
+    }
+
     async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> Result<()> {
         self.inner.ensure(topic, Some(partitions)).await.map(|_| ())
     }

@@ -104,6 +104,11 @@ impl PgDatabase {
     /// server cannot be reached.
     pub async fn connect(config: PgConfig) -> Result<Self> {
         validate_schema(&config.schema)?;
+        // One connection first: a server that is down is reported at once with its address,
+        // where the pool would retry until its acquire timeout and say only "pool timed out".
+        let probe = crate::inspect::connect_one(&config).await?;
+        // Closing is a courtesy to the server's log; a failure to say goodbye changes nothing.
+        let _ = sqlx::Connection::close(probe).await;
         // No ping before every acquire (sqlx's default): it costs a round trip per unit of
         // work; a connection that died is found by the statement that uses it, and that
         // error is retryable.

@@ -65,7 +65,9 @@ impl DeadLetterAdmin {
     /// left, the key flows again.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an unknown id or a group without a registered handler.
+    /// [`Error::InvalidInput`] for an unknown id, a group without a registered handler, or a
+    /// letter already resolved with nothing left to replay on its key (so that a second replay
+    /// or a replay of a skipped letter is not mistaken for a success).
     pub async fn replay(&self, id: DeadLetterId) -> Result<ReplayOutcome> {
         let letter = self
             .db
@@ -89,6 +91,14 @@ impl DeadLetterAdmin {
             let finished = chunk.failed.is_some() || chunk.replayed.len() < REPLAY_CHUNK;
             outcome.replayed.extend(chunk.replayed);
             outcome.failed = chunk.failed;
+            if finished && outcome.replayed.is_empty() && outcome.failed.is_none() {
+                // Had the letter been unresolved, the oldest unresolved one of its key would
+                // have been replayed or have failed.
+                return Err(Error::invalid(format!(
+                    "dead letter {id} was already resolved and key {:?} of group {} has none left to replay",
+                    letter.key, letter.group
+                )));
+            }
             if finished {
                 return Ok(outcome);
             }

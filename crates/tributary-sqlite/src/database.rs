@@ -53,12 +53,26 @@ impl SqliteDatabase {
     ) -> Result<Self> {
         let mut registry = registry().lock().unwrap_or_else(|p| p.into_inner());
         registry.retain(|_, weak| weak.strong_count() > 0);
+        // Open in this process already: checked then, and its writer may be checkpointing
+        // into the file right now, which an immutable read must not meet.
+        if let Some(inner) = path
+            .canonicalize()
+            .ok()
+            .and_then(|canonical| registry.get(&canonical).and_then(Weak::upgrade))
+        {
+            return Ok(Self { inner });
+        }
+        // Before anything can change the file (the switch to WAL, its -wal and -shm files): a
+        // foreign file is refused untouched.
+        let found = crate::inspect::inspect(path, kind)?;
         let mut conn = open_connection(path, &config, false)?;
         let canonical = path
             .canonicalize()
             .map_err(|e| Error::unavailable(format!("database file {}", path.display()), e))?;
-        if let Some(inner) = registry.get(&canonical).and_then(Weak::upgrade) {
-            return Ok(Self { inner });
+        if config.quick_check_on_open
+            && matches!(found, crate::inspect::SqliteFileState::Tributary { .. })
+        {
+            quick_check(&conn, path)?;
         }
         schema::prepare(&mut conn, kind, &path.display().to_string())?;
         let name = path
@@ -178,7 +192,7 @@ fn open_connection(path: &Path, config: &SqliteConfig, read_only: bool) -> Resul
                 if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
                     Error::storage(format!("{} is not a SQLite database", path.display()), e)
                 } else {
-                    crate::sql_error::sql_error("enabling WAL", e)
+                    crate::sql_error::sql_error(&format!("enabling WAL on {}", path.display()), e)
                 }
             })?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -192,8 +206,37 @@ fn open_connection(path: &Path, config: &SqliteConfig, read_only: bool) -> Resul
         "PRAGMA synchronous = {}; PRAGMA temp_store = MEMORY;",
         config.synchronous.pragma()
     ))
-    .context("configuring the connection")?;
+    .map_err(|e| {
+        crate::sql_error::sql_error(
+            &format!("configuring a connection to {}", path.display()),
+            e,
+        )
+    })?;
     Ok(conn)
+}
+
+/// Refuses a damaged file at open, naming it, rather than letting the reads that happen to hit
+/// a damaged page fail one by one later. `quick_check` reads every page once but skips the
+/// index-against-table cross-checks of `integrity_check`: its cost grows with the file (a
+/// sequential read of it), paid once per open in a process.
+fn quick_check(conn: &Connection, path: &Path) -> Result<()> {
+    let damaged = |detail: String| {
+        Error::storage_msg(format!(
+            "{} is damaged (SQLite quick_check: {detail}); restore it from a backup or move it away",
+            path.display()
+        ))
+    };
+    let mut statement = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| damaged(e.to_string()))?;
+    let problems: Vec<String> = statement
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| damaged(e.to_string()))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(damaged(problems.join("; ")))
 }
 
 /// Read-only connections, used on blocking threads.

@@ -9,7 +9,7 @@ use tributary_core::{Error, Result};
 
 use crate::sql_error::SqlResultExt;
 
-const APPLICATION_ID: i32 = 0x5452_4942; // "TRIB"
+pub(crate) const APPLICATION_ID: i32 = 0x5452_4942; // "TRIB"
 
 /// What a database file is for; a file of one kind cannot be opened as the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub enum SqliteDatabaseKind {
 }
 
 impl SqliteDatabaseKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SqliteDatabaseKind::Service => "service",
             SqliteDatabaseKind::Broker => "broker",

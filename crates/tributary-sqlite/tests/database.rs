@@ -220,6 +220,93 @@ fn a_foreign_sqlite_file_is_refused_untouched() {
     assert_eq!(n, 1, "nothing was added to the foreign file");
 }
 
+/// Every entry of `dir` with its bytes and modification time.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+                meta.modified().unwrap(),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn another_applications_file_in_delete_mode_is_refused_before_anything_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        c.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO users (name) VALUES ('ada'), ('grace');",
+        )
+        .unwrap();
+    }
+    let before = snapshot(dir.path());
+    assert_eq!(before.len(), 1);
+    let service = SqliteDatabase::open(&path, SqliteConfig::default()).unwrap_err();
+    let Err(broker) = tributary_sqlite::SqliteBroker::open(&path, Default::default()) else {
+        panic!("the broker log opened another application's file");
+    };
+    for err in [service, broker] {
+        let message = err.to_string();
+        assert!(
+            message.contains("not a Tributary database")
+                && message.contains(&path.display().to_string())
+                && message.contains("users"),
+            "names the file and what it holds: {message}"
+        );
+    }
+    // The same bytes (so still journal mode delete), the same mtime, no -wal or -shm beside it.
+    assert_eq!(snapshot(dir.path()), before);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+}
+
+#[test]
+fn inspecting_a_file_changes_nothing_and_tells_what_it_holds() {
+    use tributary_sqlite::{SqliteDatabaseKind, SqliteFileState, inspect};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.db");
+    let kind = SqliteDatabaseKind::Service;
+    assert_eq!(inspect(&path, kind).unwrap(), SqliteFileState::Absent);
+    assert!(snapshot(dir.path()).is_empty(), "inspect creates nothing");
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(inspect(&path, kind).unwrap(), SqliteFileState::Empty);
+    std::fs::remove_file(&path).unwrap();
+    drop(SqliteDatabase::open(&path, SqliteConfig::default()).unwrap());
+    let state = inspect(&path, kind).unwrap();
+    assert!(state.is_current(kind), "{state:?}");
+    let err = inspect(&path, SqliteDatabaseKind::Broker).unwrap_err();
+    assert!(err.to_string().contains("not a broker database"), "{err}");
+    // A data directory that is a regular file is named as such.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = inspect(&file.join("orders.db"), kind).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("{} is not a directory", file.display())),
+        "{err}"
+    );
+    let err = SqliteDatabase::open(file.join("orders.db"), SqliteConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("is not a directory"), "{err}");
+}
+
 #[test]
 fn a_file_that_is_not_sqlite_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -953,6 +953,16 @@ pub async fn skipping_a_dead_letter_resolves_only_that_letter(f: &MessagingFixtu
         (3, 2),
         "the skipped message was never applied"
     );
+    // A letter already resolved, skipped or replayed, is not replayed "successfully" again.
+    for resolved in [letters[0].id, letters[1].id] {
+        let err = admin.replay(resolved).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput { reason } if reason.contains("already resolved")),
+            "{err}"
+        );
+    }
+    let l = ledger(&service, "k").await;
+    assert_eq!((l.last_seq, l.applied), (3, 2), "nothing ran again");
 }
 
 pub async fn inbox_retention_shorter_than_the_redelivery_horizon_is_rejected(f: &MessagingFixture) {

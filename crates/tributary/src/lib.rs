@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+mod inspect;
 mod url;
 
+pub use inspect::Found;
 pub use url::{BrokerUrl, DatabaseUrl, connect, connect_broker, redact};
 
 // The model and the application's API.

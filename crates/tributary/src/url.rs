@@ -240,7 +240,7 @@ impl fmt::Debug for BrokerUrl {
 
 /// The error for a URL whose backend this build leaves out.
 #[allow(dead_code)] // unused when every feature is on
-fn feature_off(url: &dyn fmt::Display, feature: &str) -> Error {
+pub(crate) fn feature_off(url: &dyn fmt::Display, feature: &str) -> Error {
     Error::invalid(format!(
         "{url} needs the `{feature}` feature of the tributary crate, which this build leaves out"
     ))

@@ -70,8 +70,50 @@ pub(crate) fn validate_amount(name: &str, value: i64, allow_zero: bool) -> Resul
     Ok(())
 }
 
-pub(crate) fn validate_id(what: &str, id: &str) -> Result<(), AppError> {
+/// The one spelling of an id from outside (HTTP, the CLI) that the services store and look
+/// up: a UUID in lower-case hyphenated form. Every spelling of a UUID is accepted (upper case,
+/// `{…}`, `urn:uuid:…`, no hyphens) and turned into it, so that the same customer is never
+/// two customers; anything else is [`AppError::Invalid`] before it reaches a unit of work.
+///
+/// # Errors
+/// [`AppError::Invalid`] when `id` is not a UUID.
+pub fn canonical_id(what: &str, id: &str) -> Result<String, AppError> {
     uuid::Uuid::parse_str(id)
-        .map(|_| ())
+        .map(|u| u.hyphenated().to_string())
         .map_err(|_| AppError::Invalid(format!("{what} must be a UUID, got {id:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_a_uuid_is_one_id_and_anything_else_is_refused() {
+        let id = "0192f3a4-5b6c-7d8e-9f01-23456789abcd";
+        for spelling in [
+            id,
+            "0192F3A4-5B6C-7D8E-9F01-23456789ABCD",
+            "{0192f3a4-5b6c-7d8e-9f01-23456789abcd}",
+            "urn:uuid:0192f3a4-5b6c-7d8e-9f01-23456789abcd",
+            "URN:UUID:0192F3A4-5B6C-7D8E-9F01-23456789ABCD",
+            "0192f3a45b6c7d8e9f0123456789abcd",
+        ] {
+            assert_eq!(
+                canonical_id("id", spelling).ok().as_deref(),
+                Some(id),
+                "{spelling}"
+            );
+        }
+        for bad in [
+            "",
+            "x",
+            "0192f3a4-5b6c-7d8e-9f01-23456789abcg",
+            "0192f3a45b6c7d8e9f0123456789abc",
+        ] {
+            assert!(
+                matches!(canonical_id("id", bad), Err(AppError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -474,6 +474,97 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     app.stop().await;
 }
 
+/// The spellings of one UUID that clients send: upper case, braces, a URN, no hyphens.
+fn spellings(id: &str) -> Vec<String> {
+    let simple = id.replace('-', "");
+    vec![
+        id.to_uppercase(),
+        format!("{{{id}}}"),
+        format!("urn:uuid:{id}"),
+        format!("URN:UUID:{}", id.to_uppercase()),
+        simple.clone(),
+        simple.to_uppercase(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_spelling_of_an_id_names_the_same_customer_and_order() {
+    let app = App::start().await;
+    let c = app.customer("Spelled", 10_000).await;
+    for spelling in spellings(&c) {
+        let (status, body) = app.get(&format!("/customers/{spelling}")).await;
+        assert_eq!(status, StatusCode::OK, "{spelling}: {body}");
+        assert_eq!(body["customer_id"], c, "{spelling}: the canonical id");
+    }
+    // An order for the customer spelled in upper case is the customer's order: approved,
+    // credit reserved, in the customer's history.
+    let o = app.order(&c.to_uppercase(), 2_000).await;
+    let settled = app.settled(&o).await;
+    assert_eq!(settled["state"], "APPROVED", "{settled}");
+    assert_eq!(settled["customer_id"], c);
+    assert_eq!(app.available(&c).await, 8_000);
+    for spelling in spellings(&o) {
+        let (status, body) = app.get(&format!("/orders/{spelling}")).await;
+        assert_eq!(status, StatusCode::OK, "{spelling}: {body}");
+        assert_eq!(body["order_id"], o, "{spelling}");
+    }
+    for spelling in spellings(&c) {
+        let history = app
+            .history_until(&spelling, |h| h["orders"][0]["state"] == "APPROVED")
+            .await;
+        assert_eq!(history["customer_id"], c, "{spelling}");
+    }
+    // Cancelling through another spelling cancels the one order and releases its credit.
+    let (status, body) = app
+        .post(
+            &format!("/orders/{{{}}}/cancel", o.to_uppercase()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["order_id"], o);
+    assert_eq!(body["state"], "CANCELLED");
+    // What is not a UUID is refused with a JSON 400 before any unit of work.
+    for (path, mentions) in [
+        (format!("/customers/{}x", &c[..35]), "UUID"),
+        (format!("/orders/{}", &o[..30]), "UUID"),
+        ("/customers/%FF".to_owned(), ""),
+        (format!("/customers/urn:uuid:{{{c}}}"), "UUID"),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let message = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: a JSON error body, got {body}"));
+        assert!(message.contains(mentions), "{path}: {message:?}");
+    }
+    let running = app.running.as_ref().unwrap();
+    assert_eq!(
+        running
+            .services
+            .customers()
+            .unwrap()
+            .all()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        running
+            .services
+            .orders()
+            .unwrap()
+            .all()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    app.invariants_hold().await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_with_the_writes_token_includes_the_write_and_its_decision() {
     let app = App::start().await;

@@ -115,8 +115,8 @@ impl CustomerService {
 
     /// The committed state of a customer.
     pub async fn get(&self, customer_id: &str) -> Result<Option<Customer>, AppError> {
-        crate::validate_id("customer id", customer_id)?;
-        Ok(self.db.get_document_as(CUSTOMERS, customer_id).await?)
+        let customer_id = crate::canonical_id("customer id", customer_id)?;
+        Ok(self.db.get_document_as(CUSTOMERS, &customer_id).await?)
     }
 
     /// Every customer, in id order (for the demo's invariant checks).

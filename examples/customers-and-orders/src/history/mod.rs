@@ -76,8 +76,8 @@ impl HistoryService {
 
     /// A customer's history, if the view knows the customer.
     pub async fn get(&self, customer_id: &str) -> Result<Option<CustomerHistory>, AppError> {
-        crate::validate_id("customer id", customer_id)?;
-        let doc: Option<CustomerHistory> = self.db.get_document_as(HISTORY, customer_id).await?;
+        let customer_id = crate::canonical_id("customer id", customer_id)?;
+        let doc: Option<CustomerHistory> = self.db.get_document_as(HISTORY, &customer_id).await?;
         Ok(doc.filter(|h| h.name.is_some()))
     }
 

@@ -2,10 +2,11 @@
 
 pub mod consistency;
 mod json;
+mod path;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,7 @@ use tributary::Health;
 
 pub use consistency::{Consistency, ConsistencyQuery};
 pub use json::ApiJson;
+pub use path::IdPath;
 
 use crate::AppError;
 use crate::order::Order;
@@ -118,7 +120,7 @@ async fn create_customer(
 
 async fn get_customer(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<CustomerView>, AppError> {
     let c = s
         .services
@@ -183,7 +185,7 @@ async fn create_order(
 
 async fn get_order(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     Query(query): Query<ConsistencyQuery>,
     headers: HeaderMap,
 ) -> Result<Json<OrderView>, AppError> {
@@ -196,10 +198,7 @@ async fn get_order(
     Ok(Json(o.into()))
 }
 
-async fn cancel_order(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, AppError> {
+async fn cancel_order(State(s): State<AppState>, IdPath(id): IdPath) -> Result<Response, AppError> {
     let (o, token) = s.services.orders()?.cancel(&id).await?;
     let sealed = s.consistency.seal(&token);
     let mut body = serde_json::to_value(OrderView::from(o))
@@ -210,7 +209,7 @@ async fn cancel_order(
 
 async fn get_history(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     Query(query): Query<ConsistencyQuery>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, AppError> {

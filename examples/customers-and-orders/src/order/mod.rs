@@ -62,7 +62,7 @@ impl OrderService {
         customer_id: String,
         order_total: i64,
     ) -> Result<(Order, ConsistencyToken), AppError> {
-        crate::validate_id("customer id", &customer_id)?;
+        let customer_id = crate::canonical_id("customer id", &customer_id)?;
         crate::validate_amount("order_total", order_total, false)?;
         let order_id = uuid::Uuid::now_v7().to_string();
         let command = OrderCommand::Create {
@@ -115,8 +115,8 @@ impl OrderService {
 
     /// The current state of an order, from its events.
     pub async fn get(&self, order_id: &str) -> Result<Option<Order>, AppError> {
-        crate::validate_id("order id", order_id)?;
-        let loaded = self.repository.load(order_id).await?;
+        let order_id = crate::canonical_id("order id", order_id)?;
+        let loaded = self.repository.load(&order_id).await?;
         Ok(loaded.exists().then_some(loaded.state))
     }
 
@@ -125,8 +125,8 @@ impl OrderService {
     /// # Errors
     /// [`AppError::NotFound`], or [`AppError::Conflict`] when the order is not APPROVED.
     pub async fn cancel(&self, order_id: &str) -> Result<(Order, ConsistencyToken), AppError> {
-        crate::validate_id("order id", order_id)?;
-        let (done, token) = self.run(order_id.to_owned(), OrderCommand::Cancel).await?;
+        let order_id = crate::canonical_id("order id", order_id)?;
+        let (done, token) = self.run(order_id, OrderCommand::Cancel).await?;
         Ok((done.state, token))
     }
 

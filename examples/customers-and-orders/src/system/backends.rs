@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use tributary::{Broker, Database, DatabaseUrl, redact};
+use tributary::{Broker, Database, DatabaseUrl, Found, redact};
+
+use super::DeploymentRecord;
 
 pub use tributary::BrokerUrl;
 
@@ -156,11 +158,71 @@ impl Backends {
         .await
     }
 
-    /// Connects to the databases of `services` and to the broker.
+    /// Connects to the databases of `services` and to the broker, creating what is missing.
+    /// Every file or schema is checked before any is opened: one that is refused (another
+    /// application's SQLite file, a newer version) leaves every other as it was, and nothing
+    /// is created beside it. On SQLite, a service database that vanished (see
+    /// [`DeploymentRecord`]) is refused rather than created again empty.
     ///
     /// # Errors
-    /// When a server cannot be reached, or a file or schema is not a Tributary database.
+    /// When a server cannot be reached, a file or schema is not a Tributary database, or a
+    /// service's database vanished.
     pub async fn connect(
+        db: &DbUrl,
+        broker: &BrokerUrl,
+        services: &[ServiceName],
+    ) -> anyhow::Result<Self> {
+        let found = inspect(db, broker, services).await?;
+        let record = match db {
+            DbUrl::Sqlite(dir) => Some((dir, DeploymentRecord::in_dir(dir))),
+            DbUrl::Postgres { .. } => None,
+        };
+        if let Some((dir, record)) = &record {
+            let held_data = record.services()?;
+            for (service, (what, found)) in services.iter().zip(&found) {
+                if *found == Found::Nothing && held_data.contains(service) {
+                    anyhow::bail!(
+                        "{what} is missing or empty, but the {service} service has run in this deployment ({} says so): its data is gone, and starting would create it again empty beside a broker and services that still refer to it. Restore the file from a backup, or accept the loss with `tributary admin --data-dir {} forget-service {service}`",
+                        record.path().display(),
+                        dir.display()
+                    );
+                }
+            }
+        }
+        let backends = Self::open(db, broker, services).await?;
+        if let Some((_, record)) = &record {
+            for service in services {
+                record.add(*service)?;
+            }
+        }
+        Ok(backends)
+    }
+
+    /// Connects to a deployment that exists, for commands that only read it: nothing is
+    /// created, no schema and no file, and no migration is applied.
+    ///
+    /// # Errors
+    /// "no such deployment" when a database or the embedded broker's file of `services` is
+    /// not there (or holds nothing of Tributary's); an older schema, which only a service's
+    /// start migrates; otherwise as [`Backends::connect`].
+    pub async fn connect_existing(
+        db: &DbUrl,
+        broker: &BrokerUrl,
+        services: &[ServiceName],
+    ) -> anyhow::Result<Self> {
+        for (what, found) in inspect(db, broker, services).await? {
+            match found {
+                Found::Nothing => anyhow::bail!("no such deployment: {what} does not exist"),
+                Found::Older => anyhow::bail!(
+                    "{what} has an older schema version; start its service once to migrate it (read-only commands change nothing)"
+                ),
+                _ => {}
+            }
+        }
+        Self::open(db, broker, services).await
+    }
+
+    async fn open(
         db: &DbUrl,
         broker: &BrokerUrl,
         services: &[ServiceName],
@@ -189,6 +251,30 @@ impl Backends {
             ServiceName::History => self.history.as_ref(),
         }
     }
+}
+
+/// What each database of `services` and the broker hold, every one checked before any is
+/// opened; named for messages.
+async fn inspect(
+    db: &DbUrl,
+    broker: &BrokerUrl,
+    services: &[ServiceName],
+) -> anyhow::Result<Vec<(String, Found)>> {
+    let mut found = Vec::new();
+    for service in services {
+        let url = db.for_service(service.as_str());
+        let what = match &url {
+            DatabaseUrl::Postgres { url, schema } => {
+                format!("the {service} schema {schema:?} on {}", redact(url))
+            }
+            other => format!("the {service} database {other}"),
+        };
+        found.push((what, url.inspect().await?));
+    }
+    // Last: a command that only reads a service's database names the database it lacks
+    // before the broker it may not need.
+    found.push((format!("the broker {broker}"), broker.inspect().await?));
+    Ok(found)
 }
 
 async fn connect_database(db: &DbUrl, service: ServiceName) -> anyhow::Result<Arc<dyn Database>> {

@@ -4,6 +4,7 @@
 
 mod backends;
 pub mod cdc;
+mod record;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tributary::{CancellationToken, Consumer, ConsumerConfig, Handler, Health, Re
 use tributary::{Database, GroupName, Topic};
 
 pub use backends::{Backends, BrokerUrl, DbUrl, ServiceName, connect_broker, connect_named};
+pub use record::DeploymentRecord;
 
 use crate::AppError;
 use crate::customer::CustomerService;
@@ -176,7 +178,11 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
     let services = Services::new(&backends);
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut health = Vec::new();
+    let mut health = vec![watch_broker(
+        backends.broker.clone(),
+        shutdown.clone(),
+        &mut tasks,
+    )];
     let mut relays = Vec::new();
     if let Some(db) = &backends.customers {
         match &publishing {
@@ -234,6 +240,38 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
         shutdown,
         tasks,
     })
+}
+
+/// How often the broker's own view of its connection is copied into health.
+pub const BROKER_HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A health component for the broker connection, from the broker client's own view of it: a
+/// lost broker shows within [`BROKER_HEALTH_EVERY`], where relays and consumers notice only
+/// when their next call fails or times out, seconds later.
+fn watch_broker(
+    broker: Arc<dyn tributary::Broker>,
+    shutdown: CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Health {
+    let health = Health::new("broker");
+    let h = health.clone();
+    let state = move || match broker.unreachable() {
+        None => tributary::HealthState::Running,
+        Some(why) => tributary::HealthState::Degraded(why),
+    };
+    h.set(state());
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(BROKER_HEALTH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => h.set(state()),
+            }
+        }
+        h.set(tributary::HealthState::Stopped);
+    });
+    health
 }
 
 /// Topics of the application, for tools that audit the broker.
