@@ -238,7 +238,7 @@ impl OrchestratedOrders {
         order_total: i64,
         lines: Vec<Line>,
     ) -> Result<String, AppError> {
-        crate::validate_id("customer id", customer_id)?;
+        let customer_id = crate::canonical_id("customer id", customer_id)?;
         crate::validate_amount("order_total", order_total, false)?;
         if lines.is_empty() || lines.len() > 100 {
             return Err(AppError::Invalid("an order has 1 to 100 lines".into()));
@@ -256,7 +256,7 @@ impl OrchestratedOrders {
         let order_id = uuid::Uuid::now_v7().to_string();
         let data = CreateOrder {
             order_id: order_id.clone(),
-            customer_id: customer_id.to_owned(),
+            customer_id,
             order_total,
             lines,
         };
