@@ -36,10 +36,9 @@ fn lines_of(read: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String>
 impl Tail {
     /// Starts the tail and waits until it says it is tailing (for `--from-start` absent: past
     /// what was already there).
-    fn start(dir: &std::path::Path, extra: &[&str]) -> Self {
-        let broker = format!("embedded://{}", dir.display());
+    fn start(broker: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["events", "tail", "--broker", &broker, "--topic", TOPIC])
+            .args(["events", "tail", "--broker", broker, "--topic", TOPIC])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -116,20 +115,23 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_tail_prints_each_message_once_as_it_arrives_and_cleans_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker =
-        SqliteBroker::open(dir.path().join("broker.db"), SqliteBrokerConfig::default()).unwrap();
+/// Three tails of a topic on `url` (through `broker`): from the start, from now, and from the
+/// start filtered by correlation; three messages before they start, two after. `groups` counts
+/// the tails' consumer groups where the test can see them.
+async fn tails_see_what_they_should(
+    url: &str,
+    broker: &dyn Broker,
+    groups: &dyn Fn() -> Option<i64>,
+) {
     broker
         .ensure_topic(&Topic::new(TOPIC).unwrap(), 3)
         .await
         .unwrap();
-    let before = publish(&broker, 3, "before").await;
+    let before = publish(broker, 3, "before").await;
 
-    let from_start = Tail::start(dir.path(), &["--from-start"]);
-    let from_now = Tail::start(dir.path(), &[]);
-    let filtered = Tail::start(dir.path(), &["--from-start", "--correlation", "after"]);
+    let from_start = Tail::start(url, &["--from-start"]);
+    let from_now = Tail::start(url, &[]);
+    let filtered = Tail::start(url, &["--from-start", "--correlation", "after"]);
     let got: Vec<Value> = (0..3).map(|_| from_start.next()).collect();
     let ids = got
         .iter()
@@ -142,7 +144,7 @@ async fn the_tail_prints_each_message_once_as_it_arrives_and_cleans_up() {
         assert!(line["partition"].as_u64().unwrap() < 3);
     }
 
-    let after = publish(&broker, 2, "after").await;
+    let after = publish(broker, 2, "after").await;
     let ids = |tail: &Tail| {
         sorted(
             (0..2)
@@ -158,7 +160,9 @@ async fn the_tail_prints_each_message_once_as_it_arrives_and_cleans_up() {
     assert_eq!(ids(&from_start), sorted(after.clone()));
     assert_eq!(ids(&filtered), sorted(after), "only correlation 'after'");
 
-    assert!(tail_groups(dir.path()) > 0, "the tails read as groups");
+    if let Some(n) = groups() {
+        assert!(n > 0, "the tails read as groups");
+    }
     for tail in [from_start, from_now, filtered] {
         let (rest, err) = tail.stop();
         assert!(rest.is_empty(), "nothing printed twice: {rest:?}");
@@ -167,7 +171,39 @@ async fn the_tail_prints_each_message_once_as_it_arrives_and_cleans_up() {
             "{err}"
         );
     }
-    assert_eq!(tail_groups(dir.path()), 0, "no tail group is left behind");
+    if let Some(n) = groups() {
+        assert_eq!(n, 0, "no tail group is left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_prints_each_message_once_as_it_arrives_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        SqliteBroker::open(dir.path().join("broker.db"), SqliteBrokerConfig::default()).unwrap();
+    let url = format!("embedded://{}", dir.path().display());
+    tails_see_what_they_should(&url, &broker, &|| Some(tail_groups(dir.path()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_reads_nats_jetstream_too() {
+    let nats = tributary_testkit::servers::nats_url();
+    if !tributary_testkit::servers::reachable(&nats) {
+        tributary_testkit::servers::skip::<()>("events tail on NATS", "NATS is not reachable");
+        return;
+    }
+    // A stream prefix of this test's own, so that parallel runs never share a stream.
+    // (at most 32 characters: the random end of a UUIDv7).
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("TAIL{}", &id[8..]);
+    let url = format!("{nats}?prefix={prefix}");
+    let broker = url
+        .parse::<tributary::BrokerUrl>()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tails_see_what_they_should(&url, &*broker, &|| None).await;
 }
 
 #[test]
