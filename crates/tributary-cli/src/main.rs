@@ -5,6 +5,7 @@ mod bench;
 mod cdc;
 mod console;
 mod fault_test;
+mod logging;
 mod metrics_http;
 mod ops;
 mod report;
@@ -25,6 +26,15 @@ use clap::{Parser, Subcommand};
     about = "Event-driven data management between microservices"
 )]
 struct Cli {
+    /// How log lines on stderr are written: text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "TRIBUTARY_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,14 +72,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx::query=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

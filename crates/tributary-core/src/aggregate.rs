@@ -76,6 +76,7 @@ pub struct Metadata {
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 impl Metadata {
@@ -90,6 +91,7 @@ impl Metadata {
                     .unwrap_or_else(|| cause.id.to_string()),
             ),
             traceparent: cause.traceparent.clone(),
+            tracestate: cause.tracestate.clone(),
         }
     }
 
@@ -97,6 +99,7 @@ impl Metadata {
         envelope.correlation_id = self.correlation_id.clone();
         envelope.causation_id = self.causation_id.clone();
         envelope.traceparent = self.traceparent.clone();
+        envelope.tracestate = self.tracestate.clone();
         envelope
     }
 }

@@ -3,7 +3,8 @@
 //! Attribute names follow CloudEvents 1.0 so that other languages can read the JSON form
 //! (`specversion`, `id`, `source`, `type`, `subject`, `time`, `datacontenttype`, `data`), with
 //! the extensions `aggregatetype`, `sequence`, `partitionkey`, `correlationid`, `causationid`,
-//! `traceparent` and `schemaversion`. `sequence` is written as a JSON integer (the stream
+//! `traceparent`, `tracestate` (the CloudEvents distributed-tracing extension) and
+//! `schemaversion`. `sequence` is written as a JSON integer (the stream
 //! version), not as the string of the CloudEvents "sequence" extension document.
 
 use chrono::{DateTime, Utc};
@@ -41,6 +42,9 @@ pub struct Envelope {
     pub causation_id: Option<String>,
     /// W3C trace context of the operation that produced the event.
     pub traceparent: Option<String>,
+    /// W3C `tracestate` that travels with `traceparent` (vendor entries); absent in JSON
+    /// written before it existed.
+    pub tracestate: Option<String>,
     /// The shape version of `data` for this event type; upcasters raise old versions.
     pub schema_version: u32,
 }
@@ -61,6 +65,7 @@ impl Envelope {
             correlation_id: None,
             causation_id: None,
             traceparent: None,
+            tracestate: None,
             schema_version: 1,
         }
     }
@@ -96,8 +101,10 @@ impl Envelope {
                 .clone()
                 .unwrap_or_else(|| cause.id.to_string()),
         );
+        // The state belongs to the parent it came with, so the two are carried over together.
         if self.traceparent.is_none() {
             self.traceparent = cause.traceparent.clone();
+            self.tracestate = cause.tracestate.clone();
         }
         self
     }
@@ -117,7 +124,7 @@ impl Envelope {
     /// numbers.
     pub fn size_hint(&self) -> usize {
         let strings: usize = self.text_attributes().map(str::len).sum();
-        // Names and quotes of 15 attributes, a UUID, an RFC 3339 time, two integers.
+        // Names and quotes of 16 attributes, a UUID, an RFC 3339 time, two integers.
         const FIXED: usize = 400;
         self.data.len() + strings * 6 + FIXED
     }
@@ -133,6 +140,7 @@ impl Envelope {
             self.correlation_id.as_ref(),
             self.causation_id.as_ref(),
             self.traceparent.as_ref(),
+            self.tracestate.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -181,6 +189,8 @@ struct Wire {
     causationid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tracestate: Option<String>,
     #[serde(default = "one")]
     schemaversion: u32,
 }
@@ -206,6 +216,7 @@ impl Serialize for Envelope {
             correlationid: self.correlation_id.clone(),
             causationid: self.causation_id.clone(),
             traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
             schemaversion: self.schema_version,
         }
         .serialize(s)
@@ -244,6 +255,7 @@ impl<'de> Deserialize<'de> for Envelope {
             correlation_id: w.correlationid,
             causation_id: w.causationid,
             traceparent: w.traceparent,
+            tracestate: w.tracestate,
             schema_version: w.schemaversion,
         })
     }
@@ -278,6 +290,28 @@ mod tests {
         assert_eq!(v["aggregatetype"], "Order");
         assert_eq!(v["sequence"], 3);
         assert_eq!(Envelope::from_json(json.as_bytes()).unwrap(), e);
+    }
+
+    #[test]
+    fn tracestate_is_optional_both_ways() {
+        let mut e = sample();
+        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let old = e.to_json();
+        assert!(!old.contains("tracestate"), "absent when unset: {old}");
+        assert_eq!(
+            Envelope::from_json(old.as_bytes()).unwrap().tracestate,
+            None
+        );
+        e.tracestate = Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into());
+        let json = e.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["tracestate"], "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+        assert_eq!(Envelope::from_json(json.as_bytes()).unwrap(), e);
+        let caused = sample().caused_by(&e);
+        assert_eq!(
+            (caused.traceparent, caused.tracestate),
+            (e.traceparent, e.tracestate)
+        );
     }
 
     #[test]

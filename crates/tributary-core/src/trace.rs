@@ -1,5 +1,5 @@
 //! W3C trace context through the envelope: `publish` stamps the caller's current span into
-//! `traceparent`, so that the relay's send span and the consumers' process spans continue the
+//! `traceparent` (and its `tracestate`), so that the relay's send span and the consumers' process spans continue the
 //! caller's trace (the OpenTelemetry messaging conventions; the spans are the runtime's).
 //!
 //! Spans carry an OpenTelemetry context only where the application installed an OpenTelemetry
@@ -12,9 +12,31 @@ use crate::envelope::Envelope;
 
 /// The current span's context as a W3C `traceparent`, if it has one.
 pub fn current_traceparent() -> Option<String> {
+    current_trace_context().map(|(parent, _)| parent)
+}
+
+/// The current span's context as a W3C `traceparent` and its `tracestate` (`None` when the
+/// state is empty), if it has one.
+pub fn current_trace_context() -> Option<(String, Option<String>)> {
     let context = tracing::Span::current().context();
     let span = context.span();
-    traceparent_of(span.span_context())
+    let span_context = span.span_context();
+    Some((traceparent_of(span_context)?, tracestate_of(span_context)))
+}
+
+/// `context`'s W3C `tracestate` header, `None` when it has no entries.
+pub fn tracestate_of(context: &SpanContext) -> Option<String> {
+    let header = context.trace_state().header();
+    (!header.is_empty()).then_some(header)
+}
+
+/// The remote span context a `traceparent` and its `tracestate` name. A malformed state is
+/// dropped (the parent is still continued), as W3C asks of a receiver.
+pub fn parse_trace_context(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    let state = tracestate
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    parse_with_state(traceparent, state)
 }
 
 /// `context` as a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
@@ -32,6 +54,10 @@ pub fn traceparent_of(context: &SpanContext) -> Option<String> {
 /// The remote span context a W3C `traceparent` names; `None` for anything malformed (a bad
 /// header never fails a message: its trace is just not continued).
 pub fn parse_traceparent(traceparent: &str) -> Option<SpanContext> {
+    parse_with_state(traceparent, TraceState::default())
+}
+
+fn parse_with_state(traceparent: &str, state: TraceState) -> Option<SpanContext> {
     let mut parts = traceparent.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -54,7 +80,7 @@ pub fn parse_traceparent(traceparent: &str) -> Option<SpanContext> {
         SpanId::from_hex(span).ok()?,
         TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
         true,
-        TraceState::default(),
+        state,
     );
     context.is_valid().then_some(context)
 }
@@ -62,8 +88,10 @@ pub fn parse_traceparent(traceparent: &str) -> Option<SpanContext> {
 /// Stamps `event` with the current span's context, when there is one. Backends call it in
 /// `publish`; an event published inside a consumer's process span so continues that span.
 pub fn stamp(event: &mut Envelope) {
-    if let Some(traceparent) = current_traceparent() {
+    if let Some((traceparent, tracestate)) = current_trace_context() {
         event.traceparent = Some(traceparent);
+        // Replaced with the parent even when empty: a state belongs to the parent it came with.
+        event.tracestate = tracestate;
     }
 }
 
@@ -87,6 +115,20 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_tracestate_travels_with_its_parent_and_a_bad_one_is_dropped() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+        let context = parse_trace_context(tp, Some(state)).expect("valid");
+        assert_eq!(tracestate_of(&context).as_deref(), Some(state));
+        assert_eq!(traceparent_of(&context).as_deref(), Some(tp));
+        let dropped = parse_trace_context(tp, Some("no equals sign")).expect("parent kept");
+        assert_eq!(tracestate_of(&dropped), None);
+        assert_eq!(traceparent_of(&dropped).as_deref(), Some(tp));
+        assert_eq!(tracestate_of(&parse_trace_context(tp, None).unwrap()), None);
+        assert!(parse_trace_context("garbage", Some(state)).is_none());
     }
 
     #[test]

@@ -56,10 +56,10 @@ impl PgOutbox {
         let inner = &self.db.inner;
         // The caller's current span, as every unit's publish does.
         let stamped;
-        let event = match tributary_core::trace::current_traceparent() {
-            Some(traceparent) => {
+        let event = match tributary_core::trace::current_trace_context() {
+            Some(_) => {
                 let mut copy = event.clone();
-                copy.traceparent = Some(traceparent);
+                tributary_core::trace::stamp(&mut copy);
                 stamped = copy;
                 &stamped
             }

@@ -11,7 +11,7 @@ use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tributary_core::trace::parse_traceparent;
+use tributary_core::trace::parse_trace_context;
 use tributary_core::{Delivery, Envelope, GroupName, OutgoingMessage};
 
 /// `messaging.system`: Tributary carries its own envelope over every broker.
@@ -22,8 +22,18 @@ const MAX_LINKS: usize = 128;
 
 /// The `traceparent` inside an envelope's JSON, found without decoding the rest of it.
 fn traceparent_in(payload: &[u8]) -> Option<&str> {
-    const KEY: &[u8] = b"\"traceparent\":\"";
-    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    string_attribute(payload, b"\"traceparent\":\"")
+}
+
+/// The `tracestate` inside an envelope's JSON. A state with an escaped character is not
+/// returned as written, so `parse_trace_context` drops it (only the state, never the parent).
+fn tracestate_in(payload: &[u8]) -> Option<&str> {
+    string_attribute(payload, b"\"tracestate\":\"")
+}
+
+/// The text of a top-level string attribute, `key` being `"name":"`.
+fn string_attribute<'a>(payload: &'a [u8], key: &[u8]) -> Option<&'a str> {
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
     let rest = &payload[at..];
     let end = rest.iter().position(|b| *b == b'"')?;
     std::str::from_utf8(&rest[..end]).ok()
@@ -48,7 +58,9 @@ pub(crate) fn send_span(source: &str, messages: &[OutgoingMessage]) -> Span {
     }
     let mut parented = false;
     for m in messages.iter().take(MAX_LINKS) {
-        let Some(context) = traceparent_in(&m.payload).and_then(parse_traceparent) else {
+        let Some(context) = traceparent_in(&m.payload)
+            .and_then(|parent| parse_trace_context(parent, tracestate_in(&m.payload)))
+        else {
             continue;
         };
         if !parented {
@@ -76,7 +88,10 @@ pub(crate) fn process_span(group: &GroupName, delivery: &Delivery, envelope: &En
         messaging.consumer.group.name = %group,
     );
     if !span.is_disabled()
-        && let Some(context) = envelope.traceparent.as_deref().and_then(parse_traceparent)
+        && let Some(context) = envelope
+            .traceparent
+            .as_deref()
+            .and_then(|parent| parse_trace_context(parent, envelope.tracestate.as_deref()))
     {
         let _ = span.set_parent(Context::new().with_remote_span_context(context));
     }
@@ -94,5 +109,11 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         e.traceparent = Some(tp.into());
         assert_eq!(traceparent_in(e.to_json().as_bytes()), Some(tp));
+        assert_eq!(tracestate_in(e.to_json().as_bytes()), None);
+        e.tracestate = Some("rojo=00f067aa0ba902b7".into());
+        assert_eq!(
+            tracestate_in(e.to_json().as_bytes()),
+            Some("rojo=00f067aa0ba902b7")
+        );
     }
 }

@@ -12,9 +12,10 @@ pub use tributary_core::{
     Database, DeadLetter, DeadLetterId, DeadLetterStore, Delivery, Envelope, Error, EventId,
     EventStore, EventStream, Executed, ExpectedVersion, GroupName, HandlerError, InMemoryBroker,
     InMemoryDatabase, InMemoryEventStore, JSON_CONTENT_TYPE, Loaded, Metadata, Offset,
-    OutgoingMessage, Partition, Payload, Position, RecordedEvent, RelaySource, Repository,
-    Resolution, Result, Snapshot, StreamId, StreamVersion, TokenEntry, TokenError, Topic,
-    UnitOfWork, UnitOfWorkExt, UpcastEvent, Upcasters, decode_event, encode_event, envelopes_for,
+    OutgoingMessage, Partition, PartitionConsumer, Payload, Position, RecordedEvent, RelaySource,
+    Repository, Resolution, Result, Snapshot, StreamId, StreamVersion, TokenEntry, TokenError,
+    Topic, UnitOfWork, UnitOfWorkExt, UpcastEvent, Upcasters, decode_event, encode_event,
+    envelopes_for,
 };
 
 // The long-running tasks.

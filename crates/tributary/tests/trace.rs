@@ -1,19 +1,27 @@
 //! One trace across the outbox on the embedded default: a request span publishes an event, the
 //! relay's send span and the consumer's process span continue its trace, a span of the handler
 //! nests under the process span, and the event the handler publishes there carries that span.
+//! The request continues an upstream caller's `traceparent` and `tracestate` (as an HTTP server
+//! would), and the state travels through the envelope into the process span.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanId, TracerProvider as _};
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanId, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tributary::sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
 use tributary::{
     Broker, CancellationToken, Consumer, ConsumerConfig, Database, Envelope, Error, GroupName,
     HandlerError, Payload, Relay, RelayConfig, Topic, handler_fn,
 };
+
+/// What an upstream caller sent in its `traceparent` and `tracestate` headers.
+const UPSTREAM_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const UPSTREAM_STATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
@@ -83,6 +91,12 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
         tokio::spawn(consumer.run(shutdown.clone())),
     ];
 
+    let upstream = tributary::trace::parse_trace_context(UPSTREAM_PARENT, Some(UPSTREAM_STATE))
+        .expect("a valid upstream context");
+    let request_span = tracing::info_span!("POST /orders");
+    request_span
+        .set_parent(Context::new().with_remote_span_context(upstream.clone()))
+        .unwrap();
     let topic = orders.clone();
     db.transact(move |unit| {
         Box::pin(async move {
@@ -91,7 +105,7 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
             Ok::<_, Error>(())
         })
     })
-    .instrument(tracing::info_span!("POST /orders"))
+    .instrument(request_span)
     .await
     .unwrap();
 
@@ -132,11 +146,17 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
             s.name
         );
     }
-    assert_eq!(
-        request.parent_span_id,
-        SpanId::INVALID,
-        "the request starts the trace"
-    );
+    assert_eq!(trace, upstream.trace_id(), "the request continues upstream");
+    assert_eq!(request.parent_span_id, upstream.span_id());
+    assert_ne!(request.parent_span_id, SpanId::INVALID);
+    for s in [request, send, process, work] {
+        assert_eq!(
+            s.span_context.trace_state().header(),
+            UPSTREAM_STATE,
+            "{} carries the upstream tracestate",
+            s.name
+        );
+    }
     assert_eq!(send.parent_span_id, request.span_context.span_id());
     assert_eq!(
         send.links.links.first().map(|l| l.span_context.span_id()),
@@ -172,6 +192,11 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
         .and_then(tributary::trace::parse_traceparent)
         .expect("the follow-up carries a traceparent");
     assert_eq!(continued.trace_id(), trace);
+    assert_eq!(
+        followup.tracestate.as_deref(),
+        Some(UPSTREAM_STATE),
+        "the handler's event carries the state on"
+    );
     assert_eq!(
         continued.span_id(),
         work.span_context.span_id(),

@@ -238,6 +238,7 @@ impl Mapper {
             correlation_id: None,
             causation_id: None,
             traceparent: None,
+            tracestate: None,
             schema_version: 1,
         };
         Ok(OutgoingMessage::from_envelope(topic, &envelope))
@@ -440,6 +441,7 @@ impl Mapper {
             correlation_id: None,
             causation_id: None,
             traceparent: None,
+            tracestate: None,
             schema_version: 1,
         };
         Ok(Mapped {

@@ -253,6 +253,7 @@ impl Mapper {
             correlation_id: None,
             causation_id: None,
             traceparent: None,
+            tracestate: None,
             schema_version: 1,
         };
         Ok(Some(Mapped::plain(OutgoingMessage::from_envelope(
@@ -401,6 +402,7 @@ impl Mapper {
             correlation_id: None,
             causation_id: None,
             traceparent: None,
+            tracestate: None,
             schema_version: 1,
         };
         Ok(OutgoingMessage::from_envelope(topic, &envelope))

@@ -1,5 +1,6 @@
 //! `tributary events show --db URL --stream S`: a stream of a service's event store, one
-//! envelope (CloudEvents JSON) per line.
+//! envelope (CloudEvents JSON) per line; `tributary events tail --broker URL --topic T`: a
+//! topic's messages as they arrive (see [`super::tail`]).
 
 use tributary::{StreamId, StreamVersion};
 
@@ -24,10 +25,14 @@ pub enum EventsCommand {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// The messages of a topic, one JSON line each, as they arrive, until Ctrl-C. Reads as a
+    /// throwaway consumer group `tributary-tail-<uuid>`, deleted on exit.
+    Tail(super::tail::TailArgs),
 }
 
 pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     match args.command {
+        EventsCommand::Tail(args) => return super::tail::run(args).await,
         EventsCommand::Show {
             db,
             stream,

@@ -10,6 +10,7 @@ pub mod dead_letters;
 pub mod events;
 pub mod relay;
 pub mod status;
+pub mod tail;
 
 use std::sync::Arc;
 

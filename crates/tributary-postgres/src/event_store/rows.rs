@@ -52,6 +52,8 @@ pub(crate) fn recorded_event(row: &PgRow) -> Result<(TxPosition, RecordedEvent)>
                 correlation_id: col(row, 11)?,
                 causation_id: col(row, 12)?,
                 traceparent: col(row, 13)?,
+                // Not stored by the event store (no column): the state of a replayed event is lost.
+                tracestate: None,
                 schema_version,
             },
         },

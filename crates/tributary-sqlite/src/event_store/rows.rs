@@ -80,6 +80,8 @@ pub(crate) fn recorded_event(row: &Row<'_>) -> Result<RecordedEvent> {
             correlation_id: opt_text(row, 10)?,
             causation_id: opt_text(row, 11)?,
             traceparent: opt_text(row, 12)?,
+            // Not stored by the event store (no column): the state of a replayed event is lost.
+            tracestate: None,
             schema_version,
         },
     })
