@@ -112,20 +112,26 @@ async fn metrics_count_what_the_services_handled_and_the_one_poison_message() {
             ],
         )
     };
+    let published = |text: &str| {
+        sample(
+            text,
+            "tributary_relay_published_total",
+            &[("source", "outbox")],
+        )
+    };
+    // The relay counts a batch once it has marked it published, which can be after the
+    // consumers have handled it: wait for both counts.
     let text = scrape_until(&serve.base, "every CustomerCreated handled", |t| {
         handled(t, "order-history", "ok") >= CUSTOMERS as f64
             && handled(t, "order-service", "ok") >= CUSTOMERS as f64
+            && published(t) >= CUSTOMERS as f64
     })
     .await;
     assert_eq!(handled(&text, "order-history", "ok"), CUSTOMERS as f64);
     assert_eq!(handled(&text, "order-service", "ok"), CUSTOMERS as f64);
     assert_eq!(handled(&text, "order-history", "dead_lettered"), 0.0);
     assert_eq!(
-        sample(
-            &text,
-            "tributary_relay_published_total",
-            &[("source", "outbox")]
-        ),
+        published(&text),
         CUSTOMERS as f64,
         "the customer relay published every event once"
     );

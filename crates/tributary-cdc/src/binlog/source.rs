@@ -209,7 +209,8 @@ impl BinlogSource {
         reader.phase = Phase::Idle;
         reader.handed = None;
         drop(reader);
-        if let Some(conn) = self.inner.control.lock().await.take() {
+        if let Some(mut conn) = self.inner.control.lock().await.take() {
+            let _ = state::unlock(&mut conn, &self.inner.config.capture).await;
             disconnect(conn).await;
         }
     }
@@ -836,6 +837,7 @@ pub async fn resnapshot_binlog(config: &BinlogConfig) -> Result<()> {
     }
     source.inner.state.ensure_table(&mut conn).await?;
     let result = source.inner.state.forget(&mut conn).await;
+    let _ = state::unlock(&mut conn, &config.capture).await;
     disconnect(conn).await;
     result
 }

@@ -356,6 +356,18 @@ pub(crate) async fn try_lock(conn: &mut Conn, capture: &str) -> Result<bool> {
     Ok(got.flatten() == Some(1))
 }
 
+/// Gives the capture's lease back at once. Ending the session releases it too, but the server
+/// does that after it closed the socket, so a client that saw the disconnect could still find
+/// the lock held (an operator command run right after a capture stopped).
+pub(crate) async fn unlock(conn: &mut Conn, capture: &str) -> Result<()> {
+    let sql = format!("SELECT RELEASE_LOCK({})", literal(&lock_name(capture)));
+    let _: Option<Option<i64>> = conn
+        .query_first(&sql)
+        .await
+        .map_err(|e| BinlogError::driver(&sql, e))?;
+    Ok(())
+}
+
 fn lock_name(capture: &str) -> String {
     // Lock names are at most 64 characters.
     let name = format!("tributary-cdc:{capture}");

@@ -204,7 +204,8 @@ impl CdcSource {
         self.inner.lease_held.store(false, Ordering::SeqCst);
         self.inner.lease_epoch.fetch_add(1, Ordering::SeqCst);
         self.inner.reader.lock().await.stop().await;
-        if let Some(session) = self.inner.control.lock().await.take() {
+        if let Some(mut session) = self.inner.control.lock().await.take() {
+            let _ = state::unlock(&mut session, &self.inner.config.slot).await;
             session.close().await;
         }
     }
@@ -911,6 +912,7 @@ pub async fn resnapshot(config: &CdcConfig) -> Result<()> {
     let state = StateSql::new(&config.state_schema, &config.slot);
     state.ensure_table(&mut session).await?;
     let result = state.forget(&mut session).await;
+    let _ = state::unlock(&mut session, &config.slot).await;
     session.close().await;
     result
 }

@@ -269,6 +269,16 @@ pub(crate) async fn try_lock(session: &mut SqlSession, slot: &SlotName) -> Resul
     Ok(held.as_deref() == Some("t"))
 }
 
+/// Gives the slot's lease back at once. Closing the session releases it too, but only when
+/// the server's backend has exited, which a client that closed its socket does not wait for:
+/// an operator command run right after a capture stopped could find it still held.
+pub(crate) async fn unlock(session: &mut SqlSession, slot: &SlotName) -> Result<()> {
+    session
+        .value(&format!("SELECT pg_advisory_unlock({})", lease_key(slot)))
+        .await?;
+    Ok(())
+}
+
 /// The advisory lock key of a slot: FNV-1a (64 bit) of `tributary-cdc:<slot>`. Stable across
 /// processes and versions, as every capture of the slot must agree on it.
 pub(crate) fn lease_key(slot: &SlotName) -> i64 {
