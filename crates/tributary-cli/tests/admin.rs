@@ -76,6 +76,23 @@ async fn rebuilding_the_history_view_restores_it_from_the_broker_log() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // While the history service runs (here, in this process) a rebuild is refused and
+    // clears nothing: the service's consumers hold their group's lock.
+    let refused = tributary(&["admin", "--data-dir", d, "rebuild-history"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a rebuild while the history service runs must be refused"
+    );
+    assert!(
+        stderr.contains("in use") && stderr.contains("stop them"),
+        "{stderr}"
+    );
+    assert_eq!(
+        running.services.history().unwrap().all().await.unwrap(),
+        before,
+        "a refused rebuild clears nothing"
+    );
     running.stop().await;
 
     let bad = tributary(&[

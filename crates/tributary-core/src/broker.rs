@@ -150,10 +150,16 @@ pub struct Backlog {
     pub oldest_age: Option<Duration>,
 }
 
-/// Holds a source's lease while alive; dropping it releases the lease.
+/// Holds a lease while alive; dropping it releases the lease.
+#[async_trait]
 pub trait LeaseGuard: Send + Sync {
     /// Whether the lease is still held (a lease bound to a lost connection is not).
     fn is_held(&self) -> bool;
+
+    /// Releases the lease and returns once another holder can take it. Dropping the guard
+    /// releases it as well, but a backend that holds leases over the network may finish that
+    /// after the drop returned.
+    async fn release(self: Box<Self>) {}
 }
 
 /// Committed rows waiting to be published: an outbox, or an event store read by position.

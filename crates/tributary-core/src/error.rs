@@ -118,6 +118,11 @@ pub enum Error {
     #[error("{what} panicked: {message}")]
     Panicked { what: String, message: String },
 
+    /// What the operation needs to itself is in use by a running component (e.g. a view
+    /// rebuild while the group's consumers run). Stop that component and try again.
+    #[error("{what} is in use: {reason}")]
+    InUse { what: String, reason: String },
+
     /// A component was stopped while the operation was in flight.
     #[error("{what} has shut down")]
     Shutdown { what: String },

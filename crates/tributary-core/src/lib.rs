@@ -45,5 +45,5 @@ pub use ids::{EventId, MAX_STREAM_ID_LEN, Position, StreamId, StreamVersion};
 pub use memory::{InMemoryBroker, InMemoryBrokerConfig, InMemoryDatabase, InMemoryEventStore};
 pub use payload::Payload;
 pub use topic::{GroupName, MAX_NAME_LEN, Offset, Partition, Topic};
-pub use unit_of_work::{BoxFuture, Database, UnitOfWork, UnitOfWorkExt};
+pub use unit_of_work::{BoxFuture, Database, GroupLock, UnitOfWork, UnitOfWorkExt};
 pub use upcast::{UpcastEvent, Upcasters};

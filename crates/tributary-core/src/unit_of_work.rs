@@ -64,7 +64,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{ConsumerTx, Pending, Work, WorkError, WorkOrigin};
-use crate::broker::RelaySource;
+use crate::broker::{LeaseGuard, RelaySource};
 use crate::consistency::{ConsistencyToken, TokenEntry, Written};
 use crate::dead_letter::DeadLetterStore;
 use crate::envelope::Envelope;
@@ -307,6 +307,30 @@ pub trait Database: Send + Sync + 'static {
     fn messages_per_unit(&self) -> usize {
         64
     }
+
+    /// Takes `group`'s lock in `mode` if nobody holds it in a mode that excludes it, or
+    /// returns `None` at once. A group's running consumers hold it [`GroupLock::Shared`] (any
+    /// number of processes at once); an operation that needs the group stopped (a view
+    /// rebuild) takes it [`GroupLock::Exclusive`]. Dropping the guard releases it, and so does
+    /// the death of the process that holds it (a kernel file lock, a database session), so a
+    /// crashed consumer never leaves the group locked.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the database cannot be reached.
+    async fn try_lock_group(
+        &self,
+        group: &GroupName,
+        mode: GroupLock,
+    ) -> Result<Option<Box<dyn LeaseGuard>>>;
+}
+
+/// How [`Database::try_lock_group`] holds a consumer group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupLock {
+    /// Held by each running consumer of the group; many holders at once.
+    Shared,
+    /// Held alone, while no consumer of the group runs.
+    Exclusive,
 }
 
 impl dyn Database {

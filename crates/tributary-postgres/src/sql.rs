@@ -100,6 +100,8 @@ statements! {
     horizon_holder => "service/horizon_holder.sql",
     lease => "service/lease.sql",
     unlease => "service/unlease.sql",
+    lease_shared => "service/lease_shared.sql",
+    unlease_shared => "service/unlease_shared.sql",
     notify => "service/notify.sql",
     inbox_applied => "service/inbox_applied.sql",
     inbox_follow_ups => "service/inbox_follow_ups.sql",

@@ -136,6 +136,9 @@ impl Relay {
             self.metrics.lease_held.set(1.0);
             let held = self.publish_while_held(lease.as_ref(), retry).await;
             self.metrics.lease_held.set(0.0);
+            // Given back before the relay returns, so a standby (or an operator command that
+            // needs the source idle) can take it at once.
+            lease.release().await;
             held?;
             tracing::warn!(source = self.source.name(), "relay lost its lease");
         }

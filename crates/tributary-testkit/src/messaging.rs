@@ -13,8 +13,8 @@ use serde_json::json;
 use tributary_core::backend::{InboxEntry, PendingReason, WorkOrigin};
 use tributary_core::{
     Broker, CommandError, ConsistencyToken, Database, Envelope, Error, EventId, ExpectedVersion,
-    GroupName, Metadata, OutgoingMessage, Payload, Repository, Snapshot, StreamId, StreamVersion,
-    Topic, UnitOfWorkExt, Upcasters,
+    GroupLock, GroupName, Metadata, OutgoingMessage, Payload, Repository, Snapshot, StreamId,
+    StreamVersion, Topic, UnitOfWorkExt, Upcasters,
 };
 use tributary_runtime::{
     Backoff, CancellationToken, Consumer, ConsumerConfig, DeadLetterAdmin, Dispatch, Handler,
@@ -70,6 +70,7 @@ macro_rules! messaging_conformance {
             inbox_retention_shorter_than_the_redelivery_horizon_is_rejected,
             a_projection_rebuilds_while_events_keep_arriving,
             a_consumer_view_rebuilds_from_the_broker_log,
+            a_groups_lock_is_shared_by_its_consumers_and_exclusive_for_a_rebuild,
             a_failed_append_inside_a_unit_leaves_nothing_behind,
             pruning_a_groups_inbox_leaves_other_groups_entries,
             batched_inbox_and_dead_letter_lookups_agree_with_single_ones,
@@ -1070,6 +1071,47 @@ pub async fn a_projection_rebuilds_while_events_keep_arriving(f: &MessagingFixtu
     }
 }
 
+pub async fn a_groups_lock_is_shared_by_its_consumers_and_exclusive_for_a_rebuild(
+    f: &MessagingFixture,
+) {
+    let db = (f.new_database)().await;
+    let (group, other) = (fresh_group(), fresh_group());
+    let take = |group: &GroupName, mode| {
+        let (db, group) = (db.clone(), group.clone());
+        async move { db.try_lock_group(&group, mode).await.unwrap() }
+    };
+    let first = take(&group, GroupLock::Shared).await.expect("a free group");
+    let second = take(&group, GroupLock::Shared)
+        .await
+        .expect("a second running consumer shares the lock");
+    assert!(
+        take(&group, GroupLock::Exclusive).await.is_none(),
+        "no exclusive holder while consumers run"
+    );
+    take(&other, GroupLock::Exclusive)
+        .await
+        .expect("another group's lock is its own")
+        .release()
+        .await;
+    // `release` returns once the lock is free; a drop may finish later on a network backend.
+    first.release().await;
+    assert!(
+        take(&group, GroupLock::Exclusive).await.is_none(),
+        "one consumer still runs"
+    );
+    second.release().await;
+    let exclusive = take(&group, GroupLock::Exclusive)
+        .await
+        .expect("free once the last consumer stopped");
+    assert!(
+        take(&group, GroupLock::Shared).await.is_none(),
+        "no consumer starts while the exclusive holder works"
+    );
+    assert!(take(&group, GroupLock::Exclusive).await.is_none());
+    exclusive.release().await;
+    assert!(take(&group, GroupLock::Shared).await.is_some());
+}
+
 async fn view(db: &Arc<dyn Database>, key: &str) -> Ledger {
     db.get_document("view", key)
         .await
@@ -1110,6 +1152,16 @@ pub async fn a_consumer_view_rebuilds_from_the_broker_log(f: &MessagingFixture) 
             async move { ledger(&s, "b").await.last_seq == 30 }
         })
         .await
+    );
+    let refused = Consumer::request_rebuild(&service, &group, &["ledger"]).await;
+    assert!(
+        matches!(refused, Err(Error::InUse { .. })),
+        "a rebuild while the group runs is refused: {refused:?}"
+    );
+    assert_eq!(
+        ledger(&service, "b").await.last_seq,
+        30,
+        "a refused rebuild clears nothing"
     );
     running.stop().await;
     Consumer::request_rebuild(&service, &group, &["ledger"])

@@ -2,7 +2,7 @@
 //! event store, with transactions made of an undo log.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +31,7 @@ use crate::event_store::{
 use crate::ids::{EventId, Position, StreamId, StreamVersion};
 use crate::payload::Payload;
 use crate::topic::{GroupName, Topic};
-use crate::unit_of_work::{Database, UnitOfWork};
+use crate::unit_of_work::{Database, GroupLock, UnitOfWork};
 
 #[derive(Default)]
 struct State {
@@ -71,7 +71,8 @@ struct Shared {
     /// a unit's writes before it ends), and briefly by readers.
     state: tokio::sync::Mutex<State>,
     commits: watch::Sender<u64>,
-    leases: Mutex<HashSet<String>>,
+    /// Lease name → how many hold it shared (`None`: one holds it exclusively).
+    leases: Mutex<HashMap<String, Option<usize>>>,
     max_event_bytes: usize,
 }
 
@@ -507,6 +508,14 @@ impl Database for InMemoryDatabase {
             .copied())
     }
 
+    async fn try_lock_group(
+        &self,
+        group: &GroupName,
+        mode: GroupLock,
+    ) -> Result<Option<Box<dyn LeaseGuard>>> {
+        Ok(try_lease(self, &format!("group:{group}"), mode))
+    }
+
     async fn drop_collection(&self, collection: &str) -> Result<u64> {
         let mut state = self.shared.state.lock().await;
         let before = state.documents.len();
@@ -742,14 +751,27 @@ impl LeaseGuard for MemoryLease {
 
 impl Drop for MemoryLease {
     fn drop(&mut self) {
-        lock(&self.leases.leases).remove(&self.name);
+        let mut leases = lock(&self.leases.leases);
+        match leases.get_mut(&self.name) {
+            Some(Some(shared)) if *shared > 1 => *shared -= 1,
+            _ => {
+                leases.remove(&self.name);
+            }
+        }
     }
 }
 
-fn try_lease(db: &InMemoryDatabase, name: &str) -> Option<Box<dyn LeaseGuard>> {
+fn try_lease(db: &InMemoryDatabase, name: &str, mode: GroupLock) -> Option<Box<dyn LeaseGuard>> {
     let mut leases = lock(&db.shared.leases);
-    if !leases.insert(name.to_owned()) {
-        return None;
+    match (leases.get_mut(name), mode) {
+        (None, GroupLock::Exclusive) => {
+            leases.insert(name.to_owned(), None);
+        }
+        (None, GroupLock::Shared) => {
+            leases.insert(name.to_owned(), Some(1));
+        }
+        (Some(Some(shared)), GroupLock::Shared) => *shared += 1,
+        (Some(_), _) => return None,
     }
     Some(Box::new(MemoryLease {
         leases: db.shared.clone(),
@@ -793,7 +815,7 @@ impl RelaySource for OutboxSource {
     }
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
-        Ok(try_lease(&self.0, "outbox"))
+        Ok(try_lease(&self.0, "outbox", GroupLock::Exclusive))
     }
 }
 
@@ -855,6 +877,6 @@ impl RelaySource for EventsSource {
     }
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
-        Ok(try_lease(&self.db, &self.name))
+        Ok(try_lease(&self.db, &self.name, GroupLock::Exclusive))
     }
 }

@@ -1,4 +1,5 @@
-//! One active relay per source: a session-level advisory lock on a connection of its own.
+//! One active relay per source, and consumer groups' locks (shared while the group runs,
+//! exclusive for a rebuild): a session-level advisory lock on a connection of its own.
 //!
 //! The lock lives as long as the session that took it, so a relay that dies — process killed,
 //! connection cut — loses it at once, and a standby's next `try_lease` succeeds. The holder
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 use tokio::sync::oneshot;
-use tributary_core::{LeaseGuard, Result};
+use tributary_core::{GroupLock, LeaseGuard, Result};
 
 use crate::database::PgDatabase;
 use crate::error::SqlxResultExt;
@@ -23,7 +24,8 @@ use crate::sql::Statement;
 pub struct PgLease {
     held: Arc<AtomicBool>,
     name: String,
-    _stop: oneshot::Sender<()>,
+    /// Dropped: the keeper unlocks. Sent: the keeper unlocks, then answers on the channel.
+    stop: oneshot::Sender<oneshot::Sender<()>>,
 }
 
 impl PgLease {
@@ -33,9 +35,17 @@ impl PgLease {
     }
 }
 
+#[async_trait::async_trait]
 impl LeaseGuard for PgLease {
     fn is_held(&self) -> bool {
         self.held.load(Ordering::Acquire)
+    }
+
+    async fn release(self: Box<Self>) {
+        let (done, unlocked) = oneshot::channel();
+        if self.stop.send(done).is_ok() {
+            let _ = unlocked.await;
+        }
     }
 }
 
@@ -52,7 +62,11 @@ impl std::fmt::Debug for PgLease {
 ///
 /// # Errors
 /// [`tributary_core::Error::Unavailable`] when the server cannot be reached.
-pub(crate) async fn try_lease(db: &PgDatabase, source: &str) -> Result<Option<PgLease>> {
+pub(crate) async fn try_lease(
+    db: &PgDatabase,
+    source: &str,
+    mode: GroupLock,
+) -> Result<Option<PgLease>> {
     let name = format!("{}:{source}", db.schema());
     let application = format!("lease {source}@{}", db.schema());
     let options = db
@@ -66,7 +80,11 @@ pub(crate) async fn try_lease(db: &PgDatabase, source: &str) -> Result<Option<Pg
         .context("connecting for a lease")?;
     let sql = &db.inner.sql;
     let key = format!("tributary lease {name}");
-    let got: bool = sqlx::query_scalar(sql.lease.sql())
+    let (lock, unlock) = match mode {
+        GroupLock::Exclusive => (&sql.lease, &sql.unlease),
+        GroupLock::Shared => (&sql.lease_shared, &sql.unlease_shared),
+    };
+    let got: bool = sqlx::query_scalar(lock.sql())
         .bind(&key)
         .fetch_one(&mut conn)
         .await
@@ -81,16 +99,12 @@ pub(crate) async fn try_lease(db: &PgDatabase, source: &str) -> Result<Option<Pg
     tokio::spawn(keep(
         conn,
         key,
-        sql.unlease.clone(),
+        unlock.clone(),
         held.clone(),
         stopped,
         ping_every,
     ));
-    Ok(Some(PgLease {
-        held,
-        name,
-        _stop: stop,
-    }))
+    Ok(Some(PgLease { held, name, stop }))
 }
 
 /// Holds the lease's connection: pings it, and unlocks and closes it when the guard drops.
@@ -99,16 +113,19 @@ async fn keep(
     key: String,
     unlock: Statement,
     held: Arc<AtomicBool>,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
     ping_every: Duration,
 ) {
     loop {
         tokio::select! {
-            _ = &mut stop => {
+            released = &mut stop => {
                 held.store(false, Ordering::Release);
                 // Unlock explicitly so a standby can take over before the session ends.
                 let _ = sqlx::query(unlock.sql()).bind(&key).execute(&mut conn).await;
                 let _ = conn.close().await;
+                if let Ok(done) = released {
+                    let _ = done.send(());
+                }
                 return;
             }
             _ = tokio::time::sleep(ping_every) => {

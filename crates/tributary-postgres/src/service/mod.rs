@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tributary_core::backend::{Pending, PendingReason, Work, WorkError, validate_document_key};
 use tributary_core::{
-    Database, DeadLetterStore, Error, EventStore, GroupName, Payload, Position, RelaySource,
-    Result, TokenEntry, Topic,
+    Database, DeadLetterStore, Error, EventStore, GroupLock, GroupName, LeaseGuard, Payload,
+    Position, RelaySource, Result, TokenEntry, Topic,
 };
 
 use crate::database::PgDatabase;
@@ -34,6 +34,16 @@ impl Database for PgDatabase {
 
     fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.commits_receiver()
+    }
+
+    async fn try_lock_group(
+        &self,
+        group: &GroupName,
+        mode: GroupLock,
+    ) -> Result<Option<Box<dyn LeaseGuard>>> {
+        Ok(lease::try_lease(self, &format!("group {group}"), mode)
+            .await?
+            .map(|l| Box::new(l) as Box<dyn LeaseGuard>))
     }
 
     async fn get_document(&self, collection: &str, id: &str) -> Result<Option<Payload>> {

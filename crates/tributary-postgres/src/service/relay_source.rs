@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use tributary_core::{
-    Backlog, Error, EventId, LeaseGuard, OutgoingMessage, Position, RelaySource, Result,
+    Backlog, Error, EventId, GroupLock, LeaseGuard, OutgoingMessage, Position, RelaySource, Result,
     SourceBatch, Topic, topic_for_event,
 };
 use uuid::Uuid;
@@ -167,7 +167,7 @@ impl RelaySource for PgOutboxSource {
     }
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
-        Ok(try_lease(&self.db, "outbox")
+        Ok(try_lease(&self.db, "outbox", GroupLock::Exclusive)
             .await?
             .map(|l| Box::new(l) as Box<dyn LeaseGuard>))
     }
@@ -223,7 +223,7 @@ impl RelaySource for PgEventsSource {
     }
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
-        Ok(try_lease(&self.db, &self.name)
+        Ok(try_lease(&self.db, &self.name, GroupLock::Exclusive)
             .await?
             .map(|l| Box::new(l) as Box<dyn LeaseGuard>))
     }

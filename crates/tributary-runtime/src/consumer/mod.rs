@@ -7,6 +7,7 @@
 //! backoff and jitter, then dead-lettered; later messages with the same key are parked behind
 //! it (dead letters too) so their order is kept, while other keys keep flowing.
 
+mod group_lock;
 mod partition;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_core::backend::WorkOrigin;
 use tributary_core::{
-    Broker, Database, Error, GroupName, Partition, Position, Result, Topic, Upcasters,
+    Broker, Database, Error, GroupLock, GroupName, Partition, Position, Result, Topic, Upcasters,
 };
 
 use crate::backoff::Backoff;
@@ -198,32 +199,44 @@ impl Consumer {
     /// Asks for `group`'s view to be rebuilt from the broker's retained log: in one
     /// transaction, clears `collections` and the group's inbox and records the request; the
     /// next [`Consumer::run`] of the group moves it back to the start of its topics before it
-    /// consumes. Call it while the group is stopped. Only for groups whose effects are the
-    /// cleared collections (a view): a group that publishes events would publish them again.
+    /// consumes. The group must be stopped: the request holds the group's lock exclusively
+    /// (see [`Database::try_lock_group`]), which every running consumer of the group holds
+    /// shared. Only for groups whose effects are the cleared collections (a view): a group
+    /// that publishes events would publish them again.
     ///
     /// The rebuild is complete only if the broker still retains every message the view
     /// needs (see its retention settings).
     ///
     /// # Errors
-    /// Storage errors.
+    /// [`Error::InUse`] while a consumer of the group runs (in any process); nothing is
+    /// cleared then. Storage errors.
     pub async fn request_rebuild(
         db: &Arc<dyn Database>,
         group: &GroupName,
         collections: &[&str],
     ) -> Result<()> {
+        let Some(stopped) = db.try_lock_group(group, GroupLock::Exclusive).await? else {
+            return Err(Error::InUse {
+                what: format!("consumer group {group}"),
+                reason: "its consumers are running; stop them before rebuilding its view".into(),
+            });
+        };
         let (group, marker) = (group.clone(), rebuild_marker(group));
         let collections: Vec<String> = collections.iter().map(|c| (*c).to_owned()).collect();
         let origin = WorkOrigin::Task(format!("the rebuild of consumer group {group}").into());
-        db.transact_consumer(origin, move |tx| {
-            Box::pin(async move {
-                for c in &collections {
-                    tx.clear_collection(c).await?;
-                }
-                tx.clear_inbox(&group).await?;
-                tx.set_checkpoint(&marker, REBUILD_REQUESTED).await
+        let requested = db
+            .transact_consumer(origin, move |tx| {
+                Box::pin(async move {
+                    for c in &collections {
+                        tx.clear_collection(c).await?;
+                    }
+                    tx.clear_inbox(&group).await?;
+                    tx.set_checkpoint(&marker, REBUILD_REQUESTED).await
+                })
             })
-        })
-        .await
+            .await;
+        stopped.release().await;
+        requested
     }
 
     /// Performs a requested rebuild: the broker moves the group back, then the request is
@@ -262,6 +275,10 @@ impl Consumer {
             stop.clone(),
             self.ctx.health.clone(),
         );
+        let lock: group_lock::HeldLock = match group_lock::take(&self.ctx, &retry).await {
+            Ok(guard) => Arc::new(std::sync::Mutex::new(guard)),
+            Err(stop) => return retry.finish(Err(stop)),
+        };
         let started = self.start_partitions(&retry).await;
         let mut tasks = match started {
             Ok(tasks) => tasks,
@@ -272,6 +289,14 @@ impl Consumer {
             let stop = stop.clone();
             tasks.spawn(async move {
                 prune_inbox(ctx, retention, stop).await;
+                Ok(())
+            });
+        }
+        {
+            let (ctx, lock, retry, stop) =
+                (self.ctx.clone(), lock.clone(), retry.clone(), stop.clone());
+            tasks.spawn(async move {
+                group_lock::keep(ctx, lock, retry, stop).await;
                 Ok(())
             });
         }
@@ -307,6 +332,8 @@ impl Consumer {
                 failure.get_or_insert(e);
             }
         }
+        // Released only now: every partition has finished its last message.
+        group_lock::release(lock).await;
         retry.finish(failure.map_or(Ok(()), |e| Err(crate::retry::Stop::Fatal(e))))
     }
 

@@ -2,6 +2,7 @@
 //! document and dead-letter reads on the read pool, and the relay sources.
 
 mod dead_letters;
+mod lease;
 mod relay_source;
 
 use std::any::Any;
@@ -13,8 +14,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 use tributary_core::backend::{Pending, PendingReason, Work, WorkError, validate_document_key};
 use tributary_core::{
-    Database, DeadLetterStore, Error, EventStore, GroupName, Payload, Position, RelaySource,
-    Result, TokenEntry, Topic,
+    Database, DeadLetterStore, Error, EventStore, GroupLock, GroupName, LeaseGuard, Payload,
+    Position, RelaySource, Result, TokenEntry, Topic,
 };
 
 use crate::database::SqliteDatabase;
@@ -33,6 +34,14 @@ impl Database for SqliteDatabase {
 
     fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         SqliteDatabase::commits(self)
+    }
+
+    async fn try_lock_group(
+        &self,
+        group: &GroupName,
+        mode: GroupLock,
+    ) -> Result<Option<Box<dyn LeaseGuard>>> {
+        lease::try_file_lease(self, &format!("group-{group}"), mode).await
     }
 
     async fn get_document(&self, collection: &str, id: &str) -> Result<Option<Payload>> {

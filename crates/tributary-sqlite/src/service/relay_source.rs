@@ -1,23 +1,23 @@
-//! The outbox and the event store as relay sources, and the lease that keeps one relay active
-//! per source.
+//! The outbox and the event store as relay sources; a lease (see `lease`) keeps one relay
+//! active per source.
 //!
 //! Order: one writer at a time commits, and ids/positions are assigned inside the writing
 //! transaction, so id order is commit order and a reader never skips a late commit.
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tributary_core::{
-    Backlog, Error, EventId, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, Position, RelaySource,
-    Result, SourceBatch, Topic, topic_for_event,
+    Backlog, Error, EventId, GroupLock, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, Position,
+    RelaySource, Result, SourceBatch, Topic, topic_for_event,
 };
 
 use crate::database::SqliteDatabase;
 use crate::event_store::read_all_limited;
 use crate::sql_error::SqlResultExt;
+
+use super::lease::try_file_lease;
 
 /// The outbox table: published rows are deleted.
 pub struct SqliteOutboxSource {
@@ -45,58 +45,6 @@ impl SqliteEventsSource {
             default_topic,
         }
     }
-}
-
-/// An exclusive lock on a file next to the database. The kernel releases it the moment the
-/// holding process dies, so a standby takes over without waiting for an expiry.
-struct FileLease {
-    _file: File,
-}
-
-impl LeaseGuard for FileLease {
-    fn is_held(&self) -> bool {
-        true
-    }
-}
-
-fn lease_path(db: &SqliteDatabase, source: &str) -> PathBuf {
-    let safe: String = source
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut name = db.path().as_os_str().to_owned();
-    name.push(format!(".{safe}.lease"));
-    PathBuf::from(name)
-}
-
-async fn try_file_lease(db: &SqliteDatabase, source: &str) -> Result<Option<Box<dyn LeaseGuard>>> {
-    let path = lease_path(db, source);
-    tokio::task::spawn_blocking(move || {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::unavailable(format!("lease file {}", path.display()), e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(
-                Box::new(FileLease { _file: file }) as Box<dyn LeaseGuard>
-            )),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => Err(Error::unavailable(
-                format!("lease file {}", path.display()),
-                e,
-            )),
-        }
-    })
-    .await
-    .map_err(|e| Error::unavailable("lease thread", e))?
 }
 
 fn decode_outbox_row(row: &rusqlite::Row<'_>) -> Result<(i64, OutgoingMessage)> {
@@ -174,7 +122,7 @@ impl RelaySource for SqliteOutboxSource {
     }
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
-        try_file_lease(&self.db, "outbox").await
+        try_file_lease(&self.db, "outbox", GroupLock::Exclusive).await
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>> {
@@ -262,6 +210,6 @@ impl RelaySource for SqliteEventsSource {
     }
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
-        try_file_lease(&self.db, &self.name).await
+        try_file_lease(&self.db, &self.name, GroupLock::Exclusive).await
     }
 }
