@@ -496,8 +496,12 @@ async fn diagnose(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consumers_ride_through_node_kills_in_a_three_node_cluster() {
+    // The consumer's own account of every reset and lost delivery, shown when the test fails
+    // (the harness keeps a passing test's output to itself).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tributary_nats=debug,warn"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_test_writer()
         .try_init();
     let started = Instant::now();

@@ -106,6 +106,10 @@ impl Projector {
         self.db
             .transact_consumer(self.origin.clone(), move |tx| {
                 Box::pin(async move {
+                    // The checkpoint first, as the projector's own units take it (a locking
+                    // read on PostgreSQL) before they touch the view: clearing the view first
+                    // could deadlock with a unit that holds the checkpoint and wants a row.
+                    tx.checkpoint(&name).await?;
                     for c in &collections {
                         tx.clear_collection(c).await?;
                     }
