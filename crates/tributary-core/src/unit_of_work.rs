@@ -308,6 +308,13 @@ pub trait Database: Send + Sync + 'static {
         64
     }
 
+    /// Why some of this database's data cannot be read — corruption a read found after the
+    /// database was opened — or `None`. Cheap (no I/O): health endpoints call it on every
+    /// request. Backends that cannot tell return `None`.
+    fn damage(&self) -> Option<String> {
+        None
+    }
+
     /// Takes `group`'s lock in `mode` if nobody holds it in a mode that excludes it, or
     /// returns `None` at once. A group's running consumers hold it [`GroupLock::Shared`] (any
     /// number of processes at once); an operation that needs the group stopped (a view

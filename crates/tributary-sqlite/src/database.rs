@@ -27,6 +27,10 @@ struct Inner {
     config: SqliteConfig,
     writer: SqliteWriter,
     readers: Arc<ReadPool>,
+    /// The first corruption a read met after open (see [`SqliteDatabase::damage`]).
+    damage: Mutex<Option<String>>,
+    /// 1 once `damage` is set: alerting rules need no log parsing.
+    damaged_gauge: metrics::Gauge,
 }
 
 /// Open databases of this process by canonical path: one writer per file.
@@ -89,11 +93,15 @@ impl SqliteDatabase {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.read_connections)),
         });
+        let damaged_gauge = metrics::gauge!("tributary_sqlite_damaged", "db" => name);
+        damaged_gauge.set(0.0);
         let inner = Arc::new(Inner {
             path: canonical.clone(),
             config,
             writer,
             readers,
+            damage: Mutex::new(None),
+            damaged_gauge,
         });
         registry.insert(canonical, Arc::downgrade(&inner));
         Ok(Self { inner })
@@ -142,7 +150,32 @@ impl SqliteDatabase {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.inner.readers.read(query).await
+        let result = self.inner.readers.read(query).await;
+        if let Err(e) = &result {
+            self.note_damage(e);
+        }
+        result
+    }
+
+    /// Why some of this file cannot be read — the first corrupted page a read met since it was
+    /// opened (the check at open sees only what was damaged before) — or `None`. Health and
+    /// the `tributary_sqlite_damaged` gauge report it; the file must be restored from a
+    /// backup, as SQLite cannot repair it.
+    pub fn damage(&self) -> Option<String> {
+        lock(&self.inner.damage).clone()
+    }
+
+    fn note_damage(&self, e: &Error) {
+        if !is_corruption(e) {
+            return;
+        }
+        let mut damage = lock(&self.inner.damage);
+        if damage.is_none() {
+            let path = self.inner.path.display();
+            tracing::error!(database = %path, error = %e, "a read met a corrupted page: restore the file from a backup (PRAGMA integrity_check lists the damage)");
+            *damage = Some(format!("{path} is corrupted: {e}"));
+            self.inner.damaged_gauge.set(1.0);
+        }
     }
 
     /// Changes after every commit made through this process's writer for this file.
@@ -295,4 +328,23 @@ impl ReadPool {
                 .push(conn);
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `e` comes from SQLite finding the file corrupted (or no database at all).
+fn is_corruption(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(sql) = c.downcast_ref::<rusqlite::Error>() {
+            return matches!(
+                sql.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            );
+        }
+        cause = c.source();
+    }
+    false
 }

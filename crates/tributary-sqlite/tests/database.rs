@@ -420,3 +420,75 @@ async fn a_damaged_event_row_is_a_decode_error_not_a_panic() {
     let err = store.read_all(Position::START, 10).await.unwrap_err();
     assert!(matches!(err, Error::Decode { .. }), "got {err:?}");
 }
+
+#[tokio::test]
+async fn corruption_a_read_meets_after_open_is_reported_as_the_databases_damage() {
+    use tributary_core::{Database, UnitOfWorkExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.db");
+    let ids: Vec<String> = (0..300).map(|i| format!("doc-{i:04}")).collect();
+    {
+        let db: Arc<dyn Database> = Arc::new(open(&dir, "damaged.db"));
+        for chunk in ids.chunks(50) {
+            let chunk = chunk.to_vec();
+            db.transact(move |unit| {
+                Box::pin(async move {
+                    for id in &chunk {
+                        let body = serde_json::json!({"id": id, "padding": "x".repeat(200)});
+                        unit.put_as("docs", id, &body).await?;
+                    }
+                    Ok::<_, Error>(())
+                })
+            })
+            .await
+            .unwrap();
+        }
+    } // the last handle closes the file: its pages are in the file itself now
+
+    // Opened again, the file passes the check at open; then every page but the first (the
+    // header and the start of the schema) is overwritten, as a failing disk would. No
+    // connection of this process has read the documents' pages yet.
+    let db = open(&dir, "damaged.db");
+    assert_eq!(db.damage(), None, "sound when opened");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let page = 4096u64;
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 8 * page, "the documents span many pages: {len} bytes");
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(page)).unwrap();
+        f.write_all(&vec![0xA5; (len - page) as usize]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let dyn_db: &dyn Database = &db;
+    let mut failures = 0;
+    for id in &ids {
+        match dyn_db.get_document("docs", id).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(matches!(e, Error::Storage { .. }), "{e:?}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(failures > 0, "reads of the overwritten pages fail");
+    let damage = Database::damage(&db).expect("the damage is reported");
+    assert!(
+        damage.contains("damaged.db") && damage.contains("corrupted"),
+        "{damage}"
+    );
+}
+
+#[tokio::test]
+async fn errors_that_are_not_corruption_are_not_reported_as_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, "sound.db");
+    let failed = db
+        .read(|c| {
+            c.query_row("SELECT * FROM no_such_table", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| Error::storage("reading a missing table", e))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(db.damage(), None);
+}

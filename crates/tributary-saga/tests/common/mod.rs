@@ -656,7 +656,7 @@ pub async fn a_compensation_that_keeps_failing_ends_in_compensation_failed(fixtu
         inst.step, 0,
         "stuck at the credit reservation's compensation"
     );
-    assert_eq!(inst.attempt, 3);
+    assert_eq!(inst.attempt, 3, "{inst:#?}");
     assert_eq!(inst.failure.as_deref(), Some("release refused"));
     assert_eq!(count(&inst, "compensation sent"), 3);
     assert_eq!(

@@ -36,6 +36,10 @@ impl Database for SqliteDatabase {
         SqliteDatabase::commits(self)
     }
 
+    fn damage(&self) -> Option<String> {
+        SqliteDatabase::damage(self)
+    }
+
     async fn try_lock_group(
         &self,
         group: &GroupName,

@@ -143,6 +143,18 @@ pub struct Backends {
 }
 
 impl Backends {
+    /// The service databases this process holds, by service.
+    pub fn databases(&self) -> Vec<(ServiceName, Arc<dyn Database>)> {
+        [
+            (ServiceName::Customers, &self.customers),
+            (ServiceName::Orders, &self.orders),
+            (ServiceName::History, &self.history),
+        ]
+        .into_iter()
+        .filter_map(|(service, db)| db.clone().map(|db| (service, db)))
+        .collect()
+    }
+
     /// The embedded default for all three services: one SQLite file per service plus the
     /// broker's, in `data_dir`.
     ///

@@ -178,11 +178,29 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
     let services = Services::new(&backends);
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut health = vec![watch_broker(
-        backends.broker.clone(),
-        shutdown.clone(),
+    let broker = backends.broker.clone();
+    let mut health = vec![watch(
+        "broker",
+        &shutdown,
         &mut tasks,
+        move || match broker.unreachable() {
+            None => tributary::HealthState::Running,
+            Some(why) => tributary::HealthState::Degraded(why),
+        },
     )];
+    for (service, db) in backends.databases() {
+        // Corruption a read met after start: every read of the damaged pages fails until
+        // the file is restored, so health must say so rather than stay "ok".
+        health.push(watch(
+            &format!("database {service}"),
+            &shutdown,
+            &mut tasks,
+            move || match db.damage() {
+                None => tributary::HealthState::Running,
+                Some(why) => tributary::HealthState::Failed(why),
+            },
+        ));
+    }
     let mut relays = Vec::new();
     if let Some(db) = &backends.customers {
         match &publishing {
@@ -242,23 +260,21 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
     })
 }
 
-/// How often the broker's own view of its connection is copied into health.
+/// How often the broker's and the databases' own views of themselves are copied into health.
 pub const BROKER_HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// A health component for the broker connection, from the broker client's own view of it: a
-/// lost broker shows within [`BROKER_HEALTH_EVERY`], where relays and consumers notice only
-/// when their next call fails or times out, seconds later.
-fn watch_broker(
-    broker: Arc<dyn tributary::Broker>,
-    shutdown: CancellationToken,
+/// A health component copied from `state` every [`BROKER_HEALTH_EVERY`]: the broker client's
+/// view of its connection (a lost broker shows within that, where relays and consumers
+/// notice only when their next call fails or times out, seconds later), or a database's
+/// damage.
+fn watch(
+    name: &str,
+    shutdown: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
+    state: impl Fn() -> tributary::HealthState + Send + 'static,
 ) -> Health {
-    let health = Health::new("broker");
-    let h = health.clone();
-    let state = move || match broker.unreachable() {
-        None => tributary::HealthState::Running,
-        Some(why) => tributary::HealthState::Degraded(why),
-    };
+    let health = Health::new(name.to_owned());
+    let (h, shutdown) = (health.clone(), shutdown.clone());
     h.set(state());
     tasks.spawn(async move {
         let mut every = tokio::time::interval(BROKER_HEALTH_EVERY);
