@@ -186,4 +186,39 @@ async fn metrics_count_what_the_services_handled_and_the_one_poison_message() {
         CUSTOMERS as f64,
         "the poison message was not counted as handled"
     );
+    let text = scrape_until(&serve.base, "the poison key parked", |t| {
+        sample(
+            t,
+            "tributary_dead_letters_parked_keys",
+            &[("group", "order-history")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "tributary_dead_letters_parked_keys",
+            &[("group", "order-history")]
+        ),
+        1.0,
+        "one key held back by the one letter"
+    );
+    let oldest = sample(
+        &text,
+        "tributary_dead_letters_oldest_seconds",
+        &[("group", "order-history")],
+    );
+    assert!(
+        (0.0..300.0).contains(&oldest),
+        "the letter waits since this test: {oldest}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tributary_dead_letters_parked_keys",
+            &[("group", "customer-service")]
+        ),
+        0.0,
+        "a group that does not read the topic holds no key back"
+    );
 }

@@ -20,6 +20,8 @@ pub mod names {
     pub const CONSUMER_HANDLER_SECONDS: &str = "tributary_consumer_handler_seconds";
     pub const CONSUMER_LAST_OFFSET: &str = "tributary_consumer_last_offset";
     pub const DEAD_LETTERS_OPEN: &str = "tributary_dead_letters_open";
+    pub const DEAD_LETTERS_PARKED_KEYS: &str = "tributary_dead_letters_parked_keys";
+    pub const DEAD_LETTERS_OLDEST_SECONDS: &str = "tributary_dead_letters_oldest_seconds";
 }
 
 /// The handles of one relay.
@@ -117,7 +119,21 @@ impl PartitionMetrics {
     }
 }
 
-/// The open dead letters of a group, sampled now and then.
-pub(crate) fn dead_letters_open(group: &str) -> Gauge {
-    gauge!(names::DEAD_LETTERS_OPEN, "group" => group.to_owned())
+/// A group's open dead letters, sampled now and then: how many, how many keys they hold back
+/// (every later message of such a key waits behind its letter), and how long the oldest has
+/// waited for an operator (0 when there is none).
+pub(crate) struct DeadLetterGauges {
+    pub open: Gauge,
+    pub parked_keys: Gauge,
+    pub oldest_seconds: Gauge,
+}
+
+impl DeadLetterGauges {
+    pub fn new(group: &str) -> Self {
+        Self {
+            open: gauge!(names::DEAD_LETTERS_OPEN, "group" => group.to_owned()),
+            parked_keys: gauge!(names::DEAD_LETTERS_PARKED_KEYS, "group" => group.to_owned()),
+            oldest_seconds: gauge!(names::DEAD_LETTERS_OLDEST_SECONDS, "group" => group.to_owned()),
+        }
+    }
 }

@@ -358,15 +358,17 @@ impl Consumer {
 /// Keeps the group's open-dead-letters gauge current. A failed count only skips a sample: the
 /// partitions report a database that is down.
 async fn count_dead_letters(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let gauge = crate::metrics::dead_letters_open(ctx.group.as_str());
+    let gauges = crate::metrics::DeadLetterGauges::new(ctx.group.as_str());
     loop {
         match ctx.db.dead_letters().summary().await {
             Ok(summary) => {
-                let open = summary
-                    .iter()
-                    .find(|s| s.group == ctx.group)
-                    .map_or(0, |s| s.open);
-                gauge.set(open as f64);
+                let ours = summary.iter().find(|s| s.group == ctx.group);
+                gauges.open.set(ours.map_or(0, |s| s.open) as f64);
+                gauges.parked_keys.set(ours.map_or(0, |s| s.keys) as f64);
+                let oldest = ours
+                    .and_then(|s| s.oldest_failed_at)
+                    .map_or(0.0, |t| (Utc::now() - t).as_seconds_f64().max(0.0));
+                gauges.oldest_seconds.set(oldest);
             }
             Err(e) => {
                 tracing::debug!(group = %ctx.group, error = %e, "counting dead letters failed")
