@@ -1,11 +1,15 @@
-//! `tributary sagas list|show --db URL`: the saga instances of one service's database (the
-//! orchestrator's), by type, state and age, and one saga's timeline.
+//! `tributary sagas list|show|cancel|retry --db URL`: the saga instances of one service's
+//! database (the orchestrator's), by type, state and age, one saga's timeline, and an
+//! operator's cancel or retry, which the running orchestrator of the saga's type performs (it
+//! alone has the saga's definition).
 
 use std::time::Duration;
 
 use anyhow::Context;
 use tributary::DatabaseUrl;
-use tributary::saga::{SagaAdmin, SagaFilter, SagaId, SagaInstance, SagaState};
+use tributary::saga::{
+    RequestState, SagaAdmin, SagaFilter, SagaId, SagaInstance, SagaRequest, SagaState,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct SagasArgs {
@@ -42,6 +46,32 @@ enum SagasCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancels a running saga: the steps it completed are compensated in reverse order.
+    Cancel {
+        #[arg(long, env = "TRIBUTARY_DB")]
+        db: String,
+        id: String,
+        /// Why, for the saga's timeline.
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Runs a saga's current step or compensation again (also after compensation_failed).
+    Retry {
+        #[arg(long, env = "TRIBUTARY_DB")]
+        db: String,
+        id: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Wait {
+    /// How long to wait for the orchestrator to perform the request (0: do not wait).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    wait: Duration,
 }
 
 pub async fn run(args: SagasArgs) -> anyhow::Result<()> {
@@ -96,8 +126,62 @@ pub async fn run(args: SagasArgs) -> anyhow::Result<()> {
                 print!("{}", timeline(&saga));
             }
         }
+        SagasCommand::Cancel {
+            db,
+            id,
+            reason,
+            wait,
+        } => {
+            let (id, admin) = (id.parse::<SagaId>()?, SagaAdmin::new(open(&db).await?));
+            let request = admin.request_cancel(&id, &reason).await?;
+            performed(&admin, request, wait.wait, "cancelled").await?;
+        }
+        SagasCommand::Retry { db, id, wait } => {
+            let (id, admin) = (id.parse::<SagaId>()?, SagaAdmin::new(open(&db).await?));
+            let request = admin.request_retry(&id).await?;
+            performed(&admin, request, wait.wait, "retried").await?;
+        }
     }
     Ok(())
+}
+
+/// Waits up to `wait` for the orchestrator to perform `request`, and says what came of it:
+/// an error (non-zero exit) when it was refused or nobody performed it in time.
+async fn performed(
+    admin: &SagaAdmin,
+    request: SagaRequest,
+    wait: Duration,
+    done: &str,
+) -> anyhow::Result<()> {
+    let id = request.saga_id.clone();
+    if wait.is_zero() {
+        println!(
+            "requested: saga {id} will be {done} by a running orchestrator of {}",
+            request.saga_type
+        );
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let now = admin.request(&id).await?.unwrap_or(request.clone());
+        match now.state {
+            RequestState::Done { .. } => {
+                println!("saga {id} {done}; `tributary sagas show {id}` shows its timeline");
+                return Ok(());
+            }
+            RequestState::Refused { reason, .. } => {
+                anyhow::bail!("the orchestrator refused: {reason}")
+            }
+            RequestState::Requested => {}
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no orchestrator of {} performed the request within {wait:?}: is one running? \
+             (the request stays; a running orchestrator performs it when it starts)",
+            request.saga_type
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The human-readable form of `saga`.

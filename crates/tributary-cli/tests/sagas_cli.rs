@@ -1,10 +1,10 @@
-//! `tributary sagas list|show` on an orchestrator's SQLite database.
+//! `tributary sagas list|show|cancel|retry` on an orchestrator's SQLite database.
 
 use std::process::Command;
 use std::sync::Arc;
 
 use tributary::saga::{
-    Command as SagaCommand, Orchestrator, OrchestratorConfig, SagaDefinition, Step,
+    Command as SagaCommand, Compensation, Orchestrator, OrchestratorConfig, SagaDefinition, Step,
 };
 use tributary::sqlite::{SqliteConfig, SqliteDatabase};
 use tributary::{Database, InMemoryBroker, Topic};
@@ -92,5 +92,119 @@ async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Re
     ]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_cancel_is_performed_by_the_running_orchestrator_or_refused_with_its_reason()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("orders.db");
+    let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
+    let holds = Topic::new("holds")?;
+    let definition = SagaDefinition::<u32>::builder("CliHold")?
+        .compensatable(
+            Step::send("hold", holds.clone(), |n: &u32| SagaCommand::new("Hold", n)),
+            Compensation::send(holds, |n: &u32| SagaCommand::new("Release", n)),
+        )
+        .pivot(Step::send(
+            "approve",
+            Topic::new("approvals")?,
+            |n: &u32| SagaCommand::new("Approve", n),
+        ))
+        .build();
+    let orchestrator = Orchestrator::new(
+        definition,
+        db.clone(),
+        Arc::new(InMemoryBroker::default()),
+        OrchestratorConfig::default(),
+    );
+    // Nobody answers: both sagas wait for the reply to their first command.
+    let (first, second) = (orchestrator.start(1).await?, orchestrator.start(2).await?);
+    let url = format!("sqlite://{}", path.display());
+
+    // No orchestrator runs yet: the request stays, and the command says so.
+    let unanswered = tributary(&[
+        "sagas",
+        "cancel",
+        "--db",
+        &url,
+        &first.to_string(),
+        "--wait",
+        "1s",
+    ]);
+    assert!(!unanswered.status.success());
+    let stderr = String::from_utf8_lossy(&unanswered.stderr);
+    assert!(stderr.contains("no orchestrator of CliHold"), "{stderr}");
+
+    let shutdown = tributary::CancellationToken::new();
+    let running = tokio::spawn(orchestrator.clone().run(shutdown.clone()));
+    // The request made while it was down is performed now.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let shown = loop {
+        let show = tributary(&["sagas", "show", "--db", &url, &first.to_string()]);
+        let out = String::from_utf8(show.stdout)?;
+        if out.contains("cancelled by an operator") {
+            break out;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the pending cancel was never performed:\n{out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(shown.contains("state      compensating"), "{shown}");
+    assert!(shown.contains("Release to holds"), "{shown}");
+
+    let cancel = tributary(&[
+        "sagas",
+        "cancel",
+        "--db",
+        &url,
+        &second.to_string(),
+        "--reason",
+        "customer called",
+    ]);
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cancel.stdout).contains("cancelled"));
+    let second_now = orchestrator.instance(&second).await?.expect("the saga");
+    assert!(
+        second_now
+            .history
+            .iter()
+            .any(|h| h.what == "cancelled by an operator"
+                && h.detail.as_deref() == Some("customer called")),
+        "{second_now:#?}"
+    );
+
+    // A saga the orchestrator cannot cancel (already compensating): refused, with why.
+    let again = tributary(&["sagas", "cancel", "--db", &url, &second.to_string()]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("refused") && stderr.contains("compensating"),
+        "{stderr}"
+    );
+
+    let retry = tributary(&["sagas", "retry", "--db", &url, &second.to_string()]);
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    let retried = orchestrator.instance(&second).await?.expect("the saga");
+    assert!(
+        retried
+            .history
+            .iter()
+            .any(|h| h.what == "retried by an operator"),
+        "{retried:#?}"
+    );
+    shutdown.cancel();
+    running.await??;
     Ok(())
 }

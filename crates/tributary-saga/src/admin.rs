@@ -11,6 +11,7 @@ use tributary_core::{Database, Result};
 
 use crate::deadlines::{Deadline, deadlines_collection};
 use crate::instance::{SAGAS, SagaId, SagaInstance, SagaState};
+use crate::requests::{self, SagaAction, SagaRequest};
 
 /// Which sagas to list.
 #[derive(Clone, Debug, Default)]
@@ -123,6 +124,37 @@ impl SagaAdmin {
             *counts.entry((s.saga_type, s.state.as_str())).or_insert(0) += 1;
         }
         Ok(counts)
+    }
+
+    /// Asks the running orchestrator of saga `id`'s type to cancel it (compensate what it
+    /// did); [`SagaAdmin::request`] tells when it was done or refused.
+    ///
+    /// # Errors
+    /// [`tributary_core::Error::InvalidInput`] for an unknown or finished saga; storage
+    /// errors.
+    pub async fn request_cancel(&self, id: &SagaId, reason: &str) -> Result<SagaRequest> {
+        let action = SagaAction::Cancel {
+            reason: reason.to_owned(),
+        };
+        requests::request(&self.db, id, action).await
+    }
+
+    /// Asks the running orchestrator of saga `id`'s type to run its current step or
+    /// compensation again (also after `CompensationFailed`).
+    ///
+    /// # Errors
+    /// [`tributary_core::Error::InvalidInput`] for an unknown saga or one that completed or
+    /// was compensated; storage errors.
+    pub async fn request_retry(&self, id: &SagaId) -> Result<SagaRequest> {
+        requests::request(&self.db, id, SagaAction::Retry).await
+    }
+
+    /// The latest operator request for saga `id`, with its outcome.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn request(&self, id: &SagaId) -> Result<Option<SagaRequest>> {
+        requests::get(&self.db, id).await
     }
 
     /// Saga `id` with its whole history.

@@ -9,6 +9,7 @@ mod instance;
 mod message;
 mod orchestrator;
 mod participant;
+mod requests;
 
 pub use admin::{SagaAdmin, SagaFilter, SagaSummary};
 pub use deadlines::{Clock, Deadline, DeadlineOutcome, deadlines_collection};
@@ -22,3 +23,4 @@ pub use instance::{
 pub use message::{Outcome, REPLY_TYPE, ReplyBody, SagaCommand, SagaCommandHeader};
 pub use orchestrator::{Orchestrator, OrchestratorConfig, Started};
 pub use participant::{PARTICIPANT_MARKERS, Participant, Reply};
+pub use requests::{RequestState, SAGA_REQUESTS, SagaAction, SagaRequest};

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use tributary_core::{Broker, Database, Envelope, Error, HandlerError, Result, UnitOfWork};
+use tributary_core::{
+    Broker, Database, Envelope, Error, HandlerError, Result, UnitOfWork, UnitOfWorkExt,
+};
 use tributary_runtime::{Backoff, Consumer, ConsumerConfig, Handler};
 
 use crate::deadlines::{Clock, Deadline, DeadlineOutcome, deadlines_collection};
@@ -21,6 +23,7 @@ use crate::definition::{SagaData, SagaDefinition};
 use crate::engine::Engine;
 use crate::instance::{SAGAS, SagaId, SagaInstance};
 use crate::message::Reply;
+use crate::requests::{self, RequestState, SAGA_REQUESTS, SagaAction, SagaRequest};
 
 /// Settings of an [`Orchestrator`].
 #[derive(Clone, Debug)]
@@ -281,6 +284,64 @@ impl<D: SagaData> Orchestrator<D> {
             .await
     }
 
+    /// Performs the pending operator requests for sagas of this type (see
+    /// [`SagaAdmin::request_cancel`](crate::SagaAdmin::request_cancel)), oldest first, each
+    /// in one unit with the saga's new state; returns how many it handled. A request the
+    /// saga refuses is recorded as refused.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn perform_requests(&self) -> Result<usize> {
+        let pending = requests::pending(&self.db, &self.engine.def.saga_type).await?;
+        for request in &pending {
+            let (engine, performed) = (self.engine.clone(), request.clone());
+            let done = self
+                .db
+                .transact(move |unit| {
+                    Box::pin(async move {
+                        // Read again in the unit: a newer request or an earlier run won.
+                        let current: Option<SagaRequest> = unit
+                            .get_as(SAGA_REQUESTS, performed.saga_id.as_str())
+                            .await?;
+                        if current.as_ref() != Some(&performed) {
+                            return Ok(());
+                        }
+                        let id = &performed.saga_id;
+                        let (mut inst, mut data) = engine
+                            .load(unit, id)
+                            .await?
+                            .ok_or_else(|| Error::invalid(format!("no saga {id}")))?;
+                        match &performed.action {
+                            SagaAction::Cancel { reason } => {
+                                engine.cancel(unit, &mut inst, &mut data, reason).await?
+                            }
+                            SagaAction::Retry => engine.retry(unit, &mut inst, &mut data).await?,
+                        }
+                        engine.save(unit, &mut inst, &data).await?;
+                        let at = engine.clock.now();
+                        requests::record(unit, &performed, RequestState::Done { at }).await
+                    })
+                })
+                .await;
+            match done {
+                Ok(()) => {}
+                Err(Error::InvalidInput { reason }) => {
+                    let (refused, at) = (request.clone(), self.engine.clock.now());
+                    self.db
+                        .transact(move |unit| {
+                            Box::pin(async move {
+                                let state = RequestState::Refused { at, reason };
+                                requests::record(unit, &refused, state).await
+                            })
+                        })
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pending.len())
+    }
+
     /// Runs the reply consumer and the deadline runner until `shutdown`.
     ///
     /// # Errors
@@ -312,7 +373,8 @@ impl<D: SagaData> Orchestrator<D> {
         let clock = self.engine.clock;
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            let wait = match self.fire_due().await {
+            let performed = self.perform_requests().await.map(|_| ());
+            let wait = match performed.and(self.fire_due().await) {
                 Ok(next) => {
                     failures = 0;
                     next.map_or(poll, |due| clock.until(due).min(poll))

@@ -17,8 +17,8 @@ use tributary_core::{
 use tributary_runtime::{Backoff, CancellationToken, Consumer, ConsumerConfig, Relay, RelayConfig};
 use tributary_saga::{
     Command, Compensation, DeadlineOutcome, LocalError, Orchestrator, OrchestratorConfig, Outcome,
-    PARTICIPANT_MARKERS, Participant, REPLY_TYPE, Reply, ReplyBody, SagaAdmin, SagaCommandHeader,
-    SagaDefinition, SagaFilter, SagaId, SagaInstance, SagaState, Step,
+    PARTICIPANT_MARKERS, Participant, REPLY_TYPE, Reply, ReplyBody, RequestState, SagaAdmin,
+    SagaCommandHeader, SagaDefinition, SagaFilter, SagaId, SagaInstance, SagaState, Step,
 };
 
 pub type DbFactory = Box<dyn Fn() -> BoxFuture<'static, Arc<dyn Database>> + Send + Sync>;
@@ -47,6 +47,7 @@ macro_rules! saga_scenarios {
             a_reply_that_arrives_while_the_orchestrator_is_down_is_not_lost,
             an_orchestrator_killed_mid_saga_resumes_where_it_was,
             an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensation,
+            operator_requests_written_elsewhere_are_performed_by_the_running_orchestrator,
         );
     };
     (@tests $make:path, #[$test:meta]; $($check:ident),* $(,)?) => {
@@ -942,15 +943,13 @@ pub async fn an_orchestrator_killed_mid_saga_resumes_where_it_was(fixture: Fixtu
     sys.stop().await;
 }
 
-pub async fn an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensation(
-    fixture: Fixture,
-) {
-    let mut sys = System::new(fixture).await;
+/// Starts a saga whose first command (reserve 30 of c1's credit of 100) is performed while
+/// only the orchestrator's relay runs: the saga still waits for the reply. c1's release is
+/// refused until the test deletes `release_refused/c1`.
+async fn a_saga_waiting_for_its_first_reply(sys: &System) -> SagaId {
     sys.seed("credit", "c1", 100).await;
     sys.seed("stock", "sku1", 10).await;
     sys.seed("release_refused", "c1", 1).await;
-    // The orchestrator is not running, only its relay: the credit is reserved, and the saga
-    // still waits for the reply.
     let id = sys
         .orchestrator
         .start(sys.order("c1", 30, "sku1", json!(4)))
@@ -976,6 +975,23 @@ pub async fn an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensatio
     stop_relay.cancel();
     relay.await.expect("relay").expect("relay");
     assert_eq!(sys.participant_value("credit", "c1").await, Some(70));
+    id
+}
+
+async fn allow_the_release(sys: &System) {
+    let refused = "release_refused".to_owned();
+    sys.fixture
+        .participant_db
+        .transact(move |unit| Box::pin(async move { unit.delete(&refused, "c1").await }))
+        .await
+        .expect("fixed");
+}
+
+pub async fn an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensation(
+    fixture: Fixture,
+) {
+    let mut sys = System::new(fixture).await;
+    let id = a_saga_waiting_for_its_first_reply(&sys).await;
     sys.orchestrator
         .cancel(&id, "customer called")
         .await
@@ -995,12 +1011,7 @@ pub async fn an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensatio
         sys.orchestrator.cancel(&id, "again").await.is_err(),
         "a failed saga is not cancelled twice"
     );
-    let refused = "release_refused".to_owned();
-    sys.fixture
-        .participant_db
-        .transact(move |unit| Box::pin(async move { unit.delete(&refused, "c1").await }))
-        .await
-        .expect("fixed");
+    allow_the_release(&sys).await;
     sys.orchestrator.retry(&id).await.expect("retry");
     let done = sys.wait_final(&id).await;
     assert_eq!(done.state, SagaState::Compensated, "{done:#?}");
@@ -1012,6 +1023,72 @@ pub async fn an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensatio
     );
     assert!(
         sys.orchestrator.retry(&id).await.is_err(),
+        "nothing to retry once compensated"
+    );
+    sys.stop().await;
+}
+
+/// What `tributary sagas cancel|retry` does: the request is a document written without the
+/// saga's definition; the running orchestrator performs it with the saga's new state.
+pub async fn operator_requests_written_elsewhere_are_performed_by_the_running_orchestrator(
+    fixture: Fixture,
+) {
+    let mut sys = System::new(fixture).await;
+    let id = a_saga_waiting_for_its_first_reply(&sys).await;
+    let admin = SagaAdmin::new(sys.orchestrator_db.clone());
+    let requested = admin
+        .request_cancel(&id, "customer called")
+        .await
+        .expect("request");
+    assert!(requested.is_pending());
+    assert_eq!(
+        sys.instance(&id).await.state,
+        SagaState::Running,
+        "nothing happens until an orchestrator runs"
+    );
+    // What the running orchestrator's loop does; called here before its reply consumer runs,
+    // which would otherwise race the cancel with the waiting reply (and could take the saga
+    // past its pivot, where a cancel is refused).
+    assert_eq!(
+        sys.orchestrator.perform_requests().await.expect("perform"),
+        1
+    );
+    let cancelled = sys.instance(&id).await;
+    assert_eq!(cancelled.state, SagaState::Compensating, "{cancelled:#?}");
+    assert_eq!(count(&cancelled, "cancelled by an operator"), 1);
+    let done = admin.request(&id).await.expect("read").expect("recorded");
+    assert!(matches!(done.state, RequestState::Done { .. }), "{done:?}");
+    assert_eq!(
+        sys.orchestrator.perform_requests().await.expect("perform"),
+        0,
+        "done once"
+    );
+    sys.run_orchestrator();
+    // The release is refused, so the cancelled saga ends CompensationFailed.
+    let failed = sys.wait_final(&id).await;
+    assert_eq!(failed.state, SagaState::CompensationFailed, "{failed:#?}");
+    assert!(
+        admin.request_cancel(&id, "again").await.is_err(),
+        "a finished saga is not cancelled"
+    );
+    allow_the_release(&sys).await;
+    // Performed by the running orchestrator's own loop this time.
+    admin.request_retry(&id).await.expect("request a retry");
+    let compensated = sys
+        .wait_for(&id, |i| i.state == SagaState::Compensated)
+        .await;
+    assert_eq!(
+        count(&compensated, "retried by an operator"),
+        1,
+        "{compensated:#?}"
+    );
+    assert_eq!(
+        sys.participant_value("credit", "c1").await,
+        Some(100),
+        "reserved once, released once"
+    );
+    assert!(
+        admin.request_retry(&id).await.is_err(),
         "nothing to retry once compensated"
     );
     sys.stop().await;
