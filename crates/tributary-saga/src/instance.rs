@@ -77,6 +77,14 @@ pub enum SagaState {
 }
 
 impl SagaState {
+    pub const ALL: [SagaState; 5] = [
+        SagaState::Running,
+        SagaState::Compensating,
+        SagaState::Completed,
+        SagaState::Compensated,
+        SagaState::CompensationFailed,
+    ];
+
     /// Whether the saga ended (nothing more happens without an operator).
     pub fn is_final(self) -> bool {
         matches!(

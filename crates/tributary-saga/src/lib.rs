@@ -21,6 +21,6 @@ pub use instance::{
     AwaitKind, Awaiting, HistoryEntry, MAX_SAGA_ID_LEN, SAGAS, SagaId, SagaInstance, SagaState,
 };
 pub use message::{Outcome, REPLY_TYPE, ReplyBody, SagaCommand, SagaCommandHeader};
-pub use orchestrator::{Orchestrator, OrchestratorConfig, Started};
+pub use orchestrator::{Orchestrator, OrchestratorConfig, SAGAS_GAUGE, Started};
 pub use participant::{PARTICIPANT_MARKERS, Participant, Reply};
 pub use requests::{RequestState, SAGA_REQUESTS, SagaAction, SagaRequest};

@@ -18,12 +18,16 @@ use tributary_core::{
 };
 use tributary_runtime::{Backoff, Consumer, ConsumerConfig, Handler};
 
+use crate::admin::SagaAdmin;
 use crate::deadlines::{Clock, Deadline, DeadlineOutcome, deadlines_collection};
 use crate::definition::{SagaData, SagaDefinition};
 use crate::engine::Engine;
-use crate::instance::{SAGAS, SagaId, SagaInstance};
+use crate::instance::{SAGAS, SagaId, SagaInstance, SagaState};
 use crate::message::Reply;
 use crate::requests::{self, RequestState, SAGA_REQUESTS, SagaAction, SagaRequest};
+
+/// The gauge of sagas per (type, state): alert on `state="compensation_failed"` above 0.
+pub const SAGAS_GAUGE: &str = "tributary_sagas";
 
 /// Settings of an [`Orchestrator`].
 #[derive(Clone, Debug)]
@@ -42,6 +46,9 @@ pub struct OrchestratorConfig {
     /// How often the deadline runner looks for deadlines set by other processes (it also
     /// sleeps until the earliest deadline it knows). Deadlines fire at most this late.
     pub deadline_poll: Duration,
+    /// How often the deadline runner sets the per-state saga gauges (see
+    /// [`Orchestrator::record_counts`]).
+    pub metrics_every: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -53,6 +60,7 @@ impl Default for OrchestratorConfig {
             retry_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             consumer: ConsumerConfig::default(),
             deadline_poll: Duration::from_millis(200),
+            metrics_every: Duration::from_secs(15),
         }
     }
 }
@@ -80,6 +88,11 @@ impl OrchestratorConfig {
     }
     pub fn with_deadline_poll(mut self, poll: Duration) -> Self {
         self.deadline_poll = poll;
+        self
+    }
+
+    pub fn with_metrics_every(mut self, every: Duration) -> Self {
+        self.metrics_every = every;
         self
     }
 }
@@ -342,6 +355,31 @@ impl<D: SagaData> Orchestrator<D> {
         Ok(pending.len())
     }
 
+    /// Sets the `tributary_sagas{saga_type, state}` gauges of this saga type to the number of
+    /// its sagas in each state, 0 included, so that an alert on `state="compensation_failed"`
+    /// clears once an operator resolved the saga. The deadline runner calls it every
+    /// [`OrchestratorConfig::metrics_every`]; it reads every saga of the database.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn record_counts(&self) -> Result<()> {
+        let counts = SagaAdmin::new(self.db.clone()).counts().await?;
+        let saga_type = &self.engine.def.saga_type;
+        for state in SagaState::ALL {
+            let n = counts
+                .get(&(saga_type.clone(), state.as_str()))
+                .copied()
+                .unwrap_or(0);
+            metrics::gauge!(
+                SAGAS_GAUGE,
+                "saga_type" => saga_type.clone(),
+                "state" => state.as_str()
+            )
+            .set(n as f64);
+        }
+        Ok(())
+    }
+
     /// Runs the reply consumer and the deadline runner until `shutdown`.
     ///
     /// # Errors
@@ -372,7 +410,14 @@ impl<D: SagaData> Orchestrator<D> {
         let poll = self.engine.config.deadline_poll;
         let clock = self.engine.clock;
         let mut failures = 0u32;
+        let mut counted: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
+            if counted.is_none_or(|at| at.elapsed() >= self.engine.config.metrics_every) {
+                counted = Some(tokio::time::Instant::now());
+                if let Err(e) = self.record_counts().await {
+                    tracing::debug!(saga_type = %self.engine.def.saga_type, error = %e, "counting sagas failed");
+                }
+            }
             let performed = self.perform_requests().await.map(|_| ());
             let wait = match performed.and(self.fire_due().await) {
                 Ok(next) => {

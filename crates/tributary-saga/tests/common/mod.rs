@@ -640,7 +640,32 @@ pub async fn a_retriable_step_is_retried_until_it_succeeds(fixture: Fixture) {
     sys.stop().await;
 }
 
+/// The process's Prometheus recorder, installed once per test binary: the saga gauges are
+/// checked through what an exporter would serve.
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("no other recorder in this test binary");
+        handle
+    })
+}
+
+/// The value of `tributary_sagas{saga_type, state}` in `text`.
+fn sagas_gauge(text: &str, saga_type: &str, state: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(tributary_saga::SAGAS_GAUGE))
+        .filter(|l| {
+            l.contains(&format!("saga_type=\"{saga_type}\""))
+                && l.contains(&format!("state=\"{state}\""))
+        })
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
 pub async fn a_compensation_that_keeps_failing_ends_in_compensation_failed(fixture: Fixture) {
+    let prometheus = prometheus();
     let mut sys = System::new(fixture).await;
     sys.seed("credit", "c1", 100).await;
     sys.seed("stock", "sku1", 0).await;
@@ -658,6 +683,19 @@ pub async fn a_compensation_that_keeps_failing_ends_in_compensation_failed(fixtu
         "stuck at the credit reservation's compensation"
     );
     assert_eq!(inst.attempt, 3, "{inst:#?}");
+    // Visible and alerting: the gauge an alert watches counts it.
+    sys.orchestrator.record_counts().await.expect("count");
+    let text = prometheus.render();
+    assert_eq!(
+        sagas_gauge(&text, &sys.saga_type, "compensation_failed"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sagas_gauge(&text, &sys.saga_type, "running"),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(inst.failure.as_deref(), Some("release refused"));
     assert_eq!(count(&inst, "compensation sent"), 3);
     assert_eq!(
