@@ -12,7 +12,12 @@ use tributary_testkit::servers::{postgres_url, reachable, skip};
 /// Runs the binary to its exit; one that is still running after `within` is killed and the
 /// test fails (a refusal must not start serving).
 fn tributary(args: &[&str], within: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+    run(env!("CARGO_BIN_EXE_tributary"), args, within)
+}
+
+/// Runs `program` to its exit, as [`tributary`] does.
+fn run(program: &str, args: &[&str], within: Duration) -> Output {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -25,7 +30,7 @@ fn tributary(args: &[&str], within: Duration) -> Output {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
             panic!(
-                "tributary {args:?} still ran after {within:?}; stdout {} stderr {}",
+                "{program} {args:?} still ran after {within:?}; stdout {} stderr {}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -181,6 +186,72 @@ async fn a_damaged_database_is_refused_at_start_naming_the_file() {
             && (message.contains("damaged") || message.contains("malformed")),
         "names the file and what is wrong with it: {message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_deployment_is_refused_at_start_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use customers_and_orders::system::{Backends, Services};
+        let services = Services::new(&Backends::embedded(dir.path()).await.unwrap());
+        services
+            .customers()
+            .unwrap()
+            .create("a customer".into(), 1_000)
+            .await
+            .unwrap();
+    }
+    closed(&dir.path().join("customers.db"));
+    let set_mode = |mode_dir: u32, mode_file: u32| {
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode_file)).unwrap();
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode_dir)).unwrap();
+    };
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false);
+    // Read-only files in a writable directory (SQLite then opens them read-only and the
+    // server used to start), and a read-only directory as well.
+    for (what, dir_mode) in [("read-only files", 0o777), ("a read-only directory", 0o555)] {
+        set_mode(dir_mode, 0o444);
+        let listen = format!("127.0.0.1:{}", free_port());
+        let serve = ["serve", "--listen", &listen, "--data-dir", &data_dir];
+        // Root ignores file permissions: the server then runs as nobody, as a service
+        // account that does not own its data would.
+        let out = if root {
+            let binary = env!("CARGO_BIN_EXE_tributary");
+            let mut args = vec![
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                binary,
+            ];
+            args.extend(serve);
+            run("setpriv", &args, WITHIN)
+        } else {
+            tributary(&serve, WITHIN)
+        };
+        set_mode(0o755, 0o644);
+        assert!(!out.status.success(), "{what}: must not start");
+        let message = stderr(&out);
+        assert!(
+            (message.contains("read-only") || message.contains("readonly"))
+                && message.contains(&data_dir),
+            "{what}: names the file and why: {message}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "{what}: refused before it listens"
+        );
+    }
 }
 
 #[test]

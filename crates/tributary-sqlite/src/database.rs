@@ -215,6 +215,17 @@ fn open_connection(path: &Path, config: &SqliteConfig, read_only: bool) -> Resul
     };
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| Error::unavailable(format!("database file {}", path.display()), e))?;
+    // SQLite falls back to read-only when it cannot open the file for writing (permissions,
+    // a read-only mount); the service would start and then fail every write. Refused here,
+    // before anything runs.
+    if !read_only && conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        return Err(Error::storage_msg(format!(
+            "{} can only be opened read-only (its permissions, its directory's, or a read-only \
+             mount): a service must write to its database, and so must the -wal and -shm files \
+             beside it",
+            path.display()
+        )));
+    }
     conn.busy_timeout(config.busy_timeout)
         .context("setting the busy timeout")?;
     conn.set_prepared_statement_cache_capacity(64);
