@@ -151,6 +151,30 @@ async fn metrics_count_what_the_services_handled_and_the_one_poison_message() {
         ) >= CUSTOMERS as f64
     );
 
+    // Every partition samples its lag every 5 s: once each has sampled after the last commit,
+    // nothing is behind.
+    let lag_series = |t: &str| {
+        t.lines()
+            .filter(|l| {
+                l.starts_with("tributary_consumer_lag{") && l.contains("group=\"order-history\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .collect::<Vec<_>>()
+    };
+    let text = scrape_until(
+        &serve.base,
+        "every order-history partition's lag at 0",
+        |t| {
+            let lags = lag_series(t);
+            !lags.is_empty() && lags.iter().all(|l| *l == 0.0)
+        },
+    )
+    .await;
+    assert!(
+        lag_series(&text).len() >= 2,
+        "one series per partition of each topic: {text}"
+    );
+
     // One message no consumer can decode, published straight into the embedded log.
     let broker = SqliteBroker::open(dir.path().join("broker.db"), SqliteBrokerConfig::default())
         .expect("the broker log opens beside the serving process");

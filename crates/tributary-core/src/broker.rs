@@ -129,6 +129,14 @@ pub trait PartitionConsumer: Send {
 
     /// Records that the group is done with every message up to and including `offset`.
     async fn commit(&mut self, offset: Offset) -> Result<()>;
+
+    /// How many of the partition's messages come after the group's committed offset (fetched
+    /// and not yet committed ones included): the consumer lag an operator watches. One
+    /// indexed count or one request; the runtime samples it every few seconds. `None` when
+    /// the broker cannot tell.
+    async fn lag(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// Where a relay source is, and what it hands to the broker next.

@@ -534,6 +534,19 @@ impl PartitionConsumer for NatsPartitionConsumer {
         self.pending = self.pending.split_off(&(target + 1));
         Ok(())
     }
+
+    /// The server consumer's count of messages not yet delivered plus those delivered and not
+    /// acknowledged (an acknowledgement is a commit here).
+    async fn lag(&mut self) -> Result<Option<u64>> {
+        if self.unfinished_reset.is_some() {
+            return Ok(None);
+        }
+        let info = self.own_info().await?;
+        Ok(Some(
+            info.num_pending
+                .saturating_add(info.num_ack_pending.max(0) as u64),
+        ))
+    }
 }
 
 fn incarnation_of(info: &ConsumerInfo) -> String {

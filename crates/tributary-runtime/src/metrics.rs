@@ -19,6 +19,7 @@ pub mod names {
     pub const CONSUMER_HANDLED: &str = "tributary_consumer_handled_total";
     pub const CONSUMER_HANDLER_SECONDS: &str = "tributary_consumer_handler_seconds";
     pub const CONSUMER_LAST_OFFSET: &str = "tributary_consumer_last_offset";
+    pub const CONSUMER_LAG: &str = "tributary_consumer_lag";
     pub const DEAD_LETTERS_OPEN: &str = "tributary_dead_letters_open";
     pub const DEAD_LETTERS_PARKED_KEYS: &str = "tributary_dead_letters_parked_keys";
     pub const DEAD_LETTERS_OLDEST_SECONDS: &str = "tributary_dead_letters_oldest_seconds";
@@ -94,6 +95,10 @@ pub(crate) struct PartitionMetrics {
     outcomes: [Counter; 4],
     pub handler_seconds: Histogram,
     pub last_offset: Gauge,
+    /// Messages after the committed offset, sampled (see [`PartitionConsumer::lag`]).
+    ///
+    /// [`PartitionConsumer::lag`]: tributary_core::PartitionConsumer::lag
+    pub lag: Gauge,
 }
 
 impl PartitionMetrics {
@@ -107,6 +112,9 @@ impl PartitionMetrics {
             handler_seconds: histogram!(names::CONSUMER_HANDLER_SECONDS,
                 "group" => group.to_owned(), "topic" => topic.to_owned()),
             last_offset: gauge!(names::CONSUMER_LAST_OFFSET,
+                "group" => group.to_owned(), "topic" => topic.to_owned(),
+                "partition" => partition.to_string()),
+            lag: gauge!(names::CONSUMER_LAG,
                 "group" => group.to_owned(), "topic" => topic.to_owned(),
                 "partition" => partition.to_string()),
         }

@@ -48,6 +48,7 @@ macro_rules! broker_conformance {
             fetch_waits_for_new_messages_and_returns_empty_when_none_come,
             consuming_a_partition_that_does_not_exist_is_an_error,
             a_deleted_group_starts_over_like_a_new_one,
+            lag_counts_the_messages_after_the_committed_offset,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -221,6 +222,33 @@ pub async fn a_new_consumer_resumes_after_the_committed_offset(broker: Arc<dyn B
         none.is_empty(),
         "nothing after the last committed offset: {none:?}"
     );
+}
+
+pub async fn lag_counts_the_messages_after_the_committed_offset(broker: Arc<dyn Broker>) {
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let publish = |n: usize| {
+        let (broker, topic) = (broker.clone(), topic.clone());
+        async move {
+            let batch: Vec<_> = (0..n)
+                .map(|i| message(&topic, "k", &i.to_string()))
+                .collect();
+            broker.publish(&batch).await.unwrap();
+        }
+    };
+    publish(6).await;
+    let (group, p0) = (fresh_group(), Partition::new(0));
+    let mut c = broker.consume(&group, &topic, p0).await.unwrap();
+    // Every Tributary broker counts it (the trait allows None for others).
+    assert_eq!(c.lag().await.unwrap(), Some(6), "nothing committed yet");
+    let got = fetch_n(c.as_mut(), 6, Duration::from_secs(10)).await;
+    assert_eq!(c.lag().await.unwrap(), Some(6), "fetched is not committed");
+    c.commit(got[3].offset).await.unwrap();
+    assert_eq!(c.lag().await.unwrap(), Some(2));
+    c.commit(got[5].offset).await.unwrap();
+    assert_eq!(c.lag().await.unwrap(), Some(0));
+    publish(3).await;
+    assert_eq!(c.lag().await.unwrap(), Some(3), "published since");
 }
 
 pub async fn consumer_groups_are_independent(broker: Arc<dyn Broker>) {

@@ -245,4 +245,14 @@ impl PartitionConsumer for MemoryConsumer {
         *committed = (*committed).max(offset);
         Ok(())
     }
+
+    async fn lag(&mut self) -> Result<Option<u64>> {
+        let state = lock(&self.broker.inner.state);
+        let (_, topic, partition) = &self.key;
+        let end = state.topics.get(topic).map_or(0, |log| {
+            log.partitions[partition.get() as usize].len() as u64
+        });
+        let committed = state.committed.get(&self.key).copied().unwrap_or_default();
+        Ok(Some(end.saturating_sub(committed.get())))
+    }
 }

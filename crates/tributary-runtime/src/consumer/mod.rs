@@ -54,6 +54,9 @@ pub struct ConsumerConfig {
     /// How often the group looks for replays requested from outside its process (see
     /// [`crate::request_replay`]).
     pub replay_requests_every: Duration,
+    /// How often each partition samples its lag for the `tributary_consumer_lag` gauge (one
+    /// count or one broker request).
+    pub lag_every: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -69,6 +72,7 @@ impl Default for ConsumerConfig {
             messages_per_unit: None,
             dead_letters_every: Duration::from_secs(5),
             replay_requests_every: Duration::from_secs(1),
+            lag_every: Duration::from_secs(5),
         }
     }
 }
@@ -102,6 +106,11 @@ impl ConsumerConfig {
         self.fetch_wait = wait;
         self
     }
+    pub fn with_lag_every(mut self, every: Duration) -> Self {
+        self.lag_every = every;
+        self
+    }
+
     pub fn with_replay_requests_every(mut self, every: Duration) -> Self {
         self.replay_requests_every = every;
         self

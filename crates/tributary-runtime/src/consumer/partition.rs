@@ -100,7 +100,19 @@ async fn consume(
     };
     let fetching = format!("fetching {topic}/{partition}");
     let mut failures = 0;
+    let mut lag_sampled: Option<tokio::time::Instant> = None;
     loop {
+        if lag_sampled.is_none_or(|at| at.elapsed() >= ctx.config.lag_every) {
+            lag_sampled = Some(tokio::time::Instant::now());
+            // Only a gauge: a failure here is the fetch's to report.
+            match consumer.lag().await {
+                Ok(Some(lag)) => metrics.lag.set(lag as f64),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(group = %ctx.group, %topic, %partition, error = %e, "sampling the consumer lag failed")
+                }
+            }
+        }
         let fetched = tokio::select! {
             r = consumer.fetch(ctx.config.batch_size, ctx.config.fetch_wait) => r,
             _ = retry.shutdown.cancelled() => return Stop::Shutdown,

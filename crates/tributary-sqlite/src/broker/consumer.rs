@@ -21,6 +21,8 @@ pub struct SqliteBrokerConsumer {
     partition: Partition,
     /// The last offset handed out (starts at the committed offset).
     fetched: Offset,
+    /// The group's committed offset, as far as this consumer committed it.
+    committed: Offset,
     commits: watch::Receiver<u64>,
 }
 
@@ -55,6 +57,7 @@ impl SqliteBrokerConsumer {
             topic,
             partition,
             fetched: Offset::new(committed.max(0) as u64),
+            committed: Offset::new(committed.max(0) as u64),
             commits,
         })
     }
@@ -145,6 +148,25 @@ impl PartitionConsumer for SqliteBrokerConsumer {
                     .context("committing an offset")
                     .map(|_| ())
             })
-            .await
+            .await?;
+        self.committed = self.committed.max(offset);
+        Ok(())
+    }
+
+    async fn lag(&mut self) -> Result<Option<u64>> {
+        let (topic, partition, after) = (self.topic.clone(), self.partition, self.committed);
+        let count: i64 = self
+            .db
+            .read(move |conn| {
+                conn.prepare_cached(include_str!("lag.sql"))
+                    .context("preparing lag")?
+                    .query_row(
+                        params![topic.as_str(), partition.get(), after.get() as i64],
+                        |r| r.get(0),
+                    )
+                    .context("counting the partition's messages after the committed offset")
+            })
+            .await?;
+        Ok(Some(count.max(0) as u64))
     }
 }
