@@ -275,6 +275,8 @@ pub struct SagaDefinition<D> {
     pub(crate) steps: Vec<DefinedStep<D>>,
     pub(crate) reply_topic: Topic,
     pub(crate) group: GroupName,
+    /// How long a saga may run in all (see [`SagaBuilder::with_deadline`]).
+    pub(crate) deadline: Option<std::time::Duration>,
 }
 
 impl<D: SagaData> SagaDefinition<D> {
@@ -294,6 +296,7 @@ impl<D: SagaData> SagaDefinition<D> {
             reply_topic: reply_topic(saga_type)?,
             group: GroupName::new(format!("saga-{saga_type}"))?,
             steps: Vec::new(),
+            deadline: None,
             _order: PhantomData,
         })
     }
@@ -340,6 +343,7 @@ pub struct SagaBuilder<D, O> {
     reply_topic: Topic,
     group: GroupName,
     steps: Vec<DefinedStep<D>>,
+    deadline: Option<std::time::Duration>,
     _order: PhantomData<O>,
 }
 
@@ -367,6 +371,7 @@ impl<D: SagaData> SagaBuilder<D, BeforePivot> {
             reply_topic: self.reply_topic,
             group: self.group,
             steps: self.steps,
+            deadline: self.deadline,
             _order: PhantomData,
         }
     }
@@ -385,12 +390,22 @@ impl<D: SagaData> SagaBuilder<D, AfterPivot> {
 }
 
 impl<D: SagaData, O> SagaBuilder<D, O> {
+    /// A deadline for the saga as a whole, counted from its start and stored with it. A saga
+    /// still before its pivot when it passes is compensated, as an operator's cancel would;
+    /// one at or past its pivot can only go forward, so the deadline is recorded in its
+    /// timeline and nothing else changes. A saga that ends first cancels it.
+    pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
     pub fn build(self) -> SagaDefinition<D> {
         SagaDefinition {
             saga_type: self.saga_type,
             steps: self.steps,
             reply_topic: self.reply_topic,
             group: self.group,
+            deadline: self.deadline,
         }
     }
 }

@@ -9,7 +9,7 @@ use tributary_core::{Error, EventId, Result, UnitOfWork, UnitOfWorkExt};
 
 use crate::deadlines::{self, Clock, Deadline, DeadlineOutcome};
 use crate::definition::{Action, LocalError, SagaData, SagaDefinition, StepKind};
-use crate::instance::{AwaitKind, Awaiting, SAGAS, SagaId, SagaInstance, SagaState};
+use crate::instance::{AwaitKind, Awaiting, SAGAS, SagaDeadline, SagaId, SagaInstance, SagaState};
 use crate::message::{Outcome, Reply, SagaCommandHeader, command_envelope};
 use crate::orchestrator::OrchestratorConfig;
 
@@ -61,8 +61,21 @@ impl<D: SagaData> Engine<D> {
             started_at: now,
             updated_at: now,
             history: Vec::new(),
+            saga_deadline: None,
         };
         inst.record(now, None, "started", None, None);
+        if let Some(limit) = self.def.deadline {
+            let due = now + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+            let message_id = EventId::new();
+            let deadline_key = self
+                .set_deadline(unit, &inst, message_id, due, AwaitKind::Saga)
+                .await?;
+            inst.saga_deadline = Some(SagaDeadline {
+                message_id,
+                due,
+                deadline_key,
+            });
+        }
         self.run_forward(unit, &mut inst, &mut data, None).await?;
         self.save(unit, &mut inst, &data).await?;
         Ok(inst)
@@ -196,10 +209,22 @@ impl<D: SagaData> Engine<D> {
         deadline: &Deadline,
     ) -> Result<DeadlineOutcome> {
         let now = self.clock.now();
+        if deadline.what == AwaitKind::Saga {
+            let ours = inst
+                .saga_deadline
+                .as_ref()
+                .is_some_and(|d| d.message_id == deadline.message_id);
+            if ours && !inst.state.is_final() {
+                inst.saga_deadline = None;
+                self.saga_deadline_passed(unit, inst, data, deadline.due)
+                    .await?;
+                return Ok(DeadlineOutcome::Fired);
+            }
+        }
         let waiting = inst
             .awaiting
             .as_ref()
-            .filter(|a| a.message_id == deadline.message_id)
+            .filter(|a| a.what != AwaitKind::Saga && a.message_id == deadline.message_id)
             .map(|a| a.what);
         let Some(what) = waiting else {
             inst.record(
@@ -257,6 +282,8 @@ impl<D: SagaData> Engine<D> {
                     self.run_forward(unit, inst, data, cause).await?;
                 }
             }
+            // A step never waits on the saga's own deadline (handled above).
+            AwaitKind::Saga => {}
         }
         Ok(DeadlineOutcome::Fired)
     }
@@ -287,20 +314,80 @@ impl<D: SagaData> Engine<D> {
                 inst.id
             )));
         }
-        // A command sent and not answered may have happened: it is compensated too.
-        let sent = matches!(&inst.awaiting, Some(a) if a.what == AwaitKind::Reply);
-        self.end_wait(unit, inst).await?;
-        let now = self.clock.now();
         inst.record(
-            now,
+            self.clock.now(),
             Some(inst.step),
             "cancelled by an operator",
             None,
             Some(reason.to_owned()),
         );
-        let from = if sent { inst.step + 1 } else { inst.step };
-        self.begin_compensation(unit, inst, data, from, format!("cancelled: {reason}"), None)
+        self.abort(unit, inst, data, format!("cancelled: {reason}"))
             .await
+    }
+
+    /// Ends the current wait of a saga before its pivot and compensates what is done (a
+    /// cancel, or the saga's own deadline).
+    async fn abort(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        inst: &mut SagaInstance,
+        data: &mut D,
+        reason: String,
+    ) -> Result<()> {
+        // A command sent and not answered may have happened: it is compensated too.
+        let sent = matches!(&inst.awaiting, Some(a) if a.what == AwaitKind::Reply);
+        self.end_wait(unit, inst).await?;
+        let from = if sent { inst.step + 1 } else { inst.step };
+        self.begin_compensation(unit, inst, data, from, reason, None)
+            .await
+    }
+
+    /// The saga's own deadline passed (`inst.saga_deadline` was taken by the caller): before
+    /// the pivot it compensates; while compensating, or at or past the pivot, it can only go
+    /// on, and the timeline says the deadline passed.
+    async fn saga_deadline_passed(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        inst: &mut SagaInstance,
+        data: &mut D,
+        due: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let before_pivot = inst.state == SagaState::Running
+            && matches!(
+                self.def.steps.get(inst.step).map(|s| s.kind),
+                Some(StepKind::Compensatable)
+            );
+        if before_pivot {
+            inst.record(
+                now,
+                Some(inst.step),
+                "saga deadline passed",
+                None,
+                Some(format!("due {due}; compensating")),
+            );
+            self.abort(
+                unit,
+                inst,
+                data,
+                format!("the saga's deadline ({due}) passed"),
+            )
+            .await
+        } else {
+            let why = if inst.compensating {
+                "already compensating"
+            } else {
+                "at or past its pivot, the saga can only go forward"
+            };
+            inst.record(
+                now,
+                Some(inst.step),
+                "saga deadline passed",
+                None,
+                Some(format!("due {due}; {why}")),
+            );
+            Ok(())
+        }
     }
 
     /// An operator's retry: runs the current step (or compensation) again now, also for a
@@ -358,7 +445,7 @@ impl<D: SagaData> Engine<D> {
     ) -> Result<()> {
         loop {
             if inst.step >= self.def.steps.len() {
-                self.finish(inst, SagaState::Completed);
+                self.finish(unit, inst, SagaState::Completed).await?;
                 return Ok(());
             }
             if let Flow::Wait = self.run_step(unit, inst, data, cause.clone()).await? {
@@ -620,7 +707,7 @@ impl<D: SagaData> Engine<D> {
     ) -> Result<()> {
         loop {
             if inst.step == 0 {
-                self.finish(inst, SagaState::Compensated);
+                self.finish(unit, inst, SagaState::Compensated).await?;
                 return Ok(());
             }
             inst.step -= 1;
@@ -653,7 +740,8 @@ impl<D: SagaData> Engine<D> {
                 %reason,
                 "saga compensation failed for good: an operator must resolve it"
             );
-            self.finish(inst, SagaState::CompensationFailed);
+            self.finish(unit, inst, SagaState::CompensationFailed)
+                .await?;
             return Ok(());
         }
         self.schedule_retry(unit, inst, reason).await
@@ -688,11 +776,21 @@ impl<D: SagaData> Engine<D> {
         Ok(())
     }
 
-    fn finish(&self, inst: &mut SagaInstance, state: SagaState) {
+    /// Ends the saga in `state`; its own deadline, if pending, is cancelled in this unit.
+    async fn finish(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        inst: &mut SagaInstance,
+        state: SagaState,
+    ) -> Result<()> {
         inst.state = state;
         inst.awaiting = None;
+        if let Some(d) = inst.saga_deadline.take() {
+            deadlines::cancel(unit, self.saga_type(), &d.deadline_key).await?;
+        }
         let now = self.clock.now();
         inst.record(now, None, state.as_str(), None, None);
+        Ok(())
     }
 }
 

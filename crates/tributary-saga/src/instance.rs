@@ -141,6 +141,8 @@ pub enum AwaitKind {
     Reply,
     /// The time to run the current step (or compensation) again.
     Retry,
+    /// The end of the time the whole saga may take.
+    Saga,
 }
 
 /// One line of a saga's timeline.
@@ -178,6 +180,17 @@ pub struct SagaInstance {
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub history: Vec<HistoryEntry>,
+    /// The pending deadline of the saga as a whole, if its definition has one.
+    #[serde(default)]
+    pub saga_deadline: Option<SagaDeadline>,
+}
+
+/// The stored deadline of a whole saga.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaDeadline {
+    pub message_id: EventId,
+    pub due: DateTime<Utc>,
+    pub deadline_key: String,
 }
 
 impl SagaInstance {

@@ -18,7 +18,8 @@ pub use definition::{
     SagaDefinition, Step, StepKind, reply_topic,
 };
 pub use instance::{
-    AwaitKind, Awaiting, HistoryEntry, MAX_SAGA_ID_LEN, SAGAS, SagaId, SagaInstance, SagaState,
+    AwaitKind, Awaiting, HistoryEntry, MAX_SAGA_ID_LEN, SAGAS, SagaDeadline, SagaId, SagaInstance,
+    SagaState,
 };
 pub use message::{Outcome, REPLY_TYPE, ReplyBody, SagaCommand, SagaCommandHeader};
 pub use orchestrator::{Orchestrator, OrchestratorConfig, SAGAS_GAUGE, Started};

@@ -16,9 +16,10 @@ use tributary_core::{
 };
 use tributary_runtime::{Backoff, CancellationToken, Consumer, ConsumerConfig, Relay, RelayConfig};
 use tributary_saga::{
-    Command, Compensation, DeadlineOutcome, LocalError, Orchestrator, OrchestratorConfig, Outcome,
-    PARTICIPANT_MARKERS, Participant, REPLY_TYPE, Reply, ReplyBody, RequestState, SagaAdmin,
-    SagaCommandHeader, SagaDefinition, SagaFilter, SagaId, SagaInstance, SagaState, Step,
+    AwaitKind, Command, Compensation, DeadlineOutcome, LocalError, Orchestrator,
+    OrchestratorConfig, Outcome, PARTICIPANT_MARKERS, Participant, REPLY_TYPE, Reply, ReplyBody,
+    RequestState, SagaAdmin, SagaCommandHeader, SagaDefinition, SagaFilter, SagaId, SagaInstance,
+    SagaState, Step,
 };
 
 pub type DbFactory = Box<dyn Fn() -> BoxFuture<'static, Arc<dyn Database>> + Send + Sync>;
@@ -48,6 +49,7 @@ macro_rules! saga_scenarios {
             an_orchestrator_killed_mid_saga_resumes_where_it_was,
             an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensation,
             operator_requests_written_elsewhere_are_performed_by_the_running_orchestrator,
+            a_saga_past_its_own_deadline_before_the_pivot_is_compensated,
         );
     };
     (@tests $make:path, #[$test:meta]; $($check:ident),* $(,)?) => {
@@ -106,6 +108,9 @@ fn fresh() -> String {
 }
 
 pub const SAGA: &str = "CreateOrder";
+
+/// The deadline of every scenario's saga as a whole.
+pub const SAGA_DEADLINE: Duration = Duration::from_secs(3600);
 
 pub fn definition(saga_type: &str, topics: &Topics) -> SagaDefinition<OrderData> {
     let (credit, stock, notify) = (
@@ -170,6 +175,8 @@ pub fn definition(saga_type: &str, topics: &Topics) -> SagaDefinition<OrderData>
                 },
             )
         }))
+        // Far beyond any scenario; `a_saga_past_its_own_deadline_…` fires it by hand.
+        .with_deadline(SAGA_DEADLINE)
         .build()
 }
 
@@ -777,7 +784,16 @@ pub async fn a_deadline_that_fires_after_the_saga_completed_is_ignored(fixture: 
         .start(sys.order("c1", 30, "sku1", json!(4)))
         .await
         .expect("start");
-    let pending = sys.orchestrator.deadlines(10).await.expect("deadlines");
+    let stored = sys.orchestrator.deadlines(10).await.expect("deadlines");
+    assert_eq!(
+        stored.iter().filter(|d| d.what == AwaitKind::Saga).count(),
+        1,
+        "the saga's own deadline: {stored:#?}"
+    );
+    let pending: Vec<_> = stored
+        .into_iter()
+        .filter(|d| d.what == AwaitKind::Reply)
+        .collect();
     assert_eq!(pending.len(), 1, "{pending:#?}");
     assert_eq!(pending[0].saga_id, id);
     sys.run_orchestrator();
@@ -1128,6 +1144,64 @@ pub async fn operator_requests_written_elsewhere_are_performed_by_the_running_or
     assert!(
         admin.request_retry(&id).await.is_err(),
         "nothing to retry once compensated"
+    );
+    sys.stop().await;
+}
+
+pub async fn a_saga_past_its_own_deadline_before_the_pivot_is_compensated(fixture: Fixture) {
+    let mut sys = System::new(fixture).await;
+    let id = a_saga_waiting_for_its_first_reply(&sys).await;
+    allow_the_release(&sys).await;
+    let started = sys.instance(&id).await;
+    let pending = sys.orchestrator.deadlines(10).await.expect("deadlines");
+    let whole: Vec<_> = pending
+        .iter()
+        .filter(|d| d.what == AwaitKind::Saga)
+        .cloned()
+        .collect();
+    assert_eq!(whole.len(), 1, "stored with the saga: {pending:?}");
+    assert_eq!(
+        whole[0].due - started.started_at,
+        chrono::Duration::from_std(SAGA_DEADLINE).unwrap(),
+        "counted from the start"
+    );
+    // What the deadline runner does when it is due (an hour is not waited for here).
+    let fired = sys
+        .orchestrator
+        .fire_deadline(&whole[0])
+        .await
+        .expect("fire");
+    assert_eq!(fired, DeadlineOutcome::Fired);
+    let compensating = sys.instance(&id).await;
+    assert_eq!(
+        compensating.state,
+        SagaState::Compensating,
+        "{compensating:#?}"
+    );
+    assert_eq!(count(&compensating, "saga deadline passed"), 1);
+    assert!(compensating.saga_deadline.is_none());
+    sys.run_orchestrator();
+    let done = sys.wait_final(&id).await;
+    assert_eq!(done.state, SagaState::Compensated, "{done:#?}");
+    assert_eq!(
+        sys.participant_value("credit", "c1").await,
+        Some(100),
+        "the reserved credit was released"
+    );
+    // Fired again (a second runner that read it before the first deleted it): ignored.
+    let again = sys
+        .orchestrator
+        .fire_deadline(&whole[0])
+        .await
+        .expect("fire");
+    assert_eq!(again, DeadlineOutcome::Ignored);
+    assert!(
+        sys.orchestrator
+            .deadlines(10)
+            .await
+            .expect("read")
+            .is_empty(),
+        "nothing left to fire"
     );
     sys.stop().await;
 }
