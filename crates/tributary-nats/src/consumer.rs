@@ -543,8 +543,7 @@ impl PartitionConsumer for NatsPartitionConsumer {
         }
         let info = self.own_info().await?;
         Ok(Some(
-            info.num_pending
-                .saturating_add(info.num_ack_pending.max(0) as u64),
+            info.num_pending.saturating_add(info.num_ack_pending as u64),
         ))
     }
 }

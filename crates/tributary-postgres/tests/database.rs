@@ -934,8 +934,12 @@ async fn reading_order_queries_walk_the_index_instead_of_sorting() {
         let sql = sql.replace("__SCHEMA__", &format!("\"{}\"", pg.schema()));
         let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
         let query = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(explain));
+        // A batch well below the rows past the cursor, as a relay behind a backlog reads: the
+        // case the sort made slow. (With a batch as large as the planner's estimate of what
+        // is left, a bitmap scan plus a sort of those few rows can cost less, and the planner
+        // may rightly pick it: under load it did, once in nine stress rounds.)
         let query = if takes_cursor {
-            query.bind(0i64).bind(0i32).bind(1000i64)
+            query.bind(0i64).bind(0i32).bind(100i64)
         } else {
             query
         };

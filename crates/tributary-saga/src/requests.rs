@@ -56,30 +56,6 @@ impl SagaRequest {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refused_cancel_keeps_both_reasons_through_storage() {
-        let request = SagaRequest {
-            saga_id: "s-1".parse().unwrap(),
-            saga_type: "T".into(),
-            requested_at: Utc::now(),
-            action: SagaAction::Cancel {
-                reason: "customer called".into(),
-            },
-            state: RequestState::Refused {
-                at: Utc::now(),
-                reason: "past the pivot".into(),
-            },
-        };
-        let stored = serde_json::to_string(&request).unwrap();
-        let read: SagaRequest = serde_json::from_str(&stored).unwrap();
-        assert_eq!(read, request);
-    }
-}
-
 /// Records `action` for saga `id`, for its orchestrator to perform.
 ///
 /// # Errors
@@ -165,4 +141,28 @@ pub(crate) async fn record(
     };
     unit.put_as(SAGA_REQUESTS, request.saga_id.as_str(), &done)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_cancel_keeps_both_reasons_through_storage() {
+        let request = SagaRequest {
+            saga_id: "s-1".parse().unwrap(),
+            saga_type: "T".into(),
+            requested_at: Utc::now(),
+            action: SagaAction::Cancel {
+                reason: "customer called".into(),
+            },
+            state: RequestState::Refused {
+                at: Utc::now(),
+                reason: "past the pivot".into(),
+            },
+        };
+        let stored = serde_json::to_string(&request).unwrap();
+        let read: SagaRequest = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, request);
+    }
 }
