@@ -333,8 +333,9 @@ enum AdminCommand {
     /// Dead letters of the application's consumer groups.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// Rebuilds the order-history view from the broker's retained log. Run it while the
-    /// history service is stopped; the view fills up again when it starts.
+    /// Rebuilds the order-history view from the broker's retained log. Refused while the
+    /// history service runs anywhere (its consumers hold their group's lock); the view fills
+    /// up again when the service starts.
     RebuildHistory,
     /// Accepts the loss of a service's vanished SQLite database: its next start creates it
     /// again, empty, instead of being refused.
