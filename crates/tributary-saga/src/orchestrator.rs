@@ -260,19 +260,10 @@ impl<D: SagaData> Orchestrator<D> {
     /// [`Error::InvalidInput`] for an unknown saga, or one that finished, already compensates
     /// or is at or past its pivot; storage errors.
     pub async fn cancel(&self, id: &SagaId, reason: &str) -> Result<()> {
-        let (engine, id, reason) = (self.engine.clone(), id.clone(), reason.to_owned());
-        self.db
-            .transact(move |unit| {
-                Box::pin(async move {
-                    let (mut inst, mut data) = engine
-                        .load(unit, &id)
-                        .await?
-                        .ok_or_else(|| Error::invalid(format!("no saga {id}")))?;
-                    engine.cancel(unit, &mut inst, &mut data, &reason).await?;
-                    engine.save(unit, &mut inst, &data).await
-                })
-            })
-            .await
+        let action = SagaAction::Cancel {
+            reason: reason.to_owned(),
+        };
+        self.operate(id, action).await
     }
 
     /// Runs the current step or compensation of saga `id` again now (an operator's action,
@@ -282,17 +273,15 @@ impl<D: SagaData> Orchestrator<D> {
     /// [`Error::InvalidInput`] for an unknown saga or one that completed or was compensated;
     /// storage errors.
     pub async fn retry(&self, id: &SagaId) -> Result<()> {
+        self.operate(id, SagaAction::Retry).await
+    }
+
+    /// An operator's `action` on saga `id`, in a unit of its own.
+    async fn operate(&self, id: &SagaId, action: SagaAction) -> Result<()> {
         let (engine, id) = (self.engine.clone(), id.clone());
         self.db
             .transact(move |unit| {
-                Box::pin(async move {
-                    let (mut inst, mut data) = engine
-                        .load(unit, &id)
-                        .await?
-                        .ok_or_else(|| Error::invalid(format!("no saga {id}")))?;
-                    engine.retry(unit, &mut inst, &mut data).await?;
-                    engine.save(unit, &mut inst, &data).await
-                })
+                Box::pin(async move { operate(&engine, unit, &id, &action).await })
             })
             .await
     }
@@ -319,18 +308,7 @@ impl<D: SagaData> Orchestrator<D> {
                         if current.as_ref() != Some(&performed) {
                             return Ok(());
                         }
-                        let id = &performed.saga_id;
-                        let (mut inst, mut data) = engine
-                            .load(unit, id)
-                            .await?
-                            .ok_or_else(|| Error::invalid(format!("no saga {id}")))?;
-                        match &performed.action {
-                            SagaAction::Cancel { reason } => {
-                                engine.cancel(unit, &mut inst, &mut data, reason).await?
-                            }
-                            SagaAction::Retry => engine.retry(unit, &mut inst, &mut data).await?,
-                        }
-                        engine.save(unit, &mut inst, &data).await?;
+                        operate(&engine, unit, &performed.saga_id, &performed.action).await?;
                         let at = engine.clock.now();
                         requests::record(unit, &performed, RequestState::Done { at }).await
                     })
@@ -457,6 +435,24 @@ impl<D: SagaData> Orchestrator<D> {
             }
         }
     }
+}
+
+/// Loads saga `id`, applies an operator's `action` and saves it, in `unit`.
+async fn operate<D: SagaData>(
+    engine: &Engine<D>,
+    unit: &mut dyn UnitOfWork,
+    id: &SagaId,
+    action: &SagaAction,
+) -> Result<()> {
+    let (mut inst, mut data) = engine
+        .load(unit, id)
+        .await?
+        .ok_or_else(|| Error::invalid(format!("no saga {id}")))?;
+    match action {
+        SagaAction::Cancel { reason } => engine.cancel(unit, &mut inst, &mut data, reason).await?,
+        SagaAction::Retry => engine.retry(unit, &mut inst, &mut data).await?,
+    }
+    engine.save(unit, &mut inst, &data).await
 }
 
 async fn start_in<D: SagaData>(
