@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tributary_core::{Broker, Error, EventId, OutgoingMessage, Partition, Topic};
 use tributary_nats::{NatsBroker, NatsBrokerConfig, NatsStorage};
-use tributary_testkit::broker::{fetch_n, fresh_group, fresh_topic};
+use tributary_testkit::broker::{fetch_answered, fetch_n, fresh_group, fresh_topic};
 
 fn message(topic: &Topic, key: &str, n: usize) -> OutgoingMessage {
     OutgoingMessage {
@@ -154,14 +154,13 @@ async fn messages_held_past_ack_wait_are_not_returned_twice_and_later_commits_co
 
     // The server redelivers the uncommitted messages to this instance after ack_wait.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let again = c.fetch(10, Duration::from_millis(500)).await.unwrap();
+    let again = fetch_answered(c.as_mut(), 10, Duration::from_millis(500)).await;
     assert!(again.is_empty(), "already fetched: {again:?}");
     c.commit(got[1].offset).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
-        c.fetch(10, Duration::from_millis(300))
+        fetch_answered(c.as_mut(), 10, Duration::from_millis(300))
             .await
-            .unwrap()
             .is_empty()
     );
     // An earlier commit used a newer delivery; this one must still move the floor.
@@ -176,7 +175,7 @@ async fn messages_held_past_ack_wait_are_not_returned_twice_and_later_commits_co
         rest.iter().all(|d| d.delivery_count >= 2),
         "delivered before: {rest:?}"
     );
-    let more = next.fetch(10, Duration::from_millis(300)).await.unwrap();
+    let more = fetch_answered(next.as_mut(), 10, Duration::from_millis(300)).await;
     assert!(more.is_empty(), "nothing else: {more:?}");
 }
 
@@ -224,7 +223,7 @@ async fn a_commit_past_the_last_fetched_offset_commits_only_what_was_fetched() {
     broker.publish(&sent).await.unwrap();
     let (group, p0) = (fresh_group(), Partition::new(0));
     let mut c = broker.consume(&group, &topic, p0).await.unwrap();
-    let got = c.fetch(2, Duration::from_secs(5)).await.unwrap();
+    let got = fetch_answered(c.as_mut(), 2, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 2);
     c.commit(tributary_core::Offset::new(u64::MAX))
         .await
@@ -254,12 +253,12 @@ async fn a_commit_after_a_newer_redelivery_was_acknowledged_still_moves_the_floo
     // skips them) before the next three do, so their newer deliveries carry higher delivery
     // sequences than the later messages' first deliveries. JetStream ignores an "ack all"
     // whose delivery sequence is below one it already processed.
-    let first = c.fetch(3, Duration::from_secs(5)).await.unwrap();
+    let first = fetch_answered(c.as_mut(), 3, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = c.fetch(3, Duration::from_secs(5)).await.unwrap();
+    let second = fetch_answered(c.as_mut(), 3, Duration::from_secs(5)).await;
     assert_eq!((first.len(), second.len()), (3, 3));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let skipped = c.fetch(3, Duration::from_millis(300)).await.unwrap();
+    let skipped = fetch_answered(c.as_mut(), 3, Duration::from_millis(300)).await;
     let seventh: Vec<_> = skipped.iter().map(|d| d.id).collect();
     assert!(seventh.len() <= 1, "only the 7th is new: {skipped:?}");
     c.commit(first[1].offset).await.unwrap();

@@ -82,6 +82,30 @@ fn message(topic: &Topic, key: &str, body: &str) -> OutgoingMessage {
     }
 }
 
+/// How long [`fetch_answered`] keeps retrying a broker that does not answer.
+const UNANSWERED_FOR: Duration = Duration::from_secs(30);
+
+/// One fetch that the broker answered. `Unavailable` is the broker contract's "try again" —
+/// a loaded server may not answer a pull request within the client's timeout — and the
+/// runtime's consumers retry it, so a check does too (printing each, for at most
+/// 30 s). Every other error fails the check.
+pub async fn fetch_answered(
+    consumer: &mut dyn PartitionConsumer,
+    max: usize,
+    wait: Duration,
+) -> Vec<Delivery> {
+    let give_up = Instant::now() + UNANSWERED_FOR;
+    loop {
+        match consumer.fetch(max, wait).await {
+            Ok(batch) => return batch,
+            Err(e @ Error::Unavailable { .. }) if Instant::now() < give_up => {
+                eprintln!("fetch unanswered, trying again: {e}");
+            }
+            Err(e) => panic!("fetch: {e:?}"),
+        }
+    }
+}
+
 /// Fetches from `consumer` until `n` messages arrived or `within` passed.
 pub async fn fetch_n(
     consumer: &mut dyn PartitionConsumer,
@@ -91,10 +115,7 @@ pub async fn fetch_n(
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     while got.len() < n && Instant::now() < deadline {
-        let batch = consumer
-            .fetch(n - got.len(), Duration::from_millis(200))
-            .await
-            .expect("fetch");
+        let batch = fetch_answered(consumer, n - got.len(), Duration::from_millis(200)).await;
         got.extend(batch);
     }
     got
@@ -123,10 +144,7 @@ async fn consume_all(
     while by_partition.values().map(Vec::len).sum::<usize>() < expected && Instant::now() < deadline
     {
         for (p, c) in consumers.iter_mut() {
-            let batch = c
-                .fetch(1000, Duration::from_millis(50))
-                .await
-                .expect("fetch");
+            let batch = fetch_answered(c.as_mut(), 1000, Duration::from_millis(50)).await;
             by_partition.entry(*p).or_default().extend(batch);
         }
     }
@@ -217,7 +235,7 @@ pub async fn a_new_consumer_resumes_after_the_committed_offset(broker: Arc<dyn B
     second.commit(again[5].offset).await.unwrap();
     drop(second);
     let mut third = broker.consume(&group, &topic, p0).await.unwrap();
-    let none = third.fetch(10, Duration::from_millis(300)).await.unwrap();
+    let none = fetch_answered(third.as_mut(), 10, Duration::from_millis(300)).await;
     assert!(
         none.is_empty(),
         "nothing after the last committed offset: {none:?}"
@@ -346,7 +364,7 @@ pub async fn fetch_waits_for_new_messages_and_returns_empty_when_none_come(
         .await
         .unwrap();
     let started = Instant::now();
-    let none = c.fetch(10, Duration::from_millis(300)).await.unwrap();
+    let none = fetch_answered(c.as_mut(), 10, Duration::from_millis(300)).await;
     assert!(none.is_empty());
     assert!(
         started.elapsed() >= Duration::from_millis(250),
