@@ -3,6 +3,7 @@
 pub mod binlog;
 pub mod capture;
 mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 mod replication;
 mod sql;

@@ -56,11 +56,37 @@ pub struct CdcArgs {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// Serves `/metrics` when asked to; on PostgreSQL also samples the slot's lag every 15 s
-/// (`tributary_cdc_slot_lag_bytes`), which costs one query on a connection of its own.
+/// How the process measures how many bytes of log its capture is behind.
+enum LagProbe {
+    /// WAL the PostgreSQL slot holds (`tributary_cdc_slot_lag_bytes`).
+    Slot(Box<CdcConfig>),
+    /// Binlog bytes after the stored position (`tributary_cdc_binlog_lag_bytes`).
+    Binlog(Box<tributary::cdc::BinlogConfig>),
+}
+
+impl LagProbe {
+    fn metric(&self) -> &'static str {
+        match self {
+            LagProbe::Slot(_) => "tributary_cdc_slot_lag_bytes",
+            LagProbe::Binlog(_) => "tributary_cdc_binlog_lag_bytes",
+        }
+    }
+
+    /// The lag now (`None`: the binlog capture never stored a position).
+    async fn bytes(&self) -> anyhow::Result<Option<u64>> {
+        Ok(match self {
+            LagProbe::Slot(config) => Some(slot_lag(config).await?.bytes),
+            LagProbe::Binlog(config) => tributary::cdc::binlog_lag(config).await?.bytes,
+        })
+    }
+}
+
+/// Serves `/metrics` when asked to, and samples the capture's lag every 15 s, which costs one
+/// or two queries on a connection of its own. (The capture itself records its confirmed
+/// position and the ages of its last confirmation and heartbeat.)
 async fn serve_metrics(
     args: &CdcArgs,
-    pg: Option<&CdcConfig>,
+    probe: LagProbe,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let Some(addr) = args.metrics_listen else {
@@ -69,14 +95,15 @@ async fn serve_metrics(
     let handle = crate::metrics_http::install()?;
     let stop = shutdown.clone();
     crate::metrics_http::serve_alone(addr, handle, async move { stop.cancelled().await }).await?;
-    if let Some(config) = pg.cloned() {
-        let gauge = metrics::gauge!("tributary_cdc_slot_lag_bytes", "slot" => args.slot.clone());
+    {
+        let gauge = metrics::gauge!(probe.metric(), "slot" => args.slot.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
-                match slot_lag(&config).await {
-                    Ok(lag) => gauge.set(lag.bytes as f64),
-                    Err(e) => tracing::debug!(error = %e, "measuring the slot's lag failed"),
+                match probe.bytes().await {
+                    Ok(Some(bytes)) => gauge.set(bytes as f64),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "measuring the capture's lag failed"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
@@ -175,7 +202,7 @@ pub async fn run(args: CdcArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
-    serve_metrics(&args, Some(&config), &shutdown).await?;
+    serve_metrics(&args, LagProbe::Slot(Box::new(config.clone())), &shutdown).await?;
     let broker = broker_url.connect().await?;
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -268,7 +295,12 @@ mod binlog {
             .parse()
             .map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
-        super::serve_metrics(&args, None, &shutdown).await?;
+        super::serve_metrics(
+            &args,
+            super::LagProbe::Binlog(Box::new(config.clone())),
+            &shutdown,
+        )
+        .await?;
         let broker = broker_url.connect().await?;
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -20,6 +20,7 @@ use super::position::BinlogPosition;
 use super::snapshot::Snapshot;
 use super::state::{self, ServerInfo, StateSql, Status};
 use super::stream::{self, ReadyBatch, Shared, StreamSettings, lock};
+use crate::metrics::CaptureMetrics;
 
 /// A binlog capture as a relay source: [`read_batch`](RelaySource::read_batch) hands out
 /// batches of whole committed transactions that a task decoded ahead (see the module doc),
@@ -48,6 +49,7 @@ struct Inner {
     lease_epoch: AtomicU64,
     lease_held: AtomicBool,
     progress: StdMutex<Progress>,
+    metrics: StdMutex<CaptureMetrics>,
     fatal: StdMutex<Option<BinlogError>>,
     stop: CancellationToken,
     commits: watch::Sender<u64>,
@@ -133,6 +135,7 @@ impl BinlogSource {
         }
         let state = StateSql::new(&state_database, &config.capture);
         let (commits, _) = watch::channel(0);
+        let metrics = CaptureMetrics::new(&config.capture);
         Ok(BinlogSource {
             inner: Arc::new(Inner {
                 name: format!("cdc:{}", config.capture),
@@ -144,6 +147,7 @@ impl BinlogSource {
                 lease_epoch: AtomicU64::new(0),
                 lease_held: AtomicBool::new(false),
                 progress: StdMutex::new(Progress::default()),
+                metrics: StdMutex::new(metrics),
                 fatal: StdMutex::new(None),
                 stop: CancellationToken::new(),
                 commits,
@@ -557,6 +561,7 @@ impl BinlogSource {
         let conn = control.as_mut().ok_or_else(lease_lost)?;
         self.inner.state.store(conn, position).await?;
         lock(&self.inner.progress).stored = Some((ordinal, position.clone()));
+        lock(&self.inner.metrics).confirmed(None);
         Ok(())
     }
 
@@ -761,6 +766,7 @@ async fn keep_lease(inner: Weak<Inner>, epoch: u64) {
                 if newer {
                     inner.state.store(conn, position).await?;
                     lock(&inner.progress).stored = Some((*ordinal, position.clone()));
+                    lock(&inner.metrics).confirmed(None);
                 }
                 Ok(())
             } else {
@@ -771,6 +777,7 @@ async fn keep_lease(inner: Weak<Inner>, epoch: u64) {
         if beat {
             last_beat = Instant::now();
         }
+        lock(&inner.metrics).sample();
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(error)) if !error.is_retryable() => {

@@ -34,6 +34,9 @@ pub(crate) enum Step {
     /// it may be confirmed at once if no batch is in flight (an empty transaction, a
     /// heartbeat).
     Idle(Lsn),
+    /// A capture's heartbeat came through the stream: a position like `Idle`, and the sign
+    /// that the stream flows end to end.
+    Heartbeat(Lsn),
 }
 
 /// A batch taken out of the assembler.
@@ -151,7 +154,7 @@ impl Assembler {
                 // Outside any transaction: written even if the writer's transaction rolls
                 // back, so never published (no phantoms). Ours mark progress.
                 if logical.prefix == HEARTBEAT_PREFIX {
-                    return Ok(Step::Idle(logical.lsn));
+                    return Ok(Step::Heartbeat(logical.lsn));
                 }
                 tracing::debug!(
                     prefix = logical.prefix,

@@ -26,6 +26,8 @@ pub(crate) struct Hooks {
     /// Given a position that covers nothing unpublished, records and returns what may be
     /// confirmed of it (bounded by the slot record's limit), if anything new.
     pub(crate) idle: Box<dyn Fn(Lsn) -> Option<Lsn> + Send + Sync>,
+    /// A heartbeat came back through the stream (for the metrics).
+    pub(crate) heartbeat: Box<dyn Fn() + Send + Sync>,
     /// A stream error as the capture's error.
     pub(crate) stream_error: Box<dyn Fn(ReplicationError) -> CdcError + Send + Sync>,
 }
@@ -207,8 +209,11 @@ async fn run(
                 .map_err(CdcError::from)
                 .and_then(|message| assembler.apply(&message, &decoder, &mapper)),
         };
+        if let Ok(Step::Heartbeat(_)) = step {
+            (hooks.heartbeat)();
+        }
         match step {
-            Ok(Step::Idle(position))
+            Ok(Step::Idle(position) | Step::Heartbeat(position))
                 if assembler.is_idle() && in_flight.load(Ordering::SeqCst) == 0 =>
             {
                 if let Some(target) = (hooks.idle)(position) {

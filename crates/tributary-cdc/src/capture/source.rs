@@ -21,6 +21,7 @@ use super::pipeline::{Hooks, Pipeline};
 use super::snapshot::SnapshotReader;
 use super::state::{self, SlotStatus, StateSql};
 use crate::lsn::Lsn;
+use crate::metrics::CaptureMetrics;
 use crate::pgoutput::PgTimestamp;
 use crate::replication::{
     ReplicationConnection, ReplicationError, SnapshotAction, StartReplication,
@@ -61,6 +62,7 @@ struct Inner {
     lease_epoch: AtomicU64,
     lease_held: AtomicBool,
     progress: StdMutex<Progress>,
+    metrics: StdMutex<CaptureMetrics>,
     /// The error that stopped the capture.
     fatal: StdMutex<Option<CdcError>>,
     stop: CancellationToken,
@@ -139,6 +141,7 @@ impl CdcSource {
         validate(&config)?;
         let state = StateSql::new(&config.state_schema, &config.slot);
         let (commits, _) = watch::channel(0);
+        let metrics = CaptureMetrics::new(config.slot.as_str());
         Ok(CdcSource {
             inner: Arc::new(Inner {
                 name: format!("cdc:{}", config.slot),
@@ -149,6 +152,7 @@ impl CdcSource {
                 lease_epoch: AtomicU64::new(0),
                 lease_held: AtomicBool::new(false),
                 progress: StdMutex::new(Progress::default()),
+                metrics: StdMutex::new(metrics),
                 fatal: StdMutex::new(None),
                 stop: CancellationToken::new(),
                 commits,
@@ -331,6 +335,7 @@ impl CdcSource {
     /// unpublished) as far as the recorded limit allows, and the errors of the stream.
     fn hooks(&self) -> Hooks {
         let (confirmed, idle) = (Arc::downgrade(&self.inner), Arc::downgrade(&self.inner));
+        let heartbeat = Arc::downgrade(&self.inner);
         let slot = self.inner.config.slot.to_string();
         let errors = Arc::downgrade(&self.inner);
         Hooks {
@@ -345,8 +350,14 @@ impl CdcSource {
                 let target = position.min(progress.limit);
                 (target > progress.confirmed).then(|| {
                     progress.confirmed = target;
+                    lock(&inner.metrics).confirmed(Some(target.as_u64()));
                     target
                 })
+            }),
+            heartbeat: Box::new(move || {
+                if let Some(inner) = heartbeat.upgrade() {
+                    lock(&inner.metrics).heartbeat_seen();
+                }
             }),
             stream_error: Box::new(move |error| {
                 let confirmed = errors
@@ -592,6 +603,7 @@ impl CdcSource {
                     pipeline.confirmer.confirm(through);
                     let mut progress = lock(&self.inner.progress);
                     progress.confirmed = progress.confirmed.max(through);
+                    lock(&self.inner.metrics).confirmed(Some(progress.confirmed.as_u64()));
                     if let Some(time) = commit_time.and_then(PgTimestamp::to_utc) {
                         progress.last_confirmed_commit = Some(time);
                     }
@@ -807,6 +819,7 @@ async fn keep_lease(inner: Weak<Inner>, epoch: u64) {
             }
         })
         .await;
+        lock(&inner.metrics).sample();
         match outcome {
             Ok(Ok(limit)) => {
                 if beat {

@@ -223,7 +223,7 @@ fn empty_transactions_and_heartbeats_are_positions_to_confirm_when_idle() {
         prefix: super::HEARTBEAT_PREFIX.into(),
         content: b"slot".to_vec(),
     });
-    assert_eq!(h.feed(&[heartbeat]), [Step::Idle(Lsn::new(3100))]);
+    assert_eq!(h.feed(&[heartbeat]), [Step::Heartbeat(Lsn::new(3100))]);
     assert!(h.assembler.is_idle());
     assert!(h.assembler.take(10, Lsn::ZERO).is_none());
 }
