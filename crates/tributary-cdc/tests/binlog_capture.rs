@@ -37,6 +37,17 @@ async fn table_changes_are_published_whole_in_commit_order_with_the_same_ids_aft
         .clone()
         .with_tables(TableCapture::only(vec![base.table("orders")]))
         .with_batch_size(3);
+    // Before any capture ran, the lag reads nothing and creates nothing.
+    let before = tributary_cdc::binlog_lag(&cfg).await?;
+    ensure!(
+        before.stored.is_none() && before.bytes.is_none(),
+        "{before:?}"
+    );
+    ensure!(
+        db.sql("SHOW TABLES LIKE 'tributary_cdc_binlog'")?
+            .is_empty(),
+        "the lag created the state table"
+    );
     let running = Running::start(cfg.clone(), broker.clone())?;
     wait_streaming(|q| db.sql(q)).await?;
     db.sql(

@@ -866,33 +866,50 @@ pub struct BinlogLag {
     pub stored_at: Option<String>,
 }
 
-/// Reads a capture's lag from the server.
+/// Reads a capture's lag from the server. Reads only: where no capture ever ran (no state
+/// table), nothing is created and nothing is stored.
 ///
 /// # Errors
 ///
 /// Connection failures.
 pub async fn binlog_lag(config: &BinlogConfig) -> Result<BinlogLag> {
+    use mysql_async::prelude::Queryable;
     let source = BinlogSource::new(config.clone())?;
     let mut conn = state::connect(&config.url).await?;
     let server = ServerInfo::read(&mut conn).await?;
     let current = server.current(&mut conn).await?;
-    source.inner.state.ensure_table(&mut conn).await?;
-    let stored = source
-        .inner
-        .state
-        .load(&mut conn)
-        .await?
-        .map(|r| r.position);
-    let files = state::binlog_files(&mut conn).await?;
+    let database = &source.inner.state_database;
     let sql = format!(
-        "SELECT CAST(updated_at AS CHAR) FROM {}.{} WHERE capture = {}",
-        state::ident(&source.inner.state_database),
-        state::ident(super::mapping::STATE_TABLE),
-        state::literal(&config.capture)
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+        state::literal(database),
+        state::literal(super::mapping::STATE_TABLE)
     );
-    let stored_at: Option<String> = mysql_async::prelude::Queryable::query_first(&mut conn, &sql)
+    let tables: Option<u64> = conn
+        .query_first(&sql)
         .await
         .map_err(|e| BinlogError::driver(&sql, e))?;
+    let (stored, stored_at) = if tables.unwrap_or(0) == 0 {
+        (None, None)
+    } else {
+        let stored = source
+            .inner
+            .state
+            .load(&mut conn)
+            .await?
+            .map(|r| r.position);
+        let sql = format!(
+            "SELECT CAST(updated_at AS CHAR) FROM {}.{} WHERE capture = {}",
+            state::ident(database),
+            state::ident(super::mapping::STATE_TABLE),
+            state::literal(&config.capture)
+        );
+        let stored_at: Option<String> = conn
+            .query_first(&sql)
+            .await
+            .map_err(|e| BinlogError::driver(&sql, e))?;
+        (stored, stored_at)
+    };
+    let files = state::binlog_files(&mut conn).await?;
     disconnect(conn).await;
     let bytes = stored.as_ref().and_then(|s| {
         let start = files.iter().position(|(f, _)| f == &s.file)?;
