@@ -337,8 +337,8 @@ enum AdminCommand {
     /// history service runs anywhere (its consumers hold their group's lock); the view fills
     /// up again when the service starts.
     RebuildHistory,
-    /// Accepts the loss of a service's vanished SQLite database: its next start creates it
-    /// again, empty, instead of being refused.
+    /// Accepts the loss of a service's vanished database (SQLite file or PostgreSQL schema):
+    /// its next start creates it again, empty, instead of being refused.
     ForgetService {
         /// customer, order or history.
         service: String,
@@ -391,7 +391,7 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::RebuildHistory => vec![ServiceName::History],
         // Works on the deployment's record alone: the service's database is gone.
         AdminCommand::ForgetService { service } => {
-            return forget_service(&resolved.db, service_arg(service)?);
+            return forget_service(&resolved.db, service_arg(service)?).await;
         }
         AdminCommand::DeadLetters(DeadLetterCommand::List { service: None, .. }) => {
             ServiceName::ALL.to_vec()
@@ -449,20 +449,14 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `admin forget-service`: takes `service` off the record of an embedded deployment.
-fn forget_service(db: &DbUrl, service: ServiceName) -> anyhow::Result<()> {
-    let DbUrl::Sqlite(dir) = db else {
-        anyhow::bail!("forget-service is for embedded deployments (sqlite://DIR or --data-dir)");
-    };
-    let record = system::DeploymentRecord::in_dir(dir);
+/// `admin forget-service`: takes `service` off the deployment's record.
+async fn forget_service(db: &DbUrl, service: ServiceName) -> anyhow::Result<()> {
+    let record = system::DeploymentRecord::of(db);
     anyhow::ensure!(
-        record.remove(service)?,
+        record.remove(service).await?,
         "{} does not list the {service} service: nothing to forget",
-        record.path().display()
+        record.describe()
     );
-    println!(
-        "forgot the {service} service of {}: its next start creates an empty database",
-        dir.display()
-    );
+    println!("forgot the {service} service of {db}: its next start creates an empty database");
     Ok(())
 }

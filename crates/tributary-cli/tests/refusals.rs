@@ -465,3 +465,139 @@ async fn a_service_database_that_vanished_is_refused_until_its_loss_is_accepted(
             .is_empty()
     );
 }
+
+/// Drops every schema whose name starts with `prefix` (the test's own), also when it fails.
+struct DropSchemas {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for DropSchemas {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        // Async I/O, and this may run inside a runtime: a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .ok()?;
+                let schemas: Vec<String> = sqlx::query_scalar(
+                    "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)",
+                )
+                .bind(&prefix)
+                .fetch_all(&mut conn)
+                .await
+                .ok()?;
+                for schema in schemas {
+                    let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_postgres_service_schema_is_refused_until_its_loss_is_accepted() {
+    use customers_and_orders::system::{Backends, BrokerUrl, DbUrl, ServiceName, Services};
+    let pg = postgres_url();
+    if !reachable(&pg) {
+        return skip(
+            "vanished schema on PostgreSQL",
+            "PostgreSQL is not reachable",
+        )
+        .unwrap_or(());
+    }
+    let prefix = format!(
+        "vanish_{}_",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let _cleanup = DropSchemas {
+        url: pg.clone(),
+        prefix: prefix.clone(),
+    };
+    let db_arg = format!("{pg}?schema_prefix={prefix}");
+    let db: DbUrl = db_arg.parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerUrl::Embedded {
+        dir: dir.path().to_owned(),
+    };
+    {
+        let backends = Backends::connect(&db, &broker, &ServiceName::ALL)
+            .await
+            .unwrap();
+        Services::new(&backends)
+            .customers()
+            .unwrap()
+            .create("Vanishing".into(), 1_000)
+            .await
+            .unwrap();
+    }
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{prefix}customers\" CASCADE"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let broker_arg = format!("embedded://{}", dir.path().display());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = tributary(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--db",
+            &db_arg,
+            "--broker",
+            &broker_arg,
+        ],
+        WITHIN,
+    );
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains(&format!("{prefix}customers"))
+            && message.contains(&format!("{prefix}deployment"))
+            && message.contains("forget-service customers"),
+        "names the schema, the record and the command that accepts the loss: {message}"
+    );
+    let schemas: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+            .bind(format!("{prefix}customers"))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(schemas.is_empty(), "not re-created");
+    let forget = ["admin", "--db", &db_arg, "forget-service", "customers"];
+    let forgot = tributary(&forget, WITHIN);
+    assert!(forgot.status.success(), "{}", stderr(&forgot));
+    let again = tributary(&forget, WITHIN);
+    assert!(
+        !again.status.success(),
+        "forgetting twice says there is nothing to forget"
+    );
+    // Accepted: the service starts on an empty schema.
+    let backends = Backends::connect(&db, &broker, &ServiceName::ALL)
+        .await
+        .unwrap();
+    assert!(
+        Services::new(&backends)
+            .customers()
+            .unwrap()
+            .all()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -86,6 +86,19 @@ impl DbUrl {
     }
 }
 
+impl DbUrl {
+    /// How a command line names this deployment (a password shown as `***`).
+    pub fn as_admin_args(&self) -> String {
+        match self {
+            DbUrl::Sqlite(dir) => format!("--data-dir {}", dir.display()),
+            DbUrl::Postgres { url, schema_prefix } => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("--db '{}{sep}schema_prefix={schema_prefix}'", redact(url))
+            }
+        }
+    }
+}
+
 impl FromStr for DbUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -173,8 +186,8 @@ impl Backends {
     /// Connects to the databases of `services` and to the broker, creating what is missing.
     /// Every file or schema is checked before any is opened: one that is refused (another
     /// application's SQLite file, a newer version) leaves every other as it was, and nothing
-    /// is created beside it. On SQLite, a service database that vanished (see
-    /// [`DeploymentRecord`]) is refused rather than created again empty.
+    /// is created beside it. A service database that vanished (see [`DeploymentRecord`]) is
+    /// refused rather than created again empty.
     ///
     /// # Errors
     /// When a server cannot be reached, a file or schema is not a Tributary database, or a
@@ -185,27 +198,20 @@ impl Backends {
         services: &[ServiceName],
     ) -> anyhow::Result<Self> {
         let found = inspect(db, broker, services).await?;
-        let record = match db {
-            DbUrl::Sqlite(dir) => Some((dir, DeploymentRecord::in_dir(dir))),
-            DbUrl::Postgres { .. } => None,
-        };
-        if let Some((dir, record)) = &record {
-            let held_data = record.services()?;
-            for (service, (what, found)) in services.iter().zip(&found) {
-                if *found == Found::Nothing && held_data.contains(service) {
-                    anyhow::bail!(
-                        "{what} is missing or empty, but the {service} service has run in this deployment ({} says so): its data is gone, and starting would create it again empty beside a broker and services that still refer to it. Restore the file from a backup, or accept the loss with `tributary admin --data-dir {} forget-service {service}`",
-                        record.path().display(),
-                        dir.display()
-                    );
-                }
+        let record = DeploymentRecord::of(db);
+        let held_data = record.services().await?;
+        for (service, (what, found)) in services.iter().zip(&found) {
+            if *found == Found::Nothing && held_data.contains(service) {
+                anyhow::bail!(
+                    "{what} is missing or empty, but the {service} service has run in this deployment ({} says so): its data is gone, and starting would create it again empty beside a broker and services that still refer to it. Restore it from a backup, or accept the loss with `tributary admin {} forget-service {service}`",
+                    record.describe(),
+                    db.as_admin_args()
+                );
             }
         }
         let backends = Self::open(db, broker, services).await?;
-        if let Some((_, record)) = &record {
-            for service in services {
-                record.add(*service)?;
-            }
+        for service in services {
+            record.add(*service).await?;
         }
         Ok(backends)
     }

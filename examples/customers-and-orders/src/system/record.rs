@@ -1,121 +1,212 @@
-//! What an embedded deployment remembers about itself: which services have run in it (their
-//! databases opened), so that a database that later vanishes (deleted, or emptied to 0 bytes) is refused
-//! instead of being created again empty while the broker and the other services still hold
-//! the history that referred to it.
+//! What a deployment remembers about itself: which services have run in it (their
+//! databases opened), so that a database that later vanishes (a SQLite file deleted or
+//! emptied to 0 bytes, a PostgreSQL schema dropped) is refused instead of being created again
+//! empty while the broker and the other services still hold the history that referred to it.
 //!
-//! The record is the file `DIR/services`, one service name per line, written atomically
-//! (a temporary file renamed over it) after a service's database was opened.
-//! `tributary admin forget-service NAME` takes a service off it, which accepts the loss.
+//! - Embedded (`sqlite://DIR`): the file `DIR/services`, one service name per line, written
+//!   atomically (a temporary file renamed over it).
+//! - PostgreSQL (`postgres://…?schema_prefix=P`): documents of the deployment's own schema
+//!   `Pdeployment` (a Tributary database, like a service's), one per service.
+//!
+//! A service is recorded after its database was opened. `tributary admin forget-service NAME`
+//! takes it off the record, which accepts the loss.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use tributary::{Database, DatabaseUrl, Found, Payload, redact};
 
-use super::ServiceName;
+use super::{DbUrl, ServiceName};
 
-/// The record of the deployment in `dir`.
-pub struct DeploymentRecord {
-    path: PathBuf,
+/// The record of a deployment.
+pub enum DeploymentRecord {
+    File { path: PathBuf },
+    Postgres { url: DatabaseUrl, shown: String },
 }
 
 const HEADER: &str = "# services that have run in this deployment: a database of one that vanished is refused; `tributary admin forget-service NAME` accepts its loss";
 
+/// The name of the PostgreSQL record's schema, after the deployment's prefix.
+const RECORD_SCHEMA: &str = "deployment";
+
+/// The collection of the PostgreSQL record: one document per service that ran.
+const SERVICES: &str = "services";
+
 impl DeploymentRecord {
     pub fn in_dir(dir: &Path) -> Self {
-        Self {
+        DeploymentRecord::File {
             path: dir.join("services"),
         }
     }
 
-    /// The services recorded; none when there is no record yet.
+    /// The record of the deployment whose databases are at `db`.
+    pub fn of(db: &DbUrl) -> Self {
+        match db {
+            DbUrl::Sqlite(dir) => Self::in_dir(dir),
+            DbUrl::Postgres { url, schema_prefix } => DeploymentRecord::Postgres {
+                url: db.for_service(RECORD_SCHEMA),
+                shown: format!(
+                    "the schema {schema_prefix}{RECORD_SCHEMA} on {}",
+                    redact(url)
+                ),
+            },
+        }
+    }
+
+    /// Where the record is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            DeploymentRecord::File { path } => path.display().to_string(),
+            DeploymentRecord::Postgres { shown, .. } => shown.clone(),
+        }
+    }
+
+    /// The services recorded; none when there is no record yet (reading creates nothing).
     ///
     /// # Errors
     /// When the record exists but cannot be read or names an unknown service.
-    pub fn services(&self) -> anyhow::Result<Vec<ServiceName>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
-        };
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| {
-                l.parse::<ServiceName>()
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
-            })
-            .collect()
+    pub async fn services(&self) -> anyhow::Result<Vec<ServiceName>> {
+        match self {
+            DeploymentRecord::File { path } => {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("reading {}", path.display()));
+                    }
+                };
+                let names = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'));
+                names
+                    .map(|l| {
+                        l.parse::<ServiceName>()
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+                    })
+                    .collect()
+            }
+            DeploymentRecord::Postgres { url, shown } => {
+                let Some(db) = self.open_existing().await? else {
+                    return Ok(Vec::new());
+                };
+                let docs = db.list_documents(SERVICES, None, 64).await?;
+                docs.into_iter()
+                    .map(|(name, _)| {
+                        name.parse::<ServiceName>()
+                            .map_err(|e| anyhow::anyhow!("{shown} ({url}): {e}"))
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Records that `service` has run here (does nothing when it is recorded).
     ///
     /// # Errors
     /// When the record cannot be read or written.
-    pub fn add(&self, service: ServiceName) -> anyhow::Result<()> {
-        let mut services = self.services()?;
+    pub async fn add(&self, service: ServiceName) -> anyhow::Result<()> {
+        let mut services = self.services().await?;
         if services.contains(&service) {
             return Ok(());
         }
-        services.push(service);
-        self.write(&services)
+        match self {
+            DeploymentRecord::File { path } => {
+                services.push(service);
+                write_file(path, &services)
+            }
+            DeploymentRecord::Postgres { url, .. } => {
+                let db = url.connect().await?;
+                let recorded = Payload::from_value(&serde_json::json!({
+                    "recorded_at": chrono::Utc::now(),
+                }))?;
+                db.transact(move |unit| {
+                    Box::pin(async move { unit.put(SERVICES, service.as_str(), recorded).await })
+                })
+                .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Takes `service` off the record; returns whether it was on it.
     ///
     /// # Errors
     /// When the record cannot be read or written.
-    pub fn remove(&self, service: ServiceName) -> anyhow::Result<bool> {
-        let mut services = self.services()?;
-        let before = services.len();
-        services.retain(|s| *s != service);
-        if services.len() == before {
-            return Ok(false);
+    pub async fn remove(&self, service: ServiceName) -> anyhow::Result<bool> {
+        match self {
+            DeploymentRecord::File { path } => {
+                let mut services = self.services().await?;
+                let before = services.len();
+                services.retain(|s| *s != service);
+                if services.len() == before {
+                    return Ok(false);
+                }
+                write_file(path, &services)?;
+                Ok(true)
+            }
+            DeploymentRecord::Postgres { .. } => {
+                let Some(db) = self.open_existing().await? else {
+                    return Ok(false);
+                };
+                Ok(db
+                    .transact(move |unit| {
+                        Box::pin(async move { unit.delete(SERVICES, service.as_str()).await })
+                    })
+                    .await?)
+            }
         }
-        self.write(&services)?;
-        Ok(true)
     }
 
-    fn write(&self, services: &[ServiceName]) -> anyhow::Result<()> {
-        let mut text = format!("{HEADER}\n");
-        for s in services {
-            text.push_str(s.as_str());
-            text.push('\n');
+    /// The PostgreSQL record's database if it exists; nothing is created.
+    async fn open_existing(&self) -> anyhow::Result<Option<std::sync::Arc<dyn Database>>> {
+        let DeploymentRecord::Postgres { url, shown } = self else {
+            return Ok(None);
+        };
+        match url.inspect().await? {
+            Found::Nothing => Ok(None),
+            Found::Older => anyhow::bail!(
+                "{shown} has an older schema version; start a service of the deployment once to migrate it"
+            ),
+            _ => Ok(Some(url.connect().await?)),
         }
-        // Per process: services of one deployment may start side by side, each recording
-        // itself (the last rename wins, which at worst forgets a service: less protection,
-        // never a refusal).
-        let temporary = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, &self.path))
-            .with_context(|| format!("writing {}", self.path.display()))
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
+fn write_file(path: &Path, services: &[ServiceName]) -> anyhow::Result<()> {
+    let mut text = format!("{HEADER}\n");
+    for s in services {
+        text.push_str(s.as_str());
+        text.push('\n');
     }
+    // Per process: services of one deployment may start side by side, each recording itself
+    // (the last rename wins, which at worst forgets a service: less protection, never a
+    // refusal).
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn services_are_added_once_and_removed() -> anyhow::Result<()> {
+    #[tokio::test]
+    async fn services_are_added_once_and_removed() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let record = DeploymentRecord::in_dir(dir.path());
-        assert!(record.services()?.is_empty());
-        record.add(ServiceName::Orders)?;
-        record.add(ServiceName::Customers)?;
-        record.add(ServiceName::Orders)?;
+        assert!(record.services().await?.is_empty());
+        record.add(ServiceName::Orders).await?;
+        record.add(ServiceName::Customers).await?;
+        record.add(ServiceName::Orders).await?;
         assert_eq!(
-            record.services()?,
+            record.services().await?,
             vec![ServiceName::Orders, ServiceName::Customers]
         );
-        assert!(record.remove(ServiceName::Orders)?);
-        assert!(!record.remove(ServiceName::Orders)?);
-        assert_eq!(record.services()?, vec![ServiceName::Customers]);
+        assert!(record.remove(ServiceName::Orders).await?);
+        assert!(!record.remove(ServiceName::Orders).await?);
+        assert_eq!(record.services().await?, vec![ServiceName::Customers]);
         Ok(())
     }
 }
