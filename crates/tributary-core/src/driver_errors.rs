@@ -26,8 +26,10 @@ mod postgres {
         /// Classifies an sqlx error met while doing `what`. Serialization failures, deadlocks,
         /// lock timeouts, cancelled statements, lost connections, a server that is starting,
         /// stopping or out of connections are [`Error::Unavailable`] (retried); a value the
-        /// server cannot store (SQLSTATE class 22) is [`Error::InvalidInput`]; a row that cannot
-        /// be decoded is [`Error::Decode`]; the rest is [`Error::Storage`].
+        /// server cannot store (SQLSTATE class 22) or a row a constraint refuses (class 23: a
+        /// duplicate key, a missing foreign key, a failed check) is [`Error::InvalidInput`]
+        /// (the same unit fails the same way again); a row that cannot be decoded is
+        /// [`Error::Decode`]; the rest is [`Error::Storage`].
         pub fn from_sqlx(what: &str, e: sqlx_core::Error) -> Self {
             match &e {
                 sqlx_core::Error::Database(_) => {
@@ -48,6 +50,10 @@ mod postgres {
                         c if c.starts_with("22") => {
                             Error::invalid(format!("postgres refused a value while {what}: {e}"))
                         }
+                        // integrity constraint violations: unique, foreign key, check, not null
+                        c if c.starts_with("23") => Error::invalid(format!(
+                            "postgres refused a row (a constraint) while {what}: {e}"
+                        )),
                         _ => Error::storage(format!("postgres failed while {what}"), e),
                     }
                 }
@@ -86,8 +92,10 @@ mod sqlite {
     impl Error {
         /// Classifies a rusqlite error met while doing `what`. A busy or locked database and
         /// I/O trouble (disk full, a failed read or write) are [`Error::Unavailable`]
-        /// (retried); a file that is not a database or is corrupted is a [`Error::Storage`]
-        /// problem that names it; the rest is [`Error::Storage`].
+        /// (retried); a value too big, or a row a constraint refuses (a duplicate key, a
+        /// missing foreign key, a failed check or NOT NULL) is [`Error::InvalidInput`]; a file
+        /// that is not a database or is corrupted is a [`Error::Storage`] problem that names
+        /// it; the rest is [`Error::Storage`].
         pub fn from_rusqlite(what: &str, e: rusqlite::Error) -> Self {
             match e.sqlite_error_code() {
                 Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
@@ -99,6 +107,9 @@ mod sqlite {
                 Some(ErrorCode::TooBig) => {
                     Error::invalid(format!("sqlite refused a value while {what}: {e}"))
                 }
+                Some(ErrorCode::ConstraintViolation) => Error::invalid(format!(
+                    "sqlite refused a row (a constraint) while {what}: {e}"
+                )),
                 _ => Error::storage(format!("sqlite failed while {what}"), e),
             }
         }

@@ -1076,3 +1076,42 @@ async fn a_unit_that_only_writes_commits_its_documents_and_events_together_or_no
         Some(5)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_key_of_the_services_own_table_is_invalid_input_not_a_storage_problem() {
+    let Some((pg, _guard)) = common::database("postgres constraint").await else {
+        return;
+    };
+    let db: Arc<dyn Database> = Arc::new(pg);
+    db.transact(|unit| {
+        Box::pin(async move {
+            sqlx::query("CREATE TABLE accounts (id text PRIMARY KEY)")
+                .execute(unit.postgres()?.connection().await?)
+                .await?;
+            sqlx::query("INSERT INTO accounts VALUES ('a')")
+                .execute(unit.postgres()?.connection().await?)
+                .await?;
+            Ok::<_, Error>(())
+        })
+    })
+    .await
+    .unwrap();
+    let err = db
+        .transact(|unit| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO accounts VALUES ('a')")
+                    .execute(unit.postgres()?.connection().await?)
+                    .await?;
+                Ok::<_, Error>(())
+            })
+        })
+        .await
+        .unwrap_err();
+    // The same unit fails the same way again: not retried, and an application answers it
+    // as a refusal (a 4xx), not as a broken database.
+    assert!(
+        matches!(&err, Error::InvalidInput { reason } if reason.contains("constraint")),
+        "got {err:?}"
+    );
+    assert!(!err.is_retryable());
+}

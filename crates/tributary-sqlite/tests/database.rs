@@ -492,3 +492,32 @@ async fn errors_that_are_not_corruption_are_not_reported_as_damage() {
     assert!(failed.is_err());
     assert_eq!(db.damage(), None);
 }
+
+#[tokio::test]
+async fn a_duplicate_key_of_the_services_own_table_is_invalid_input_not_a_storage_problem() {
+    use tributary_core::Database;
+    use tributary_sqlite::SqliteUnitExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = open(&dir, "constraint.db");
+    make_table(&sqlite).await;
+    let db: Arc<dyn Database> = Arc::new(sqlite);
+    let insert = || {
+        db.transact(|unit| {
+            Box::pin(async move {
+                unit.sqlite()?
+                    .connection()
+                    .execute("INSERT INTO t (k, v) VALUES ('a', 1)", [])?;
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    insert().await.unwrap();
+    let err = insert().await.unwrap_err();
+    // The same unit fails the same way again: not retried, and an application answers it
+    // as a refusal (a 4xx), not as a broken database.
+    assert!(
+        matches!(&err, Error::InvalidInput { reason } if reason.contains("constraint")),
+        "got {err:?}"
+    );
+    assert!(!err.is_retryable());
+}
