@@ -22,6 +22,17 @@ impl DeadLetterId {
     }
 }
 
+impl std::str::FromStr for DeadLetterId {
+    type Err = crate::Error;
+
+    /// A dead letter's id as `Display` prints it (a decimal number), e.g. from a URL path.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        s.parse()
+            .map(Self)
+            .map_err(|_| crate::Error::invalid(format!("{s:?} is not a dead letter id")))
+    }
+}
+
 impl std::fmt::Display for DeadLetterId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -150,5 +161,19 @@ pub trait DeadLetterStore: Send + Sync {
 mod lossy_bytes {
     pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&String::from_utf8_lossy(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeadLetterId;
+
+    #[test]
+    fn an_id_parses_from_what_display_prints_and_nothing_else() {
+        let id = DeadLetterId::new(42);
+        assert_eq!(id.to_string().parse::<DeadLetterId>().unwrap(), id);
+        for bad in ["", "-1", "4x", "0x2a"] {
+            assert!(bad.parse::<DeadLetterId>().is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use tributary_core::{
 use crate::handler::Handler;
 
 /// What a replay did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReplayOutcome {
     /// Dead letters handled successfully, in order.
     pub replayed: Vec<DeadLetterId>,

@@ -2,8 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-/// The state of one component.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The state of one component; as JSON `{"state": "degraded", "reason": "…"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum HealthState {
     Starting,
     /// Working normally.
@@ -47,5 +48,23 @@ impl Health {
     /// Running or standing by.
     pub fn is_ok(&self) -> bool {
         matches!(self.get(), HealthState::Running | HealthState::Standby)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthState;
+
+    #[test]
+    fn a_state_is_json_with_its_reason() {
+        let json = |s: HealthState| serde_json::to_value(s).unwrap();
+        assert_eq!(
+            json(HealthState::Running),
+            serde_json::json!({"state": "running"})
+        );
+        assert_eq!(
+            json(HealthState::Degraded("broker down".into())),
+            serde_json::json!({"state": "degraded", "reason": "broker down"})
+        );
     }
 }

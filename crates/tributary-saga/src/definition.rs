@@ -275,7 +275,7 @@ pub struct SagaDefinition<D> {
     pub(crate) steps: Vec<DefinedStep<D>>,
     pub(crate) reply_topic: Topic,
     pub(crate) group: GroupName,
-    /// How long a saga may run in all (see [`SagaBuilder::with_deadline`]).
+    /// How long a saga may run in all (see [`SagaBuilder::with_saga_deadline`]).
     pub(crate) deadline: Option<std::time::Duration>,
 }
 
@@ -394,7 +394,7 @@ impl<D: SagaData, O> SagaBuilder<D, O> {
     /// still before its pivot when it passes is compensated, as an operator's cancel would;
     /// one at or past its pivot can only go forward, so the deadline is recorded in its
     /// timeline and nothing else changes. A saga that ends first cancels it.
-    pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
+    pub fn with_saga_deadline(mut self, deadline: std::time::Duration) -> Self {
         self.deadline = Some(deadline);
         self
     }

@@ -190,7 +190,7 @@ pub fn definition(
             )
         }))
         // Far beyond any scenario; `a_saga_past_its_own_deadline_…` fires it by hand.
-        .with_deadline(SAGA_DEADLINE)
+        .with_saga_deadline(SAGA_DEADLINE)
         .build()
 }
 
