@@ -40,6 +40,17 @@ fn run(program: &str, args: &[&str], within: Duration) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// Creates one customer through `backends`, so that the deployment holds data; the handles
+/// are closed when the caller drops `backends`.
+async fn create_a_customer(backends: &customers_and_orders::system::Backends) {
+    customers_and_orders::system::Services::new(backends)
+        .customers()
+        .unwrap()
+        .create("a customer".into(), 1_000)
+        .await
+        .unwrap();
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -192,16 +203,12 @@ async fn a_damaged_database_is_refused_at_start_naming_the_file() {
 async fn a_read_only_deployment_is_refused_at_start_naming_the_file() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    {
-        use customers_and_orders::system::{Backends, Services};
-        let services = Services::new(&Backends::embedded(dir.path()).await.unwrap());
-        services
-            .customers()
-            .unwrap()
-            .create("a customer".into(), 1_000)
+    create_a_customer(
+        &customers_and_orders::system::Backends::embedded(dir.path())
             .await
-            .unwrap();
-    }
+            .unwrap(),
+    )
+    .await;
     closed(&dir.path().join("customers.db"));
     let set_mode = |mode_dir: u32, mode_file: u32| {
         for e in std::fs::read_dir(dir.path()).unwrap() {
@@ -410,15 +417,7 @@ async fn admin_on_postgres_with_an_unknown_prefix_says_so_and_creates_no_schema(
 async fn a_service_database_that_vanished_is_refused_until_its_loss_is_accepted() {
     use customers_and_orders::system::{Backends, Services};
     let dir = tempfile::tempdir().unwrap();
-    {
-        let services = Services::new(&Backends::embedded(dir.path()).await.unwrap());
-        services
-            .customers()
-            .unwrap()
-            .create("Vanishing".into(), 1_000)
-            .await
-            .unwrap();
-    }
+    create_a_customer(&Backends::embedded(dir.path()).await.unwrap()).await;
     // Emptied to 0 bytes as a mistaken redirect or a broken copy leaves it.
     let customers = dir.path().join("customers.db");
     closed(&customers);
@@ -530,17 +529,12 @@ async fn a_dropped_postgres_service_schema_is_refused_until_its_loss_is_accepted
     let broker = BrokerUrl::Embedded {
         dir: dir.path().to_owned(),
     };
-    {
-        let backends = Backends::connect(&db, &broker, &ServiceName::ALL)
+    create_a_customer(
+        &Backends::connect(&db, &broker, &ServiceName::ALL)
             .await
-            .unwrap();
-        Services::new(&backends)
-            .customers()
-            .unwrap()
-            .create("Vanishing".into(), 1_000)
-            .await
-            .unwrap();
-    }
+            .unwrap(),
+    )
+    .await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg)
         .await
         .unwrap();
