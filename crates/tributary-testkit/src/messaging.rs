@@ -477,14 +477,21 @@ pub async fn a_standby_relay_takes_over_when_the_active_one_stops(f: &MessagingF
     first_task.await.unwrap().unwrap();
     let started = Instant::now();
     publish_numbered(&db, &topic, &keys(1), 2).await;
+    // The relay counts a batch after it recorded it published (the rows gone), so the test
+    // waits for both rather than reading the count the moment the outbox is empty.
     let took_over = eventually(WITHIN, || {
-        let db = db.clone();
-        async move { db.outbox_source().read_batch(10).await.unwrap().is_none() }
+        let (db, stats) = (db.clone(), second_stats.clone());
+        async move {
+            db.outbox_source().read_batch(10).await.unwrap().is_none()
+                && stats.published.load(Ordering::Relaxed) >= 2
+        }
     })
     .await;
-    assert!(took_over, "the standby took over and drained the outbox");
+    assert!(
+        took_over,
+        "the standby took over, published the new events and drained the outbox"
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(second_stats.published.load(Ordering::Relaxed) >= 2);
     second_stop.cancel();
     second_task.await.unwrap().unwrap();
 }
