@@ -1079,16 +1079,24 @@ async fn a_unit_that_only_writes_commits_its_documents_and_events_together_or_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_key_of_the_services_own_table_is_invalid_input_not_a_storage_problem() {
-    let Some((pg, _guard)) = common::database("postgres constraint").await else {
+    let config = common::config();
+    // The service's own table, in the test's schema (dropped with it).
+    let table = format!("\"{}\".accounts", config.schema);
+    let Some((pg, _guard)) = common::database_with("postgres constraint", config).await else {
         return;
     };
     let db: Arc<dyn Database> = Arc::new(pg);
-    db.transact(|unit| {
+    let (create, insert) = (
+        format!("CREATE TABLE {table} (id text PRIMARY KEY)"),
+        format!("INSERT INTO {table} VALUES ('a')"),
+    );
+    let first = insert.clone();
+    db.transact(move |unit| {
         Box::pin(async move {
-            sqlx::query("CREATE TABLE accounts (id text PRIMARY KEY)")
+            sqlx::raw_sql(sqlx::AssertSqlSafe(create))
                 .execute(unit.postgres()?.connection().await?)
                 .await?;
-            sqlx::query("INSERT INTO accounts VALUES ('a')")
+            sqlx::raw_sql(sqlx::AssertSqlSafe(first))
                 .execute(unit.postgres()?.connection().await?)
                 .await?;
             Ok::<_, Error>(())
@@ -1097,9 +1105,9 @@ async fn a_duplicate_key_of_the_services_own_table_is_invalid_input_not_a_storag
     .await
     .unwrap();
     let err = db
-        .transact(|unit| {
+        .transact(move |unit| {
             Box::pin(async move {
-                sqlx::query("INSERT INTO accounts VALUES ('a')")
+                sqlx::raw_sql(sqlx::AssertSqlSafe(insert))
                     .execute(unit.postgres()?.connection().await?)
                     .await?;
                 Ok::<_, Error>(())
