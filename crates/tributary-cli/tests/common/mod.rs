@@ -38,16 +38,40 @@ pub struct Deployment {
 /// A child process killed with SIGKILL when dropped.
 pub struct Worker(Child);
 
+/// Where this test process's workers write their stderr (appended, one header per start), so
+/// that a failed check can show what the workers said.
+pub fn worker_log() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "tributary-fault-workers-{}.log",
+        std::process::id()
+    ))
+}
+
+/// The last `lines` lines the workers wrote, for a failure message.
+pub fn worker_log_tail(lines: usize) -> String {
+    let text = std::fs::read_to_string(worker_log()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl Worker {
     pub fn start(role: &str, d: &Deployment, naive: bool) -> Self {
+        use std::io::Write;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
         cmd.args(["fault-test", role]).args(&d.worker_args);
         if naive {
             cmd.arg("--naive");
         }
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(worker_log())
+            .expect("the workers' log opens");
+        let _ = writeln!(log, "== {role} {:?}", d.worker_args);
         let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
+            .env("RUST_LOG", "warn,tributary_nats=info")
             .spawn()
             .expect("the tributary binary starts");
         Self(child)
@@ -175,6 +199,13 @@ pub async fn kill_loop(
     assert!(units > 100, "the producer kept writing ({units} units)");
     let recovering = Worker::start(victim, d, naive);
     let report = quiesce(d, Duration::from_secs(if naive { 10 } else { 120 })).await;
+    if !naive && !report.is_clean() {
+        eprintln!(
+            "the workers' last words ({}):\n{}",
+            worker_log().display(),
+            worker_log_tail(60)
+        );
+    }
     drop(recovering);
     drop(steady_worker);
     report
