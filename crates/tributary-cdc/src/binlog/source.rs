@@ -55,6 +55,14 @@ struct Inner {
     commits: watch::Sender<u64>,
 }
 
+impl Inner {
+    /// `position` (reached at stream `ordinal`) is in the state row now.
+    fn stored(&self, ordinal: u64, position: &BinlogPosition) {
+        lock(&self.progress).stored = Some((ordinal, position.clone()));
+        lock(&self.metrics).confirmed(None);
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Progress {
     /// The position stored last, with its stream ordinal (0: stored before this stream).
@@ -560,8 +568,7 @@ impl BinlogSource {
         let mut control = self.inner.control.lock().await;
         let conn = control.as_mut().ok_or_else(lease_lost)?;
         self.inner.state.store(conn, position).await?;
-        lock(&self.inner.progress).stored = Some((ordinal, position.clone()));
-        lock(&self.inner.metrics).confirmed(None);
+        self.inner.stored(ordinal, position);
         Ok(())
     }
 
@@ -765,8 +772,7 @@ async fn keep_lease(inner: Weak<Inner>, epoch: u64) {
                     .is_none_or(|(o, p)| ordinal > o && p != position);
                 if newer {
                     inner.state.store(conn, position).await?;
-                    lock(&inner.progress).stored = Some((*ordinal, position.clone()));
-                    lock(&inner.metrics).confirmed(None);
+                    inner.stored(*ordinal, position);
                 }
                 Ok(())
             } else {

@@ -210,9 +210,7 @@ impl Backends {
             }
         }
         let backends = Self::open(db, broker, services).await?;
-        for service in services {
-            record.add(*service).await?;
-        }
+        record.add(services).await?;
         Ok(backends)
     }
 

@@ -101,27 +101,47 @@ impl DeploymentRecord {
         }
     }
 
-    /// Records that `service` has run here (does nothing when it is recorded).
+    /// Records that `services` have run here: one read and, if any is new, one write (on
+    /// PostgreSQL one connection, which creates the record's schema the first time).
     ///
     /// # Errors
     /// When the record cannot be read or written.
-    pub async fn add(&self, service: ServiceName) -> anyhow::Result<()> {
-        let mut services = self.services().await?;
-        if services.contains(&service) {
-            return Ok(());
-        }
+    pub async fn add(&self, services: &[ServiceName]) -> anyhow::Result<()> {
         match self {
             DeploymentRecord::File { path } => {
-                services.push(service);
-                write_file(path, &services)
+                let mut recorded = self.services().await?;
+                let before = recorded.len();
+                for service in services {
+                    if !recorded.contains(service) {
+                        recorded.push(*service);
+                    }
+                }
+                if recorded.len() == before {
+                    return Ok(());
+                }
+                write_file(path, &recorded)
             }
             DeploymentRecord::Postgres { url, .. } => {
                 let db = url.connect().await?;
-                let recorded = Payload::from_value(&serde_json::json!({
+                let recorded = db.list_documents(SERVICES, None, 64).await?;
+                let missing: Vec<ServiceName> = services
+                    .iter()
+                    .copied()
+                    .filter(|s| !recorded.iter().any(|(name, _)| name == s.as_str()))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                let at = Payload::from_value(&serde_json::json!({
                     "recorded_at": chrono::Utc::now(),
                 }))?;
                 db.transact(move |unit| {
-                    Box::pin(async move { unit.put(SERVICES, service.as_str(), recorded).await })
+                    Box::pin(async move {
+                        for service in missing {
+                            unit.put(SERVICES, service.as_str(), at.clone()).await?;
+                        }
+                        Ok::<_, tributary::Error>(())
+                    })
                 })
                 .await?;
                 Ok(())
@@ -197,9 +217,10 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let record = DeploymentRecord::in_dir(dir.path());
         assert!(record.services().await?.is_empty());
-        record.add(ServiceName::Orders).await?;
-        record.add(ServiceName::Customers).await?;
-        record.add(ServiceName::Orders).await?;
+        record.add(&[ServiceName::Orders]).await?;
+        record
+            .add(&[ServiceName::Customers, ServiceName::Orders])
+            .await?;
         assert_eq!(
             record.services().await?,
             vec![ServiceName::Orders, ServiceName::Customers]
