@@ -10,6 +10,28 @@ use tributary::sqlite::{SqliteBroker, SqliteBrokerConfig};
 use tributary::{Broker, GroupName, Partition, Topic};
 use tributary_testkit::servers::{nats_url, postgres_url, reachable, skip};
 
+/// What `sql` printed, or `None` if psql failed (e.g. the table does not exist yet).
+fn try_psql(url: &str, sql: &str) -> Option<String> {
+    let out = Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .expect("psql runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The last lines a child process wrote to its log, for a failure message.
+fn log_tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    format!(
+        "\n--- last lines of {} ---\n{}",
+        log.display(),
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    )
+}
+
 fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([url, "-Atqc", sql])
@@ -52,6 +74,7 @@ async fn the_cdc_command_publishes_table_changes_until_stopped() {
         ),
     );
     let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("cdc.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args([
             "cdc",
@@ -68,17 +91,29 @@ async fn the_cdc_command_publishes_table_changes_until_stopped() {
             "--create-publication",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("tributary cdc starts");
-    // Rows written once the slot exists are captured.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while psql(
+    // Rows committed once the capture streams are captured. Not "the slot is active": a slot
+    // is active while CREATE_REPLICATION_SLOT still waits for its consistent point, and a
+    // transaction that commits before that point is not in the stream (nor, without a
+    // snapshot, anywhere). The capture records `streaming` after the slot reached it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // (The record's table exists only once the capture has started: until then psql fails.)
+    while try_psql(
         &pg,
-        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
-    ) != "1"
+        &format!(
+            "SELECT status FROM public.tributary_cdc_slots WHERE slot_name = '{slot}'"
+        ),
+    )
+    .as_deref()
+        != Some("streaming")
     {
-        assert!(Instant::now() < deadline, "the capture never took its slot");
+        assert!(
+            Instant::now() < deadline,
+            "the capture never streamed: {}",
+            log_tail(&log)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     psql(
@@ -93,7 +128,7 @@ async fn the_cdc_command_publishes_table_changes_until_stopped() {
     let topic = Topic::new("items").unwrap();
     let group = GroupName::new("audit").unwrap();
     let mut types = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while types.len() < 52 && Instant::now() < deadline {
         for p in 0..broker.partitions(&topic).await.unwrap() {
             let mut c = broker
@@ -122,7 +157,8 @@ async fn the_cdc_command_publishes_table_changes_until_stopped() {
     assert_eq!(
         types.iter().filter(|t| *t == "items.inserted").count(),
         50,
-        "{types:?}"
+        "{types:?}{}",
+        log_tail(&log)
     );
     assert_eq!(types.iter().filter(|t| *t == "items.updated").count(), 1);
     assert_eq!(types.iter().filter(|t| *t == "items.deleted").count(), 1);
