@@ -102,9 +102,7 @@ async fn the_cdc_command_publishes_table_changes_until_stopped() {
     // (The record's table exists only once the capture has started: until then psql fails.)
     while try_psql(
         &pg,
-        &format!(
-            "SELECT status FROM public.tributary_cdc_slots WHERE slot_name = '{slot}'"
-        ),
+        &format!("SELECT status FROM public.tributary_cdc_slots WHERE slot_name = '{slot}'"),
     )
     .as_deref()
         != Some("streaming")

@@ -89,6 +89,13 @@ async fn cleanup(pg: &str, schema_prefix: &str, nats: &str, stream_prefix: &str)
             let _ = db.drop_schema().await;
         }
     }
+    let deployment = customers_and_orders::system::DbUrl::Postgres {
+        url: pg.to_owned(),
+        schema_prefix: schema_prefix.to_owned(),
+    };
+    let _ = customers_and_orders::system::DeploymentRecord::of(&deployment)
+        .erase()
+        .await;
     let config = tributary::nats::NatsBrokerConfig::default()
         .with_url(nats)
         .with_stream_prefix(stream_prefix);

@@ -17,7 +17,9 @@ use crate::http::{AppState, Consistency};
 use crate::invariants::{self, Check, State};
 use crate::order::OrderState;
 use crate::read_your_writes::ReadYourWrites;
-use crate::system::{self, Backends, BrokerUrl, DbUrl, Publishing, Running, ServiceName};
+use crate::system::{
+    self, Backends, BrokerUrl, DbUrl, DeploymentRecord, Publishing, Running, ServiceName,
+};
 
 /// Options of the demo.
 #[derive(Clone, Debug)]
@@ -173,6 +175,9 @@ async fn cleanup(db: &DbUrl, broker: &BrokerUrl) {
             {
                 tracing::warn!(error = %e, "could not drop the demo's schema");
             }
+        }
+        if let Err(e) = DeploymentRecord::of(db).erase().await {
+            tracing::warn!(error = %e, "could not drop the demo's deployment record");
         }
     }
     if let BrokerUrl::Nats { url, prefix, .. } = broker {

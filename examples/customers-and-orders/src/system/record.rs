@@ -179,6 +179,36 @@ impl DeploymentRecord {
     }
 
     /// The PostgreSQL record's database if it exists; nothing is created.
+    /// Removes the record itself: the cleanup of a throwaway deployment (the demo's, a test's)
+    /// on a shared server, beside dropping its services' schemas.
+    ///
+    /// # Errors
+    /// When the record exists and cannot be removed.
+    pub async fn erase(&self) -> anyhow::Result<()> {
+        match self {
+            DeploymentRecord::File { path } => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", path.display()))
+                }
+                _ => Ok(()),
+            },
+            DeploymentRecord::Postgres {
+                url: DatabaseUrl::Postgres { url, schema },
+                shown,
+            } => {
+                let config = tributary::postgres::PgConfig::default()
+                    .with_url(url.clone())
+                    .with_schema(schema.clone());
+                tributary::postgres::PgDatabase::connect(config)
+                    .await?
+                    .drop_schema()
+                    .await
+                    .with_context(|| format!("removing {shown}"))
+            }
+            DeploymentRecord::Postgres { .. } => Ok(()),
+        }
+    }
+
     async fn open_existing(&self) -> anyhow::Result<Option<std::sync::Arc<dyn Database>>> {
         let DeploymentRecord::Postgres { url, shown } = self else {
             return Ok(None);
