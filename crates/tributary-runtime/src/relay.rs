@@ -269,6 +269,8 @@ impl Relay {
                 self.source.mark_published(batch.through)
             })
             .await?;
+        // Health before the counters: whoever sees a batch counted sees the relay running.
+        self.health.set(HealthState::Running);
         self.stats
             .published
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
@@ -277,7 +279,6 @@ impl Relay {
             .published
             .increment(batch.messages.len() as u64);
         self.metrics.batch_size.record(batch.messages.len() as f64);
-        self.health.set(HealthState::Running);
         Ok(())
     }
 }
