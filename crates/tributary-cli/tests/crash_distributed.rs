@@ -19,6 +19,8 @@ struct Distributed {
     d: Deployment,
     pg: String,
     schema_prefix: String,
+    nats: String,
+    stream_prefix: String,
 }
 
 impl Distributed {
@@ -32,6 +34,7 @@ impl Distributed {
         }
         let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
         let schema_prefix = format!("crash_{run}_");
+        let stream_prefix = format!("CRASH{}", run.to_uppercase());
         let db = DbUrl::Postgres {
             url: pg.clone(),
             schema_prefix: schema_prefix.clone(),
@@ -42,7 +45,7 @@ impl Distributed {
             "--db".to_owned(),
             format!("{pg}?schema_prefix={schema_prefix}"),
             "--broker".to_owned(),
-            format!("{nats}?prefix=CRASH{}", run.to_uppercase()),
+            format!("{nats}?prefix={stream_prefix}"),
         ];
         Some(Self {
             d: Deployment {
@@ -52,10 +55,21 @@ impl Distributed {
             },
             pg,
             schema_prefix,
+            nats: nats.to_owned(),
+            stream_prefix,
         })
     }
 
-    async fn drop_schemas(self) {
+    /// Removes the run's schemas and streams from the shared servers.
+    async fn cleanup(self) {
+        let config = tributary::nats::NatsBrokerConfig::default()
+            .with_url(self.nats.clone())
+            .with_stream_prefix(self.stream_prefix.clone());
+        if let Ok(broker) = tributary::nats::NatsBroker::connect(config).await {
+            let _ = broker
+                .delete_topic(&tributary::Topic::new("ledger").unwrap())
+                .await;
+        }
         for name in ["source", "sink"] {
             let config = tributary::postgres::PgConfig::default()
                 .with_url(self.pg.clone())
@@ -76,7 +90,7 @@ async fn killing_the_relay_on_postgres_and_nats_loses_nothing() {
     eprintln!("relay kills (PostgreSQL + NATS): {report}");
     assert!(report.committed > 200, "enough load: {report}");
     assert!(report.is_clean(), "{report}");
-    t.drop_schemas().await;
+    t.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +102,7 @@ async fn killing_the_consumer_on_postgres_and_nats_applies_nothing_twice() {
     eprintln!("consumer kills (PostgreSQL + NATS): {report}");
     assert!(report.committed > 200, "enough load: {report}");
     assert!(report.is_clean(), "{report}");
-    t.drop_schemas().await;
+    t.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,5 +131,5 @@ async fn restarting_the_nats_server_mid_stream_loses_nothing() {
     eprintln!("NATS restarts: {report}");
     assert!(report.committed > 200, "enough load: {report}");
     assert!(report.is_clean(), "{report}");
-    t.drop_schemas().await;
+    t.cleanup().await;
 }

@@ -204,6 +204,14 @@ async fn the_tail_reads_nats_jetstream_too() {
         .await
         .unwrap();
     tails_see_what_they_should(&url, &*broker, &|| None).await;
+    // The run's stream is not left on the shared server.
+    let config = tributary::nats::NatsBrokerConfig::default()
+        .with_url(nats)
+        .with_stream_prefix(prefix);
+    let nats = tributary::nats::NatsBroker::connect(config).await.unwrap();
+    nats.delete_topic(&Topic::new(TOPIC).unwrap())
+        .await
+        .unwrap();
 }
 
 #[test]
