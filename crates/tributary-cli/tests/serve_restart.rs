@@ -4,6 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use customers_and_orders::invariants;
@@ -99,22 +101,34 @@ async fn serve_killed_mid_burst_resumes_and_every_invariant_holds() {
     }
     // A burst of orders, killed in the middle.
     let mut burst = Vec::new();
+    let answered = Arc::new(AtomicUsize::new(0));
     for i in 0..600 {
-        let (client, url, c) = (
+        let (client, url, c, answered) = (
             client.clone(),
             format!("{}/orders", server.base),
             customers[i % customers.len()].clone(),
+            answered.clone(),
         );
         burst.push(tokio::spawn(async move {
-            post(
+            let order = post(
                 &client,
                 url,
                 json!({"customer_id": c, "order_total": 100 + (i as i64 % 20) * 100}),
             )
-            .await
+            .await;
+            if order.is_some() {
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+            order
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Killed once some orders were acknowledged (not after a fixed time: on a loaded machine
+    // none may have been answered yet), while most are still in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.load(Ordering::SeqCst) < 10 {
+        assert!(Instant::now() < deadline, "no order was acknowledged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.kill();
     let mut acknowledged = Vec::new();
     for b in burst {

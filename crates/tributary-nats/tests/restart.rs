@@ -63,6 +63,32 @@ async fn fetch_through_outage(
     got
 }
 
+/// Everything a consumer delivers up to and including `last` (waited for up to `within`),
+/// then whatever one more short fetch brings: a message after `last` is one too many. Not
+/// "ask for more than will come and stop at a deadline", which a slow server cuts short.
+async fn fetch_through_last(
+    consumer: &mut dyn PartitionConsumer,
+    last: Option<EventId>,
+    within: Duration,
+) -> Vec<Delivery> {
+    let deadline = Instant::now() + within;
+    let mut got: Vec<Delivery> = Vec::new();
+    while last.is_some() && !got.iter().any(|d| d.id == last) {
+        assert!(
+            Instant::now() < deadline,
+            "{last:?} not delivered within {within:?}; got {:?}",
+            ids(&got)
+        );
+        match consumer.fetch(100, Duration::from_millis(300)).await {
+            Ok(batch) => got.extend(batch),
+            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("fetch after the restart: {e}"),
+        }
+    }
+    got.extend(fetch_answered(consumer, 100, Duration::from_millis(300)).await);
+    got
+}
+
 fn ids_by_partition(messages: &[OutgoingMessage]) -> BTreeMap<u32, Vec<EventId>> {
     let mut by: BTreeMap<u32, Vec<EventId>> = BTreeMap::new();
     for m in messages {
@@ -233,7 +259,10 @@ async fn outage_and_recovery(outage: Outage) {
         let half = expected_before[&p].len() / 2;
         let want: Vec<EventId> = expected_all[&p][half..].to_vec();
         let got =
-            ids(&fetch_through_outage(c.as_mut(), want.len() + half, Duration::from_secs(2)).await);
+            ids(
+                &fetch_through_last(c.as_mut(), want.last().copied(), Duration::from_secs(60))
+                    .await,
+            );
         let again = got.len().saturating_sub(want.len());
         assert_delivered(
             &got[again..],
@@ -260,8 +289,12 @@ async fn outage_and_recovery(outage: Outage) {
             .consume(&audit, &topic, Partition::new(p))
             .await
             .unwrap();
-        let want = expected_all[&p].len();
-        let got = fetch_through_outage(c.as_mut(), want + 1, Duration::from_secs(3)).await;
+        let got = fetch_through_last(
+            c.as_mut(),
+            expected_all[&p].last().copied(),
+            Duration::from_secs(60),
+        )
+        .await;
         assert_delivered(
             &ids(&got),
             &expected_all[&p],

@@ -715,13 +715,24 @@ async fn the_commit_listener_comes_back_after_its_connection_is_killed() {
             .await
             .unwrap();
     }
-    let back = eventually(Duration::from_secs(10), async || {
-        let now = listeners().await;
+    // Back means listening again: a new connection is in pg_stat_activity before it has
+    // sent its LISTEN, and a commit announced in that moment reaches nobody.
+    let listening = async || -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = left($1, 63) \
+             AND state = 'idle' AND query ILIKE 'listen%'",
+        )
+        .bind(&app)
+        .fetch_all(other.pool())
+        .await
+        .unwrap()
+    };
+    let back = eventually(Duration::from_secs(30), async || {
+        let now = listening().await;
         now.len() == 2 && now.iter().all(|p| !before.contains(p))
     })
     .await;
-    assert!(back, "the listeners reconnected");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(back, "the listeners reconnected and listen");
     let mut commits = Database::commits(&pg);
     commits.borrow_and_update();
     other

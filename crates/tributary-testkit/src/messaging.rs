@@ -1817,8 +1817,16 @@ pub async fn a_consistency_token_is_satisfied_only_after_every_write_it_names_is
             "both topics applied for {k}"
         );
     }
-    let with_held = publish_with_token(&producer, &second, &["k1", "held", "k2"], 2).await;
+    let others = publish_with_token(&producer, &second, &["k1", "k2"], 2).await;
+    let with_held = others
+        .clone()
+        .merge(&publish_with_token(&producer, &second, &["held"], 2).await);
     assert_eq!(with_held.entries().len(), 3);
+    // The other writes are awaited first: the short wait below is to end with only the held
+    // write pending, however long the others took to flow on a loaded machine.
+    view.wait_for(&others, WITHIN)
+        .await
+        .expect("the writes that are not held back are applied");
     let err = view
         .wait_for(&with_held, Duration::from_millis(300))
         .await

@@ -594,7 +594,11 @@ async fn a_read_with_the_writes_token_includes_the_write_and_its_decision() {
     // No polling: one read that waits for exactly these writes.
     let history = app
         .client
-        .get(format!("{}/customers/{c}/orderhistory", app.base))
+        // The longest wait a client may ask for: the whole saga runs before the read answers.
+        .get(format!(
+            "{}/customers/{c}/orderhistory?wait_ms=10000",
+            app.base
+        ))
         .header("tributary-consistency", &header)
         .send()
         .await
@@ -607,7 +611,9 @@ async fn a_read_with_the_writes_token_includes_the_write_and_its_decision() {
         "the order and its saga's decision"
     );
     let (status, settled) = app
-        .get(&format!("/orders/{order}?consistent_with={header}"))
+        .get(&format!(
+            "/orders/{order}?consistent_with={header}&wait_ms=10000"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{settled}");
     assert_eq!(
@@ -622,7 +628,7 @@ async fn a_read_with_the_writes_token_includes_the_write_and_its_decision() {
     let token = cancelled["consistency_token"].as_str().unwrap();
     let (status, history) = app
         .get(&format!(
-            "/customers/{c}/orderhistory?consistent_with={token}"
+            "/customers/{c}/orderhistory?consistent_with={token}&wait_ms=10000"
         ))
         .await;
     assert_eq!(status, StatusCode::OK);
