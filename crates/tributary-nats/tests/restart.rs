@@ -42,27 +42,6 @@ async fn publish_until_acknowledged(broker: &NatsBroker, messages: &[OutgoingMes
     }
 }
 
-/// Fetches until `n` messages arrived, riding out `Unavailable` while the client reconnects.
-async fn fetch_through_outage(
-    consumer: &mut dyn PartitionConsumer,
-    n: usize,
-    within: Duration,
-) -> Vec<Delivery> {
-    let deadline = Instant::now() + within;
-    let mut got = Vec::new();
-    while got.len() < n && Instant::now() < deadline {
-        match consumer
-            .fetch(n - got.len(), Duration::from_millis(300))
-            .await
-        {
-            Ok(batch) => got.extend(batch),
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(e) => panic!("fetch after the restart: {e}"),
-        }
-    }
-    got
-}
-
 /// Everything a consumer delivers up to and including `last` (waited for up to `within`),
 /// then whatever one more short fetch brings: a message after `last` is one too many. Not
 /// "ask for more than will come and stop at a deadline", which a slow server cuts short.
@@ -237,7 +216,12 @@ async fn outage_and_recovery(outage: Outage) {
         // The live consumer continues after what it fetched, without duplicates.
         let c = &mut live_consumers[p as usize];
         let want = expected_new[&p].len();
-        let got = fetch_through_outage(c.as_mut(), want, Duration::from_secs(60)).await;
+        let got = fetch_through_last(
+            c.as_mut(),
+            expected_new[&p].last().copied(),
+            Duration::from_secs(60),
+        )
+        .await;
         assert_delivered(
             &ids(&got),
             &expected_new[&p],

@@ -178,7 +178,6 @@ impl DeploymentRecord {
         }
     }
 
-    /// The PostgreSQL record's database if it exists; nothing is created.
     /// Removes the record itself: the cleanup of a throwaway deployment (the demo's, a test's)
     /// on a shared server, beside dropping its services' schemas.
     ///
@@ -192,12 +191,20 @@ impl DeploymentRecord {
                 }
                 _ => Ok(()),
             },
-            DeploymentRecord::Postgres {
-                url: DatabaseUrl::Postgres { url, schema },
-                shown,
-            } => {
+            DeploymentRecord::Postgres { url, shown } => {
+                // Connecting would create the schema: look first, as every reader here does.
+                let DatabaseUrl::Postgres {
+                    url: server,
+                    schema,
+                } = url
+                else {
+                    return Ok(());
+                };
+                if matches!(url.inspect().await?, Found::Nothing) {
+                    return Ok(());
+                }
                 let config = tributary::postgres::PgConfig::default()
-                    .with_url(url.clone())
+                    .with_url(server.clone())
                     .with_schema(schema.clone());
                 tributary::postgres::PgDatabase::connect(config)
                     .await?
@@ -205,10 +212,10 @@ impl DeploymentRecord {
                     .await
                     .with_context(|| format!("removing {shown}"))
             }
-            DeploymentRecord::Postgres { .. } => Ok(()),
         }
     }
 
+    /// The PostgreSQL record's database if it exists; nothing is created.
     async fn open_existing(&self) -> anyhow::Result<Option<std::sync::Arc<dyn Database>>> {
         let DeploymentRecord::Postgres { url, shown } = self else {
             return Ok(None);
