@@ -566,8 +566,14 @@ impl Broker for NatsBroker {
         let partitions = self.inner.ensure(topic, None).await?;
         let stream = self.stream_name(topic);
         for p in 0..partitions {
-            let name = naming::consumer_name(group, Partition::new(p));
-            crate::consumer::delete(&self.inner, &stream, &name).await?;
+            crate::consumer::delete_generations_before(
+                &self.inner,
+                &stream,
+                group,
+                Partition::new(p),
+                None,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -7,17 +7,26 @@
 //! # How offsets, commits and redelivery map onto JetStream
 //!
 //! - The offset of a delivery is its stream sequence. The durable consumer
-//!   `<group>_<partition>` filters the partition's subject, starts at the oldest retained
-//!   message (deliver policy `all`) and uses ack policy `all`: `commit(offset)` acknowledges the
+//!   `<group>_<partition>` (later generations `<group>_<partition>_g<n>`, see below) filters
+//!   the partition's subject, starts at the oldest retained message (deliver policy `all`) and
+//!   uses ack policy `all`: `commit(offset)` acknowledges the
 //!   fetched message with the highest sequence at or below `offset` (a confirmed "double" ack),
 //!   which acknowledges everything before it. The consumer's ack floor is the committed offset.
 //! - A fetched, uncommitted message is *pending* on the server. JetStream would redeliver it
 //!   only after `ack_wait`, and in the meantime hand newer messages to whoever pulls next: a
 //!   new consumer instance would see the same key out of order. So a new instance that finds
-//!   pending messages (or pull requests of a dead instance still waiting) deletes the server
-//!   consumer and creates it again starting right after the ack floor: the uncommitted messages
-//!   come back at once, in order, before anything newer. Server 2.14's consumer reset does the
-//!   same in one call; 2.9 has no such call.
+//!   pending messages (or pull requests of a dead instance still waiting) *resets* the group's
+//!   cursor: it creates the next generation of the server consumer, starting right after the
+//!   ack floor, and then deletes the older ones: the uncommitted messages come back at once, in
+//!   order, before anything newer. Server 2.14's consumer reset does the same in one call; 2.9
+//!   has no such call.
+//! - A reset never deletes and re-creates a consumer under the same name: in a cluster, a
+//!   consumer re-created under a name whose deleted raft group was still shutting down on some
+//!   node was seen left without a leader for minutes (nats-server 2.9.10, during node flaps).
+//!   Creating before deleting also means that no crash loses the group's offset: the newest
+//!   generation is the cursor, and older ones still listed are leftovers that the next reset or
+//!   open deletes. Nothing is pulled before the older generations are gone, so a takeover never
+//!   has two server consumers serving one partition at once.
 //! - The same reset repairs a gap: every delivery carries the consumer's delivery sequence,
 //!   and a jump means a delivery was lost on the way (a pull request that outlived its
 //!   connection); resetting to the ack floor brings the lost message back in order. Messages
@@ -31,14 +40,15 @@
 //!   for messages an earlier incarnation had delivered (recorded in the consumer description).
 //!
 //! - A reset interrupted by a failed request (in a cluster, a leader election makes the
-//!   delete or the create time out) is finished by the next call, before anything else: the
-//!   missing server consumer is then known to be this instance's doing, not a takeover.
+//!   create or a delete time out) is finished by the next call, before anything else. Every
+//!   attempt takes a new generation, so a create whose answer was lost leaves at most a
+//!   consumer that the finished reset deletes.
+//! - A server consumer that stops answering pull requests while it answers info requests
+//!   (seen after node flaps on 2.9.10: a leader, messages pending, no pull waiting) is replaced
+//!   the same way after [`UNANSWERED_PULLS_BEFORE_RESET`] unanswered pulls in a row.
 //!
 //! One live instance per (group, topic, partition) is supported: opening a second one takes the
 //! partition over, and the first then fails with [`Error::Shutdown`] instead of fighting back.
-//! A process that dies between deleting and recreating the server consumer (a window of one
-//! request) loses the group's offset on that partition: the next instance starts at the
-//! oldest retained message, which duplicates but never loses messages.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -59,6 +69,10 @@ use tributary_core::{
 
 use crate::broker::Inner;
 use crate::naming;
+
+/// Pull requests in a row that the server consumer left unanswered (while it still answers info
+/// requests) before it is taken for wedged and replaced by a new generation.
+const UNANSWERED_PULLS_BEFORE_RESET: u32 = 3;
 
 /// A confirmed acknowledgement handle of one delivery, or none when the server consumer was
 /// reset since and the message has not come again yet.
@@ -84,6 +98,8 @@ pub(crate) struct NatsPartitionConsumer {
     topic: Topic,
     partition: Partition,
     stream: String,
+    /// Generation of the server consumer this instance drives, and its name.
+    generation: u64,
     name: String,
     filter: String,
     consumer: PullConsumer,
@@ -114,6 +130,10 @@ pub(crate) struct NatsPartitionConsumer {
     /// the reset is finished the missing server consumer is this instance's doing, not a
     /// takeover.
     unfinished_reset: Option<Start>,
+    /// Older generations of the server consumer may still exist: delete them before pulling.
+    older_generations: bool,
+    /// Pull requests in a row that got no answer at all.
+    unanswered_pulls: u32,
 }
 
 /// Where a (re)created server consumer starts, and what it remembers of its predecessor.
@@ -132,19 +152,27 @@ impl NatsPartitionConsumer {
     ) -> Result<Self> {
         let prefix = &inner.config.stream_prefix;
         let stream = naming::stream_name(prefix, topic);
-        let name = naming::consumer_name(group, partition);
         let filter = naming::subject(prefix, topic, partition);
-        let existing = consumer_info(&inner, &stream, &name).await?;
-        let (consumer, start, dseq) = match existing {
+        let generations = generations(&inner, &stream, group, partition).await?;
+        let (consumer, generation, start, dseq) = match generations.last() {
             None => {
                 let start = Start {
                     floor: 0,
                     redelivered_through: 0,
                 };
+                let name = naming::consumer_name(group, partition, 0);
                 let c = create(&inner, group, topic, partition, &stream, &name, &start).await?;
-                (c, start, 0)
+                (c, 0, start, 0)
             }
-            Some(info) => {
+            Some((newest, name)) => {
+                let Some(info) = consumer_info(&inner, &stream, name).await? else {
+                    return Err(unavailable(
+                        &stream,
+                        name,
+                        "it was deleted while this consumer opened (another instance is \
+                         opening the same partition); open again",
+                    ));
+                };
                 if info.config.filter_subject != filter {
                     return Err(Error::invalid(format!(
                         "consumer {name} of stream {stream} filters {:?}, not {filter:?}; it was \
@@ -163,20 +191,22 @@ impl NatsPartitionConsumer {
                     let get = async {
                         inner
                             .js
-                            .get_consumer_from_stream(&name, &stream)
+                            .get_consumer_from_stream(name, &stream)
                             .await
-                            .map_err(|e| unavailable(&stream, &name, e))
+                            .map_err(|e| unavailable(&stream, name, e))
                     };
-                    let c: PullConsumer = inner.bounded(&name, get).await?;
+                    let c: PullConsumer = inner.bounded(name, get).await?;
                     let dseq = c.cached_info().delivered.consumer_sequence;
-                    (c, start, dseq)
+                    (c, *newest, start, dseq)
                 } else {
-                    delete(&inner, &stream, &name).await?;
+                    let generation = newest + 1;
+                    let name = naming::consumer_name(group, partition, generation);
                     let c = create(&inner, group, topic, partition, &stream, &name, &start).await?;
-                    (c, start, 0)
+                    (c, generation, start, 0)
                 }
             }
         };
+        delete_generations_before(&inner, &stream, group, partition, Some(generation)).await?;
         // JetStream ignores an "ack all" at or below the consumer's ack floor (in delivery
         // sequences).
         let acked_dseq = consumer.cached_info().ack_floor.consumer_sequence;
@@ -187,7 +217,8 @@ impl NatsPartitionConsumer {
             topic: topic.clone(),
             partition,
             stream,
-            name,
+            generation,
+            name: naming::consumer_name(group, partition, generation),
             filter,
             consumer,
             committed: start.floor,
@@ -200,6 +231,8 @@ impl NatsPartitionConsumer {
             buffer: VecDeque::new(),
             suspect: false,
             unfinished_reset: None,
+            older_generations: false,
+            unanswered_pulls: 0,
         })
     }
 
@@ -226,47 +259,56 @@ impl NatsPartitionConsumer {
         }
     }
 
-    /// Recreates the server consumer right after the ack floor, so that everything not yet
-    /// committed is delivered again, in order, before anything newer.
+    /// Replaces the server consumer by its next generation, starting right after the ack floor,
+    /// so that everything not yet committed is delivered again, in order, before anything newer.
     async fn reset(&mut self) -> Result<()> {
-        if self.unfinished_reset.is_some() {
-            return self.finish_reset().await;
+        if self.unfinished_reset.is_none() {
+            let info = self.own_info().await?;
+            let mut start = start_after(&info);
+            start.floor = start.floor.max(self.committed);
+            start.redelivered_through = start
+                .redelivered_through
+                .max(self.redelivered_through)
+                .max(self.seen);
+            self.unfinished_reset = Some(start);
         }
-        let info = self.own_info().await?;
-        let mut start = start_after(&info);
-        start.floor = start.floor.max(self.committed);
-        start.redelivered_through = start
-            .redelivered_through
-            .max(self.redelivered_through)
-            .max(self.seen);
-        // Recorded before the delete: a delete whose answer is lost has deleted all the same.
-        self.unfinished_reset = Some(start);
         self.finish_reset().await
     }
 
-    /// Deletes (again: deleting is idempotent) and creates the server consumer of an
-    /// unfinished reset. A create whose answer was lost may have created it: deleting first
-    /// makes the retry start from the same place.
+    /// Creates the next generation for an unfinished reset, switches to it and deletes the
+    /// older ones.
     async fn finish_reset(&mut self) -> Result<()> {
         let Some(start) = self.unfinished_reset.clone() else {
-            return Ok(());
+            return self.delete_older_generations().await;
         };
+        // The consumer being replaced is deleted only by this instance, after the switch: if it
+        // is gone, another instance took the partition over.
+        self.own_info().await?;
+        // A generation of its own for every attempt: one whose create was answered too late
+        // may exist already, and is older than the next one, so the sweep deletes it.
+        let newest = generations(&self.inner, &self.stream, &self.group, self.partition)
+            .await?
+            .last()
+            .map_or(0, |(g, _)| *g);
+        let generation = newest.max(self.generation) + 1;
+        let name = naming::consumer_name(&self.group, self.partition, generation);
         tracing::debug!(
-            stream = %self.stream, consumer = %self.name, floor = start.floor,
+            stream = %self.stream, consumer = %name, replaces = %self.name, floor = start.floor,
             "resetting the JetStream consumer to its ack floor"
         );
-        delete(&self.inner, &self.stream, &self.name).await?;
         self.consumer = create(
             &self.inner,
             &self.group,
             &self.topic,
             self.partition,
             &self.stream,
-            &self.name,
+            &name,
             &start,
         )
         .await?;
         self.unfinished_reset = None;
+        self.generation = generation;
+        self.name = name;
         self.incarnation = incarnation_of(self.consumer.cached_info());
         self.committed = start.floor;
         self.redelivered_through = start.redelivered_through;
@@ -277,12 +319,30 @@ impl NatsPartitionConsumer {
             p.acker = None;
         }
         self.suspect = false;
+        self.unanswered_pulls = 0;
+        self.older_generations = true;
+        self.delete_older_generations().await
+    }
+
+    async fn delete_older_generations(&mut self) -> Result<()> {
+        if self.older_generations {
+            delete_generations_before(
+                &self.inner,
+                &self.stream,
+                &self.group,
+                self.partition,
+                Some(self.generation),
+            )
+            .await?;
+            self.older_generations = false;
+        }
         Ok(())
     }
 
-    /// After a failed pull, deliveries may have gone to a request nobody reads any more.
+    /// Before a pull: finish what a failed request interrupted, and after a failed pull check
+    /// whether deliveries went to a request nobody reads any more.
     async fn check_after_failure(&mut self) -> Result<()> {
-        if self.unfinished_reset.is_some() {
+        if self.unfinished_reset.is_some() || self.older_generations {
             return self.finish_reset().await;
         }
         if !self.suspect {
@@ -290,6 +350,14 @@ impl NatsPartitionConsumer {
         }
         let info = self.own_info().await?;
         if info.delivered.consumer_sequence != self.dseq {
+            self.reset().await
+        } else if self.unanswered_pulls >= UNANSWERED_PULLS_BEFORE_RESET {
+            tracing::warn!(
+                stream = %self.stream, consumer = %self.name,
+                unanswered = self.unanswered_pulls, pending = info.num_pending,
+                waiting = info.num_waiting,
+                "the JetStream consumer answers info requests but no pull request; replacing it"
+            );
             self.reset().await
         } else {
             self.suspect = false;
@@ -308,13 +376,22 @@ impl NatsPartitionConsumer {
         self.check_after_failure().await?;
         let bound = wait.unwrap_or_default() + self.inner.config.request_timeout;
         match tokio::time::timeout(bound, self.pull_unbounded(max, wait)).await {
-            Ok(Ok(n)) => Ok(n),
+            Ok(Ok(n)) => {
+                self.unanswered_pulls = 0;
+                Ok(n)
+            }
             Ok(Err(e)) => {
                 self.suspect = true;
                 Err(e)
             }
             Err(_) => {
                 self.suspect = true;
+                self.unanswered_pulls += 1;
+                // Nobody answers a pull for a consumer that was deleted: tell a takeover from a
+                // slow or unreachable server.
+                if let Err(e @ Error::Shutdown { .. }) = self.own_info().await {
+                    return Err(e);
+                }
                 Err(Error::unavailable(
                     self.what(),
                     format!("no answer to a pull request within {bound:?}"),
@@ -584,7 +661,69 @@ async fn consumer_info(inner: &Inner, stream: &str, name: &str) -> Result<Option
     }
 }
 
-pub(crate) async fn delete(inner: &Inner, stream: &str, name: &str) -> Result<()> {
+/// The generations of the group's server consumer on one partition that the stream has, oldest
+/// first, with their names.
+async fn generations(
+    inner: &Inner,
+    stream: &str,
+    group: &GroupName,
+    partition: Partition,
+) -> Result<Vec<(u64, String)>> {
+    #[derive(serde::Deserialize)]
+    struct Names {
+        total: usize,
+        #[serde(default)]
+        consumers: Option<Vec<String>>,
+    }
+    let what = format!("listing the JetStream consumers of stream {stream}");
+    let mut found = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = match inner
+            .api::<Names>(
+                &what,
+                format!("CONSUMER.NAMES.{stream}"),
+                &json!({ "offset": offset }),
+            )
+            .await?
+        {
+            Ok(page) => page,
+            Err(e) => return Err(inner.api_failure(&what, e)),
+        };
+        let names = page.consumers.unwrap_or_default();
+        // An empty page ends the listing even if the total says more exist (consumers deleted
+        // while listing).
+        let last_page = names.is_empty() || offset + names.len() >= page.total;
+        offset += names.len();
+        found.extend(names.into_iter().filter_map(|name| {
+            naming::consumer_generation(group, partition, &name).map(|g| (g, name))
+        }));
+        if last_page {
+            break;
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Deletes the group's server consumers on one partition older than `generation` (all of them
+/// with `None`).
+pub(crate) async fn delete_generations_before(
+    inner: &Inner,
+    stream: &str,
+    group: &GroupName,
+    partition: Partition,
+    generation: Option<u64>,
+) -> Result<()> {
+    for (g, name) in generations(inner, stream, group, partition).await? {
+        if generation.is_none_or(|newest| g < newest) {
+            delete(inner, stream, &name).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete(inner: &Inner, stream: &str, name: &str) -> Result<()> {
     let what = format!("deleting JetStream consumer {name} of stream {stream}");
     match inner
         .api::<serde_json::Value>(

@@ -59,8 +59,31 @@ pub fn subjects(prefix: &str, topic: &Topic, partitions: u32) -> Vec<String> {
         .collect()
 }
 
-pub fn consumer_name(group: &GroupName, partition: Partition) -> String {
-    format!("{group}_{partition}")
+/// The name of one generation of a group's durable consumer on one partition: generation 0 is
+/// `<group>_<partition>`, later ones (created by a reset, see the consumer module) add
+/// `_g<generation>`. A reset never re-creates a consumer under a name a deleted one had.
+pub fn consumer_name(group: &GroupName, partition: Partition, generation: u64) -> String {
+    if generation == 0 {
+        format!("{group}_{partition}")
+    } else {
+        format!("{group}_{partition}_g{generation}")
+    }
+}
+
+/// The generation of `name` if it is one of the names [`consumer_name`] gives this group and
+/// partition. No other group's or partition's name matches: after `<group>_<partition>` either
+/// nothing or `_g` and digits follow, while another partition adds digits and another group
+/// adds `_<partition>` (ending in a digit, never in `g`).
+pub fn consumer_generation(group: &GroupName, partition: Partition, name: &str) -> Option<u64> {
+    let rest = name.strip_prefix(&consumer_name(group, partition, 0))?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let digits = rest.strip_prefix("_g")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 pub fn stream_description(topic: &Topic, partitions: u32) -> String {
@@ -76,7 +99,7 @@ pub fn partitions_in_description(description: &str) -> Option<u32> {
 }
 
 /// The description of a consumer: which group it serves, a token naming this incarnation of
-/// it (the consumer is recreated under the same name, see the consumer module), the ack floor
+/// it (what tells a consumer created by another instance from this one's), the ack floor
 /// it was created at (a consumer starting at sequence n + 1 reports an ack floor of 0 until
 /// its first ack), and through which stream sequence messages were already delivered to an
 /// earlier incarnation.
@@ -201,7 +224,36 @@ mod tests {
             subjects("TRIB", &topic, 2),
             vec!["TRIB.Order.0".to_owned(), "TRIB.Order.1".to_owned()]
         );
-        assert_eq!(consumer_name(&group, Partition::new(11)), "billing_2_11");
+        assert_eq!(consumer_name(&group, Partition::new(11), 0), "billing_2_11");
+        assert_eq!(
+            consumer_name(&group, Partition::new(11), 7),
+            "billing_2_11_g7"
+        );
+    }
+
+    #[test]
+    fn a_generation_is_read_only_from_its_own_group_and_partition() {
+        let group = GroupName::new("billing").unwrap();
+        let p = Partition::new(1);
+        for generation in [0, 1, 12, u64::MAX] {
+            let name = consumer_name(&group, p, generation);
+            assert_eq!(consumer_generation(&group, p, &name), Some(generation));
+        }
+        let others = [
+            consumer_name(&group, Partition::new(11), 0),
+            consumer_name(&group, Partition::new(11), 3),
+            consumer_name(&GroupName::new("billing_1").unwrap(), Partition::new(2), 0),
+            consumer_name(&GroupName::new("billing_1_g2").unwrap(), p, 0),
+            consumer_name(&GroupName::new("billing_1_g2").unwrap(), p, 4),
+            "billing_1_g".to_owned(),
+            "billing_1_g02".to_owned(),
+            "billing_1_gx".to_owned(),
+            "billing_1_g99999999999999999999999".to_owned(),
+            "billing".to_owned(),
+        ];
+        for name in others {
+            assert_eq!(consumer_generation(&group, p, &name), None, "{name}");
+        }
     }
 
     #[test]

@@ -211,6 +211,107 @@ async fn a_newer_consumer_of_the_same_partition_takes_it_over() {
     assert_eq!(last.len(), 1, "the new instance keeps going");
 }
 
+/// The names of the stream's consumers that belong to `group`.
+async fn consumers_of(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    group: &str,
+) -> Vec<String> {
+    use futures::StreamExt;
+    let stream = js.get_stream(stream).await.expect("stream");
+    let mut names: Vec<String> = stream
+        .consumer_names()
+        .map(|n| n.expect("consumer name"))
+        .filter(|n| futures::future::ready(n.starts_with(&format!("{group}_"))))
+        .collect()
+        .await;
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored_and_deleted() {
+    let Some(url) = common::shared_server("NATS consumer generations") else {
+        return;
+    };
+    let (broker, _cleanup) = connect(common::test_config(url.clone())).await;
+    let js = js(&url).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let stream = broker.stream_name(&topic);
+    let sent = batch(&topic, 6);
+    broker.publish(&sent).await.unwrap();
+    let (group, p0) = (fresh_group(), Partition::new(0));
+
+    // Messages fetched and not committed make the next instance reset the group's cursor:
+    // it creates generation 1 after the ack floor and deletes generation 0, never re-creating
+    // a consumer under a deleted name.
+    let mut first = broker.consume(&group, &topic, p0).await.unwrap();
+    let got = fetch_n(first.as_mut(), 3, Duration::from_secs(10)).await;
+    first.commit(got[0].offset).await.unwrap();
+    drop(first);
+    assert_eq!(
+        consumers_of(&js, &stream, group.as_str()).await,
+        vec![format!("{group}_0")]
+    );
+    let mut second = broker.consume(&group, &topic, p0).await.unwrap();
+    assert_eq!(
+        consumers_of(&js, &stream, group.as_str()).await,
+        vec![format!("{group}_0_g1")]
+    );
+    let again = fetch_n(second.as_mut(), 2, Duration::from_secs(10)).await;
+    let ids: Vec<_> = again.iter().map(|d| d.id).collect();
+    assert_eq!(
+        ids,
+        vec![Some(sent[1].id), Some(sent[2].id)],
+        "after the floor, in order"
+    );
+    second.commit(again[1].offset).await.unwrap();
+    drop(second);
+
+    // A crash after a reset created its generation and before it deleted the older one leaves
+    // both: the newest is the cursor (the old one, from the start of the stream, must not be).
+    let partition_subject = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .config
+        .subjects[0]
+        .clone();
+    let stale = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(format!("{group}_0")),
+        filter_subject: partition_subject,
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(stale, &stream).await.unwrap();
+    assert_eq!(
+        consumers_of(&js, &stream, group.as_str()).await,
+        vec![format!("{group}_0"), format!("{group}_0_g1")]
+    );
+    let mut third = broker.consume(&group, &topic, p0).await.unwrap();
+    let rest = fetch_n(third.as_mut(), 3, Duration::from_secs(10)).await;
+    let ids: Vec<_> = rest.iter().map(|d| d.id).collect();
+    let expected: Vec<_> = sent[3..].iter().map(|m| Some(m.id)).collect();
+    assert_eq!(
+        ids, expected,
+        "resumes after generation 1's committed offset"
+    );
+    assert_eq!(
+        consumers_of(&js, &stream, group.as_str()).await,
+        vec![format!("{group}_0_g1")],
+        "the leftover is deleted before anything is pulled"
+    );
+
+    // Deleting the group deletes every generation.
+    drop(third);
+    broker.reset_group(&group, &topic).await.unwrap();
+    assert!(consumers_of(&js, &stream, group.as_str()).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_past_the_last_fetched_offset_commits_only_what_was_fetched() {
     let Some(url) = common::shared_server("NATS consumer commit") else {

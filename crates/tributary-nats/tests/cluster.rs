@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tributary_core::{Broker, Database, EventId, GroupName, Topic};
 use tributary_nats::{NatsBroker, NatsBrokerConfig};
@@ -470,8 +471,27 @@ async fn diagnose(
                 info.cluster.as_ref().and_then(|c| c.leader.clone())
             );
         }
-        for p in 0..PARTITIONS {
-            let name = format!("ledger-checker_{p}");
+        // A reset replaces a consumer by its next generation (`ledger-checker_<p>_g<n>`).
+        let mut names: Vec<String> = Vec::new();
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            s.consumer_names().collect::<Vec<_>>(),
+        )
+        .await
+        {
+            Ok(listed) => {
+                for name in listed {
+                    match name {
+                        Ok(name) if name.starts_with("ledger-checker_") => names.push(name),
+                        Ok(_) => {}
+                        Err(e) => eprintln!("  listing consumers: {e}"),
+                    }
+                }
+            }
+            Err(_) => eprintln!("  listing consumers: no answer within 5 s"),
+        }
+        names.sort();
+        for name in names {
             match s
                 .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
                 .await
