@@ -555,14 +555,9 @@ impl Broker for NatsBroker {
         }
     }
 
-    /// Deletes the group's durable consumers (what a group is, on JetStream).
+    /// Deletes every generation of the group's durable consumers (what a group is, on
+    /// JetStream). A group of the same name created later starts again at generation 0.
     async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
-        self.reset_group(group, topic).await
-    }
-
-    /// Deletes the group's durable consumers of every partition: the next `consume` creates
-    /// them again with deliver-all, starting at the oldest message the stream retains.
-    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
         let partitions = self.inner.ensure(topic, None).await?;
         let stream = self.stream_name(topic);
         for p in 0..partitions {
@@ -574,6 +569,16 @@ impl Broker for NatsBroker {
                 None,
             )
             .await?;
+        }
+        Ok(())
+    }
+
+    /// Rewinds the group on every partition to the oldest message the stream retains: a new
+    /// generation of each partition's consumer starts there (see the consumer module).
+    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        let partitions = self.inner.ensure(topic, None).await?;
+        for p in 0..partitions {
+            crate::consumer::rewind(&self.inner, group, topic, Partition::new(p)).await?;
         }
         Ok(())
     }

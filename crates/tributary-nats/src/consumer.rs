@@ -49,6 +49,14 @@
 //!
 //! One live instance per (group, topic, partition) is supported: opening a second one takes the
 //! partition over, and the first then fails with [`Error::Shutdown`] instead of fighting back.
+//! A reset that finds a generation another instance created since its own steps back the same
+//! way, and so does one whose new generation was overwritten before it pulled. Known window:
+//! two instances that list the same newest generation at the same moment (one opening, one
+//! resetting) can both create the next one (JetStream 2.9 treats the second create as an
+//! update); if the second create lands after the first instance checked its consumer, both
+//! pull one server consumer until a failed pull makes the first notice, and meanwhile one's
+//! commit can acknowledge what the other fetched. The delete and re-create of one name that
+//! this replaced had the same window.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -125,11 +133,13 @@ pub(crate) struct NatsPartitionConsumer {
     buffer: VecDeque<Delivery>,
     /// A pull failed: deliveries may have been lost; check the server consumer before pulling.
     suspect: bool,
-    /// A reset deleted (or was about to delete) the server consumer and did not get to create
-    /// it again (a request failed: a leader election in a cluster, a lost connection). Until
-    /// the reset is finished the missing server consumer is this instance's doing, not a
-    /// takeover.
+    /// A reset did not get to create the next generation (a request failed: a leader election
+    /// in a cluster, a lost connection); the next call finishes it before anything else.
     unfinished_reset: Option<Start>,
+    /// The generations this instance tried to create since it last switched: a create whose
+    /// answer was lost may still take effect, so a retry never reuses its number, and such a
+    /// generation is not taken for another instance's.
+    attempts: Vec<u64>,
     /// Older generations of the server consumer may still exist: delete them before pulling.
     older_generations: bool,
     /// Pull requests in a row that got no answer at all.
@@ -199,7 +209,7 @@ impl NatsPartitionConsumer {
                     let dseq = c.cached_info().delivered.consumer_sequence;
                     (c, *newest, start, dseq)
                 } else {
-                    let generation = newest + 1;
+                    let generation = next_generation(*newest, &stream, name)?;
                     let name = naming::consumer_name(group, partition, generation);
                     let c = create(&inner, group, topic, partition, &stream, &name, &start).await?;
                     (c, generation, start, 0)
@@ -233,6 +243,7 @@ impl NatsPartitionConsumer {
             unfinished_reset: None,
             older_generations: false,
             unanswered_pulls: 0,
+            attempts: Vec::new(),
         })
     }
 
@@ -278,25 +289,29 @@ impl NatsPartitionConsumer {
     /// Creates the next generation for an unfinished reset, switches to it and deletes the
     /// older ones.
     async fn finish_reset(&mut self) -> Result<()> {
-        let Some(start) = self.unfinished_reset.clone() else {
+        let Some(mut start) = self.unfinished_reset.clone() else {
             return self.delete_older_generations().await;
         };
-        // The consumer being replaced is deleted only by this instance, after the switch: if it
-        // is gone, another instance took the partition over.
+        // A commit may have been acknowledged on the current generation since the reset began.
+        start.floor = start.floor.max(self.committed);
+        // The current generation is deleted only by this instance, after the switch: if it is
+        // gone, another instance took the partition over.
         self.own_info().await?;
-        // A generation of its own for every attempt: one whose create was answered too late
-        // may exist already, and is older than the next one, so the sweep deletes it.
-        let newest = generations(&self.inner, &self.stream, &self.group, self.partition)
-            .await?
-            .last()
-            .map_or(0, |(g, _)| *g);
-        let generation = newest.max(self.generation) + 1;
+        let listed = generations(&self.inner, &self.stream, &self.group, self.partition).await?;
+        let newest = listed.last().map_or(0, |(g, _)| *g);
+        let tried = self.attempts.iter().copied().max().unwrap_or(0);
+        let generation = next_generation(
+            newest.max(self.generation).max(tried),
+            &self.stream,
+            &self.name,
+        )?;
         let name = naming::consumer_name(&self.group, self.partition, generation);
         tracing::debug!(
             stream = %self.stream, consumer = %name, replaces = %self.name, floor = start.floor,
             "resetting the JetStream consumer to its ack floor"
         );
-        self.consumer = create(
+        self.attempts.push(generation);
+        let consumer = create(
             &self.inner,
             &self.group,
             &self.topic,
@@ -306,6 +321,19 @@ impl NatsPartitionConsumer {
             &start,
         )
         .await?;
+        // Another instance that opened the partition meanwhile created a generation between
+        // the current one and this one: it took the partition over; step back.
+        let listed = generations(&self.inner, &self.stream, &self.group, self.partition).await?;
+        let (current, attempts) = (self.generation, &self.attempts);
+        let overtaken = listed
+            .iter()
+            .any(|(g, _)| *g > current && *g < generation && !attempts.contains(g));
+        if overtaken {
+            delete(&self.inner, &self.stream, &name).await?;
+            return Err(self.shut_out());
+        }
+        self.consumer = consumer;
+        self.attempts.clear();
         self.unfinished_reset = None;
         self.generation = generation;
         self.name = name;
@@ -321,7 +349,9 @@ impl NatsPartitionConsumer {
         self.suspect = false;
         self.unanswered_pulls = 0;
         self.older_generations = true;
-        self.delete_older_generations().await
+        self.delete_older_generations().await?;
+        // Another instance creating the same generation meanwhile overwrote its description.
+        self.own_info().await.map(drop)
     }
 
     async fn delete_older_generations(&mut self) -> Result<()> {
@@ -381,6 +411,8 @@ impl NatsPartitionConsumer {
                 Ok(n)
             }
             Ok(Err(e)) => {
+                // An error is an answer: the consumer is not wedged.
+                self.unanswered_pulls = 0;
                 self.suspect = true;
                 Err(e)
             }
@@ -704,6 +736,41 @@ async fn generations(
     }
     found.sort();
     Ok(found)
+}
+
+/// The generation after `newest` (a consumer named by hand with the highest number has none).
+fn next_generation(newest: u64, stream: &str, name: &str) -> Result<u64> {
+    newest.checked_add(1).ok_or_else(|| {
+        Error::invalid(format!(
+            "consumer {name} of stream {stream} has no generation after {newest}: delete the \
+             group's consumers"
+        ))
+    })
+}
+
+/// Rewinds the group's cursor on one partition to the oldest retained message: the next
+/// generation of its server consumer starts there, then the older ones are deleted (so that no
+/// name is re-created after a delete, and a crash in between loses nothing: the newest
+/// generation is the cursor). Nothing to do when the group has no consumer on the partition:
+/// the first `consume` starts at the oldest message.
+pub(crate) async fn rewind(
+    inner: &Inner,
+    group: &GroupName,
+    topic: &Topic,
+    partition: Partition,
+) -> Result<()> {
+    let stream = naming::stream_name(&inner.config.stream_prefix, topic);
+    let Some((newest, name)) = generations(inner, &stream, group, partition).await?.pop() else {
+        return Ok(());
+    };
+    let generation = next_generation(newest, &stream, &name)?;
+    let start = Start {
+        floor: 0,
+        redelivered_through: 0,
+    };
+    let next = naming::consumer_name(group, partition, generation);
+    create(inner, group, topic, partition, &stream, &next, &start).await?;
+    delete_generations_before(inner, &stream, group, partition, Some(generation)).await
 }
 
 /// Deletes the group's server consumers on one partition older than `generation` (all of them

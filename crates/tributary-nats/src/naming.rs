@@ -4,9 +4,9 @@
 //! - stream of a topic: `<prefix>_<topic>`
 //! - subjects of a topic: `<prefix>.<topic>.<partition>`, one per partition, listed explicitly
 //!   in the stream so the server itself refuses a partition that does not exist
-//! - durable consumer of a group on a partition: `<group>_<partition>` (consumer names are
-//!   scoped to their stream, and the partition is the all-digit token after the last `_`, so
-//!   two (group, partition) pairs never share a name)
+//! - durable consumer of a group on a partition: `<group>_<partition>`, and its later
+//!   generations `<group>_<partition>_g<n>` (consumer names are scoped to their stream; see
+//!   [`consumer_generation`] for why two (group, partition) pairs never share a name)
 //! - the partition count is recorded twice in the stream: by its subject list and in its
 //!   description (`tributary topic=<topic> partitions=<n>`); both must agree.
 
@@ -61,7 +61,8 @@ pub fn subjects(prefix: &str, topic: &Topic, partitions: u32) -> Vec<String> {
 
 /// The name of one generation of a group's durable consumer on one partition: generation 0 is
 /// `<group>_<partition>`, later ones (created by a reset, see the consumer module) add
-/// `_g<generation>`. A reset never re-creates a consumer under a name a deleted one had.
+/// `_g<generation>`. A reset or a rewind never re-creates a consumer under a name a deleted
+/// one had (deleting the whole group does: its next consumer is generation 0 again).
 pub fn consumer_name(group: &GroupName, partition: Partition, generation: u64) -> String {
     if generation == 0 {
         format!("{group}_{partition}")

@@ -293,6 +293,11 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
         vec![format!("{group}_0"), format!("{group}_0_g1")]
     );
     let mut third = broker.consume(&group, &topic, p0).await.unwrap();
+    assert_eq!(
+        consumers_of(&js, &stream, group.as_str()).await,
+        vec![format!("{group}_0_g1")],
+        "the leftover is deleted before anything is pulled"
+    );
     let rest = fetch_n(third.as_mut(), 3, Duration::from_secs(10)).await;
     let ids: Vec<_> = rest.iter().map(|d| d.id).collect();
     let expected: Vec<_> = sent[3..].iter().map(|m| Some(m.id)).collect();
@@ -300,15 +305,23 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
         ids, expected,
         "resumes after generation 1's committed offset"
     );
+    drop(third);
+
+    // Rewinding the group (a rebuild) starts a new generation at the oldest message.
+    broker.reset_group(&group, &topic).await.unwrap();
     assert_eq!(
         consumers_of(&js, &stream, group.as_str()).await,
-        vec![format!("{group}_0_g1")],
-        "the leftover is deleted before anything is pulled"
+        vec![format!("{group}_0_g2")]
     );
+    let mut fourth = broker.consume(&group, &topic, p0).await.unwrap();
+    let all = fetch_n(fourth.as_mut(), 6, Duration::from_secs(10)).await;
+    let ids: Vec<_> = all.iter().map(|d| d.id).collect();
+    let expected: Vec<_> = sent.iter().map(|m| Some(m.id)).collect();
+    assert_eq!(ids, expected, "everything again, in order");
+    drop(fourth);
 
     // Deleting the group deletes every generation.
-    drop(third);
-    broker.reset_group(&group, &topic).await.unwrap();
+    broker.delete_group(&group, &topic).await.unwrap();
     assert!(consumers_of(&js, &stream, group.as_str()).await.is_empty());
 }
 
