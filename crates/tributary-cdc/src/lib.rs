@@ -2,6 +2,7 @@
 
 pub mod binlog;
 pub mod capture;
+mod hash;
 mod lsn;
 pub mod metrics;
 pub mod pgoutput;

@@ -267,6 +267,39 @@ async fn the_snapshot_and_the_stream_meet_without_gap_or_double() -> Result<()> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_of_the_same_name_in_two_databases_of_one_server_both_stream() -> Result<()> {
+    // Named locks are server-wide: a lease named after the capture alone made the second
+    // service's capture stand by behind the first's for as long as that one ran.
+    let test = "captures_of_the_same_name_in_two_databases_of_one_server_both_stream";
+    let (Some(a), Some(b)) = (TestDb::create_or_skip(test), TestDb::create_or_skip(test)) else {
+        return Ok(());
+    };
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let mut running = Vec::new();
+    for (db, dir) in [&a, &b].into_iter().zip(&dirs) {
+        db.sql("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20));")?;
+        let broker = broker(dir)?;
+        let base = config(&db.url());
+        assert_eq!(base.lease_lock(), format!("tributary-cdc:{}.cdc", db.name));
+        let cfg = base
+            .clone()
+            .with_tables(TableCapture::only(vec![base.table("t")]));
+        running.push((Running::start(cfg, broker.clone())?, broker));
+        wait_streaming(|q| db.sql(q)).await?;
+    }
+    a.sql("INSERT INTO t VALUES (1, 'in a');")?;
+    b.sql("INSERT INTO t VALUES (1, 'in b');")?;
+    for ((_, broker), v) in running.iter().zip(["in a", "in b"]) {
+        let stored = wait_for(broker.as_ref(), "t", 1).await?;
+        assert_eq!(envelope(&stored[0]).data.to_value()["new"]["v"], v);
+    }
+    for (capture, _) in running {
+        capture.stop().await??;
+    }
+    Ok(())
+}
+
 /// Starts a capture of `t` on `server` and waits until it streams.
 async fn capture_on(
     server: &PrivateMariaDb,

@@ -131,6 +131,23 @@ impl BinlogConfig {
         (!db.is_empty()).then(|| db.to_owned())
     }
 
+    /// The name of the capture's lease lock. Named locks are server-wide on MySQL and MariaDB,
+    /// not per database, so the database is part of the name: captures of the same name in two
+    /// databases of one server never stand by behind each other. A name is at most 64
+    /// characters; a longer one is `tributary-cdc:` and a hash of the whole.
+    pub fn lease_lock(&self) -> String {
+        let database = self.database().unwrap_or_default();
+        let name = format!("tributary-cdc:{database}.{}", self.capture);
+        if name.len() <= 64 {
+            name
+        } else {
+            format!(
+                "tributary-cdc:{:016x}",
+                crate::hash::fnv1a64(name.as_bytes())
+            )
+        }
+    }
+
     /// A table to capture: `database.table`, or `table` in the connection's database.
     pub fn table(&self, name: &str) -> TableConfig {
         if name.contains('.') {
@@ -149,5 +166,44 @@ impl BinlogConfig {
             .flat_map(|t| &t.tables)
             .any(|t| t.snapshot)
             || self.outbox.as_ref().is_some_and(|o| o.snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BinlogConfig;
+
+    fn config(database: &str, capture: &str) -> BinlogConfig {
+        BinlogConfig::default()
+            .with_url(format!("mysql://root@127.0.0.1:3306/{database}"))
+            .with_capture(capture)
+    }
+
+    #[test]
+    fn the_lease_lock_is_per_database_and_capture() {
+        assert_eq!(
+            config("orders", "cdc").lease_lock(),
+            "tributary-cdc:orders.cdc"
+        );
+        assert_ne!(
+            config("orders", "cdc").lease_lock(),
+            config("customers", "cdc").lease_lock()
+        );
+        assert_ne!(
+            config("orders", "a").lease_lock(),
+            config("orders", "b").lease_lock()
+        );
+    }
+
+    #[test]
+    fn a_long_lease_lock_is_a_hash_within_the_servers_limit() {
+        let long = "c".repeat(190);
+        let (a, b) = (config("orders", &long), config("customers", &long));
+        for lock in [a.lease_lock(), b.lease_lock()] {
+            assert!(lock.len() <= 64, "{lock}");
+            assert!(lock.starts_with("tributary-cdc:"), "{lock}");
+        }
+        assert_ne!(a.lease_lock(), b.lease_lock());
+        assert_eq!(a.lease_lock(), a.clone().lease_lock(), "stable");
     }
 }

@@ -116,8 +116,9 @@
 //!
 //! # One capture per name
 //!
-//! The lease is a named lock (`GET_LOCK('tributary-cdc:<capture>')`) held by the control
-//! connection, checked every [`BinlogConfig::lease_check_interval`]; a standby polls for it.
+//! The lease is a named lock (`GET_LOCK('tributary-cdc:<database>.<capture>')`, see
+//! [`BinlogConfig::lease_lock`]) held by the control connection, checked every
+//! [`BinlogConfig::lease_check_interval`]; a standby polls for it.
 
 pub mod bench;
 pub mod decode;

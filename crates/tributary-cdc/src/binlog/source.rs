@@ -222,7 +222,7 @@ impl BinlogSource {
         reader.handed = None;
         drop(reader);
         if let Some(mut conn) = self.inner.control.lock().await.take() {
-            let _ = state::unlock(&mut conn, &self.inner.config.capture).await;
+            let _ = state::unlock(&mut conn, &self.inner.config.lease_lock()).await;
             disconnect(conn).await;
         }
     }
@@ -675,7 +675,7 @@ impl RelaySource for BinlogSource {
         let config = &self.inner.config;
         let acquired = async {
             let mut conn = state::connect(&config.url).await?;
-            if !state::try_lock(&mut conn, &config.capture).await? {
+            if !state::try_lock(&mut conn, &config.lease_lock()).await? {
                 disconnect(conn).await;
                 return Ok(None);
             }
@@ -842,7 +842,7 @@ pub async fn capture_binlog(
 pub async fn resnapshot_binlog(config: &BinlogConfig) -> Result<()> {
     let source = BinlogSource::new(config.clone())?;
     let mut conn = state::connect(&config.url).await?;
-    if !state::try_lock(&mut conn, &config.capture).await? {
+    if !state::try_lock(&mut conn, &config.lease_lock()).await? {
         disconnect(conn).await;
         return Err(BinlogError::LeaseHeld {
             capture: config.capture.clone(),
@@ -850,7 +850,7 @@ pub async fn resnapshot_binlog(config: &BinlogConfig) -> Result<()> {
     }
     source.inner.state.ensure_table(&mut conn).await?;
     let result = source.inner.state.forget(&mut conn).await;
-    let _ = state::unlock(&mut conn, &config.capture).await;
+    let _ = state::unlock(&mut conn, &config.lease_lock()).await;
     disconnect(conn).await;
     result
 }

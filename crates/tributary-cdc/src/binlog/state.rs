@@ -346,9 +346,10 @@ fn gtid_literal(position: &BinlogPosition) -> String {
     }
 }
 
-/// Takes the capture's lease: a named lock held by `conn`'s session.
-pub(crate) async fn try_lock(conn: &mut Conn, capture: &str) -> Result<bool> {
-    let sql = format!("SELECT GET_LOCK({}, 0)", literal(&lock_name(capture)));
+/// Takes the capture's lease: the named lock [`BinlogConfig::lease_lock`] held by `conn`'s
+/// session.
+pub(crate) async fn try_lock(conn: &mut Conn, lock: &str) -> Result<bool> {
+    let sql = format!("SELECT GET_LOCK({}, 0)", literal(lock));
     let got: Option<Option<i64>> = conn
         .query_first(&sql)
         .await
@@ -359,17 +360,11 @@ pub(crate) async fn try_lock(conn: &mut Conn, capture: &str) -> Result<bool> {
 /// Gives the capture's lease back at once. Ending the session releases it too, but the server
 /// does that after it closed the socket, so a client that saw the disconnect could still find
 /// the lock held (an operator command run right after a capture stopped).
-pub(crate) async fn unlock(conn: &mut Conn, capture: &str) -> Result<()> {
-    let sql = format!("SELECT RELEASE_LOCK({})", literal(&lock_name(capture)));
+pub(crate) async fn unlock(conn: &mut Conn, lock: &str) -> Result<()> {
+    let sql = format!("SELECT RELEASE_LOCK({})", literal(lock));
     let _: Option<Option<i64>> = conn
         .query_first(&sql)
         .await
         .map_err(|e| BinlogError::driver(&sql, e))?;
     Ok(())
-}
-
-fn lock_name(capture: &str) -> String {
-    // Lock names are at most 64 characters.
-    let name = format!("tributary-cdc:{capture}");
-    name.chars().take(64).collect()
 }

@@ -282,11 +282,7 @@ pub(crate) async fn unlock(session: &mut SqlSession, slot: &SlotName) -> Result<
 /// The advisory lock key of a slot: FNV-1a (64 bit) of `tributary-cdc:<slot>`. Stable across
 /// processes and versions, as every capture of the slot must agree on it.
 pub(crate) fn lease_key(slot: &SlotName) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"tributary-cdc:".iter().chain(slot.as_str().as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = crate::hash::fnv1a64(format!("tributary-cdc:{slot}").as_bytes());
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
