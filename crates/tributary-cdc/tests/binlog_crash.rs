@@ -7,74 +7,27 @@
 //! stored twice (re-published changes carry the same ids), and re-publishing bounded by the
 //! batch and transaction in flight.
 
+mod crash_kit;
 mod mysql;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use async_trait::async_trait;
+use anyhow::{Context, Result, ensure};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tributary_cdc::BinlogConfig;
 use tributary_cdc::capture::TableCapture;
-use tributary_core::{Broker, GroupName, OutgoingMessage, PartitionConsumer, Topic};
 use tributary_testkit::checker::DeliveryCheck;
 
+use crash_kit::{BIG, LoggingBroker, Worker, kill_rounds, published};
 use mysql::{Server, TestDb, envelope, read_topic, wait_streaming};
 
 const BATCH: usize = 500;
-const BIG: u64 = 10_000;
 const ROUNDS: usize = 24;
-
-/// A broker that appends `key id` of every acknowledged message to a log file.
-struct LoggingBroker {
-    inner: Arc<dyn Broker>,
-    log: std::sync::Mutex<std::fs::File>,
-}
-
-#[async_trait]
-impl Broker for LoggingBroker {
-    async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> tributary_core::Result<()> {
-        self.inner.ensure_topic(topic, partitions).await
-    }
-    async fn partitions(&self, topic: &Topic) -> tributary_core::Result<u32> {
-        self.inner.partitions(topic).await
-    }
-    async fn publish(&self, messages: &[OutgoingMessage]) -> tributary_core::Result<()> {
-        self.inner.publish(messages).await?;
-        use std::io::Write;
-        let mut text = String::new();
-        for m in messages {
-            text.push_str(&format!("{} {}\n", m.key, m.id));
-        }
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = log.write_all(text.as_bytes());
-        let _ = log.flush();
-        Ok(())
-    }
-    async fn consume(
-        &self,
-        group: &GroupName,
-        topic: &Topic,
-        partition: tributary_core::Partition,
-    ) -> tributary_core::Result<Box<dyn PartitionConsumer>> {
-        self.inner.consume(group, topic, partition).await
-    }
-    fn redelivery_horizon(&self) -> Duration {
-        self.inner.redelivery_horizon()
-    }
-    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> tributary_core::Result<()> {
-        self.inner.reset_group(group, topic).await
-    }
-    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> tributary_core::Result<()> {
-        self.inner.delete_group(group, topic).await
-    }
-}
 
 fn worker_config(url: &str) -> BinlogConfig {
     let base = BinlogConfig::default()
@@ -102,69 +55,12 @@ async fn binlog_crash_worker() -> Result<()> {
         return Ok(());
     };
     let dir = PathBuf::from(dir);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("published-{}.log", std::process::id())))?;
-    let inner = tributary_sqlite::SqliteBroker::open(
-        dir.join("broker.db"),
-        tributary_sqlite::SqliteBrokerConfig::default().with_default_partitions(4),
-    )?;
-    let broker = Arc::new(LoggingBroker {
-        inner: Arc::new(inner),
-        log: std::sync::Mutex::new(log),
-    });
+    let broker = LoggingBroker::open_in(&dir)?;
     let result =
         tributary_cdc::capture_binlog(worker_config(&url), broker, CancellationToken::new()).await;
     eprintln!("capture ended: {result:?}");
     result?;
     Ok(())
-}
-
-struct Worker {
-    child: Child,
-}
-
-impl Worker {
-    fn start(url: &str, dir: &Path, round: usize) -> Result<Self> {
-        let stderr = std::fs::File::create(dir.join(format!("worker-{round}.stderr")))?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["binlog_crash_worker", "--exact", "--ignored", "--nocapture"])
-            .env("BINLOG_CRASH_URL", url)
-            .env("BINLOG_CRASH_DIR", dir)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("starting the worker")?;
-        Ok(Worker { child })
-    }
-
-    fn log(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("published-{}.log", self.child.id()))
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn published(log: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (key, id) = line.split_once(' ')?;
-            (id.len() == 36).then(|| (key.to_owned(), id.to_owned()))
-        })
-        .collect()
 }
 
 /// Commits small transactions (1–3 rows over 30 keys, per-key sequence numbers in commit
@@ -222,7 +118,20 @@ async fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Re
     let dir = tempfile::tempdir()?;
     let url = db.url();
 
-    let first = Worker::start(&url, dir.path(), 0)?;
+    let env = [
+        ("BINLOG_CRASH_URL", url.clone()),
+        ("BINLOG_CRASH_DIR", dir.path().display().to_string()),
+    ];
+    let start = |round, kill_after_big| {
+        Worker::start(
+            "binlog_crash_worker",
+            &env,
+            dir.path(),
+            round,
+            kill_after_big,
+        )
+    };
+    let first = start(0, None)?;
     let mut logs = vec![first.log(dir.path())];
     wait_streaming(|q| db.sql(q)).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -238,44 +147,14 @@ async fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Re
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.kill();
 
-    let mut mid_big_kills = 0;
-    for round in 1..=ROUNDS {
-        let worker = Worker::start(&url, dir.path(), round)?;
-        let log = worker.log(dir.path());
-        logs.push(log.clone());
-        if round % 4 == 2 {
-            let before = bigs.load(Ordering::SeqCst);
-            big.store(true, Ordering::SeqCst);
-            let target = rand::rng().random_range(1..BIG as usize * 9 / 10);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let big_published = published(&log).iter().filter(|(k, _)| k == "big").count();
-                if big_published >= target && (big_published as u64) < BIG {
-                    mid_big_kills += 1;
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "the big transaction was never published (big transactions committed: {} before, {} now)",
-                        before,
-                        bigs.load(Ordering::SeqCst)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        } else {
-            let alive = rand::rng().random_range(150..1200);
-            tokio::time::sleep(Duration::from_millis(alive)).await;
-        }
-        worker.kill();
-    }
+    let mid_big_kills = kill_rounds(ROUNDS, &start, dir.path(), &big, &bigs, &mut logs).await?;
     stop.store(true, Ordering::SeqCst);
     let rows = producing
         .join()
         .map_err(|_| anyhow::anyhow!("producer panicked"))??;
 
     // Recovery: one more worker runs until the broker holds every committed row.
-    let recovering = Worker::start(&url, dir.path(), ROUNDS + 1)?;
+    let recovering = start(ROUNDS + 1, None)?;
     logs.push(recovering.log(dir.path()));
     let broker = mysql::broker(&dir)?;
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -8,78 +8,29 @@
 //! broker deduplicates), and re-publishing bounded by the batch and transaction in flight.
 
 mod common;
+mod crash_kit;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use async_trait::async_trait;
+use anyhow::{Context, Result, ensure};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tributary_cdc::{
     CdcConfig, PgReplicationConfig, PublicationName, SlotName, TableCapture, TableConfig,
 };
-use tributary_core::{Broker, GroupName, OutgoingMessage, PartitionConsumer, Topic};
 use tributary_testkit::checker::DeliveryCheck;
 
 use common::{broker, confirmed_flush, current_lsn, envelope, read_topic};
+use crash_kit::{BIG, LoggingBroker, Worker, kill_rounds, published};
 use support::PrivatePostgres;
 
 const BATCH: usize = 500;
-const BIG: u64 = 10_000;
 const ROUNDS: usize = 24;
-
-/// A broker that appends `key id` of every acknowledged message to a log file, so the test
-/// can count what was published (including copies the broker deduplicated) and see when a
-/// kill lands in the middle of the big transaction.
-struct LoggingBroker {
-    inner: Arc<dyn Broker>,
-    log: std::sync::Mutex<std::fs::File>,
-}
-
-#[async_trait]
-impl Broker for LoggingBroker {
-    async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> tributary_core::Result<()> {
-        self.inner.ensure_topic(topic, partitions).await
-    }
-    async fn partitions(&self, topic: &Topic) -> tributary_core::Result<u32> {
-        self.inner.partitions(topic).await
-    }
-    async fn publish(&self, messages: &[OutgoingMessage]) -> tributary_core::Result<()> {
-        self.inner.publish(messages).await?;
-        use std::io::Write;
-        let mut text = String::new();
-        for m in messages {
-            text.push_str(&format!("{} {}\n", m.key, m.id));
-        }
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = log.write_all(text.as_bytes());
-        let _ = log.flush();
-        Ok(())
-    }
-    async fn consume(
-        &self,
-        group: &GroupName,
-        topic: &Topic,
-        partition: tributary_core::Partition,
-    ) -> tributary_core::Result<Box<dyn PartitionConsumer>> {
-        self.inner.consume(group, topic, partition).await
-    }
-    fn redelivery_horizon(&self) -> Duration {
-        self.inner.redelivery_horizon()
-    }
-    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> tributary_core::Result<()> {
-        self.inner.reset_group(group, topic).await
-    }
-    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> tributary_core::Result<()> {
-        self.inner.delete_group(group, topic).await
-    }
-}
 
 fn worker_config(port: u16, db: &str) -> Result<CdcConfig> {
     Ok(CdcConfig::default()
@@ -111,18 +62,7 @@ async fn cdc_crash_worker() -> Result<()> {
         return Ok(());
     };
     let dir = PathBuf::from(dir);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("published-{}.log", std::process::id())))?;
-    let inner = tributary_sqlite::SqliteBroker::open(
-        dir.join("broker.db"),
-        tributary_sqlite::SqliteBrokerConfig::default().with_default_partitions(4),
-    )?;
-    let broker = Arc::new(LoggingBroker {
-        inner: Arc::new(inner),
-        log: std::sync::Mutex::new(log),
-    });
+    let broker = LoggingBroker::open_in(&dir)?;
     let result = tributary_cdc::capture(
         worker_config(port.parse()?, &db)?,
         broker,
@@ -132,55 +72,6 @@ async fn cdc_crash_worker() -> Result<()> {
     eprintln!("capture ended: {result:?}");
     result?;
     Ok(())
-}
-
-/// A child process killed with SIGKILL (by its own pid) when dropped.
-struct Worker {
-    child: Child,
-}
-
-impl Worker {
-    fn start(pg: &PrivatePostgres, db: &str, dir: &Path, round: usize) -> Result<Self> {
-        let stderr = std::fs::File::create(dir.join(format!("worker-{round}.stderr")))?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["cdc_crash_worker", "--exact", "--ignored", "--nocapture"])
-            .env("CDC_CRASH_PORT", pg.port.to_string())
-            .env("CDC_CRASH_DB", db)
-            .env("CDC_CRASH_DIR", dir)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("starting the worker")?;
-        Ok(Worker { child })
-    }
-
-    fn log(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("published-{}.log", self.child.id()))
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `(key, id)` lines of a worker's publish log (a line cut by the kill is skipped).
-fn published(log: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (key, id) = line.split_once(' ')?;
-            (id.len() == 36).then(|| (key.to_owned(), id.to_owned()))
-        })
-        .collect()
 }
 
 /// Commits small transactions (1–3 rows over 30 keys, per-key sequence numbers in commit
@@ -247,7 +138,15 @@ async fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Re
     let dir = tempfile::tempdir()?;
 
     // The first worker creates the slot before the load starts.
-    let first = Worker::start(&pg, db, dir.path(), 0)?;
+    let env = [
+        ("CDC_CRASH_PORT", pg.port.to_string()),
+        ("CDC_CRASH_DB", db.to_owned()),
+        ("CDC_CRASH_DIR", dir.path().display().to_string()),
+    ];
+    let start = |round, kill_after_big| {
+        Worker::start("cdc_crash_worker", &env, dir.path(), round, kill_after_big)
+    };
+    let first = start(0, None)?;
     let mut logs = vec![first.log(dir.path())];
     common::wait_streaming(&pg, db).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -257,38 +156,7 @@ async fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Re
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.kill();
 
-    let mut mid_big_kills = 0;
-    for round in 1..=ROUNDS {
-        let worker = Worker::start(&pg, db, dir.path(), round)?;
-        let log = worker.log(dir.path());
-        logs.push(log.clone());
-        if round % 4 == 2 {
-            // Aim at a random point inside a 10,000-row transaction.
-            let before = bigs.load(Ordering::SeqCst);
-            big.store(true, Ordering::SeqCst);
-            let target = rand::rng().random_range(1..BIG as usize * 9 / 10);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let big_published = published(&log).iter().filter(|(k, _)| k == "big").count();
-                if big_published >= target && (big_published as u64) < BIG {
-                    mid_big_kills += 1;
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "the big transaction was never published (big transactions committed: {} before, {} now)",
-                        before,
-                        bigs.load(Ordering::SeqCst)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        } else {
-            let alive = rand::rng().random_range(150..1200);
-            tokio::time::sleep(Duration::from_millis(alive)).await;
-        }
-        worker.kill();
-    }
+    let mid_big_kills = kill_rounds(ROUNDS, &start, dir.path(), &big, &bigs, &mut logs).await?;
     stop.store(true, Ordering::SeqCst);
     let rows = producing
         .join()
@@ -296,7 +164,7 @@ async fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Re
 
     // Recovery: one more worker runs until the slot confirmed everything committed.
     let end = current_lsn(&pg, db)?;
-    let recovering = Worker::start(&pg, db, dir.path(), ROUNDS + 1)?;
+    let recovering = start(ROUNDS + 1, None)?;
     logs.push(recovering.log(dir.path()));
     let deadline = Instant::now() + Duration::from_secs(180);
     while confirmed_flush(&pg, db)? < end {

@@ -11,38 +11,34 @@ use tributary::{Broker, GroupName, Partition, Topic};
 use tributary_testkit::servers::{nats_url, postgres_url, reachable, skip};
 
 /// What `sql` printed, or `None` if psql failed (e.g. the table does not exist yet).
-fn try_psql(url: &str, sql: &str) -> Option<String> {
+/// psql's answer, or what it wrote to stderr.
+fn run_psql(url: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .args([url, "-Atqc", sql])
         .output()
         .expect("psql runs");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn try_psql(url: &str, sql: &str) -> Option<String> {
+    run_psql(url, sql).ok()
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    run_psql(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// The last lines a child process wrote to its log, for a failure message.
 fn log_tail(log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
     format!(
         "\n--- last lines of {} ---\n{}",
         log.display(),
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tributary_testkit::logs::tail(log, 40)
     )
-}
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([url, "-Atqc", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// The shared server, if it can do logical replication.

@@ -20,8 +20,8 @@ fn origin() -> WorkOrigin {
     WorkOrigin::Task("a PostgreSQL test".into())
 }
 
-/// Taken by the tests that keep a transaction open on purpose, so that the lag test sees its
-/// own long transaction as the oldest one (the horizon is server-wide).
+/// Taken by the tests that keep a transaction open on purpose or keep opening them, so that the
+/// lag test sees its own long transaction as the oldest one (the horizon is server-wide).
 static LONG_TRANSACTIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn event(n: u64) -> Envelope {
@@ -456,6 +456,7 @@ async fn positions_pack_the_writing_transaction_and_the_row_within_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_right_after_a_commit_returns_it_while_other_transactions_come_and_go() {
+    let _long = LONG_TRANSACTIONS.lock().await;
     let Some((pg, _guard)) = common::database("postgres reads").await else {
         return;
     };
@@ -651,6 +652,7 @@ async fn a_schema_holding_the_services_tables_is_shared_but_one_with_a_clashing_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commits_made_through_another_handle_wake_readers_by_notification() {
+    let _long = LONG_TRANSACTIONS.lock().await;
     let Some((pg, _guard)) = common::database("postgres notify").await else {
         return;
     };

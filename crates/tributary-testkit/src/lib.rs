@@ -4,6 +4,7 @@ pub mod broker;
 pub mod checker;
 pub mod event_store;
 mod given;
+pub mod logs;
 pub mod messaging;
 pub mod sample;
 pub mod servers;

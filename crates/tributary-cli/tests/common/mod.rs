@@ -49,9 +49,7 @@ pub fn worker_log() -> std::path::PathBuf {
 
 /// The last `lines` lines the workers wrote, for a failure message.
 pub fn worker_log_tail(lines: usize) -> String {
-    let text = std::fs::read_to_string(worker_log()).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    tributary_testkit::logs::tail(&worker_log(), lines)
 }
 
 impl Worker {
