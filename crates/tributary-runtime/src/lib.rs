@@ -3,6 +3,8 @@
 mod backoff;
 mod consumer;
 mod dead_letters;
+#[cfg(test)]
+mod faulty_broker;
 mod handler;
 mod health;
 pub mod metrics;

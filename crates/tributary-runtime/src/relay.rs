@@ -285,59 +285,12 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-
-    use async_trait::async_trait;
     use tributary_core::{
-        Database, Envelope, GroupName, InMemoryBroker, InMemoryDatabase, OutgoingMessage,
-        Partition, PartitionConsumer, Payload, Result, Topic,
+        Database, Envelope, GroupName, InMemoryDatabase, Partition, Payload, Topic,
     };
 
     use super::*;
-
-    /// The in-memory broker, refusing every publish for good while `refuse` is set, the way
-    /// NATS refuses a message above its `max_payload`.
-    struct Refusing {
-        inner: InMemoryBroker,
-        refuse: AtomicBool,
-    }
-
-    #[async_trait]
-    impl Broker for Refusing {
-        async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> Result<()> {
-            self.inner.ensure_topic(topic, partitions).await
-        }
-        async fn partitions(&self, topic: &Topic) -> Result<u32> {
-            self.inner.partitions(topic).await
-        }
-        async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
-            if self.refuse.load(Ordering::SeqCst) {
-                return Err(Error::TooLarge {
-                    what: "message".into(),
-                    size: 2 << 20,
-                    limit: 1 << 20,
-                });
-            }
-            self.inner.publish(messages).await
-        }
-        async fn consume(
-            &self,
-            group: &GroupName,
-            topic: &Topic,
-            partition: Partition,
-        ) -> Result<Box<dyn PartitionConsumer>> {
-            self.inner.consume(group, topic, partition).await
-        }
-        fn redelivery_horizon(&self) -> Duration {
-            self.inner.redelivery_horizon()
-        }
-        async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
-            self.inner.reset_group(group, topic).await
-        }
-        async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
-            self.inner.delete_group(group, topic).await
-        }
-    }
+    use crate::faulty_broker::FaultyBroker;
 
     async fn until(what: &str, check: impl Fn() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -350,10 +303,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_batch_halts_the_relay_without_losing_or_skipping_a_message() {
         let db: Arc<dyn Database> = Arc::new(InMemoryDatabase::new());
-        let broker = Arc::new(Refusing {
-            inner: InMemoryBroker::new(Default::default()),
-            refuse: AtomicBool::new(true),
-        });
+        let broker = Arc::new(FaultyBroker::new());
+        broker.refuse_publish.store(true, Ordering::SeqCst);
         let topic = Topic::new("refusals").unwrap();
         broker.ensure_topic(&topic, 1).await.unwrap();
         let events: Vec<Envelope> = (0..3)
@@ -394,7 +345,7 @@ mod tests {
             other => panic!("health should say the relay is halted, not {other:?}"),
         }
 
-        broker.refuse.store(false, Ordering::SeqCst);
+        broker.refuse_publish.store(false, Ordering::SeqCst);
         until("the held batch published", || {
             stats.published.load(Ordering::Relaxed) == 3
         })

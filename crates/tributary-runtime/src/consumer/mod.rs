@@ -288,10 +288,12 @@ impl Consumer {
             Ok(guard) => Arc::new(std::sync::Mutex::new(guard)),
             Err(stop) => return retry.finish(Err(stop)),
         };
-        let started = self.start_partitions(&retry).await;
-        let mut tasks = match started {
+        let mut tasks = match self.start_partitions(&retry).await {
             Ok(tasks) => tasks,
-            Err(e) => return retry.finish(Err(crate::retry::Stop::Fatal(e))),
+            Err(stop) => {
+                group_lock::release(lock).await;
+                return retry.finish(Err(stop));
+            }
         };
         if let Some(retention) = self.retention {
             let ctx = self.ctx.clone();
@@ -346,11 +348,25 @@ impl Consumer {
         retry.finish(failure.map_or(Ok(()), |e| Err(crate::retry::Stop::Fatal(e))))
     }
 
-    async fn start_partitions(&self, retry: &Retry) -> Result<JoinSet<Result<()>>> {
-        self.rebuild_if_requested().await?;
+    /// Performs a requested rebuild and spawns one task per partition. A broker or database
+    /// that is unavailable at start (down, electing a leader, refusing a stream for a moment)
+    /// is waited for like one that fails later: a group must come up once its servers do.
+    async fn start_partitions(
+        &self,
+        retry: &Retry,
+    ) -> std::result::Result<JoinSet<Result<()>>, crate::retry::Stop> {
+        retry
+            .until_ok("performing a requested rebuild", || {
+                self.rebuild_if_requested()
+            })
+            .await?;
         let mut tasks = JoinSet::new();
         for topic in &self.topics {
-            let partitions = self.ctx.broker.partitions(topic).await?;
+            let partitions = retry
+                .until_ok(&format!("counting the partitions of topic {topic}"), || {
+                    self.ctx.broker.partitions(topic)
+                })
+                .await?;
             for p in 0..partitions {
                 tasks.spawn(partition::run(
                     self.ctx.clone(),
@@ -404,5 +420,82 @@ async fn prune_inbox(ctx: Arc<Context>, retention: Duration, shutdown: Cancellat
             Ok(_) => {}
             Err(e) => tracing::warn!(group = %ctx.group, error = %e, "pruning the inbox failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use tributary_core::{Envelope, InMemoryDatabase, OutgoingMessage, Payload};
+
+    use super::*;
+    use crate::faulty_broker::FaultyBroker;
+    use crate::handler::handler_fn;
+
+    /// Guards the waits below; each awaits an event, never a duration.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_group_started_while_the_broker_is_unavailable_comes_up_once_it_answers() {
+        let broker = Arc::new(FaultyBroker::new());
+        let topic = Topic::new("orders").unwrap();
+        broker.ensure_topic(&topic, 1).await.unwrap();
+        broker.partitions_unavailable.store(true, Ordering::SeqCst);
+        let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+        let handler = handler_fn(move |event, _unit| {
+            let handled_tx = handled_tx.clone();
+            let id = event.id;
+            Box::pin(async move {
+                let _ = handled_tx.send(id);
+                Ok(())
+            })
+        });
+        let config = ConsumerConfig::default()
+            .with_backoff(Backoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(5),
+            ))
+            .with_fetch_wait(Duration::from_millis(20));
+        let consumer = Consumer::new(
+            GroupName::new("history").unwrap(),
+            vec![topic.clone()],
+            Arc::new(InMemoryDatabase::new()),
+            broker.clone(),
+            handler,
+            config,
+        )
+        .unwrap();
+        let health = consumer.health();
+        let shutdown = CancellationToken::new();
+        let mut running = tokio::spawn(consumer.run(shutdown.clone()));
+
+        // Asked, refused, and asked again: the group waits instead of failing.
+        let mut counts = broker.partition_counts.subscribe();
+        tokio::select! {
+            asked = tokio::time::timeout(PATIENCE, counts.wait_for(|n| *n >= 3)) => {
+                asked.expect("the group keeps asking for the partitions").unwrap();
+            }
+            ended = &mut running => panic!("the group gave up on an unavailable broker: {ended:?}"),
+        }
+        match health.get() {
+            HealthState::Degraded(why) => assert!(why.contains("partitions"), "{why}"),
+            other => panic!("health should say what the group waits for, not {other:?}"),
+        }
+
+        broker.partitions_unavailable.store(false, Ordering::SeqCst);
+        let event = Envelope::new("orders", "OrderCreated", Payload::from_value(&1).unwrap())
+            .with_partition_key("o-1");
+        broker
+            .publish(&[OutgoingMessage::from_envelope(topic, &event)])
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(PATIENCE, handled.recv())
+            .await
+            .expect("the group consumes once the broker answers");
+        assert_eq!(got, Some(event.id));
+
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
     }
 }

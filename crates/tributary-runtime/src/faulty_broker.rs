@@ -1,0 +1,77 @@
+//! The in-memory broker with faults switched on and off by a test: the runtime's tasks must
+//! ride through a broker that refuses or is briefly unavailable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tributary_core::{
+    Broker, Error, GroupName, InMemoryBroker, OutgoingMessage, Partition, PartitionConsumer,
+    Result, Topic,
+};
+
+pub(crate) struct FaultyBroker {
+    pub inner: InMemoryBroker,
+    /// Every publish is refused for good (as NATS refuses a message above `max_payload`).
+    pub refuse_publish: AtomicBool,
+    /// Every partition count answers "unavailable" (as JetStream does during an election).
+    pub partitions_unavailable: AtomicBool,
+    /// How many partition counts were asked for, to wait on without sleeping.
+    pub partition_counts: watch::Sender<u32>,
+}
+
+impl FaultyBroker {
+    pub fn new() -> Self {
+        Self {
+            inner: InMemoryBroker::new(Default::default()),
+            refuse_publish: AtomicBool::new(false),
+            partitions_unavailable: AtomicBool::new(false),
+            partition_counts: watch::channel(0).0,
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for FaultyBroker {
+    async fn ensure_topic(&self, topic: &Topic, partitions: u32) -> Result<()> {
+        self.inner.ensure_topic(topic, partitions).await
+    }
+    async fn partitions(&self, topic: &Topic) -> Result<u32> {
+        self.partition_counts.send_modify(|n| *n += 1);
+        if self.partitions_unavailable.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(
+                format!("the stream of topic {topic}"),
+                "no leader elected yet",
+            ));
+        }
+        self.inner.partitions(topic).await
+    }
+    async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
+        if self.refuse_publish.load(Ordering::SeqCst) {
+            return Err(Error::TooLarge {
+                what: "message".into(),
+                size: 2 << 20,
+                limit: 1 << 20,
+            });
+        }
+        self.inner.publish(messages).await
+    }
+    async fn consume(
+        &self,
+        group: &GroupName,
+        topic: &Topic,
+        partition: Partition,
+    ) -> Result<Box<dyn PartitionConsumer>> {
+        self.inner.consume(group, topic, partition).await
+    }
+    fn redelivery_horizon(&self) -> Duration {
+        self.inner.redelivery_horizon()
+    }
+    async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        self.inner.reset_group(group, topic).await
+    }
+    async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
+        self.inner.delete_group(group, topic).await
+    }
+}
