@@ -450,16 +450,7 @@ async fn corruption_a_read_meets_after_open_is_reported_as_the_databases_damage(
     // connection of this process has read the documents' pages yet.
     let db = open(&dir, "damaged.db");
     assert_eq!(db.damage(), None, "sound when opened");
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let page = 4096u64;
-        let len = std::fs::metadata(&path).unwrap().len();
-        assert!(len > 8 * page, "the documents span many pages: {len} bytes");
-        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.seek(SeekFrom::Start(page)).unwrap();
-        f.write_all(&vec![0xA5; (len - page) as usize]).unwrap();
-        f.sync_all().unwrap();
-    }
+    tributary_testkit::files::overwrite_all_but_the_first_page(&path, 8);
     let dyn_db: &dyn Database = &db;
     let mut failures = 0;
     for id in &ids {

@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod checker;
 pub mod event_store;
+pub mod files;
 mod given;
 pub mod logs;
 pub mod messaging;

@@ -16,13 +16,18 @@ struct App {
     base: String,
     client: reqwest::Client,
     running: Option<Running>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl App {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// The application on the embedded files in `dir` (new, or left by [`App::stop`]).
+    async fn start_in(dir: tempfile::TempDir) -> Self {
         let running = system::start(Backends::embedded(dir.path()).await.unwrap())
             .await
             .unwrap();
@@ -36,7 +41,7 @@ impl App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             // The server the binary runs: its limits and JSON protocol errors are the API too.
             http::serve(listener, http::router(state), async move {
                 let _ = stopped.await;
@@ -48,8 +53,9 @@ impl App {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             running: Some(running),
-            _dir: dir,
+            dir,
             stop: Some(stop),
+            server,
         }
     }
 
@@ -149,13 +155,17 @@ impl App {
         }
     }
 
-    async fn stop(mut self) {
+    /// Stops the server and the services; once every handle is dropped, the databases are
+    /// closed (their pages checkpointed into the files) and `dir` holds only the files.
+    async fn stop(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.server.await.unwrap();
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
+        self.dir
     }
 }
 
@@ -690,5 +700,65 @@ async fn a_malformed_or_forged_token_is_a_400_and_an_unmet_one_a_503_that_says_w
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["pending"].as_array().map(Vec::len), Some(1), "{body}");
     assert_eq!(body["pending"][0]["reason"], "not applied yet");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corruption_found_after_start_turns_health_503_naming_the_file() {
+    // Enough customers that their documents and outbox rows span many pages.
+    let app = App::start().await;
+    let mut customers = Vec::new();
+    for i in 0..300 {
+        customers.push(app.customer(&format!("Customer {i:03}"), 1_000).await);
+    }
+    let dir = app.stop().await;
+
+    // Started again, the files pass the check at start; then every page of the customers'
+    // database but the first is overwritten, as a failing disk would.
+    let app = App::start_in(dir).await;
+    let (_, body) = app.get("/health").await;
+    assert_eq!(
+        body["components"]["database customers"], "Running",
+        "sound at start: {body}"
+    );
+    tributary_testkit::files::overwrite_all_but_the_first_page(
+        &app.dir.path().join("customers.db"),
+        8,
+    );
+
+    let mut failed = 0;
+    for c in &customers {
+        let (status, body) = app.get(&format!("/customers/{c}")).await;
+        if status != StatusCode::OK {
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+            assert!(body["error"].is_string(), "a JSON error: {body}");
+            failed += 1;
+        }
+    }
+    assert!(failed > 0, "reads of the overwritten pages fail");
+
+    // Health reports the damage (its watcher samples every database a few times a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = app.get("/health").await;
+        let customers_db = body["components"]["database customers"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if customers_db.contains("Failed") {
+            assert!(
+                customers_db.contains("customers.db") && customers_db.contains("corrupted"),
+                "health names the damaged file: {body}"
+            );
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["status"], "degraded");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health did not report the damage after reads failed: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.stop().await;
 }
