@@ -1,5 +1,6 @@
 //! The `tributary` command.
 
+mod allocator;
 mod app;
 mod bench;
 mod cdc;
@@ -11,11 +12,6 @@ mod ops;
 mod report;
 mod sagas;
 mod urls;
-
-// The event pipeline allocates many small strings on one thread and frees them on another,
-// which glibc malloc handles poorly (measured: read_all 0.5M -> 0.8M events/s).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +68,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match run(cli) {
