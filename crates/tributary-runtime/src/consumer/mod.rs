@@ -362,11 +362,21 @@ impl Consumer {
             .await?;
         let mut tasks = JoinSet::new();
         for topic in &self.topics {
-            let partitions = retry
+            let counted = retry
                 .until_ok(&format!("counting the partitions of topic {topic}"), || {
                     self.ctx.broker.partitions(topic)
                 })
-                .await?;
+                .await;
+            let partitions = match counted {
+                Ok(n) => n,
+                Err(stop) => {
+                    // The partitions of earlier topics have started: they finish the message
+                    // they handle, as at shutdown, instead of being dropped in the middle.
+                    retry.shutdown.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(stop);
+                }
+            };
             for p in 0..partitions {
                 tasks.spawn(partition::run(
                     self.ctx.clone(),
