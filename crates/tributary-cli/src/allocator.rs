@@ -23,9 +23,13 @@ const GENERIC_COLLECT_DEFAULT: std::ffi::c_long = 10_000;
 /// Every 100 slow-path allocations a thread returns its free pages.
 const GENERIC_COLLECT_EVERY: std::ffi::c_long = 100;
 
-/// Sets the collection interval; call it first thing in `main`.
+/// Sets the collection interval, unless the operator chose one (`MIMALLOC_GENERIC_COLLECT`,
+/// read by mimalloc itself); call it first thing in `main`.
 #[allow(unsafe_code)]
 pub fn tune() {
+    if std::env::var_os("MIMALLOC_GENERIC_COLLECT").is_some() {
+        return;
+    }
     // SAFETY: `mi_option_get` and `mi_option_set` read and write one integer in mimalloc's
     // option table; any option index below `_mi_option_last` and any value are valid at any
     // time, and mimalloc reads this option on each use.
@@ -33,7 +37,7 @@ pub fn tune() {
     if current == GENERIC_COLLECT_DEFAULT {
         // SAFETY: as above.
         unsafe { libmimalloc_sys::mi_option_set(GENERIC_COLLECT, GENERIC_COLLECT_EVERY) };
-    } else if std::env::var_os("MIMALLOC_GENERIC_COLLECT").is_none() {
+    } else {
         eprintln!(
             "warning: mimalloc option {GENERIC_COLLECT} is {current}, not generic_collect's default; leaving mimalloc's defaults"
         );
