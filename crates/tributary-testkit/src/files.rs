@@ -4,16 +4,15 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// SQLite's default page size, which every Tributary database uses.
-pub const SQLITE_PAGE: u64 = 4096;
+const SQLITE_PAGE: u64 = 4096;
 
 /// Overwrites every page of the SQLite file at `path` after the first (the header and the
-/// start of the schema, so that the file still opens) with garbage, and syncs it. Returns
-/// the file's length.
+/// start of the schema, so that the file still opens) with garbage, and syncs it.
 ///
 /// # Panics
 /// When the file cannot be written, or holds fewer than `min_pages` pages (the damage should
 /// reach the rows a test reads).
-pub fn overwrite_all_but_the_first_page(path: &Path, min_pages: u64) -> u64 {
+pub fn overwrite_all_but_the_first_page(path: &Path, min_pages: u64) {
     let len = std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .len();
@@ -30,5 +29,4 @@ pub fn overwrite_all_but_the_first_page(path: &Path, min_pages: u64) -> u64 {
     f.write_all(&vec![0xA5; (len - SQLITE_PAGE) as usize])
         .unwrap();
     f.sync_all().unwrap();
-    len
 }
