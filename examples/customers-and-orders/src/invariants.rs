@@ -4,11 +4,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use tributary::saga::{SagaInstance, SagaState};
 use tributary::{Broker, Envelope, GroupName, Partition};
 
 use crate::AppError;
 use crate::customer::Customer;
 use crate::history::{CustomerHistory, OrderSummary};
+use crate::orchestration::inventory::Product;
+use crate::orchestration::{APPROVED, OrchestratedOrder, REJECTED};
 use crate::order::{Order, OrderState};
 use crate::system::{Services, topics};
 
@@ -20,24 +23,45 @@ pub struct Check {
     pub detail: String,
 }
 
-/// What the three services hold, read once.
+/// What the four services hold, read once.
 pub struct State {
     pub customers: Vec<Customer>,
+    /// The choreography's orders.
     pub orders: BTreeMap<String, Order>,
     pub history: Vec<CustomerHistory>,
+    /// The orchestrated flow's orders, their `CreateOrder` sagas, and the inventory.
+    pub orchestrated: Vec<OrchestratedOrder>,
+    pub sagas: Vec<SagaInstance>,
+    pub products: Vec<Product>,
 }
 
 impl State {
     pub async fn read(services: &Services) -> Result<Self, AppError> {
+        let orchestrated = services.orchestrated()?;
         Ok(Self {
             customers: services.customers()?.all().await?,
             orders: services.orders()?.all().await?,
             history: services.history()?.all().await?,
+            orchestrated: orchestrated.all().await?,
+            sagas: orchestrated.instances().await?,
+            products: services.inventory()?.all().await?,
         })
     }
 
     pub fn count(&self, state: OrderState) -> usize {
         self.orders.values().filter(|o| o.state == state).count()
+    }
+
+    /// Orchestrated orders in `state` (`APPROVED`, `REJECTED`, `PENDING`).
+    pub fn orchestrated_count(&self, state: &str) -> usize {
+        self.orchestrated
+            .iter()
+            .filter(|o| o.state == state)
+            .count()
+    }
+
+    fn approved_orchestrated(&self) -> impl Iterator<Item = &OrchestratedOrder> {
+        self.orchestrated.iter().filter(|o| o.state == APPROVED)
     }
 }
 
@@ -57,17 +81,22 @@ fn check(name: &'static str, problems: Vec<String>, fine: String) -> Check {
     }
 }
 
-/// For every customer: credit reserved = the sum of its APPROVED orders' totals ≤ its limit.
+/// For every customer: credit reserved = the sum of its APPROVED orders' totals ≤ its limit,
+/// the orders of both flows together (they reserve from the same credit).
 pub fn credit(state: &State) -> Check {
     let mut approved: HashMap<&str, (i64, HashSet<&str>)> = HashMap::new();
-    for o in state
+    let choreographed = state
         .orders
         .values()
         .filter(|o| o.state == OrderState::Approved)
-    {
-        let entry = approved.entry(o.customer_id.as_str()).or_default();
-        entry.0 += o.order_total;
-        entry.1.insert(o.order_id.as_str());
+        .map(|o| (&o.customer_id, &o.order_id, o.order_total));
+    let orchestrated = state
+        .approved_orchestrated()
+        .map(|o| (&o.customer_id, &o.order_id, o.order_total));
+    for (customer_id, order_id, total) in choreographed.chain(orchestrated) {
+        let entry = approved.entry(customer_id.as_str()).or_default();
+        entry.0 += total;
+        entry.1.insert(order_id.as_str());
     }
     let mut problems = Vec::new();
     for c in &state.customers {
@@ -116,6 +145,104 @@ pub fn settled(state: &State) -> Check {
         "every order settled",
         problems,
         format!("{} orders", state.orders.len()),
+    )
+}
+
+/// For every product: stock reserved = the APPROVED orchestrated orders' lines of it, held by
+/// exactly those orders; free stock never negative; free + reserved = everything received.
+pub fn stock(state: &State) -> Check {
+    let mut wanted: HashMap<&str, BTreeMap<&str, i64>> = HashMap::new();
+    for o in state.approved_orchestrated() {
+        for l in &o.lines {
+            wanted
+                .entry(l.product_id.as_str())
+                .or_default()
+                .insert(o.order_id.as_str(), l.quantity);
+        }
+    }
+    let mut problems = Vec::new();
+    for p in &state.products {
+        let held: BTreeMap<&str, i64> = p
+            .reservations
+            .iter()
+            .map(|(order, q)| (order.as_str(), *q))
+            .collect();
+        let expected = wanted.remove(p.product_id.as_str()).unwrap_or_default();
+        if held != expected {
+            problems.push(format!(
+                "product {} holds {} for {} orders, approved orders want {} for {}",
+                p.product_id,
+                p.reserved(),
+                held.len(),
+                expected.values().sum::<i64>(),
+                expected.len()
+            ));
+        }
+        if p.available < 0 || p.available + p.reserved() != p.received {
+            problems.push(format!(
+                "product {}: {} free + {} reserved, {} received",
+                p.product_id,
+                p.available,
+                p.reserved(),
+                p.received
+            ));
+        }
+    }
+    for product in wanted.keys() {
+        problems.push(format!(
+            "approved orders hold {product}, which the inventory does not know"
+        ));
+    }
+    check(
+        "stock reserved = approved orders' lines, never negative",
+        problems,
+        format!("{} products", state.products.len()),
+    )
+}
+
+/// Every `CreateOrder` saga ended `Completed` (its order `APPROVED`) or `Compensated` (its
+/// order `REJECTED`), and compensated only steps it had run.
+pub fn sagas(state: &State) -> Check {
+    let orders: HashMap<&str, &str> = state
+        .orchestrated
+        .iter()
+        .map(|o| (o.order_id.as_str(), o.state.as_str()))
+        .collect();
+    let mut problems = Vec::new();
+    for saga in &state.sagas {
+        let order = orders.get(saga.id.as_str()).copied();
+        match (saga.state, order) {
+            (SagaState::Completed, Some(APPROVED)) | (SagaState::Compensated, Some(REJECTED)) => {}
+            (s, o) => problems.push(format!(
+                "saga {} is {s:?} with its order {}",
+                saga.id,
+                o.unwrap_or("missing")
+            )),
+        }
+        for undone in saga.history.iter().filter(|h| h.what == "step compensated") {
+            let ran = saga.history.iter().any(|h| {
+                h.step == undone.step
+                    && matches!(h.what.as_str(), "step succeeded" | "deadline passed")
+            });
+            if !ran {
+                problems.push(format!(
+                    "saga {} compensated step {:?}, which never ran",
+                    saga.id, undone.step
+                ));
+            }
+        }
+    }
+    if state.sagas.len() != state.orchestrated.len() {
+        problems.push(format!(
+            "{} sagas for {} orchestrated orders",
+            state.sagas.len(),
+            state.orchestrated.len()
+        ));
+    }
+    check(
+        "every saga Completed or Compensated, no compensation without its step",
+        problems,
+        format!("{} sagas", state.sagas.len()),
     )
 }
 
@@ -248,6 +375,8 @@ pub async fn all(services: &Services, broker: &dyn Broker) -> Result<Vec<Check>,
     Ok(vec![
         credit(&state),
         settled(&state),
+        stock(&state),
+        sagas(&state),
         history(&state),
         audit_broker(broker, &state).await?,
     ])

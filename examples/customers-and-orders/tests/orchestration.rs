@@ -1,55 +1,26 @@
 //! The orchestrated `CreateOrder` flow on the embedded deployment (a SQLite file per service
-//! and the embedded broker): orders that fit, orders beyond the customer's credit, orders
-//! beyond the stock and orders for unknown customers and products, then the invariants.
+//! and the embedded broker), started as every deployment starts (`system::start`): orders
+//! that fit, orders beyond the customer's credit, orders beyond the stock and orders for
+//! unknown customers and products, then the application's invariants.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use customers_and_orders::customer::CustomerService;
-use customers_and_orders::orchestration::{
-    self, Databases, Line, OrchestratedOrders, inventory::InventoryService,
-};
+use customers_and_orders::invariants::{self, State};
+use customers_and_orders::orchestration::{APPROVED, Line, REJECTED};
+use customers_and_orders::system::{self, Backends};
 use tributary::saga::SagaState;
-use tributary::sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
-use tributary::{CancellationToken, Database};
-
-fn open(dir: &std::path::Path, name: &str) -> anyhow::Result<Arc<dyn Database>> {
-    let config = SqliteConfig::default().with_poll_every(Duration::from_millis(50));
-    Ok(Arc::new(SqliteDatabase::open(
-        dir.join(format!("{name}.db")),
-        config,
-    )?))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orchestrated_orders_reserve_credit_and_stock_or_release_both() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let broker = Arc::new(SqliteBroker::open(
-        dir.path().join("broker.db"),
-        SqliteBrokerConfig::default(),
-    )?);
-    let dbs = Databases {
-        customer: open(dir.path(), "customer")?,
-        order: open(dir.path(), "order")?,
-        inventory: open(dir.path(), "inventory")?,
-    };
-    let customers = CustomerService::new(dbs.customer.clone());
-    let inventory = InventoryService::new(dbs.inventory.clone());
-    let orders = OrchestratedOrders::new(dbs.order.clone(), broker.clone());
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(orchestration::run(
-        dbs,
-        broker,
-        orders.clone(),
-        shutdown.clone(),
-    ));
+    let running = system::start(Backends::embedded(dir.path()).await?).await?;
+    let customers = running.services.customers()?.clone();
+    let inventory = running.services.inventory()?.clone();
+    let orders = running.services.orchestrated()?.clone();
 
-    let mut limits = HashMap::new();
     let mut ids = Vec::new();
     for (name, limit) in [("Acme", 1000), ("Bolt", 300), ("Cogs", 50)] {
         let (c, _) = customers.create(name.into(), limit).await?;
-        limits.insert(c.customer_id.clone(), limit);
         ids.push(c.customer_id);
     }
     let initial = [("apple", 20), ("pear", 5)];
@@ -104,74 +75,34 @@ async fn orchestrated_orders_reserve_credit_and_stock_or_release_both() -> anyho
             "{s:#?}"
         );
     }
-    let approved: Vec<_> = orders
-        .all()
-        .await?
-        .into_iter()
-        .filter(|o| o.state == "APPROVED")
-        .collect();
-    let rejected = orders
-        .all()
-        .await?
-        .into_iter()
-        .filter(|o| o.state == "REJECTED")
-        .count();
-    assert_eq!(
-        approved.len() + rejected,
-        placed.len(),
-        "every order settled"
+    let state = State::read(&running.services).await?;
+    let (approved, rejected) = (
+        state.orchestrated_count(APPROVED),
+        state.orchestrated_count(REJECTED),
     );
+    assert_eq!(approved + rejected, placed.len(), "every order settled");
     assert!(
-        !approved.is_empty() && rejected >= 7,
-        "{} approved, {rejected} rejected",
-        approved.len()
+        approved > 0 && rejected >= 7,
+        "{approved} approved, {rejected} rejected"
     );
-
-    // Stock reserved = the approved orders' lines, never negative, nothing lost.
-    for (p, initial) in initial {
-        let product = inventory.get(p).await?.expect("product");
-        let wanted: i64 = approved
-            .iter()
-            .flat_map(|o| &o.lines)
-            .filter(|l| l.product_id == p)
-            .map(|l| l.quantity)
-            .sum();
-        assert_eq!(product.reserved(), wanted, "{p}");
-        assert!(product.available >= 0);
-        assert_eq!(product.available + product.reserved(), initial, "{p}");
-        for order_id in product.reservations.keys() {
-            assert!(
-                approved.iter().any(|o| &o.order_id == order_id),
-                "a reservation without its approved order"
-            );
+    // The stock and saga invariants are each checked here on their own, so that a break
+    // names itself; then every invariant of the application, once the view caught up.
+    for check in [
+        invariants::stock(&state),
+        invariants::sagas(&state),
+        invariants::credit(&state),
+    ] {
+        assert!(check.ok, "{check:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let checks = loop {
+        let checks = invariants::all(&running.services, running.backends.broker.as_ref()).await?;
+        if checks.iter().all(|c| c.ok) || Instant::now() > deadline {
+            break checks;
         }
-    }
-    // Credit reserved = the approved orders' totals, within the limit.
-    for c in customers.all().await? {
-        let wanted: i64 = approved
-            .iter()
-            .filter(|o| o.customer_id == c.customer_id)
-            .map(|o| o.order_total)
-            .sum();
-        assert_eq!(c.reserved(), wanted, "{}", c.name);
-        assert!(c.reserved() <= limits[&c.customer_id]);
-    }
-    // No compensation without its step: a compensated saga undid only steps it had done.
-    for s in &finished {
-        let saga = orders.saga(s.id.as_str()).await?.expect("saga");
-        for h in saga.history.iter().filter(|h| h.what == "step compensated") {
-            let done = saga
-                .history
-                .iter()
-                .any(|d| d.what == "step succeeded" && d.step == h.step)
-                || saga
-                    .history
-                    .iter()
-                    .any(|d| d.what == "deadline passed" && d.step == h.step);
-            assert!(done, "compensated step {:?} never ran: {saga:#?}", h.step);
-        }
-    }
-    shutdown.cancel();
-    running.await??;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+    running.stop().await;
     Ok(())
 }

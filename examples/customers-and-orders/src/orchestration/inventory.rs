@@ -19,6 +19,9 @@ const PRODUCTS: &str = "products";
 pub struct Product {
     pub product_id: String,
     pub available: i64,
+    /// Everything ever restocked: free + reserved always equals it.
+    #[serde(default)]
+    pub received: i64,
     /// Quantity reserved per order id (reserving is idempotent per order).
     pub reservations: BTreeMap<String, i64>,
 }
@@ -66,10 +69,15 @@ impl InventoryService {
                         .unwrap_or(Product {
                             product_id: id.clone(),
                             available: 0,
+                            received: 0,
                             reservations: BTreeMap::new(),
                         });
                     p.available = p
                         .available
+                        .checked_add(quantity)
+                        .ok_or_else(|| Error::invalid("stock overflows"))?;
+                    p.received = p
+                        .received
                         .checked_add(quantity)
                         .ok_or_else(|| Error::invalid("stock overflows"))?;
                     unit.put_as(PRODUCTS, &id, &p).await?;

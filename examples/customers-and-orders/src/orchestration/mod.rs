@@ -21,15 +21,16 @@ use tributary::saga::{
     Command, Compensation, LocalError, Orchestrator, OrchestratorConfig, Participant, Reply,
     SagaAdmin, SagaDefinition, SagaFilter, SagaId, SagaInstance, Started, Step,
 };
-use tributary::{
-    Broker, CancellationToken, Consumer, ConsumerConfig, Database, Error, GroupName, Relay,
-    RelayConfig, Topic, UnitOfWorkExt,
-};
+use tributary::{Broker, Database, Topic, UnitOfWorkExt};
 
 use crate::AppError;
 use crate::customer::Customer;
 
 pub const SAGA_TYPE: &str = "CreateOrder";
+/// The states of an orchestrated order.
+pub const PENDING: &str = "PENDING";
+pub const APPROVED: &str = "APPROVED";
+pub const REJECTED: &str = "REJECTED";
 pub const ORDERS: &str = "orchestrated_orders";
 const CUSTOMERS: &str = "customers";
 const NOTIFICATIONS: &str = "order_notifications";
@@ -42,6 +43,16 @@ pub fn customer_commands() -> Topic {
 /// Topic of the commands to the inventory service.
 pub fn inventory_commands() -> Topic {
     Topic::new("InventoryCommands").unwrap_or_else(|_| unreachable!("a valid topic name"))
+}
+
+/// The flow's topics: the participants' commands and the orchestrator's replies.
+pub fn topics() -> Vec<Topic> {
+    vec![
+        customer_commands(),
+        inventory_commands(),
+        tributary::saga::reply_topic(SAGA_TYPE)
+            .unwrap_or_else(|_| unreachable!("a valid saga type")),
+    ]
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +127,9 @@ pub fn definition() -> SagaDefinition<CreateOrder> {
         .unwrap_or_else(|_| unreachable!("a valid saga type"))
         .compensatable(
             Step::local("record-order", |o: &mut CreateOrder, unit| {
-                set_state(o, unit, "PENDING")
+                set_state(o, unit, PENDING)
             }),
-            Compensation::local(|o: &mut CreateOrder, unit| set_state(o, unit, "REJECTED")),
+            Compensation::local(|o: &mut CreateOrder, unit| set_state(o, unit, REJECTED)),
         )
         .compensatable(
             Step::send(
@@ -141,7 +152,7 @@ pub fn definition() -> SagaDefinition<CreateOrder> {
             }),
         )
         .pivot(Step::local("approve", |o: &mut CreateOrder, unit| {
-            set_state(o, unit, "APPROVED")
+            set_state(o, unit, APPROVED)
         }))
         .retriable(Step::send(
             "notify",
@@ -287,74 +298,13 @@ impl OrchestratedOrders {
             .list(&SagaFilter::default().with_type(SAGA_TYPE))
             .await?)
     }
-}
 
-/// The databases of the orchestrated flow's three services.
-pub struct Databases {
-    pub customer: Arc<dyn Database>,
-    pub order: Arc<dyn Database>,
-    pub inventory: Arc<dyn Database>,
-}
-
-/// Runs the orchestrated flow until `shutdown`: the orchestrator in the order service, the
-/// participants in the customer and inventory services, and an outbox relay for each of the
-/// three databases (a relay the deployment already runs for a database takes its lease;
-/// this one then waits as a standby).
-///
-/// # Errors
-/// The first error a task cannot retry.
-pub async fn run(
-    dbs: Databases,
-    broker: Arc<dyn Broker>,
-    orders: OrchestratedOrders,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let participant = |group: &str, topic: Topic, db: &Arc<dyn Database>, p: Participant| {
-        Consumer::new(
-            GroupName::new(group)?,
-            vec![topic],
-            db.clone(),
-            broker.clone(),
-            Arc::new(p),
-            ConsumerConfig::default(),
-        )
-    };
-    let customers = participant(
-        "customer-saga-commands",
-        customer_commands(),
-        &dbs.customer,
-        customer_participant(),
-    )?;
-    let inventory = participant(
-        "inventory-saga-commands",
-        inventory_commands(),
-        &dbs.inventory,
-        inventory::InventoryService::participant(),
-    )?;
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(customers.run(shutdown.clone()));
-    tasks.spawn(inventory.run(shutdown.clone()));
-    tasks.spawn(orders.orchestrator.clone().run(shutdown.clone()));
-    for db in [&dbs.customer, &dbs.order, &dbs.inventory] {
-        tasks.spawn(
-            Relay::new(db.outbox_source(), broker.clone(), RelayConfig::default())
-                .run(shutdown.clone()),
-        );
+    /// Every `CreateOrder` saga with its timeline.
+    pub async fn instances(&self) -> Result<Vec<SagaInstance>, AppError> {
+        let all: Vec<SagaInstance> = self.db.all_documents_as(tributary::saga::SAGAS).await?;
+        Ok(all
+            .into_iter()
+            .filter(|s| s.saga_type == SAGA_TYPE)
+            .collect())
     }
-    let mut first = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        let result = match done {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => Err(Error::panicked(
-                "an orchestrated flow task",
-                &*e.into_panic(),
-            )),
-            Err(_) => Ok(()),
-        };
-        if result.is_err() && first.is_ok() {
-            shutdown.cancel();
-            first = result;
-        }
-    }
-    first
 }

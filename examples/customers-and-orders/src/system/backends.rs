@@ -1,6 +1,6 @@
 //! Where the services keep their data and which broker connects them, chosen by URL. The
 //! broker URL is the `tributary` crate's ([`BrokerUrl`]); the database URL of a deployment of
-//! three services names where each service's database is, and turns into one
+//! four services names where each service's database is, and turns into one
 //! [`tributary::DatabaseUrl`] per service:
 //!
 //! - `sqlite://DIR` — one SQLite file per service, `DIR/<service>.db` (the embedded default);
@@ -20,19 +20,22 @@ use super::DeploymentRecord;
 
 pub use tributary::BrokerUrl;
 
-/// One of the application's three services.
+/// One of the application's four services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceName {
     Customers,
     Orders,
     History,
+    /// Stock per product; takes part in the orchestrated order flow only.
+    Inventory,
 }
 
 impl ServiceName {
-    pub const ALL: [ServiceName; 3] = [
+    pub const ALL: [ServiceName; 4] = [
         ServiceName::Customers,
         ServiceName::Orders,
         ServiceName::History,
+        ServiceName::Inventory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl ServiceName {
             ServiceName::Customers => "customers",
             ServiceName::Orders => "orders",
             ServiceName::History => "history",
+            ServiceName::Inventory => "inventory",
         }
     }
 }
@@ -57,8 +61,9 @@ impl FromStr for ServiceName {
             "customer" | "customers" => Ok(ServiceName::Customers),
             "order" | "orders" => Ok(ServiceName::Orders),
             "history" | "order-history" => Ok(ServiceName::History),
+            "inventory" => Ok(ServiceName::Inventory),
             other => Err(format!(
-                "unknown service {other:?}: use customer, order or history"
+                "unknown service {other:?}: use customer, order, history or inventory"
             )),
         }
     }
@@ -152,6 +157,7 @@ pub struct Backends {
     pub customers: Option<Arc<dyn Database>>,
     pub orders: Option<Arc<dyn Database>>,
     pub history: Option<Arc<dyn Database>>,
+    pub inventory: Option<Arc<dyn Database>>,
     pub broker: Arc<dyn Broker>,
 }
 
@@ -162,13 +168,14 @@ impl Backends {
             (ServiceName::Customers, &self.customers),
             (ServiceName::Orders, &self.orders),
             (ServiceName::History, &self.history),
+            (ServiceName::Inventory, &self.inventory),
         ]
         .into_iter()
         .filter_map(|(service, db)| db.clone().map(|db| (service, db)))
         .collect()
     }
 
-    /// The embedded default for all three services: one SQLite file per service plus the
+    /// The embedded default for all four services: one SQLite file per service plus the
     /// broker's, in `data_dir`.
     ///
     /// # Errors
@@ -247,6 +254,7 @@ impl Backends {
             customers: None,
             orders: None,
             history: None,
+            inventory: None,
             broker: connect_broker(broker).await?,
         };
         for &service in services {
@@ -255,6 +263,7 @@ impl Backends {
                 ServiceName::Customers => backends.customers = Some(database),
                 ServiceName::Orders => backends.orders = Some(database),
                 ServiceName::History => backends.history = Some(database),
+                ServiceName::Inventory => backends.inventory = Some(database),
             }
         }
         Ok(backends)
@@ -265,6 +274,7 @@ impl Backends {
             ServiceName::Customers => self.customers.as_ref(),
             ServiceName::Orders => self.orders.as_ref(),
             ServiceName::History => self.history.as_ref(),
+            ServiceName::Inventory => self.inventory.as_ref(),
         }
     }
 }

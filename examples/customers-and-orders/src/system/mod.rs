@@ -1,6 +1,9 @@
 //! Wiring the services to their databases and the broker: relays, consumer groups, health.
-//! One process can run all three services (the demo, `serve` on the embedded default) or just
-//! one (`serve --service …` in a distributed deployment); only the URLs differ.
+//! One process can run all four services (the demo, `serve` on the embedded default) or just
+//! one (`serve --service …` in a distributed deployment); only the URLs differ. Both order
+//! flows run wherever their services do: the choreography, and the orchestrated `CreateOrder`
+//! saga (its orchestrator in the order service, its participants in the customer and
+//! inventory services).
 
 mod backends;
 pub mod cdc;
@@ -18,6 +21,8 @@ use crate::AppError;
 use crate::customer::CustomerService;
 use crate::events::{customer_topic, order_topic};
 use crate::history::HistoryService;
+use crate::orchestration::inventory::InventoryService;
+use crate::orchestration::{self, OrchestratedOrders};
 use crate::order::OrderService;
 
 /// Partitions of the two topics.
@@ -33,6 +38,8 @@ pub struct Services {
     customers: Option<CustomerService>,
     orders: Option<OrderService>,
     history: Option<HistoryService>,
+    inventory: Option<InventoryService>,
+    orchestrated: Option<OrchestratedOrders>,
 }
 
 fn absent(service: &str) -> AppError {
@@ -45,6 +52,11 @@ impl Services {
             customers: backends.customers.clone().map(CustomerService::new),
             orders: backends.orders.clone().map(OrderService::new),
             history: backends.history.clone().map(HistoryService::new),
+            inventory: backends.inventory.clone().map(InventoryService::new),
+            orchestrated: backends
+                .orders
+                .clone()
+                .map(|db| OrchestratedOrders::new(db, backends.broker.clone())),
         }
     }
 
@@ -66,11 +78,26 @@ impl Services {
         self.history.as_ref().ok_or_else(|| absent("order-history"))
     }
 
+    /// # Errors
+    /// [`AppError::NotFound`] when this process does not run the inventory service.
+    pub fn inventory(&self) -> Result<&InventoryService, AppError> {
+        self.inventory.as_ref().ok_or_else(|| absent("inventory"))
+    }
+
+    /// The order service's orchestrated flow.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] when this process does not run the order service.
+    pub fn orchestrated(&self) -> Result<&OrchestratedOrders, AppError> {
+        self.orchestrated.as_ref().ok_or_else(|| absent("order"))
+    }
+
     pub fn runs(&self, service: ServiceName) -> bool {
         match service {
             ServiceName::Customers => self.customers.is_some(),
             ServiceName::Orders => self.orders.is_some(),
             ServiceName::History => self.history.is_some(),
+            ServiceName::Inventory => self.inventory.is_some(),
         }
     }
 }
@@ -111,7 +138,9 @@ fn group(name: &str) -> GroupName {
 }
 
 /// The consumer groups of the services in `services` (what `start` runs, and what dead-letter
-/// replays use).
+/// replays use): each service's group of the choreography first, then the orchestrated
+/// flow's participants. (The orchestrator's reply group is its own: see
+/// [`OrchestratedOrders::orchestrator`].)
 pub fn consumer_groups(services: &Services) -> Vec<Group> {
     let mut groups = Vec::new();
     if let Ok(c) = services.customers() {
@@ -139,6 +168,24 @@ pub fn consumer_groups(services: &Services) -> Vec<Group> {
             topics: vec![customer_topic(), order_topic()],
             db: h.database().clone(),
             handler: Arc::new(HistoryService::handler()),
+        });
+    }
+    if let Ok(c) = services.customers() {
+        groups.push(Group {
+            service: ServiceName::Customers,
+            group: group("customer-saga-commands"),
+            topics: vec![orchestration::customer_commands()],
+            db: c.database().clone(),
+            handler: Arc::new(orchestration::customer_participant()),
+        });
+    }
+    if let Ok(i) = services.inventory() {
+        groups.push(Group {
+            service: ServiceName::Inventory,
+            group: group("inventory-saga-commands"),
+            topics: vec![orchestration::inventory_commands()],
+            db: i.database().clone(),
+            handler: Arc::new(InventoryService::participant()),
         });
     }
     groups
@@ -172,7 +219,7 @@ pub async fn start(backends: Backends) -> anyhow::Result<Running> {
 /// As [`start`]; for [`Publishing::Cdc`], when the database is not PostgreSQL or its
 /// publication cannot be created.
 pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::Result<Running> {
-    for topic in topics() {
+    for topic in all_topics() {
         backends.broker.ensure_topic(&topic, PARTITIONS).await?;
     }
     let services = Services::new(&backends);
@@ -225,6 +272,28 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
     }
     if let Some(db) = &backends.orders {
         relays.push(db.event_store_source("order-relay", order_topic()));
+        // The orchestrator's commands.
+        relays.push(db.outbox_source());
+    }
+    if let Some(db) = &backends.inventory {
+        // The inventory participant's replies.
+        relays.push(db.outbox_source());
+    }
+    if let Ok(orders) = services.orchestrated() {
+        let orchestrator = orders.orchestrator().clone();
+        let h = Health::new(format!("saga orchestrator {}", orchestration::SAGA_TYPE));
+        health.push(h.clone());
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            h.set(tributary::HealthState::Running);
+            match orchestrator.run(s).await {
+                Ok(()) => h.set(tributary::HealthState::Stopped),
+                Err(e) => {
+                    tracing::error!(error = %e, "the saga orchestrator stopped");
+                    h.set(tributary::HealthState::Failed(e.to_string()));
+                }
+            }
+        });
     }
     for source in relays {
         let relay = Relay::new(source, backends.broker.clone(), RelayConfig::default());
@@ -290,7 +359,15 @@ fn watch(
     health
 }
 
-/// Topics of the application, for tools that audit the broker.
+/// The event topics of the choreography, for tools that audit the broker.
 pub fn topics() -> Vec<Topic> {
     vec![customer_topic(), order_topic()]
+}
+
+/// Every topic of the application: the choreography's events, and the orchestrated flow's
+/// commands and replies.
+pub fn all_topics() -> Vec<Topic> {
+    let mut all = topics();
+    all.extend(orchestration::topics());
+    all
 }
