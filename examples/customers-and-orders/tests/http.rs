@@ -273,6 +273,100 @@ async fn cancelling_releases_credit_so_a_later_order_is_approved() {
     app.stop().await;
 }
 
+/// Polls the orchestrated order's saga until it ended, then returns the order.
+async fn decided(app: &App, order: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, saga) = app.get(&format!("/orders/{order}/saga")).await;
+        assert_eq!(status, StatusCode::OK, "{saga}");
+        if ["completed", "compensated", "compensation_failed"]
+            .contains(&saga["state"].as_str().unwrap())
+        {
+            let (status, body) = app.get(&format!("/orders/{order}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saga of order {order} did not end: {saga}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_with_lines_runs_the_orchestrated_saga_over_credit_and_stock() {
+    let app = App::start().await;
+    let c = app.customer("Acme", 1_000).await;
+    let (status, apple) = app
+        .post("/products/apple/restock", json!({"quantity": 5}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{apple}");
+    assert_eq!(apple["available"], 5);
+    let place = |total: i64, quantity: i64| json!({"customer_id": c, "order_total": total, "lines": [{"product_id": "apple", "quantity": quantity}]});
+
+    let (status, body) = app.post("/orders", place(300, 3)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "PENDING");
+    let fits = body["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        decided(&app, &fits).await,
+        json!({"order_id": fits, "customer_id": c, "order_total": 300, "state": "APPROVED",
+               "lines": [{"product_id": "apple", "quantity": 3}]})
+    );
+    // Credit and stock are both held for it; the saga's timeline says how it got there.
+    assert_eq!(app.available(&c).await, 700);
+    let (_, apple) = app.get("/products/apple").await;
+    assert_eq!(
+        (
+            apple["available"].clone(),
+            apple["reservations"][&fits].clone()
+        ),
+        (json!(2), json!(3))
+    );
+    let (status, saga) = app.get(&format!("/orders/{fits}/saga")).await;
+    assert_eq!(status, StatusCode::OK, "{saga}");
+    assert_eq!(saga["state"], "completed", "{saga}");
+
+    // Beyond the stock: the credit it reserved first is released, the stock untouched.
+    let (_, body) = app.post("/orders", place(100, 4)).await;
+    let short = body["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(decided(&app, &short).await["state"], "REJECTED");
+    let (_, saga) = app.get(&format!("/orders/{short}/saga")).await;
+    assert_eq!(saga["state"], "compensated", "{saga}");
+    assert!(
+        saga["failure"].as_str().unwrap().contains("out of stock"),
+        "{saga}"
+    );
+    assert_eq!(app.available(&c).await, 700);
+    assert_eq!(app.get("/products/apple").await.1["available"], 2);
+
+    // Bad orders with lines are refused before a saga starts.
+    for bad in [
+        json!({"customer_id": c, "order_total": 10, "lines": []}),
+        json!({"customer_id": c, "order_total": 10, "lines": [{"product_id": "apple", "quantity": -1}]}),
+        json!({"customer_id": c, "order_total": 10, "lines": [{"product_id": "apple", "quantity": 1, "price": 3}]}),
+        json!({"customer_id": c, "order_total": 10, "lines": [{"product_id": "", "quantity": 1}]}),
+        json!({"customer_id": "nope", "order_total": 10, "lines": [{"product_id": "apple", "quantity": 1}]}),
+    ] {
+        let (status, body) = app.post("/orders", bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} → {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (status, _) = app
+        .post("/products/apple/restock", json!({"quantity": 0}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = app.get("/products/pear").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = app
+        .get(&format!("/orders/{}/saga", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.invariants_hold().await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_orders_racing_for_the_last_credit_approve_exactly_the_affordable_ones() {
     let app = Arc::new(App::start().await);

@@ -18,9 +18,10 @@ use tributary::Health;
 
 pub use consistency::{Consistency, ConsistencyQuery};
 pub use json::ApiJson;
-pub use path::IdPath;
+pub use path::{IdPath, ProductPath};
 
 use crate::AppError;
+use crate::orchestration::{Line, OrchestratedOrder};
 use crate::order::Order;
 use crate::system::{ServiceName, Services};
 
@@ -34,7 +35,7 @@ pub struct AppState {
     pub consistency: Consistency,
 }
 
-/// The routes of the services this process runs (all three, or one in a distributed
+/// The routes of the services this process runs (all four, or one in a distributed
 /// deployment).
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new().route("/health", get(health));
@@ -50,7 +51,13 @@ pub fn router(state: AppState) -> Router {
         router = router
             .route("/orders", post(create_order))
             .route("/orders/{id}", get(get_order))
-            .route("/orders/{id}/cancel", post(cancel_order));
+            .route("/orders/{id}/cancel", post(cancel_order))
+            .route("/orders/{id}/saga", get(get_order_saga));
+    }
+    if state.services.runs(ServiceName::Inventory) {
+        router = router
+            .route("/products/{id}", get(get_product))
+            .route("/products/{id}/restock", post(restock_product));
     }
     router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
@@ -136,11 +143,23 @@ async fn get_customer(
     }))
 }
 
+/// An order: without `lines`, the choreographed credit-only flow (the default); with them,
+/// the orchestrated `CreateOrder` saga, which also reserves the stock of every line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewOrder {
     customer_id: String,
     order_total: i64,
+    #[serde(default)]
+    lines: Option<Vec<NewLine>>,
+}
+
+/// A line as a client sends it: as strict as the order around it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLine {
+    product_id: String,
+    quantity: i64,
 }
 
 #[derive(Serialize)]
@@ -149,6 +168,9 @@ struct OrderView {
     customer_id: String,
     order_total: i64,
     state: String,
+    /// Only orchestrated orders have lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lines: Option<Vec<Line>>,
 }
 
 impl From<Order> for OrderView {
@@ -158,6 +180,19 @@ impl From<Order> for OrderView {
             order_id: o.order_id,
             customer_id: o.customer_id,
             order_total: o.order_total,
+            lines: None,
+        }
+    }
+}
+
+impl From<OrchestratedOrder> for OrderView {
+    fn from(o: OrchestratedOrder) -> Self {
+        Self {
+            order_id: o.order_id,
+            customer_id: o.customer_id,
+            order_total: o.order_total,
+            state: o.state,
+            lines: Some(o.lines),
         }
     }
 }
@@ -166,6 +201,26 @@ async fn create_order(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<NewOrder>,
 ) -> Result<Response, AppError> {
+    if let Some(lines) = body.lines {
+        // The saga's first step records the order PENDING in the unit that starts it.
+        let order_id = s
+            .services
+            .orchestrated()?
+            .place(
+                &body.customer_id,
+                body.order_total,
+                lines
+                    .into_iter()
+                    .map(|l| Line {
+                        product_id: l.product_id,
+                        quantity: l.quantity,
+                    })
+                    .collect(),
+            )
+            .await?;
+        let body = json!({ "order_id": order_id, "state": crate::orchestration::PENDING });
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    }
     let (o, token) = s
         .services
         .orders()?
@@ -194,8 +249,49 @@ async fn get_order(
         Some((token, wait)) => orders.get_consistent(&id, &token, wait).await?,
         None => orders.get(&id).await?,
     };
+    if let Some(o) = o {
+        return Ok(Json(o.into()));
+    }
+    let o = s.services.orchestrated()?.get(&id).await?;
     let o = o.ok_or_else(|| AppError::NotFound(format!("order {id}")))?;
     Ok(Json(o.into()))
+}
+
+/// The `CreateOrder` saga of an orchestrated order: state, step and timeline.
+async fn get_order_saga(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<Json<tributary::saga::SagaInstance>, AppError> {
+    let saga = s.services.orchestrated()?.saga(&id).await?;
+    Ok(Json(saga.ok_or_else(|| {
+        AppError::NotFound(format!("saga of order {id}"))
+    })?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Restock {
+    quantity: i64,
+}
+
+async fn get_product(
+    State(s): State<AppState>,
+    ProductPath(id): ProductPath,
+) -> Result<Json<crate::orchestration::inventory::Product>, AppError> {
+    let p = s.services.inventory()?.get(&id).await?;
+    Ok(Json(p.ok_or_else(|| {
+        AppError::NotFound(format!("product {id}"))
+    })?))
+}
+
+async fn restock_product(
+    State(s): State<AppState>,
+    ProductPath(id): ProductPath,
+    ApiJson(body): ApiJson<Restock>,
+) -> Result<Json<crate::orchestration::inventory::Product>, AppError> {
+    Ok(Json(
+        s.services.inventory()?.restock(&id, body.quantity).await?,
+    ))
 }
 
 async fn cancel_order(State(s): State<AppState>, IdPath(id): IdPath) -> Result<Response, AppError> {

@@ -15,16 +15,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| {
-                // Axum's own rejection (e.g. percent-encoding that is not UTF-8) is plain text.
-                (
-                    StatusCode::BAD_REQUEST,
-                    axum::Json(serde_json::json!({ "error": rejection.body_text() })),
-                )
-                    .into_response()
-            })?;
+        let raw = path_text(parts, state).await?;
         let what = if parts.uri.path().starts_with("/orders/") {
             "order id"
         } else {
@@ -34,4 +25,30 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
             .map(Self)
             .map_err(AppError::into_response)
     }
+}
+
+/// The `{id}` of a product's route, as given (product ids are the inventory's own names).
+pub struct ProductPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProductPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        path_text(parts, state).await.map(Self)
+    }
+}
+
+/// The path's one parameter; axum's own rejection (e.g. percent-encoding that is not UTF-8)
+/// is plain text, so it becomes a JSON 400.
+async fn path_text<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<String, Response> {
+    let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|rejection| {
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({ "error": rejection.body_text() })),
+            )
+                .into_response()
+        })?;
+    Ok(raw)
 }
