@@ -94,9 +94,14 @@ pub struct DemoArgs {
     /// Customers to create.
     #[arg(long, default_value_t = 1000)]
     customers: usize,
-    /// Orders to place.
+    /// Orders to place through each flow.
     #[arg(long, default_value_t = 10_000)]
     orders: usize,
+    /// Which order flows to drive: choreography (orders without lines: the services react to
+    /// each other's events), orchestration (orders with lines: the CreateOrder saga reserves
+    /// credit and stock), or both at once on the same customers.
+    #[arg(long, default_value = "both")]
+    flow: String,
     /// Orders placed at the same time.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -127,12 +132,13 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         _ => "the embedded default (SQLite, synchronous=FULL)".into(),
     };
     eprintln!(
-        "demo: {} customers, {} orders, {} at a time, on {on}",
-        args.customers, args.orders, args.concurrency
+        "demo: {} customers, {} orders per flow ({}), {} at a time, on {on}",
+        args.customers, args.orders, args.flow, args.concurrency
     );
     let summary = demo::run(DemoOptions {
         customers: args.customers,
         orders: args.orders,
+        flow: args.flow.parse().map_err(anyhow::Error::msg)?,
         concurrency: args.concurrency,
         rate: args.rate,
         data_dir: b.data_dir.clone(),
@@ -147,18 +153,34 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ..DemoOptions::default()
     })
     .await?;
-    println!(
-        "orders: {} approved, {} rejected, {} cancelled ({} in all)",
-        summary.approved, summary.rejected, summary.cancelled, summary.orders
-    );
-    println!(
-        "throughput: {:.0} orders/s ({:.2} s until every order settled)",
-        summary.orders_per_sec, summary.seconds_to_settle
-    );
-    println!(
-        "order created -> approved/rejected: p50 {:.1} ms, p99 {:.1} ms",
-        summary.latency_p50_ms, summary.latency_p99_ms
-    );
+    if let Some(c) = &summary.choreography {
+        println!(
+            "choreography: {} approved, {} rejected, {} cancelled ({} orders in all)",
+            c.approved, c.rejected, c.cancelled, c.orders
+        );
+        println!(
+            "  throughput: {:.0} orders/s ({:.2} s until every order settled)",
+            c.orders_per_sec, c.seconds_to_settle
+        );
+        println!(
+            "  order created -> approved/rejected: p50 {:.1} ms, p99 {:.1} ms",
+            c.latency_p50_ms, c.latency_p99_ms
+        );
+    }
+    if let Some(o) = &summary.orchestration {
+        println!(
+            "orchestration: {} approved, {} rejected ({} orders in all); sagas {} completed, {} compensated",
+            o.approved, o.rejected, o.orders, o.completed, o.compensated
+        );
+        println!(
+            "  throughput: {:.0} sagas/s ({:.2} s from the first saga started to the last one ended)",
+            o.sagas_per_sec, o.seconds_to_finish
+        );
+        println!(
+            "  saga started -> ended: p50 {:.1} ms, p99 {:.1} ms",
+            o.latency_p50_ms, o.latency_p99_ms
+        );
+    }
     let ryw = &summary.read_your_writes;
     if ryw.pairs > 0 {
         println!(
@@ -189,7 +211,7 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "TRIBUTARY_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Run one service (customer, order or history) instead of all three.
+    /// Run one service (customer, order, history or inventory) instead of all four.
     #[arg(long, env = "TRIBUTARY_SERVICE")]
     service: Option<String>,
     /// How the customer outbox reaches the broker: relay (default), cdc (a capture of
@@ -340,7 +362,7 @@ enum AdminCommand {
     /// Accepts the loss of a service's vanished database (SQLite file or PostgreSQL schema):
     /// its next start creates it again, empty, instead of being refused.
     ForgetService {
-        /// customer, order or history.
+        /// customer, order, history or inventory.
         service: String,
     },
 }
@@ -349,7 +371,7 @@ enum AdminCommand {
 enum DeadLetterCommand {
     /// Lists unresolved dead letters, oldest first, one JSON object per line.
     List {
-        /// Only this service's group: customer, order or history.
+        /// Only this service's groups: customer, order, history or inventory.
         #[arg(long)]
         service: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -402,16 +424,18 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     let backends = Backends::connect_existing(&resolved.db, &resolved.broker, &only).await?;
     let services = Services::new(&backends);
     let groups = consumer_groups(&services);
+    // A service can have several groups (the customer service's choreography group and its
+    // saga participant): a letter is replayed through the handler of the group it failed in.
     let admin_for = |service: ServiceName| -> anyhow::Result<DeadLetterAdmin> {
-        let g = groups
-            .iter()
-            .find(|g| g.service == service)
-            .context("no consumer group for that service")?;
-        Ok(DeadLetterAdmin::new(g.db.clone()).with_group(
-            g.group.clone(),
-            g.handler.clone(),
-            Default::default(),
-        ))
+        let mut of_service = groups.iter().filter(|g| g.service == service).peekable();
+        let db = of_service
+            .peek()
+            .context("no consumer group for that service")?
+            .db
+            .clone();
+        Ok(of_service.fold(DeadLetterAdmin::new(db), |admin, g| {
+            admin.with_group(g.group.clone(), g.handler.clone(), Default::default())
+        }))
     };
     match args.command {
         AdminCommand::DeadLetters(DeadLetterCommand::List { limit, .. }) => {

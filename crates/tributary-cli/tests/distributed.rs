@@ -81,7 +81,7 @@ async fn until(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
 }
 
 async fn cleanup(pg: &str, schema_prefix: &str, nats: &str, stream_prefix: &str) {
-    for service in ["customers", "orders", "history"] {
+    for service in customers_and_orders::system::ServiceName::ALL {
         let config = tributary::postgres::PgConfig::default()
             .with_url(pg)
             .with_schema(format!("{schema_prefix}{service}"));
@@ -100,14 +100,14 @@ async fn cleanup(pg: &str, schema_prefix: &str, nats: &str, stream_prefix: &str)
         .with_url(nats)
         .with_stream_prefix(stream_prefix);
     if let Ok(broker) = tributary::nats::NatsBroker::connect(config).await {
-        for topic in customers_and_orders::system::topics() {
+        for topic in customers_and_orders::system::all_topics() {
             let _ = broker.delete_topic(&topic).await;
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_services_in_three_processes_on_postgres_and_nats() {
+async fn four_services_in_four_processes_on_postgres_and_nats() {
     let (pg, nats) = (postgres_url(), nats_url());
     if !reachable(&pg) {
         return skip::<()>(
@@ -132,6 +132,7 @@ async fn three_services_in_three_processes_on_postgres_and_nats() {
     let customers = Service::start("customer", &db, &broker);
     let orders = Service::start("order", &db, &broker);
     let history = Service::start("history", &db, &broker);
+    let inventory = Service::start("inventory", &db, &broker);
     let client = reqwest::Client::new();
     let post = async |base: &str, path: &str, body: Value| {
         let r = client
@@ -281,10 +282,66 @@ async fn three_services_in_three_processes_on_postgres_and_nats() {
         ["CANCELLED", "REJECTED"],
         "the history process's view follows both services: {h}"
     );
+
+    // The orchestrated flow across three processes: the order process's saga reserves credit
+    // in the customer process and stock in the inventory process.
+    let (status, body) = post(
+        &inventory.base,
+        "/products/widget/restock",
+        json!({"quantity": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let saga_of = async |order: &str| {
+        let mut saga = Value::Null;
+        until(Duration::from_secs(60), async || {
+            saga = get(&orders.base, &format!("/orders/{order}/saga")).await.1;
+            matches!(saga["state"].as_str(), Some("completed" | "compensated"))
+        })
+        .await;
+        saga
+    };
+    let mut placed = Vec::new();
+    for quantity in [2, 2] {
+        let (status, body) = post(
+            &orders.base,
+            "/orders",
+            json!({"customer_id": c, "order_total": 1000,
+                   "lines": [{"product_id": "widget", "quantity": quantity}]}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let order = body["order_id"].as_str().unwrap().to_owned();
+        // One after the other, so that the first one takes the stock.
+        let saga = saga_of(&order).await;
+        placed.push((order, saga));
+    }
+    let (fits, short) = (&placed[0], &placed[1]);
+    assert_eq!(fits.1["state"], "completed", "{}", fits.1);
+    assert_eq!(state_of(&fits.0).await, "APPROVED");
+    assert_eq!(short.1["state"], "compensated", "{}", short.1);
+    assert_eq!(state_of(&short.0).await, "REJECTED");
+    let (_, widget) = get(&inventory.base, "/products/widget").await;
+    assert_eq!(widget["available"], 1, "{widget}");
+    assert_eq!(widget["reservations"][&fits.0], 2, "{widget}");
+    // The rejected order's credit came back in the customer process.
+    assert!(
+        until(Duration::from_secs(60), async || get(
+            &customers.base,
+            &format!("/customers/{c}")
+        )
+        .await
+        .1["available_credit"]
+            == 4000)
+        .await,
+        "only the approved orchestrated order holds credit"
+    );
+
     for (name, s) in [
         ("customer", customers),
         ("order", orders),
         ("history", history),
+        ("inventory", inventory),
     ] {
         assert!(
             s.terminate(),

@@ -1,6 +1,12 @@
 //! `tributary demo`: the whole system in one process on the embedded default, a workload of
-//! customers and concurrent orders (some approved, some rejected, some unknown customers, some
-//! approved ones cancelled), a progress bar, and a summary with the invariant checks.
+//! customers and concurrent orders through both order flows at once — the choreography (some
+//! approved, some rejected, some unknown customers, some approved ones cancelled) and the
+//! orchestrated `CreateOrder` saga over credit and stock (see [`orchestrated`]) — progress
+//! bars, and a summary with the invariant checks.
+
+mod orchestrated;
+
+pub use orchestrated::OrchestrationFigures;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use futures::future::OptionFuture;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::Semaphore;
 use tributary::Position;
 
@@ -18,14 +25,50 @@ use crate::invariants::{self, Check, State};
 use crate::order::OrderState;
 use crate::read_your_writes::ReadYourWrites;
 use crate::system::{
-    self, Backends, BrokerUrl, DbUrl, DeploymentRecord, Publishing, Running, ServiceName,
+    self, Backends, BrokerUrl, DbUrl, DeploymentRecord, Publishing, Running, ServiceName, Services,
 };
+
+/// Which order flows the demo drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// `POST /orders` without lines: the services react to each other's events.
+    Choreography,
+    /// Orders with lines: the order service's `CreateOrder` saga commands the others.
+    Orchestration,
+    /// Both at once, on the same customers (their credit is shared by the two flows).
+    Both,
+}
+
+impl Flow {
+    fn choreographs(self) -> bool {
+        self != Flow::Orchestration
+    }
+    fn orchestrates(self) -> bool {
+        self != Flow::Choreography
+    }
+}
+
+impl std::str::FromStr for Flow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "choreography" => Ok(Flow::Choreography),
+            "orchestration" => Ok(Flow::Orchestration),
+            "both" => Ok(Flow::Both),
+            other => Err(format!(
+                "unknown flow {other:?}: use choreography, orchestration or both"
+            )),
+        }
+    }
+}
 
 /// Options of the demo.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
     pub customers: usize,
+    /// Orders placed through each flow the demo drives.
     pub orders: usize,
+    pub flow: Flow,
     /// Orders created at the same time.
     pub concurrency: usize,
     /// Offer orders at this rate (per second) instead of as fast as possible.
@@ -52,6 +95,7 @@ impl Default for DemoOptions {
         Self {
             customers: 1000,
             orders: 10_000,
+            flow: Flow::Both,
             concurrency: 64,
             rate: None,
             cancel_fraction: 0.1,
@@ -69,6 +113,16 @@ impl Default for DemoOptions {
 /// What the demo measured and found.
 #[derive(Debug)]
 pub struct DemoSummary {
+    /// The choreographed flow's figures, when the demo drove it.
+    pub choreography: Option<ChoreographyFigures>,
+    pub orchestration: Option<OrchestrationFigures>,
+    pub read_your_writes: ReadYourWrites,
+    pub checks: Vec<Check>,
+}
+
+/// What the choreographed flow measured.
+#[derive(Clone, Debug)]
+pub struct ChoreographyFigures {
     pub orders: usize,
     pub approved: usize,
     pub rejected: usize,
@@ -78,8 +132,6 @@ pub struct DemoSummary {
     /// Order created (its command returned) → APPROVED/REJECTED committed, in ms.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
-    pub read_your_writes: ReadYourWrites,
-    pub checks: Vec<Check>,
 }
 
 impl DemoSummary {
@@ -185,7 +237,7 @@ async fn cleanup(db: &DbUrl, broker: &BrokerUrl) {
             .with_url(url.clone())
             .with_stream_prefix(prefix.clone());
         if let Ok(nats) = tributary::nats::NatsBroker::connect(config).await {
-            for topic in system::topics() {
+            for topic in system::all_topics() {
                 let _ = nats.delete_topic(&topic).await;
             }
         }
@@ -201,8 +253,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let services = running.services.clone();
-    let (customer_service, order_service) =
-        (services.customers()?.clone(), services.orders()?.clone());
+    let customer_service = services.customers()?.clone();
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
 
     // Customers first, concurrently.
@@ -219,6 +270,97 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
         customer_ids.push(c?.0.customer_id);
     }
 
+    // Both flows at once, on the same customers: their credit is shared, so the credit
+    // invariant covers the race between a choreographed and an orchestrated order.
+    let bars = if options.progress {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    };
+    let choreographed = OptionFuture::from(options.flow.choreographs().then(|| {
+        choreography(
+            &services,
+            &customer_ids,
+            options,
+            bars.add(progress_bar(options, "choreographed orders settled")),
+        )
+    }));
+    let orchestrated = OptionFuture::from(options.flow.orchestrates().then(|| {
+        orchestrated::drive(
+            &services,
+            &customer_ids,
+            options,
+            bars.add(progress_bar(options, "orchestrated sagas ended     ")),
+        )
+    }));
+    let (choreographed, orchestrated) = tokio::join!(choreographed, orchestrated);
+    let (mut choreography, orchestration) = (choreographed.transpose()?, orchestrated.transpose()?);
+
+    // Every order is decided; let the view and the credit releases catch up, and check
+    // everything.
+    let state = AppState {
+        services: running.services.clone(),
+        health: Arc::new(running.health()),
+        consistency: Consistency::new(tributary::ConsistencyKey::new(
+            uuid::Uuid::now_v7().as_bytes().to_vec(),
+        )),
+    };
+    let known: Vec<String> = customer_ids.iter().take(50).cloned().collect();
+    let pairs = if options.flow.choreographs() {
+        options.read_your_writes_pairs
+    } else {
+        0
+    };
+    let read_your_writes = crate::read_your_writes::measure(running, state, &known, pairs).await?;
+    let mut checks = settle_and_check(running, Duration::from_secs(60)).await?;
+    if read_your_writes.pairs > 0 {
+        checks.push(Check {
+            name: "a read with a consistency token includes the write and its saga's decision",
+            ok: read_your_writes.stale_with_token == 0,
+            detail: format!(
+                "{} of {} reads with tokens stale, {} answered 503 after the bound ({} of {} without tokens stale)",
+                read_your_writes.stale_with_token,
+                read_your_writes.pairs,
+                read_your_writes.not_yet_with_token,
+                read_your_writes.stale_without_token,
+                read_your_writes.pairs
+            ),
+        });
+    }
+    if let Some(c) = &mut choreography {
+        // Counted at the end: the read-your-writes pairs are choreographed orders too.
+        let state = State::read(&services).await?;
+        c.orders = state.orders.len();
+        c.approved = state.count(OrderState::Approved);
+        c.rejected = state.count(OrderState::Rejected);
+        c.cancelled = state.count(OrderState::Cancelled);
+    }
+    Ok(DemoSummary {
+        choreography,
+        orchestration,
+        read_your_writes,
+        checks,
+    })
+}
+
+/// The `q` quantile of sorted `durations`, in ms (0 when there are none).
+fn percentile(durations: &[Duration], q: f64) -> f64 {
+    let n = durations.len();
+    durations
+        .get(((n as f64 * q).ceil() as usize).clamp(1, n.max(1)) - 1)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// The choreographed flow: `options.orders` orders without lines, some of the approved ones
+/// cancelled; returns once every order is decided and every cancellation done.
+async fn choreography(
+    services: &Services,
+    customer_ids: &[String],
+    options: &DemoOptions,
+    bar: ProgressBar,
+) -> anyhow::Result<ChoreographyFigures> {
+    let order_service = services.orders()?.clone();
+    let mut rng = Rng(0x5eed_1234_abcd_ef02);
     // Watch the order service's own events: when each order settles, and cancel some
     // approved ones (the compensation releases their credit).
     let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -288,7 +430,6 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
         })
     };
 
-    let bar = progress_bar(options);
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -335,58 +476,22 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
     }
     let seconds_to_settle = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-
-    // Every order is decided; let the cancellations finish, then let the view and the credit
-    // releases catch up, and check everything.
     let pending: Vec<_> = std::mem::take(&mut *cancels.lock().unwrap_or_else(|p| p.into_inner()));
     for c in pending {
         c.await?;
     }
     watcher.abort();
-    let state = AppState {
-        services: running.services.clone(),
-        health: Arc::new(running.health()),
-        consistency: Consistency::new(tributary::ConsistencyKey::new(
-            uuid::Uuid::now_v7().as_bytes().to_vec(),
-        )),
-    };
-    let known: Vec<String> = customer_ids.iter().take(50).cloned().collect();
-    let read_your_writes =
-        crate::read_your_writes::measure(running, state, &known, options.read_your_writes_pairs)
-            .await?;
-    let mut checks = settle_and_check(running, Duration::from_secs(60)).await?;
-    if read_your_writes.pairs > 0 {
-        checks.push(Check {
-            name: "a read with a consistency token includes the write and its saga's decision",
-            ok: read_your_writes.stale_with_token == 0,
-            detail: format!(
-                "{} of {} reads with tokens stale, {} answered 503 after the bound ({} of {} without tokens stale)",
-                read_your_writes.stale_with_token,
-                read_your_writes.pairs,
-                read_your_writes.not_yet_with_token,
-                read_your_writes.stale_without_token,
-                read_your_writes.pairs
-            ),
-        });
-    }
-    let state = State::read(&services).await?;
     let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     l.sort_unstable();
-    let pct = |q: f64| {
-        l.get(((l.len() as f64 * q).ceil() as usize).clamp(1, l.len().max(1)) - 1)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    Ok(DemoSummary {
-        orders: state.orders.len(),
-        approved: state.count(OrderState::Approved),
-        rejected: state.count(OrderState::Rejected),
-        cancelled: state.count(OrderState::Cancelled),
+    Ok(ChoreographyFigures {
+        orders: options.orders,
+        approved: 0,
+        rejected: 0,
+        cancelled: cancelled.load(Ordering::Relaxed) as usize,
         seconds_to_settle,
         orders_per_sec: options.orders as f64 / seconds_to_settle,
-        latency_p50_ms: pct(0.5),
-        latency_p99_ms: pct(0.99),
-        read_your_writes,
-        checks,
+        latency_p50_ms: percentile(&l, 0.5),
+        latency_p99_ms: percentile(&l, 0.99),
     })
 }
 
@@ -402,15 +507,15 @@ async fn settle_and_check(running: &Running, within: Duration) -> anyhow::Result
     }
 }
 
-fn progress_bar(options: &DemoOptions) -> ProgressBar {
+fn progress_bar(options: &DemoOptions, label: &str) -> ProgressBar {
     if !options.progress {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(options.orders as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} orders settled {pos}/{len} [{bar:40}] {per_sec} {elapsed}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {label} {{pos}}/{{len}} [{{bar:40}}] {{per_sec}} {{elapsed}}"
+        ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );

@@ -1,6 +1,6 @@
 //! # customers-and-orders — Tributary's reference application
 //!
-//! The B2B store: three services that own private databases and talk only through events.
+//! The B2B store: four services that own private databases and talk only through messages.
 //!
 //! - [`customer::CustomerService`] — customers with credit limits, kept as current state
 //!   (documents) and published through the transactional outbox. On `OrderCreated` it reserves
@@ -11,8 +11,13 @@
 //!   cancelled.
 //! - [`history::HistoryService`] — a CQRS view: one document per customer with its orders.
 //!
-//! [`orchestration`] adds an orchestrated `CreateOrder` saga (credit, then stock at an inventory
-//! service, then approval) beside that choreography, which stays the default.
+//! - [`orchestration::inventory::InventoryService`] — stock per product; reserves and releases
+//!   it on the commands of the orchestrated flow.
+//!
+//! [`orchestration`] is the second order flow: an order with line items starts a `CreateOrder`
+//! saga in the order service (reserve credit → reserve stock → approve → notify, compensating
+//! in reverse when a reservation is refused). The choreography stays the default of
+//! `POST /orders`; an order with `lines` takes the orchestrated flow.
 //!
 //! [`system`] wires them to a broker with relays and consumer groups; [`http`] serves the API;
 //! [`demo`] runs a workload and checks the [`invariants`].
