@@ -1,7 +1,7 @@
 //! `tributary demo`: the whole system in one process on the embedded default, a workload of
 //! customers and concurrent orders through both order flows at once — the choreography (some
 //! approved, some rejected, some unknown customers, some approved ones cancelled) and the
-//! orchestrated `CreateOrder` saga over credit and stock (see [`orchestrated`]) — progress
+//! orchestrated `CreateOrder` saga over credit and stock (see [`OrchestrationFigures`]) — progress
 //! bars, and a summary with the invariant checks.
 
 mod orchestrated;
