@@ -219,6 +219,19 @@ pub fn sagas(state: &State) -> Check {
                 o.unwrap_or("missing")
             )),
         }
+        // A reply applied twice (a redelivery the inbox let through, or a resumed
+        // orchestrator taking a step again) would record its outcome twice.
+        let mut outcomes = HashSet::new();
+        for h in &saga.history {
+            if matches!(h.what.as_str(), "step succeeded" | "step compensated")
+                && !outcomes.insert((h.step, h.what.as_str()))
+            {
+                problems.push(format!(
+                    "saga {} recorded \"{}\" of step {:?} twice",
+                    saga.id, h.what, h.step
+                ));
+            }
+        }
         for undone in saga.history.iter().filter(|h| h.what == "step compensated") {
             let ran = saga.history.iter().any(|h| {
                 h.step == undone.step
@@ -240,7 +253,7 @@ pub fn sagas(state: &State) -> Check {
         ));
     }
     check(
-        "every saga Completed or Compensated, no compensation without its step",
+        "every saga Completed or Compensated, each step's outcome once, no compensation without its step",
         problems,
         format!("{} sagas", state.sagas.len()),
     )
