@@ -6,6 +6,7 @@ mod deadlines;
 pub mod definition;
 mod engine;
 mod instance;
+pub mod lock;
 mod message;
 mod orchestrator;
 mod participant;

@@ -15,6 +15,7 @@ use tributary_core::{
     UnitOfWorkExt,
 };
 use tributary_runtime::{Backoff, CancellationToken, Consumer, ConsumerConfig, Relay, RelayConfig};
+use tributary_saga::lock::{self, Hold};
 use tributary_saga::{
     AwaitKind, Command, Compensation, DeadlineOutcome, LocalError, Orchestrator,
     OrchestratorConfig, Outcome, PARTICIPANT_MARKERS, Participant, REPLY_TYPE, Reply, ReplyBody,
@@ -50,6 +51,7 @@ macro_rules! saga_scenarios {
             an_operator_cancels_a_waiting_saga_and_retries_a_failed_compensation,
             operator_requests_written_elsewhere_are_performed_by_the_running_orchestrator,
             a_saga_past_its_own_deadline_before_the_pivot_is_compensated,
+            a_record_held_by_a_running_saga_refuses_another_saga_until_it_ends,
         );
     };
     (@tests $make:path, #[$test:meta]; $($check:ident),* $(,)?) => {
@@ -195,12 +197,20 @@ pub fn definition(
 }
 
 /// The participants: credit per customer, stock per SKU, notifications that fail as often as
-/// `notify_failures/<customer>` says, releases of credit refused while `release_refused/
-/// <customer>` exists.
+/// `notify_failures/<customer>` says (or while `notify_down/<customer>` is not 0), releases of
+/// credit refused while `release_refused/<customer>` exists. A customer listed in
+/// `locked_customers` is held by the saga that reserved its credit (a semantic lock) until
+/// that saga's notification or credit release.
 pub fn participant() -> Participant {
     Participant::new("participants")
-        .on("ReserveCredit", |c: Credit, _cmd, unit| {
+        .on("ReserveCredit", |c: Credit, cmd, unit| {
             Box::pin(async move {
+                if unit.get("locked_customers", &c.customer).await?.is_some()
+                    && let Hold::Refused(reply) =
+                        lock::hold(unit, &format!("customer:{}", c.customer), cmd).await?
+                {
+                    return Ok(reply);
+                }
                 let available: i64 = unit.get_as("credit", &c.customer).await?.unwrap_or(0);
                 if available < c.amount {
                     return Ok(Reply::failure("credit limit exceeded"));
@@ -210,11 +220,12 @@ pub fn participant() -> Participant {
                 Reply::success(&json!({"reference": format!("r-{}", c.customer)}))
             })
         })
-        .on_compensation("ReleaseCredit", |c: Credit, _cmd, unit| {
+        .on_compensation("ReleaseCredit", |c: Credit, cmd, unit| {
             Box::pin(async move {
                 if unit.get("release_refused", &c.customer).await?.is_some() {
                     return Ok(Reply::failure("release refused"));
                 }
+                lock::release(unit, &format!("customer:{}", c.customer), cmd).await?;
                 let available: i64 = unit.get_as("credit", &c.customer).await?.unwrap_or(0);
                 unit.put_as("credit", &c.customer, &(available + c.amount))
                     .await?;
@@ -238,8 +249,12 @@ pub fn participant() -> Participant {
                 Ok(Reply::ok())
             })
         })
-        .on("Notify", |n: Notify, _cmd, unit| {
+        .on("Notify", |n: Notify, cmd, unit| {
             Box::pin(async move {
+                let down: i64 = unit.get_as("notify_down", &n.customer).await?.unwrap_or(0);
+                if down != 0 {
+                    return Ok(Reply::failure("mail server down"));
+                }
                 let left: i64 = unit
                     .get_as("notify_failures", &n.customer)
                     .await?
@@ -251,6 +266,7 @@ pub fn participant() -> Participant {
                 }
                 let sent: i64 = unit.get_as("notified", &n.customer).await?.unwrap_or(0);
                 unit.put_as("notified", &n.customer, &(sent + 1)).await?;
+                lock::release(unit, &format!("customer:{}", n.customer), cmd).await?;
                 Ok(Reply::ok())
             })
         })
@@ -1235,5 +1251,70 @@ pub async fn a_saga_past_its_own_deadline_before_the_pivot_is_compensated(fixtur
             .is_empty(),
         "nothing left to fire"
     );
+    sys.stop().await;
+}
+
+pub async fn a_record_held_by_a_running_saga_refuses_another_saga_until_it_ends(fixture: Fixture) {
+    let mut sys = System::new(fixture).await;
+    sys.seed("credit", "c1", 100).await;
+    sys.seed("stock", "sku1", 10).await;
+    sys.seed("locked_customers", "c1", 1).await;
+    // The first saga's notification fails until the test says otherwise: it is past its
+    // pivot, still running, and holds the customer.
+    sys.seed("notify_down", "c1", 1).await;
+    sys.run_orchestrator();
+    let first = sys
+        .orchestrator
+        .start(sys.order("c1", 30, "sku1", json!(1)))
+        .await
+        .expect("start");
+    sys.wait_for(&first, |i| count(i, "retry scheduled") > 0)
+        .await;
+
+    let second = sys
+        .orchestrator
+        .start(sys.order("c1", 10, "sku1", json!(1)))
+        .await
+        .expect("start");
+    let refused = sys.wait_final(&second).await;
+    assert_eq!(refused.state, SagaState::Compensated, "{refused:#?}");
+    assert!(
+        refused
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains(&format!("held by saga {} {first}", sys.saga_type))),
+        "the refusal names the holder: {refused:#?}"
+    );
+    assert_eq!(
+        sys.participant_value("credit", "c1").await,
+        Some(70),
+        "the refused saga took no credit"
+    );
+    let held: Option<lock::LockHolder> = sys
+        .fixture
+        .participant_db
+        .get_document_as(lock::SEMANTIC_LOCKS, "customer:c1")
+        .await
+        .expect("read");
+    assert_eq!(held.map(|h| h.saga_id), Some(first.clone()));
+
+    // The first saga's last step releases the customer; the next saga gets it.
+    sys.seed("notify_down", "c1", 0).await;
+    assert_eq!(sys.wait_final(&first).await.state, SagaState::Completed);
+    let third = sys
+        .orchestrator
+        .start(sys.order("c1", 20, "sku1", json!(1)))
+        .await
+        .expect("start");
+    let inst = sys.wait_final(&third).await;
+    assert_eq!(inst.state, SagaState::Completed, "{inst:#?}");
+    assert_eq!(sys.participant_value("credit", "c1").await, Some(50));
+    let held: Option<lock::LockHolder> = sys
+        .fixture
+        .participant_db
+        .get_document_as(lock::SEMANTIC_LOCKS, "customer:c1")
+        .await
+        .expect("read");
+    assert_eq!(held, None, "released by the third saga's notification");
     sys.stop().await;
 }
