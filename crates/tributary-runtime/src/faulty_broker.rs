@@ -1,14 +1,15 @@
 //! The in-memory broker with faults switched on and off by a test: the runtime's tasks must
 //! ride through a broker that refuses or is briefly unavailable.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 use tributary_core::{
-    Broker, Error, GroupName, InMemoryBroker, OutgoingMessage, Partition, PartitionConsumer,
-    Result, Topic,
+    Broker, Delivery, Error, GroupName, InMemoryBroker, Offset, OutgoingMessage, Partition,
+    PartitionConsumer, Result, Topic,
 };
 
 pub(crate) struct FaultyBroker {
@@ -19,6 +20,10 @@ pub(crate) struct FaultyBroker {
     pub partitions_unavailable: AtomicBool,
     /// How many partition counts were asked for, to wait on without sleeping.
     pub partition_counts: watch::Sender<u32>,
+    /// Every fetch answers "unavailable" (as a restarting NATS server does).
+    pub fetch_unavailable: Arc<AtomicBool>,
+    /// How many fetches failed, to wait on without sleeping.
+    pub failed_fetches: Arc<watch::Sender<u32>>,
 }
 
 impl FaultyBroker {
@@ -28,6 +33,8 @@ impl FaultyBroker {
             refuse_publish: AtomicBool::new(false),
             partitions_unavailable: AtomicBool::new(false),
             partition_counts: watch::channel(0).0,
+            fetch_unavailable: Arc::default(),
+            failed_fetches: Arc::new(watch::channel(0).0),
         }
     }
 }
@@ -63,7 +70,11 @@ impl Broker for FaultyBroker {
         topic: &Topic,
         partition: Partition,
     ) -> Result<Box<dyn PartitionConsumer>> {
-        self.inner.consume(group, topic, partition).await
+        Ok(Box::new(FaultyConsumer {
+            inner: self.inner.consume(group, topic, partition).await?,
+            unavailable: self.fetch_unavailable.clone(),
+            failed: self.failed_fetches.clone(),
+        }))
     }
     fn redelivery_horizon(&self) -> Duration {
         self.inner.redelivery_horizon()
@@ -73,5 +84,28 @@ impl Broker for FaultyBroker {
     }
     async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
         self.inner.delete_group(group, topic).await
+    }
+}
+
+struct FaultyConsumer {
+    inner: Box<dyn PartitionConsumer>,
+    unavailable: Arc<AtomicBool>,
+    failed: Arc<watch::Sender<u32>>,
+}
+
+#[async_trait]
+impl PartitionConsumer for FaultyConsumer {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            self.failed.send_modify(|n| *n += 1);
+            return Err(Error::unavailable(
+                "the partition",
+                "the server is restarting",
+            ));
+        }
+        self.inner.fetch(max, wait).await
+    }
+    async fn commit(&mut self, offset: Offset) -> Result<()> {
+        self.inner.commit(offset).await
     }
 }

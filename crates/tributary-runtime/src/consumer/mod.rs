@@ -508,4 +508,63 @@ mod tests {
         shutdown.cancel();
         running.await.unwrap().unwrap();
     }
+
+    #[tokio::test]
+    async fn an_idle_group_is_running_again_as_soon_as_its_broker_answers() {
+        let broker = Arc::new(FaultyBroker::new());
+        let topic = Topic::new("commands").unwrap();
+        broker.ensure_topic(&topic, 2).await.unwrap();
+        let handler = handler_fn(|_event, _unit| Box::pin(async { Ok(()) }));
+        let config = ConsumerConfig::default()
+            .with_backoff(Backoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(5),
+            ))
+            .with_fetch_wait(Duration::from_millis(20));
+        let consumer = Consumer::new(
+            GroupName::new("idle").unwrap(),
+            vec![topic],
+            Arc::new(InMemoryDatabase::new()),
+            broker.clone(),
+            handler,
+            config,
+        )
+        .unwrap();
+        let health = consumer.health();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(consumer.run(shutdown.clone()));
+        // Health is a cell, not a channel: look at it until it says `want`.
+        let until = async |want: fn(&HealthState) -> bool, what: &str| {
+            let waited = tokio::time::timeout(PATIENCE, async {
+                while !want(&health.get()) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+            assert!(waited.is_ok(), "{what}: health stayed {:?}", health.get());
+        };
+        until(|s| *s == HealthState::Running, "the group starts").await;
+
+        broker.fetch_unavailable.store(true, Ordering::SeqCst);
+        let mut failed = broker.failed_fetches.subscribe();
+        tokio::time::timeout(PATIENCE, failed.wait_for(|n| *n >= 2))
+            .await
+            .expect("the fetches fail")
+            .unwrap();
+        until(
+            |s| matches!(s, HealthState::Degraded(_)),
+            "a failing fetch degrades the group",
+        )
+        .await;
+        // No message arrives after the broker is back: the fetches alone must say it is.
+        broker.fetch_unavailable.store(false, Ordering::SeqCst);
+        until(
+            |s| *s == HealthState::Running,
+            "an idle group is Running again once its fetches succeed",
+        )
+        .await;
+
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+    }
 }

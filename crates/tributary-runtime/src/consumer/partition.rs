@@ -119,6 +119,11 @@ async fn consume(
         };
         let deliveries = match fetched {
             Ok(d) => {
+                // The broker answers again: an idle group has no batch to handle that would
+                // say so, and would stay Degraded until its next message.
+                if failures > 0 {
+                    ctx.health.set(HealthState::Running);
+                }
                 failures = 0;
                 d
             }
