@@ -6,6 +6,8 @@
 //!   attempts, parking, and Replay / Discard buttons. The page refreshes itself every 2 s.
 //! - `POST /dead-letters/{db}/{id}/replay|discard` — a replay is a request that the group's
 //!   running consumer performs (see `tributary::request_replay`); discard resolves at once.
+//! - `/sagas`, `/sagas/{db}/{id}` — saga instances and their timelines, with Cancel and Retry
+//!   (see [`sagas`]).
 //! - `/metrics` — the console's own metrics.
 //!
 //! Listening beyond loopback needs `--token`: every request then carries it (a bearer header,
@@ -24,6 +26,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tributary::{Database, DeadLetterAdmin, DeadLetterId, GroupName, ReplayState};
+
+mod sagas;
 
 #[derive(Debug, clap::Args)]
 pub struct ConsoleArgs {
@@ -89,6 +93,10 @@ fn router(console: Shared) -> Router {
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/{db}/{id}/replay", post(replay))
         .route("/dead-letters/{db}/{id}/discard", post(discard))
+        .route("/sagas", get(sagas::list))
+        .route("/sagas/{db}/{id}", get(sagas::show))
+        .route("/sagas/{db}/{id}/cancel", post(sagas::cancel))
+        .route("/sagas/{db}/{id}/retry", post(sagas::retry))
         .route("/login", get(login))
         .layer(middleware::from_fn_with_state(console.clone(), guard))
         .with_state(console)
@@ -237,7 +245,7 @@ fn failed(e: impl std::fmt::Display) -> Response {
 }
 
 async fn overview(State(c): State<Shared>) -> Response {
-    let mut body = String::new();
+    let mut body = String::from("<p><a href=\"/sagas\">Sagas</a></p>");
     for (n, s) in c.services.iter().enumerate() {
         let backlog = match s.db.outbox_source().backlog().await {
             Ok(b) => b,
@@ -260,6 +268,10 @@ async fn overview(State(c): State<Shared>) -> Response {
                 );
             }
             None => body.push_str("<p>Outbox: this backend cannot tell</p>"),
+        }
+        match sagas::overview_line(&c, n).await {
+            Ok(line) => body.push_str(&line),
+            Err(e) => return failed(e),
         }
         if summary.is_empty() {
             body.push_str("<p class=\"ok\">No open dead letters.</p>");

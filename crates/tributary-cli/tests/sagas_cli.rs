@@ -208,3 +208,132 @@ async fn sagas_cancel_is_performed_by_the_running_orchestrator_or_refused_with_i
     running.await??;
     Ok(())
 }
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_lists_sagas_shows_a_timeline_and_cancels_through_the_orchestrator()
+-> anyhow::Result<()> {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("orders.db");
+    let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
+    let holds = Topic::new("holds")?;
+    let definition = SagaDefinition::<u32>::builder("ConsoleHold")?
+        .compensatable(
+            Step::send("hold", holds.clone(), |n: &u32| SagaCommand::new("Hold", n)),
+            Compensation::send(holds, |n: &u32| SagaCommand::new("Release", n)),
+        )
+        .pivot(Step::send(
+            "approve",
+            Topic::new("approvals")?,
+            |n: &u32| SagaCommand::new("Approve", n),
+        ))
+        .build();
+    let orchestrator = Orchestrator::new(
+        definition,
+        db.clone(),
+        Arc::new(InMemoryBroker::default()),
+        OrchestratorConfig::default(),
+    );
+    // Nobody answers: both wait for the reply to their first command.
+    let (first, second) = (orchestrator.start(1).await?, orchestrator.start(2).await?);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["console", "--listen", "127.0.0.1:0", "--db"])
+        .arg(format!("sqlite://{}", path.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let line = std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .lines()
+        .next()
+        .expect("a line")?;
+    let _console = Killed(child);
+    let site = line
+        .strip_prefix("listening on ")
+        .expect("listening")
+        .to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let get = async |path: &str| -> anyhow::Result<(u16, String)> {
+        let r = http.get(format!("{site}{path}")).send().await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    };
+
+    let (status, overview) = get("/").await?;
+    assert_eq!(status, 200, "{overview}");
+    assert!(
+        overview.contains("data-sagas=\"running\">2 running"),
+        "{overview}"
+    );
+    let (status, list) = get("/sagas").await?;
+    assert_eq!(status, 200, "{list}");
+    for id in [&first, &second] {
+        assert!(list.contains(&format!("data-saga=\"{id}\"")), "{list}");
+    }
+    assert!(
+        list.contains("data-count=\"ConsoleHold/running\""),
+        "{list}"
+    );
+    let (_, completed) = get("/sagas?state=completed").await?;
+    assert!(!completed.contains("data-saga="), "{completed}");
+    let (status, _) = get("/sagas?state=sideways").await?;
+    assert_eq!(status, 400);
+    let (status, _) = get("/sagas/0/no-such-saga").await?;
+    assert_eq!(status, 404);
+    let (status, _) = get(&format!("/sagas/7/{first}")).await?;
+    assert_eq!(status, 404);
+
+    let (status, page) = get(&format!("/sagas/0/{first}")).await?;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"saga-state\">running"), "{page}");
+    assert!(page.contains("Hold to holds"), "{page}");
+
+    // A change needs the console's own origin; then it is a request for the orchestrator.
+    let cancel = format!("{site}/sagas/0/{first}/cancel");
+    let foreign = http.post(&cancel).send().await?;
+    assert_eq!(foreign.status().as_u16(), 403);
+    let host = site.strip_prefix("http://").expect("http").to_owned();
+    let posted = http
+        .post(&cancel)
+        .header("origin", format!("http://{host}"))
+        .send()
+        .await?;
+    assert_eq!(posted.status().as_u16(), 303);
+    let (_, page) = get(&format!("/sagas/0/{first}")).await?;
+    assert!(
+        page.contains("waiting for a running orchestrator"),
+        "{page}"
+    );
+
+    let shutdown = tributary::CancellationToken::new();
+    let running = tokio::spawn(orchestrator.clone().run(shutdown.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, page) = get(&format!("/sagas/0/{first}")).await?;
+        if page.contains("cancelled by an operator") {
+            assert!(page.contains("id=\"saga-state\">compensating"), "{page}");
+            assert!(page.contains("cancelled from the console"), "{page}");
+            assert!(page.contains("Release to holds"), "{page}");
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the console's cancel was never performed:\n{page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    running.await??;
+    Ok(())
+}
