@@ -95,14 +95,10 @@ async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Re
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sagas_cancel_is_performed_by_the_running_orchestrator_or_refused_with_its_reason()
--> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("orders.db");
-    let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
+/// A saga that holds something (compensatable), then asks for an approval (the pivot).
+fn hold_then_approve(saga_type: &str) -> tributary::Result<SagaDefinition<u32>> {
     let holds = Topic::new("holds")?;
-    let definition = SagaDefinition::<u32>::builder("CliHold")?
+    Ok(SagaDefinition::<u32>::builder(saga_type)?
         .compensatable(
             Step::send("hold", holds.clone(), |n: &u32| SagaCommand::new("Hold", n)),
             Compensation::send(holds, |n: &u32| SagaCommand::new("Release", n)),
@@ -112,7 +108,16 @@ async fn sagas_cancel_is_performed_by_the_running_orchestrator_or_refused_with_i
             Topic::new("approvals")?,
             |n: &u32| SagaCommand::new("Approve", n),
         ))
-        .build();
+        .build())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_cancel_is_performed_by_the_running_orchestrator_or_refused_with_its_reason()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("orders.db");
+    let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
+    let definition = hold_then_approve("CliHold")?;
     let orchestrator = Orchestrator::new(
         definition,
         db.clone(),
@@ -227,18 +232,7 @@ async fn the_console_lists_sagas_shows_a_timeline_and_cancels_through_the_orches
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("orders.db");
     let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
-    let holds = Topic::new("holds")?;
-    let definition = SagaDefinition::<u32>::builder("ConsoleHold")?
-        .compensatable(
-            Step::send("hold", holds.clone(), |n: &u32| SagaCommand::new("Hold", n)),
-            Compensation::send(holds, |n: &u32| SagaCommand::new("Release", n)),
-        )
-        .pivot(Step::send(
-            "approve",
-            Topic::new("approvals")?,
-            |n: &u32| SagaCommand::new("Approve", n),
-        ))
-        .build();
+    let definition = hold_then_approve("ConsoleHold")?;
     let orchestrator = Orchestrator::new(
         definition,
         db.clone(),

@@ -343,6 +343,42 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
     })
 }
 
+/// Offers orders at the demo's rate (if it has one) and concurrency.
+struct Offer {
+    started: Instant,
+    rate: Option<f64>,
+    permits: Arc<Semaphore>,
+}
+
+impl Offer {
+    fn new(options: &DemoOptions) -> Self {
+        Self {
+            started: Instant::now(),
+            rate: options.rate,
+            permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+        }
+    }
+
+    /// Waits until order `i` is due and one of the concurrent slots is free; the slot is held
+    /// until the permit is dropped.
+    async fn slot(&self, i: usize) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+        if let Some(rate) = self.rate {
+            let due = self.started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        Ok(self.permits.clone().acquire_owned().await?)
+    }
+}
+
+/// One of `customers`, or (as often as `unknown_fraction` says) one nobody knows.
+fn pick_customer(rng: &mut Rng, customers: &[String], unknown_fraction: f64) -> String {
+    if rng.chance(unknown_fraction) || customers.is_empty() {
+        uuid::Uuid::now_v7().to_string()
+    } else {
+        customers[(rng.next() % customers.len() as u64) as usize].clone()
+    }
+}
+
 /// The `q` quantile of sorted `durations`, in ms (0 when there are none).
 fn percentile(durations: &[Duration], q: f64) -> f64 {
     let n = durations.len();
@@ -430,20 +466,11 @@ async fn choreography(
         })
     };
 
-    let started = Instant::now();
-    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let offer = Offer::new(options);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..options.orders {
-        if let Some(rate) = options.rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let permit = permits.clone().acquire_owned().await?;
-        let customer = if rng.chance(options.unknown_customer_fraction) {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            customer_ids[(rng.next() % customer_ids.len().max(1) as u64) as usize].clone()
-        };
+        let permit = offer.slot(i).await?;
+        let customer = pick_customer(&mut rng, customer_ids, options.unknown_customer_fraction);
         let total = rng.range(5, 40) * 100;
         let (orders, created_at) = (order_service.clone(), created_at.clone());
         tasks.spawn(async move {
@@ -474,7 +501,7 @@ async fn choreography(
         bar.set_position(settled.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let seconds_to_settle = started.elapsed().as_secs_f64();
+    let seconds_to_settle = offer.started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let pending: Vec<_> = std::mem::take(&mut *cancels.lock().unwrap_or_else(|p| p.into_inner()));
     for c in pending {

@@ -167,22 +167,32 @@ fn list_table(body: &mut String, db: usize, sagas: &[SagaSummary], by_default: b
     body.push_str("</table>");
 }
 
-fn saga_id(id: String) -> Result<SagaId, Box<Response>> {
-    SagaId::new(id).map_err(|e| Box::new(page_error(StatusCode::BAD_REQUEST, &e.to_string())))
+/// The database `db` of the console, saga `id` parsed, and an admin of that database; or the
+/// error page (404 for no such database, 400 for a malformed id).
+fn saga_of(
+    c: &Shared,
+    db: usize,
+    id: String,
+) -> Result<(&super::Service, SagaId, SagaAdmin), Box<Response>> {
+    let Some(s) = c.services.get(db) else {
+        return Err(Box::new(page_error(
+            StatusCode::NOT_FOUND,
+            "no such database",
+        )));
+    };
+    let id = SagaId::new(id)
+        .map_err(|e| Box::new(page_error(StatusCode::BAD_REQUEST, &e.to_string())))?;
+    Ok((s, id, SagaAdmin::new(s.db.clone())))
 }
 
 pub(super) async fn show(
     State(c): State<Shared>,
     Path((db, id)): Path<(usize, String)>,
 ) -> Response {
-    let Some(s) = c.services.get(db) else {
-        return page_error(StatusCode::NOT_FOUND, "no such database");
-    };
-    let id = match saga_id(id) {
-        Ok(id) => id,
+    let (s, id, admin) = match saga_of(&c, db, id) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
-    let admin = SagaAdmin::new(s.db.clone());
     let saga = match admin.show(&id).await {
         Ok(Some(saga)) => saga,
         Ok(None) => return page_error(StatusCode::NOT_FOUND, "no such saga"),
@@ -271,14 +281,10 @@ pub(super) async fn retry(
 }
 
 async fn request(c: Shared, db: usize, id: String, cancel: bool) -> Response {
-    let Some(s) = c.services.get(db) else {
-        return page_error(StatusCode::NOT_FOUND, "no such database");
-    };
-    let id = match saga_id(id) {
-        Ok(id) => id,
+    let (_, id, admin) = match saga_of(&c, db, id) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
-    let admin = SagaAdmin::new(s.db.clone());
     let requested = if cancel {
         admin
             .request_cancel(&id, "cancelled from the console")

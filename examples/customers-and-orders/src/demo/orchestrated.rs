@@ -3,14 +3,12 @@
 //! compensates when either is refused (unknown customer, too little credit, too little stock,
 //! a product nobody stocks).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use tokio::sync::Semaphore;
 use tributary::saga::{SagaState, SagaSummary};
 
-use super::{DemoOptions, Rng, percentile};
+use super::{DemoOptions, Offer, Rng, percentile, pick_customer};
 use crate::orchestration::{APPROVED, Line, REJECTED};
 use crate::system::Services;
 
@@ -56,20 +54,11 @@ pub(super) async fn drive(
         inventory.restock(p, per_product).await?;
     }
 
-    let started = Instant::now();
-    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let offer = Offer::new(options);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..options.orders {
-        if let Some(rate) = options.rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let permit = permits.clone().acquire_owned().await?;
-        let customer = if rng.chance(options.unknown_customer_fraction) {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            customers[(rng.next() % customers.len().max(1) as u64) as usize].clone()
-        };
+        let permit = offer.slot(i).await?;
+        let customer = pick_customer(&mut rng, customers, options.unknown_customer_fraction);
         let lines = order_lines(&mut rng, &products, options.unknown_customer_fraction);
         let total = rng.range(5, 40) * 100;
         let orders = orders.clone();
