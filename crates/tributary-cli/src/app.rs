@@ -102,10 +102,10 @@ pub struct DemoArgs {
     /// credit and stock), or both at once on the same customers.
     #[arg(long, default_value = "both")]
     flow: String,
-    /// Orders placed at the same time.
+    /// Orders placed at the same time, per flow.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Offer orders at this rate per second (default: as fast as they are accepted).
+    /// Offer orders at this rate per second, per flow (default: as fast as they are accepted).
     #[arg(long)]
     rate: Option<f64>,
     /// No progress bar.
@@ -415,8 +415,17 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::ForgetService { service } => {
             return forget_service(&resolved.db, service_arg(service)?).await;
         }
+        // The services this deployment has run (a deployment from before the inventory
+        // service, or one that does not run it, has no inventory database to open).
         AdminCommand::DeadLetters(DeadLetterCommand::List { service: None, .. }) => {
-            ServiceName::ALL.to_vec()
+            let ran = system::DeploymentRecord::of(&resolved.db)
+                .services()
+                .await?;
+            if ran.is_empty() {
+                ServiceName::ALL.to_vec()
+            } else {
+                ran
+            }
         }
     };
     // Operations on a deployment that exists: nothing is created or migrated, so a mistyped

@@ -11,6 +11,12 @@
 //! that should not give up on a held record retries from its own side (a retriable step, or
 //! the caller starting a new saga).
 //!
+//! Take the hold last, after every check that may refuse the command and right before the
+//! change: a participant's failure reply still commits its unit, and a hold committed with a
+//! refused step has no compensation to release it. Release only in the step's compensation or
+//! in a step at or after the pivot: a later compensatable step of the same saga may still be
+//! undone.
+//!
 //! A saga that ends in `CompensationFailed` keeps what it holds: the record stays refused until
 //! an operator's retry of the compensation releases it, visible through [`holder`].
 //!

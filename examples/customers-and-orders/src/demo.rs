@@ -69,9 +69,9 @@ pub struct DemoOptions {
     /// Orders placed through each flow the demo drives.
     pub orders: usize,
     pub flow: Flow,
-    /// Orders created at the same time.
+    /// Orders created at the same time, per flow.
     pub concurrency: usize,
-    /// Offer orders at this rate (per second) instead of as fast as possible.
+    /// Offer orders at this rate (per second, per flow) instead of as fast as possible.
     pub rate: Option<f64>,
     /// Fraction of approved orders that are then cancelled.
     pub cancel_fraction: f64,
@@ -343,7 +343,7 @@ async fn drive(running: &Running, options: &DemoOptions) -> anyhow::Result<DemoS
     })
 }
 
-/// Offers orders at the demo's rate (if it has one) and concurrency.
+/// Offers one flow's orders at the demo's rate (if it has one) and concurrency.
 struct Offer {
     started: Instant,
     rate: Option<f64>,

@@ -233,9 +233,15 @@ pub fn sagas(state: &State) -> Check {
             }
         }
         for undone in saga.history.iter().filter(|h| h.what == "step compensated") {
+            // A step that succeeded, or whose command was sent and then went unanswered
+            // (its deadline, the saga's, or an operator's cancel): the participant may have
+            // done it, so undoing it is due.
             let ran = saga.history.iter().any(|h| {
                 h.step == undone.step
-                    && matches!(h.what.as_str(), "step succeeded" | "deadline passed")
+                    && matches!(
+                        h.what.as_str(),
+                        "step succeeded" | "deadline passed" | "command sent"
+                    )
             });
             if !ran {
                 problems.push(format!(

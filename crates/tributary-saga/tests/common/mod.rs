@@ -205,15 +205,17 @@ pub fn participant() -> Participant {
     Participant::new("participants")
         .on("ReserveCredit", |c: Credit, cmd, unit| {
             Box::pin(async move {
+                let available: i64 = unit.get_as("credit", &c.customer).await?.unwrap_or(0);
+                if available < c.amount {
+                    return Ok(Reply::failure("credit limit exceeded"));
+                }
+                // Held last, right before the change: a refusal after it would commit the
+                // hold with no step to compensate, and the customer would stay held.
                 if unit.get("locked_customers", &c.customer).await?.is_some()
                     && let Hold::Refused(reply) =
                         lock::hold(unit, &format!("customer:{}", c.customer), cmd).await?
                 {
                     return Ok(reply);
-                }
-                let available: i64 = unit.get_as("credit", &c.customer).await?.unwrap_or(0);
-                if available < c.amount {
-                    return Ok(Reply::failure("credit limit exceeded"));
                 }
                 unit.put_as("credit", &c.customer, &(available - c.amount))
                     .await?;
@@ -1263,6 +1265,22 @@ pub async fn a_record_held_by_a_running_saga_refuses_another_saga_until_it_ends(
     // pivot, still running, and holds the customer.
     sys.seed("notify_down", "c1", 1).await;
     sys.run_orchestrator();
+    // A saga refused for its credit takes no hold: nothing would compensate it.
+    let refused_credit = sys
+        .orchestrator
+        .start(sys.order("c1", 1_000, "sku1", json!(1)))
+        .await
+        .expect("start");
+    let inst = sys.wait_final(&refused_credit).await;
+    assert_eq!(inst.state, SagaState::Compensated, "{inst:#?}");
+    let held: Option<lock::LockHolder> = sys
+        .fixture
+        .participant_db
+        .get_document_as(lock::SEMANTIC_LOCKS, "customer:c1")
+        .await
+        .expect("read");
+    assert_eq!(held, None, "a refused step holds nothing");
+
     let first = sys
         .orchestrator
         .start(sys.order("c1", 30, "sku1", json!(1)))

@@ -3,6 +3,7 @@
 //! compensates when either is refused (unknown customer, too little credit, too little stock,
 //! a product nobody stocks).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -56,6 +57,8 @@ pub(super) async fn drive(
 
     let offer = Offer::new(options);
     let mut tasks = tokio::task::JoinSet::new();
+    // A data directory used before holds older sagas: the figures are this run's.
+    let mut ours = HashSet::new();
     for i in 0..options.orders {
         let permit = offer.slot(i).await?;
         let customer = pick_customer(&mut rng, customers, options.unknown_customer_fraction);
@@ -65,19 +68,20 @@ pub(super) async fn drive(
         tasks.spawn(async move {
             let placed = orders.place(&customer, total, lines).await;
             drop(permit);
-            placed.map(|_| ())
+            placed
         });
         while let Some(done) = tasks.try_join_next() {
-            done??;
+            ours.insert(done??);
         }
     }
     while let Some(done) = tasks.join_next().await {
-        done??;
+        ours.insert(done??);
     }
 
-    let sagas = until_all_ended(&orders, options.orders, &bar).await?;
+    let sagas = until_all_ended(&orders, &ours, &bar).await?;
     bar.finish_and_clear();
-    let placed = orders.all().await?;
+    let mut placed = orders.all().await?;
+    placed.retain(|o| ours.contains(&o.order_id));
     let count = |state: &str| placed.iter().filter(|o| o.state == state).count();
     let ended = |state: SagaState| sagas.iter().filter(|s| s.state == state).count();
     let mut latencies: Vec<Duration> = sagas
@@ -126,15 +130,17 @@ fn order_lines(rng: &mut Rng, products: &[String], unknown: f64) -> Vec<Line> {
     lines
 }
 
-/// Polls the sagas until `n` of them ended; returns them.
+/// Polls the sagas until all of `ours` ended; returns them.
 async fn until_all_ended(
     orders: &crate::orchestration::OrchestratedOrders,
-    n: usize,
+    ours: &HashSet<String>,
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<SagaSummary>> {
+    let n = ours.len();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let sagas = orders.sagas().await?;
+        let mut sagas = orders.sagas().await?;
+        sagas.retain(|s| ours.contains(s.id.as_str()));
         let ended = sagas.iter().filter(|s| s.state.is_final()).count();
         bar.set_position(ended as u64);
         if ended >= n {

@@ -25,7 +25,7 @@ use crate::orchestration::inventory::InventoryService;
 use crate::orchestration::{self, OrchestratedOrders};
 use crate::order::OrderService;
 
-/// Partitions of the two topics.
+/// Partitions of every topic of the application (see [`all_topics`]).
 pub const PARTITIONS: u32 = 8;
 
 /// The order-history view's consumer group and the collection it owns.
