@@ -158,7 +158,12 @@ async fn kill_under_load(victim: &str) {
     }
     stop.store(true, Ordering::SeqCst);
     let started = load.await.expect("the load");
-    assert!(started > 300, "enough load: {started} sagas");
+    // How many depends on how loaded the machine is; a few sagas per kill at least, so that
+    // kills land while sagas are in flight.
+    assert!(
+        started >= 4 * KILLS,
+        "enough load: {started} sagas for {KILLS} kills"
+    );
 
     let _recovered = Serve::start(victim, dir.path(), &log);
     let orders = services.orchestrated().unwrap();
