@@ -1,5 +1,5 @@
-//! The reference application as three OS processes — customer, order and order-history
-//! services, one `tributary serve --service …` each — on PostgreSQL (a schema per service)
+//! The reference application as four OS processes — customer, order, order-history and
+//! inventory services, one `tributary serve --service …` each — on PostgreSQL (a schema per service)
 //! and NATS JetStream, sharing nothing but the broker. Skips without the servers unless
 //! `TRIBUTARY_TEST_SERVERS=required`.
 
@@ -241,6 +241,13 @@ async fn four_services_in_four_processes_on_postgres_and_nats() {
     let (_, body) = get(&customers.base, &format!("/customers/{c}")).await;
     assert_eq!(body["available_credit"], 2000);
 
+    // The customer process applies what the others decided a moment later.
+    let credit_becomes = async |want: i64| {
+        until(Duration::from_secs(60), async || {
+            get(&customers.base, &format!("/customers/{c}")).await.1["available_credit"] == want
+        })
+        .await
+    };
     let (status, body) = post(
         &orders.base,
         &format!("/orders/{approved}/cancel"),
@@ -249,14 +256,7 @@ async fn four_services_in_four_processes_on_postgres_and_nats() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        until(Duration::from_secs(60), async || get(
-            &customers.base,
-            &format!("/customers/{c}")
-        )
-        .await
-        .1["available_credit"]
-            == 5000)
-        .await,
+        credit_becomes(5000).await,
         "cancelling releases the credit in the other process"
     );
     // The cancellation's token: the history process answers once it applied it.
@@ -326,14 +326,7 @@ async fn four_services_in_four_processes_on_postgres_and_nats() {
     assert_eq!(widget["reservations"][&fits.0], 2, "{widget}");
     // The rejected order's credit came back in the customer process.
     assert!(
-        until(Duration::from_secs(60), async || get(
-            &customers.base,
-            &format!("/customers/{c}")
-        )
-        .await
-        .1["available_credit"]
-            == 4000)
-        .await,
+        credit_becomes(4000).await,
         "only the approved orchestrated order holds credit"
     );
 

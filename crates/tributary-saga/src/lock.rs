@@ -77,7 +77,8 @@ pub enum Hold {
 }
 
 /// Holds `record` for the saga of `command`, in the command's unit. A saga holding it already
-/// holds it still (a command sent again takes the same lock); another saga's hold refuses.
+/// holds it still (a command sent again takes the same lock); another saga's hold refuses,
+/// and a refusal writes nothing.
 ///
 /// # Errors
 /// Storage errors, as a retryable [`HandlerError`].

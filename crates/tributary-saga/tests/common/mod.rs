@@ -439,6 +439,15 @@ impl System {
             .expect("read")
     }
 
+    /// The saga holding `record` in the participants' database (a semantic lock), if any.
+    pub async fn lock_holder(&self, record: &str) -> Option<lock::LockHolder> {
+        self.fixture
+            .participant_db
+            .get_document_as(lock::SEMANTIC_LOCKS, record)
+            .await
+            .expect("read")
+    }
+
     pub async fn instance(&self, id: &SagaId) -> SagaInstance {
         self.orchestrator
             .instance(id)
@@ -1273,12 +1282,7 @@ pub async fn a_record_held_by_a_running_saga_refuses_another_saga_until_it_ends(
         .expect("start");
     let inst = sys.wait_final(&refused_credit).await;
     assert_eq!(inst.state, SagaState::Compensated, "{inst:#?}");
-    let held: Option<lock::LockHolder> = sys
-        .fixture
-        .participant_db
-        .get_document_as(lock::SEMANTIC_LOCKS, "customer:c1")
-        .await
-        .expect("read");
+    let held = sys.lock_holder("customer:c1").await;
     assert_eq!(held, None, "a refused step holds nothing");
 
     let first = sys
@@ -1308,12 +1312,7 @@ pub async fn a_record_held_by_a_running_saga_refuses_another_saga_until_it_ends(
         Some(70),
         "the refused saga took no credit"
     );
-    let held: Option<lock::LockHolder> = sys
-        .fixture
-        .participant_db
-        .get_document_as(lock::SEMANTIC_LOCKS, "customer:c1")
-        .await
-        .expect("read");
+    let held = sys.lock_holder("customer:c1").await;
     assert_eq!(held.map(|h| h.saga_id), Some(first.clone()));
 
     // The first saga's last step releases the customer; the next saga gets it.
@@ -1327,12 +1326,7 @@ pub async fn a_record_held_by_a_running_saga_refuses_another_saga_until_it_ends(
     let inst = sys.wait_final(&third).await;
     assert_eq!(inst.state, SagaState::Completed, "{inst:#?}");
     assert_eq!(sys.participant_value("credit", "c1").await, Some(50));
-    let held: Option<lock::LockHolder> = sys
-        .fixture
-        .participant_db
-        .get_document_as(lock::SEMANTIC_LOCKS, "customer:c1")
-        .await
-        .expect("read");
+    let held = sys.lock_holder("customer:c1").await;
     assert_eq!(held, None, "released by the third saga's notification");
     sys.stop().await;
 }
