@@ -344,6 +344,7 @@ async fn an_order_with_lines_runs_the_orchestrated_saga_over_credit_and_stock() 
     // Bad orders with lines are refused before a saga starts.
     for bad in [
         json!({"customer_id": c, "order_total": 10, "lines": []}),
+        json!({"customer_id": c, "order_total": 10, "lines": null}),
         json!({"customer_id": c, "order_total": 10, "lines": [{"product_id": "apple", "quantity": -1}]}),
         json!({"customer_id": c, "order_total": 10, "lines": [{"product_id": "apple", "quantity": 1, "price": 3}]}),
         json!({"customer_id": c, "order_total": 10, "lines": [{"product_id": "", "quantity": 1}]}),

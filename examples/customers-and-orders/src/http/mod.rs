@@ -150,8 +150,19 @@ async fn get_customer(
 struct NewOrder {
     customer_id: String,
     order_total: i64,
-    #[serde(default)]
+    /// Absent: the choreography. `null` is refused, not read as absent: a client that sends
+    /// `"lines": null` meant something, and the flow it gets must not be a guess.
+    #[serde(default, deserialize_with = "present")]
     lines: Option<Vec<NewLine>>,
+}
+
+/// A field that may be absent (`#[serde(default)]` gives `None`) but not `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// A line as a client sends it: as strict as the order around it.
