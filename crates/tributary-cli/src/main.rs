@@ -31,6 +31,15 @@ struct Cli {
         env = "TRIBUTARY_LOG_FORMAT"
     )]
     log_format: logging::LogFormat,
+    /// Exports spans (HTTP requests, outbox create, relay send, consumer process) to this
+    /// OpenTelemetry collector over OTLP/HTTP, e.g. `http://127.0.0.1:4318`; off by default.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +79,14 @@ enum Command {
 fn main() -> std::process::ExitCode {
     allocator::tune();
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // Kept until the process ends, so that the last spans are exported.
+    let _telemetry = match logging::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {}", report::one_line(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,5 @@
-//! W3C trace context through the envelope: `publish` stamps the caller's current span into
-//! `traceparent` (and its `tracestate`), so that the relay's send span and the consumers' process spans continue the
+//! W3C trace context through the envelope: `publish` and `append` stamp a `create` span under
+//! the caller's current span into `traceparent` (and its `tracestate`), so that the relay's send span and the consumers' process spans continue the
 //! caller's trace (the OpenTelemetry messaging conventions; the spans are the runtime's).
 //!
 //! Spans carry an OpenTelemetry context only where the application installed an OpenTelemetry
@@ -9,6 +9,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::envelope::Envelope;
+use crate::topic::Topic;
 
 /// The current span's context as a W3C `traceparent`, if it has one.
 pub fn current_traceparent() -> Option<String> {
@@ -85,15 +86,62 @@ fn parse_with_state(traceparent: &str, state: TraceState) -> Option<SpanContext>
     context.is_valid().then_some(context)
 }
 
-/// Stamps `event` with the current span's context, when there is one. Backends call it in
-/// `publish`; an event published inside a consumer's process span so continues that span.
-pub fn stamp(event: &mut Envelope) {
-    if let Some((traceparent, tracestate)) = current_trace_context() {
+/// Stamps `event`, published to `topic`, with the context of a `create` span (the
+/// OpenTelemetry messaging conventions' span of creating a message) that is a child of the
+/// current span, when the current span has a context. Backends call it in `publish`; an event
+/// published inside a consumer's process span so continues that span's trace, and the relay's
+/// send span and every consumer's process span of this message have the create span as parent.
+///
+/// Without an OpenTelemetry layer this is one disabled-span check: nothing is created, nothing
+/// is stamped.
+pub fn stamp(topic: &Topic, event: &mut Envelope) {
+    stamp_created(topic.as_str(), event);
+}
+
+/// Stamps the events appended to `stream` as [`stamp`] does a published one: each gets a
+/// `create` span under the current span. Their destination is the topic the events relay
+/// sends them to, their aggregate type; an event without one is named by its stream. Events
+/// appended outside any traced span keep the trace context they came with (e.g.
+/// [`crate::Metadata::caused_by`]'s). Backends call it in `append`.
+pub fn stamp_appended(stream: &crate::StreamId, events: &mut [Envelope]) {
+    if current_trace_context().is_none() {
+        return;
+    }
+    for event in events {
+        let destination = event
+            .aggregate_type
+            .clone()
+            .unwrap_or_else(|| stream.to_string());
+        stamp_created(&destination, event);
+    }
+}
+
+fn stamp_created(destination: &str, event: &mut Envelope) {
+    if current_trace_context().is_none() {
+        return;
+    }
+    let create = tracing::info_span!(
+        "create",
+        otel.name = %format_args!("create {destination}"),
+        otel.kind = "producer",
+        messaging.system = MESSAGING_SYSTEM,
+        messaging.destination.name = destination,
+        messaging.operation.type = "create",
+        messaging.operation.name = "publish",
+        messaging.message.id = %event.id,
+    );
+    // The span ends when this function returns: creating the message is the outbox or event
+    // store insert the caller is about to make, not the relay's send.
+    let context = create.in_scope(current_trace_context);
+    if let Some((traceparent, tracestate)) = context {
         event.traceparent = Some(traceparent);
         // Replaced with the parent even when empty: a state belongs to the parent it came with.
         event.tracestate = tracestate;
     }
 }
+
+/// `messaging.system` of every span Tributary records.
+pub const MESSAGING_SYSTEM: &str = "tributary";
 
 #[cfg(test)]
 mod tests {
@@ -134,7 +182,7 @@ mod tests {
     #[test]
     fn without_an_opentelemetry_layer_nothing_is_stamped() {
         let mut e = Envelope::new("s", "T", crate::Payload::from_value(&1).unwrap());
-        stamp(&mut e);
+        stamp(&crate::Topic::new("t").unwrap(), &mut e);
         assert_eq!(e.traceparent, None);
     }
 }

@@ -9,6 +9,7 @@ mod limits;
 mod reply;
 mod server;
 mod service;
+mod trace;
 
 pub use error::{Error, Result};
 pub use limits::HttpLimits;

@@ -17,6 +17,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::Semaphore;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::conn::{ConnPhase, ConnState};
 use crate::limits::HttpLimits;
@@ -126,12 +127,14 @@ where
         .response();
     };
     parts.extensions.insert(ConnectInfo(peer));
+    let span = crate::trace::server_span(&parts);
     let request = Request::from_parts(parts, Body::from(bytes));
     let mut router = shared.router.clone();
-    let mut response = match router.call(request).await {
+    let mut response = match router.call(request).instrument(span.clone()).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
+    span.record("http.response.status_code", response.status().as_u16());
     drop(permit);
     if opaque {
         response

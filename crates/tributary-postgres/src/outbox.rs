@@ -59,7 +59,7 @@ impl PgOutbox {
         let event = match tributary_core::trace::current_trace_context() {
             Some(_) => {
                 let mut copy = event.clone();
-                tributary_core::trace::stamp(&mut copy);
+                tributary_core::trace::stamp(topic, &mut copy);
                 stamped = copy;
                 &stamped
             }

@@ -11,11 +11,9 @@ use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tributary_core::trace::parse_trace_context;
+// `messaging.system`: Tributary carries its own envelope over every broker.
+use tributary_core::trace::{MESSAGING_SYSTEM as SYSTEM, parse_trace_context};
 use tributary_core::{Delivery, Envelope, GroupName, OutgoingMessage};
-
-/// `messaging.system`: Tributary carries its own envelope over every broker.
-const SYSTEM: &str = "tributary";
 
 /// The most messages of a batch that get a span link.
 const MAX_LINKS: usize = 128;

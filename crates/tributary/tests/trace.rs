@@ -1,5 +1,5 @@
-//! One trace across the outbox on the embedded default: a request span publishes an event, the
-//! relay's send span and the consumer's process span continue its trace, a span of the handler
+//! One trace across the outbox on the embedded default: a request span publishes an event (a
+//! `create` span), the relay's send span and the consumer's process span continue its trace, a span of the handler
 //! nests under the process span, and the event the handler publishes there carries that span.
 //! The request continues an upstream caller's `traceparent` and `tracestate` (as an HTTP server
 //! would), and the state travels through the envelope into the process span.
@@ -134,11 +134,12 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
     let spans = exporter.get_finished_spans().unwrap();
 
     let request = named(&spans, "POST /orders");
+    let create = named(&spans, "create orders");
     let send = named(&spans, "send orders");
     let process = named(&spans, "process orders");
     let work = named(&spans, "reserve credit");
     let trace = request.span_context.trace_id();
-    for s in [send, process, work] {
+    for s in [create, send, process, work] {
         assert_eq!(
             s.span_context.trace_id(),
             trace,
@@ -149,7 +150,7 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
     assert_eq!(trace, upstream.trace_id(), "the request continues upstream");
     assert_eq!(request.parent_span_id, upstream.span_id());
     assert_ne!(request.parent_span_id, SpanId::INVALID);
-    for s in [request, send, process, work] {
+    for s in [request, create, send, process, work] {
         assert_eq!(
             s.span_context.trace_state().header(),
             UPSTREAM_STATE,
@@ -157,14 +158,19 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
             s.name
         );
     }
-    assert_eq!(send.parent_span_id, request.span_context.span_id());
+    assert_eq!(create.parent_span_id, request.span_context.span_id());
+    assert_eq!(send.parent_span_id, create.span_context.span_id());
     assert_eq!(
         send.links.links.first().map(|l| l.span_context.span_id()),
-        Some(request.span_context.span_id()),
+        Some(create.span_context.span_id()),
         "the send span links the message it sent"
     );
-    assert_eq!(process.parent_span_id, request.span_context.span_id());
+    assert_eq!(process.parent_span_id, create.span_context.span_id());
     assert_eq!(work.parent_span_id, process.span_context.span_id());
+    assert_eq!(
+        attribute(create, "messaging.operation.type").as_deref(),
+        Some("create")
+    );
     assert_eq!(
         attribute(send, "messaging.operation.type").as_deref(),
         Some("send")
@@ -197,9 +203,11 @@ async fn one_trace_runs_from_publish_through_send_to_process() {
         Some(UPSTREAM_STATE),
         "the handler's event carries the state on"
     );
+    let follow_create = named(&spans, "create followups");
     assert_eq!(
-        continued.span_id(),
+        follow_create.parent_span_id,
         work.span_context.span_id(),
-        "the handler's event continues the span it was published in, under the process span"
+        "the handler's event is created in the span it was published in, under the process span"
     );
+    assert_eq!(continued.span_id(), follow_create.span_context.span_id());
 }

@@ -246,7 +246,7 @@ impl UnitOfWork for MemoryTx<'_> {
     }
 
     async fn publish(&mut self, topic: &Topic, mut event: Envelope) -> Result<()> {
-        crate::trace::stamp(&mut event);
+        crate::trace::stamp(topic, &mut event);
         validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
         self.state.next_outbox += 1;
         let id = self.state.next_outbox;
@@ -261,8 +261,9 @@ impl UnitOfWork for MemoryTx<'_> {
         &mut self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
+        crate::trace::stamp_appended(stream, &mut events);
         validate_batch(&events, self.max_event_bytes)?;
         let before = self.state.events.len();
         let outcome = self.state.events.append(stream, expected, events)?;
@@ -636,8 +637,9 @@ impl EventStore for DatabaseEvents {
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
+        crate::trace::stamp_appended(stream, &mut events);
         validate_batch(&events, self.0.shared.max_event_bytes)?;
         let outcome = self
             .0

@@ -60,8 +60,9 @@ impl EventStore for InMemoryEventStore {
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
+        crate::trace::stamp_appended(stream, &mut events);
         validate_batch(&events, self.max_event_bytes)?;
         let outcome = lock(&self.log).append(stream, expected, events)?;
         if !outcome.deduplicated {

@@ -147,9 +147,10 @@ impl EventStore for PgEventStore {
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
         let inner = &self.db.inner;
+        tributary_core::trace::stamp_appended(stream, &mut events);
         validate_batch(&events, inner.config.max_event_bytes)?;
         let mut conn = inner.pool.acquire().await.context("appending events")?;
         let outcome = append(

@@ -512,7 +512,7 @@ impl UnitOfWork for PgTx {
     }
 
     async fn publish(&mut self, topic: &Topic, mut event: Envelope) -> Result<()> {
-        tributary_core::trace::stamp(&mut event);
+        tributary_core::trace::stamp(topic, &mut event);
         let message = outbox::outgoing(topic, &event, self.db.config.max_event_bytes)?;
         self.outbox_bytes += message.payload.len();
         self.outbox.push((message, self.message));
@@ -527,9 +527,10 @@ impl UnitOfWork for PgTx {
         &mut self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
         let db = self.db.clone();
+        tributary_core::trace::stamp_appended(stream, &mut events);
         validate_batch(&events, self.db.config.max_event_bytes)?;
         let done = append(
             self.tx().await?,

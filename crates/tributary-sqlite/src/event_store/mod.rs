@@ -120,8 +120,9 @@ impl EventStore for SqliteEventStore {
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
+        tributary_core::trace::stamp_appended(stream, &mut events);
         validate_batch(&events, self.db.config().max_event_bytes)?;
         let stream = stream.clone();
         self.db

@@ -131,7 +131,7 @@ impl UnitOfWork for SqliteTx {
     }
 
     async fn publish(&mut self, topic: &Topic, mut event: Envelope) -> Result<()> {
-        tributary_core::trace::stamp(&mut event);
+        tributary_core::trace::stamp(topic, &mut event);
         validate_batch(std::slice::from_ref(&event), self.max_event_bytes)?;
         let message = OutgoingMessage::from_envelope(topic.clone(), &event);
         self.conn
@@ -151,8 +151,9 @@ impl UnitOfWork for SqliteTx {
         &mut self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
     ) -> Result<AppendOutcome> {
+        tributary_core::trace::stamp_appended(stream, &mut events);
         validate_batch(&events, self.max_event_bytes)?;
         // All or nothing even inside a larger unit: a batch that fails half-way (an id used
         // elsewhere) must not leave its first events behind for a unit that goes on.
