@@ -397,7 +397,7 @@ fn service_arg(s: &str) -> anyhow::Result<ServiceName> {
 }
 
 pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
-    use customers_and_orders::system::{HISTORY_COLLECTION, HISTORY_GROUP, consumer_groups};
+    use customers_and_orders::system::{HISTORY_COLLECTION, HISTORY_GROUP};
     use tributary::{Consumer, DeadLetterAdmin};
     use tributary::{DeadLetterId, GroupName};
 
@@ -432,7 +432,7 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     // URL or prefix is "no such deployment", not a new empty one.
     let backends = Backends::connect_existing(&resolved.db, &resolved.broker, &only).await?;
     let services = Services::new(&backends);
-    let groups = consumer_groups(&services);
+    let groups = system::dead_letter_groups(&services);
     // A service can have several groups (the customer service's choreography group and its
     // saga participant): a letter is replayed through the handler of the group it failed in.
     let admin_for = |service: ServiceName| -> anyhow::Result<DeadLetterAdmin> {

@@ -4,12 +4,13 @@
 //! the one `tributary status --json` reports. Skips (or fails, under
 //! `TRIBUTARY_TEST_SERVERS=required`) without chromium and chromedriver.
 
+mod listening;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use listening::Listening;
 use serde_json::{Value, json};
 use support::{Deployment, GROUP, tributary};
 use tributary_testkit::servers::skip;
@@ -136,22 +137,8 @@ async fn clicking_replay_in_the_console_resolves_a_dead_letter() {
     d.publish("invoice-7").await;
     let letter = d.dead_letters(1).await.remove(0);
 
-    let mut console = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["console", "--db", &d.url, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("console starts");
-    let line = BufReader::new(console.stdout.take().unwrap())
-        .lines()
-        .next()
-        .expect("a line")
-        .unwrap();
-    let _console = Killed(console);
-    let site = line
-        .strip_prefix("listening on ")
-        .expect("listening")
-        .to_owned();
+    let console = Listening::start(&["console", "--db", &d.url, "--listen", "127.0.0.1:0"]);
+    let site = console.base.clone();
 
     let port = free_port();
     let _driver = Killed(

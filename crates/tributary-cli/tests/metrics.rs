@@ -1,41 +1,17 @@
 //! `GET /metrics` of `tributary serve`: after a workload, the figures match what happened.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod listening;
+
 use std::time::{Duration, Instant};
 
+use listening::Listening;
 use serde_json::json;
 use tributary::sqlite::{SqliteBroker, SqliteBrokerConfig};
 use tributary::{Broker, EventId, OutgoingMessage, Topic};
 
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Serve {
-    fn start(dir: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["serve", "--data-dir", dir, "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = lines.next().expect("a line").expect("readable");
-        let base = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{line}"))
-            .to_owned();
-        Self { child, base }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `tributary serve` on a fresh data directory.
+fn serve(dir: &str) -> Listening {
+    Listening::start(&["serve", "--data-dir", dir, "--listen", "127.0.0.1:0"])
 }
 
 /// The sum of every sample of `name` whose labels include all of `labels`.
@@ -89,7 +65,7 @@ async fn scrape_until(base: &str, what: &str, check: impl Fn(&str) -> bool) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_services_handled_and_the_one_poison_message() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(dir.path().to_str().unwrap());
+    let serve = serve(dir.path().to_str().unwrap());
     let http = reqwest::Client::new();
     const CUSTOMERS: usize = 25;
     for n in 0..CUSTOMERS {

@@ -6,14 +6,16 @@
 //! of it: two services, parent by parent.
 #![cfg(feature = "otlp")]
 
+mod listening;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::routing::post;
+use listening::Listening;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -97,36 +99,14 @@ async fn collector() -> (String, Arc<Mutex<Vec<Received>>>) {
     (address, spans)
 }
 
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Serve {
-    fn start(dir: &str, otlp: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+/// `tributary serve` on a fresh data directory, exporting its spans to `otlp`.
+fn serve(dir: &str, otlp: &str) -> Listening {
+    Listening::spawn(
+        Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args(["--otlp-endpoint", otlp, "serve", "--data-dir", dir])
             .args(["--listen", "127.0.0.1:0"])
-            .env("OTEL_SERVICE_NAME", "b2b-store")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = lines.next().expect("a line").expect("readable");
-        let base = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{line}"))
-            .to_owned();
-        Self { child, base }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .env("OTEL_SERVICE_NAME", "b2b-store"),
+    )
 }
 
 /// The first span of `spans` named `name` whose attributes include `with`.
@@ -156,7 +136,7 @@ fn descends(spans: &[Received], span: &Received, ancestor: &Received) -> bool {
 async fn an_order_is_one_trace_across_two_services_at_the_collector() {
     let (endpoint, received) = collector().await;
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(dir.path().to_str().unwrap(), &endpoint);
+    let serve = serve(dir.path().to_str().unwrap(), &endpoint);
     let http = reqwest::Client::new();
     let customer: Value = http
         .post(format!("{}/customers", serve.base))
@@ -302,7 +282,7 @@ async fn a_collector_that_is_down_costs_the_service_nothing() {
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(dir.path().to_str().unwrap(), &endpoint);
+    let serve = serve(dir.path().to_str().unwrap(), &endpoint);
     let http = reqwest::Client::new();
     for _ in 0..3 {
         let created = http

@@ -1,8 +1,11 @@
 //! `tributary sagas list|show|cancel|retry` on an orchestrator's SQLite database.
 
+mod listening;
+
 use std::process::Command;
 use std::sync::Arc;
 
+use listening::Listening;
 use tributary::saga::{
     Command as SagaCommand, Compensation, Orchestrator, OrchestratorConfig, SagaDefinition, Step,
 };
@@ -214,21 +217,9 @@ async fn sagas_cancel_is_performed_by_the_running_orchestrator_or_refused_with_i
     Ok(())
 }
 
-/// A child process killed when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_lists_sagas_shows_a_timeline_and_cancels_through_the_orchestrator()
 -> anyhow::Result<()> {
-    use std::io::BufRead;
-
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("orders.db");
     let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
@@ -242,20 +233,9 @@ async fn the_console_lists_sagas_shows_a_timeline_and_cancels_through_the_orches
     // Nobody answers: both wait for the reply to their first command.
     let (first, second) = (orchestrator.start(1).await?, orchestrator.start(2).await?);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["console", "--listen", "127.0.0.1:0", "--db"])
-        .arg(format!("sqlite://{}", path.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let line = std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .expect("a line")?;
-    let _console = Killed(child);
-    let site = line
-        .strip_prefix("listening on ")
-        .expect("listening")
-        .to_owned();
+    let url = format!("sqlite://{}", path.display());
+    let console = Listening::start(&["console", "--listen", "127.0.0.1:0", "--db", &url]);
+    let site = console.base.clone();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_core::{
     Broker, Database, Envelope, Error, HandlerError, Result, UnitOfWork, UnitOfWorkExt,
 };
-use tributary_runtime::{Backoff, Consumer, ConsumerConfig, Handler};
+use tributary_runtime::{Backoff, Consumer, ConsumerConfig, Handler, Health};
 
 use crate::admin::SagaAdmin;
 use crate::deadlines::{Clock, Deadline, DeadlineOutcome, deadlines_collection};
@@ -110,6 +110,8 @@ pub struct Orchestrator<D> {
     engine: Arc<Engine<D>>,
     db: Arc<dyn Database>,
     broker: Arc<dyn Broker>,
+    /// The reply consumer's health, known before `run` starts it.
+    health: Health,
 }
 
 impl<D> Clone for Orchestrator<D> {
@@ -118,6 +120,7 @@ impl<D> Clone for Orchestrator<D> {
             engine: self.engine.clone(),
             db: self.db.clone(),
             broker: self.broker.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -129,7 +132,9 @@ impl<D: SagaData> Orchestrator<D> {
         broker: Arc<dyn Broker>,
         config: OrchestratorConfig,
     ) -> Self {
+        let health = Health::new(format!("consumer {}", definition.group));
         Self {
+            health,
             engine: Arc::new(Engine {
                 def: Arc::new(definition),
                 config,
@@ -142,6 +147,12 @@ impl<D: SagaData> Orchestrator<D> {
 
     pub fn definition(&self) -> &SagaDefinition<D> {
         &self.engine.def
+    }
+
+    /// The health of the reply consumer `run` runs: starting until it runs, degraded or
+    /// failed as the consumer reports (a deployment's `/health` lists it beside its groups).
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Starts a saga with a fresh id, in a unit of its own.
@@ -371,7 +382,8 @@ impl<D: SagaData> Orchestrator<D> {
             self.broker.clone(),
             self.reply_handler(),
             self.engine.config.consumer.clone(),
-        )?;
+        )?
+        .with_health(self.health.clone());
         let stop = shutdown.child_token();
         let consumer = consumer.run(stop.clone());
         let deadlines = self.run_deadlines(stop.clone());

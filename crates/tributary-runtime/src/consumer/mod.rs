@@ -196,6 +196,17 @@ impl Consumer {
         self.ctx.health.clone()
     }
 
+    /// Reports the group's health to `health` instead of a cell of its own: for a component
+    /// that runs a consumer inside it (a saga orchestrator) and hands out its health before
+    /// the consumer exists.
+    pub fn with_health(mut self, health: Health) -> Self {
+        // A consumer's context is shared only by the tasks `run` starts, which takes `self`.
+        Arc::get_mut(&mut self.ctx)
+            .unwrap_or_else(|| unreachable!("a consumer's context is unshared before it runs"))
+            .health = health;
+        self
+    }
+
     pub fn group(&self) -> &GroupName {
         &self.ctx.group
     }

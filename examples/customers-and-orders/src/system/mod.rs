@@ -137,10 +137,29 @@ fn group(name: &str) -> GroupName {
     GroupName::new(name).unwrap_or_else(|_| unreachable!("a valid group name"))
 }
 
-/// The consumer groups of the services in `services` (what `start` runs, and what dead-letter
-/// replays use): each service's group of the choreography first, then the orchestrated
-/// flow's participants. (The orchestrator's reply group is its own: see
-/// [`OrchestratedOrders::orchestrator`].)
+/// Every group whose dead letters an operator may list, replay or skip: the
+/// [`consumer_groups`], then the orchestrator's reply group (which the orchestrator runs
+/// itself, so `start` does not).
+pub fn dead_letter_groups(services: &Services) -> Vec<Group> {
+    let mut groups = consumer_groups(services);
+    if let Ok(orders) = services.orchestrated() {
+        let orchestrator = orders.orchestrator();
+        let definition = orchestrator.definition();
+        groups.push(Group {
+            service: ServiceName::Orders,
+            group: definition.group().clone(),
+            topics: vec![definition.reply_topic().clone()],
+            db: orders.database().clone(),
+            handler: orchestrator.reply_handler(),
+        });
+    }
+    groups
+}
+
+/// The consumer groups of the services in `services` (what `start` runs): each service's
+/// group of the choreography first, then the orchestrated flow's participants. (The
+/// orchestrator's reply group is its own: see [`OrchestratedOrders::orchestrator`] and
+/// [`dead_letter_groups`].)
 pub fn consumer_groups(services: &Services) -> Vec<Group> {
     let mut groups = Vec::new();
     if let Ok(c) = services.customers() {
@@ -281,11 +300,12 @@ pub async fn start_with(backends: Backends, publishing: Publishing) -> anyhow::R
     }
     if let Ok(orders) = services.orchestrated() {
         let orchestrator = orders.orchestrator().clone();
-        let h = Health::new(format!("saga orchestrator {}", orchestration::SAGA_TYPE));
+        // The reply consumer's own health (starting, running, degraded per partition), and
+        // failed when either half of the orchestrator stops on an error.
+        let h = orchestrator.health();
         health.push(h.clone());
         let s = shutdown.clone();
         tasks.spawn(async move {
-            h.set(tributary::HealthState::Running);
             match orchestrator.run(s).await {
                 Ok(()) => h.set(tributary::HealthState::Stopped),
                 Err(e) => {
