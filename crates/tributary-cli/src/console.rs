@@ -1,7 +1,11 @@
-//! `tributary console --db URL… --listen ADDR`: a web console for any deployment, rendered on
-//! the server (no script, no asset from anywhere else), served through tributary-http.
+//! `tributary console --db URL… [--broker URL] --listen ADDR`: a web console for any
+//! deployment, rendered on the server (no script, no asset from anywhere else), served
+//! through tributary-http.
 //!
-//! - `/` — every service database: outbox backlog, consumer groups with open dead letters.
+//! - `/` — every service database: outbox backlog, consumer groups with open dead letters;
+//!   with `--broker`, every consumer group's lag per partition and which groups consume each
+//!   topic (see [`groups`]). It refreshes itself every 2 s.
+//! - `/events?stream=S|correlation=C|id=E` — the event browser (see [`events`]).
 //! - `/dead-letters?db=N&group=G` — the group's open dead letters with payload, reason,
 //!   attempts, parking, and Replay / Discard buttons. The page refreshes itself every 2 s.
 //! - `POST /dead-letters/{db}/{id}/replay|discard` — a replay is a request that the group's
@@ -25,8 +29,10 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use tributary::{Database, DeadLetterAdmin, DeadLetterId, GroupName, ReplayState};
+use tributary::{Broker, Database, DeadLetterAdmin, DeadLetterId, GroupName, ReplayState};
 
+mod events;
+mod groups;
 mod sagas;
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +45,10 @@ pub struct ConsoleArgs {
         value_delimiter = ','
     )]
     pub dbs: Vec<String>,
+    /// The broker (embedded://DIR or nats://host:port): the overview then shows every
+    /// consumer group's lag and the topology. Read only.
+    #[arg(long, env = "TRIBUTARY_BROKER")]
+    pub broker: Option<String>,
     /// Where to listen; anything but loopback needs --token.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -54,6 +64,7 @@ struct Service {
 
 struct Console {
     services: Vec<Service>,
+    broker: Option<Arc<dyn Broker>>,
     token: Option<String>,
 }
 
@@ -76,8 +87,13 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
             db: crate::ops::open_existing(url).await?,
         });
     }
+    let broker = match &args.broker {
+        Some(url) => Some(crate::ops::open_existing_broker(url).await?),
+        None => None,
+    };
     let console = Arc::new(Console {
         services,
+        broker,
         token: args.token,
     });
     let router = router(console.clone()).merge(crate::metrics_http::router(metrics));
@@ -91,6 +107,7 @@ fn router(console: Shared) -> Router {
     Router::new()
         .route("/", get(overview))
         .route("/dead-letters", get(dead_letters))
+        .route("/events", get(events::browse))
         .route("/dead-letters/{db}/{id}/replay", post(replay))
         .route("/dead-letters/{db}/{id}/discard", post(discard))
         .route("/sagas", get(sagas::list))
@@ -245,7 +262,8 @@ fn failed(e: impl std::fmt::Display) -> Response {
 }
 
 async fn overview(State(c): State<Shared>) -> Response {
-    let mut body = String::from("<p><a href=\"/sagas\">Sagas</a></p>");
+    let mut body =
+        String::from("<p><a href=\"/sagas\">Sagas</a> · <a href=\"/events\">Events</a></p>");
     for (n, s) in c.services.iter().enumerate() {
         let backlog = match s.db.outbox_source().backlog().await {
             Ok(b) => b,
@@ -297,6 +315,12 @@ async fn overview(State(c): State<Shared>) -> Response {
             );
         }
         body.push_str("</table>");
+    }
+    if let Some(broker) = &c.broker {
+        match groups::section(broker.as_ref()).await {
+            Ok(section) => body.push_str(&section),
+            Err(e) => return failed(e),
+        }
     }
     page("Deployment", true, &body).into_response()
 }

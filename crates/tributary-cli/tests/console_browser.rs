@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use listening::Listening;
 use serde_json::{Value, json};
-use support::{Deployment, GROUP, tributary};
+use support::{Deployment, GROUP, IDLE_GROUP, TOPIC, tributary};
 use tributary_testkit::servers::skip;
 
 struct Killed(Child);
@@ -137,7 +137,18 @@ async fn clicking_replay_in_the_console_resolves_a_dead_letter() {
     d.publish("invoice-7").await;
     let letter = d.dead_letters(1).await.remove(0);
 
-    let console = Listening::start(&["console", "--db", &d.url, "--listen", "127.0.0.1:0"]);
+    // A second group that reads nothing, so that the lag the page shows is not zero.
+    let _idle = d.idle_group().await;
+    let broker = d.broker_url();
+    let console = Listening::start(&[
+        "console",
+        "--db",
+        &d.url,
+        "--broker",
+        &broker,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let site = console.base.clone();
 
     let port = free_port();
@@ -191,13 +202,28 @@ async fn clicking_replay_in_the_console_resolves_a_dead_letter() {
 
     browser.open(&site).await;
     let shown_open = browser.text(&format!("[data-open=\"{GROUP}\"]")).await;
-    let status = tributary(&["status", "--db", &d.url, "--json"]);
+    let shown_lag = browser
+        .text(&format!("[data-total-lag=\"{IDLE_GROUP}/{TOPIC}\"]"))
+        .await;
+    let status = tributary(&["status", "--db", &d.url, "--broker", &broker, "--json"]);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(
         shown_open,
         status["dead_letters"][0]["open"].to_string(),
         "the console and `status --json` agree"
     );
+    let lag: u64 = status["consumer_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["group"] == IDLE_GROUP)
+        .map(|g| g["lag"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        lag, 1,
+        "the idle group is behind by the one message: {status}"
+    );
+    assert_eq!(shown_lag, lag.to_string(), "the console's lag is status's");
 
     browser.click(&format!("a[data-group=\"{GROUP}\"]")).await;
     let row = browser

@@ -1,10 +1,15 @@
 //! The generic operator commands on a deployment that is not the reference application:
-//! `status`, `dead-letters list|show|replay|discard`, by database URL alone.
+//! `status`, `dead-letters list|show|replay|discard`, by database URL alone, and with the
+//! broker's URL the groups' lag (in `status` and the console), plus the console's event
+//! browser.
 
+mod listening;
 mod support;
 
+use listening::Listening;
 use serde_json::Value;
-use support::{Deployment, GROUP, tributary};
+use support::{Deployment, GROUP, IDLE_GROUP, tributary};
+use tributary::{Envelope, ExpectedVersion, Payload, StreamId};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -118,6 +123,195 @@ async fn an_operator_sees_and_replays_a_dead_letter_of_any_group_by_url() {
     assert!(
         !missing.exists(),
         "a read-only command created the database"
+    );
+    d.stop().await;
+}
+
+/// The lag of `group` summed over its partitions in `status --json`.
+fn total_lag(status: &Value, group: &str) -> u64 {
+    status["consumer_groups"]
+        .as_array()
+        .expect("status --broker lists the groups")
+        .iter()
+        .filter(|g| g["group"] == group)
+        .map(|g| g["lag"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_the_console_show_every_groups_lag_from_the_broker() {
+    let d = Deployment::start().await;
+    d.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    for key in ["invoice-1", "invoice-2", "invoice-3"] {
+        d.publish(key).await;
+    }
+    d.handled(3).await;
+    let _idle = d.idle_group().await;
+    let broker = d.broker_url();
+
+    // The billing group committed what it handled (its commit trails the handler by a
+    // moment); the idle group is behind by everything.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let json = loop {
+        let status = tributary(&["status", "--db", &d.url, "--broker", &broker, "--json"]);
+        assert!(status.status.success(), "{}", stderr(&status));
+        let json: Value = serde_json::from_str(&stdout(&status)).unwrap();
+        if total_lag(&json, GROUP) == 0 {
+            break json;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(total_lag(&json, IDLE_GROUP), 3, "{json}");
+    let partitions: Vec<_> = json["consumer_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["group"] == GROUP)
+        .map(|g| (g["topic"].clone(), g["partition"].clone()))
+        .collect();
+    assert_eq!(
+        partitions,
+        [(0, "invoices"), (1, "invoices")].map(|(p, t)| (Value::from(t), Value::from(p))),
+        "one entry per partition"
+    );
+
+    let behind = tributary(&[
+        "status",
+        "--db",
+        &d.url,
+        "--broker",
+        &broker,
+        "--max-lag",
+        "1",
+    ]);
+    // Three messages on two partitions: one partition holds at least two.
+    assert!(
+        !behind.status.success(),
+        "a partition 2 or 3 behind is more than 1"
+    );
+    assert!(
+        stderr(&behind).contains("group audit is"),
+        "{}",
+        stderr(&behind)
+    );
+    assert!(
+        stdout(&behind).contains("group audit on invoices partition"),
+        "{}",
+        stdout(&behind)
+    );
+    let no_broker = tributary(&["status", "--db", &d.url, "--max-lag", "2"]);
+    assert!(!no_broker.status.success(), "--max-lag needs --broker");
+    let missing = tributary(&[
+        "status",
+        "--db",
+        &d.url,
+        "--broker",
+        "embedded:///nonexistent/deployment",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no such deployment"),
+        "{}",
+        stderr(&missing)
+    );
+    assert!(
+        !std::path::Path::new("/nonexistent/deployment").exists(),
+        "a status created nothing"
+    );
+
+    let console = Listening::start(&[
+        "console",
+        "--db",
+        &d.url,
+        "--broker",
+        &broker,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let overview = reqwest::get(format!("{}/", console.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        overview.contains("data-total-lag=\"audit/invoices\">3<"),
+        "the console agrees with status: {overview}"
+    );
+    assert!(
+        overview
+            .contains("<li data-topic=\"invoices\">invoices → <b>audit</b>, <b>billing</b></li>"),
+        "{overview}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_finds_events_by_stream_correlation_and_id() {
+    let d = Deployment::start().await;
+    let store = d.db.event_store();
+    let event = |n: u32, correlation: &str| {
+        let mut e = Envelope::new("billing", "InvoiceIssued", Payload::from_value(&n).unwrap());
+        e.correlation_id = Some(correlation.to_owned());
+        e
+    };
+    let first = event(1, "order-7");
+    let first_id = first.id;
+    let one = StreamId::new("Invoice-1").unwrap();
+    let two = StreamId::new("Invoice-2").unwrap();
+    store
+        .append(
+            &one,
+            ExpectedVersion::NoStream,
+            vec![first, event(2, "order-8")],
+        )
+        .await
+        .unwrap();
+    store
+        .append(&two, ExpectedVersion::NoStream, vec![event(3, "order-7")])
+        .await
+        .unwrap();
+    let console = Listening::start(&["console", "--db", &d.url, "--listen", "127.0.0.1:0"]);
+    let get = async |query: &str| {
+        let reply = reqwest::get(format!("{}/events{query}", console.base))
+            .await
+            .unwrap();
+        (reply.status().as_u16(), reply.text().await.unwrap())
+    };
+    let rows = |page: &str| page.matches("<tr data-event=").count();
+
+    let (status, page) = get("?correlation=order-7").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        rows(&page),
+        2,
+        "the transaction's events in both streams: {page}"
+    );
+    assert!(
+        page.contains("Invoice-1") && page.contains("Invoice-2"),
+        "{page}"
+    );
+    let (_, page) = get("?stream=Invoice-1").await;
+    assert_eq!(rows(&page), 2, "{page}");
+    let (_, page) = get("?stream=Invoice-1&correlation=order-8").await;
+    assert_eq!(rows(&page), 1, "{page}");
+    let (_, page) = get(&format!("?id={first_id}")).await;
+    assert_eq!(rows(&page), 1, "{page}");
+    assert!(
+        page.contains(&format!("data-event=\"{first_id}\"")),
+        "{page}"
+    );
+    let (_, page) = get("?correlation=nobody").await;
+    assert!(page.contains("id=\"no-events\""), "{page}");
+    let (status, page) = get("?id=not-a-uuid").await;
+    assert_eq!(status, 400, "{page}");
+    let (status, page) = get("?stream=").await;
+    assert_eq!(status, 400, "an empty search is refused: {page}");
+    let (status, page) = get("?correlation=%3Cscript%3E").await;
+    assert_eq!(status, 200);
+    assert!(
+        !page.contains("<script>"),
+        "what was asked is escaped: {page}"
     );
     d.stop().await;
 }

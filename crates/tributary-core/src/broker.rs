@@ -64,6 +64,18 @@ pub struct Delivery {
     pub delivery_count: u32,
 }
 
+/// How many messages one consumer group is behind on one partition of a topic (see
+/// [`Broker::group_lags`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupLag {
+    pub group: GroupName,
+    pub topic: Topic,
+    pub partition: Partition,
+    /// The partition's messages after the group's committed offset, as
+    /// [`PartitionConsumer::lag`] counts them.
+    pub lag: u64,
+}
+
 /// A message broker with partitioned topics and consumer groups.
 ///
 /// Every implementation passes the broker conformance suite in `tributary-testkit`.
@@ -117,6 +129,15 @@ pub trait Broker: Send + Sync + 'static {
     /// back from retention (a group that will not come back, e.g. an audit). The group's
     /// consumers must be stopped.
     async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()>;
+
+    /// Every consumer group the broker knows on every topic (a group is known once it has
+    /// opened a consumer of the partition, until it is deleted) and how far behind it is,
+    /// sorted by group, topic and partition: what an operator's `status --broker` shows.
+    /// Reads only: no topic, group or consumer is created or changed. `None` when the broker
+    /// cannot tell.
+    async fn group_lags(&self) -> Result<Option<Vec<GroupLag>>> {
+        Ok(None)
+    }
 }
 
 /// One group's cursor on one partition.

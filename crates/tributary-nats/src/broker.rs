@@ -24,7 +24,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tributary_core::{
-    Broker, Error, GroupName, OutgoingMessage, Partition, PartitionConsumer, Result, Topic,
+    Broker, Error, GroupLag, GroupName, OutgoingMessage, Partition, PartitionConsumer, Result,
+    Topic,
 };
 
 use crate::config::{NatsBrokerConfig, NatsStorage};
@@ -557,6 +558,18 @@ impl Broker for NatsBroker {
 
     /// Deletes every generation of the group's durable consumers (what a group is, on
     /// JetStream). A group of the same name created later starts again at generation 0.
+    async fn group_lags(&self) -> Result<Option<Vec<GroupLag>>> {
+        let mut lags = Vec::new();
+        for topic in self.topics().await? {
+            let stream = self.stream_name(&topic);
+            lags.extend(crate::consumer::group_lags(&self.inner, &stream, &topic).await?);
+        }
+        lags.sort_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
+        Ok(Some(lags))
+    }
+
     async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
         let partitions = self.inner.ensure(topic, None).await?;
         let stream = self.stream_name(topic);

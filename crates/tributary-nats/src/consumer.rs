@@ -72,7 +72,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::json;
 use tributary_core::{
-    Delivery, Error, EventId, GroupName, Offset, Partition, PartitionConsumer, Result, Topic,
+    Delivery, Error, EventId, GroupLag, GroupName, Offset, Partition, PartitionConsumer, Result,
+    Topic,
 };
 
 use crate::broker::Inner;
@@ -736,6 +737,75 @@ async fn generations(
     }
     found.sort();
     Ok(found)
+}
+
+/// How far behind every Tributary group's consumer of `topic`'s stream is, per partition:
+/// the newest generation's pending and unacknowledged messages (older generations are what a
+/// reset leaves until it finishes). Reads only.
+pub(crate) async fn group_lags(
+    inner: &Inner,
+    stream: &str,
+    topic: &Topic,
+) -> Result<Vec<GroupLag>> {
+    #[derive(serde::Deserialize)]
+    struct Infos {
+        total: usize,
+        #[serde(default)]
+        consumers: Option<Vec<ConsumerInfo>>,
+    }
+    let what = format!("listing the JetStream consumers of stream {stream}");
+    // (group, partition) -> (generation, lag)
+    let mut newest: BTreeMap<(GroupName, Partition), (u64, u64)> = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let page = match inner
+            .api::<Infos>(
+                &what,
+                format!("CONSUMER.LIST.{stream}"),
+                &json!({ "offset": offset }),
+            )
+            .await?
+        {
+            Ok(page) => page,
+            Err(e) => return Err(inner.api_failure(&what, e)),
+        };
+        let infos = page.consumers.unwrap_or_default();
+        let last_page = infos.is_empty() || offset + infos.len() >= page.total;
+        offset += infos.len();
+        for info in infos {
+            let description = info.config.description.as_deref().unwrap_or("");
+            let Some((group, of_topic, partition)) = naming::cursor_in_description(description)
+            else {
+                continue;
+            };
+            let Some(generation) = naming::consumer_generation(&group, partition, &info.name)
+            else {
+                continue;
+            };
+            if &of_topic != topic {
+                continue;
+            }
+            let lag = info.num_pending.saturating_add(info.num_ack_pending as u64);
+            let entry = newest
+                .entry((group, partition))
+                .or_insert((generation, lag));
+            if generation >= entry.0 {
+                *entry = (generation, lag);
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    Ok(newest
+        .into_iter()
+        .map(|((group, partition), (_, lag))| GroupLag {
+            group,
+            topic: topic.clone(),
+            partition,
+            lag,
+        })
+        .collect())
 }
 
 /// The generation after `newest` (a consumer named by hand with the highest number has none).

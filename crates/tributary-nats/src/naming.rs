@@ -135,6 +135,17 @@ fn number_in_description(description: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The group, topic and partition a consumer description written by
+/// [`consumer_description`] names; `None` for a consumer that is not Tributary's.
+pub fn cursor_in_description(description: &str) -> Option<(GroupName, Topic, Partition)> {
+    let group = GroupName::new(word_in_description(description, "group")?).ok()?;
+    let topic = Topic::new(word_in_description(description, "topic")?).ok()?;
+    let partition = word_in_description(description, "partition")?
+        .parse()
+        .ok()?;
+    Some((group, topic, Partition::new(partition)))
+}
+
 pub fn floor_in_description(description: &str) -> u64 {
     number_in_description(description, "floor")
 }

@@ -85,6 +85,9 @@ impl Broker for FaultyBroker {
     async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
         self.inner.delete_group(group, topic).await
     }
+    async fn group_lags(&self) -> Result<Option<Vec<tributary_core::GroupLag>>> {
+        self.inner.group_lags().await
+    }
 }
 
 struct FaultyConsumer {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tributary_core::{
-    Broker, Delivery, Error, EventId, GroupName, Offset, OutgoingMessage, Partition,
+    Broker, Delivery, Error, EventId, GroupLag, GroupName, Offset, OutgoingMessage, Partition,
     PartitionConsumer, Topic,
 };
 
@@ -49,6 +49,7 @@ macro_rules! broker_conformance {
             consuming_a_partition_that_does_not_exist_is_an_error,
             a_deleted_group_starts_over_like_a_new_one,
             lag_counts_the_messages_after_the_committed_offset,
+            group_lags_report_every_known_group_without_creating_anything,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -267,6 +268,58 @@ pub async fn lag_counts_the_messages_after_the_committed_offset(broker: Arc<dyn 
     assert_eq!(c.lag().await.unwrap(), Some(0));
     publish(3).await;
     assert_eq!(c.lag().await.unwrap(), Some(3), "published since");
+}
+
+pub async fn group_lags_report_every_known_group_without_creating_anything(
+    broker: Arc<dyn Broker>,
+) {
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let batch: Vec<_> = (0..6)
+        .map(|i| message(&topic, "k", &i.to_string()))
+        .collect();
+    broker.publish(&batch).await.unwrap();
+    let ours = |lags: Option<Vec<GroupLag>>, group: &GroupName| -> Vec<(u32, u64)> {
+        lags.expect("every Tributary broker tells")
+            .into_iter()
+            .filter(|l| &l.group == group && l.topic == topic)
+            .map(|l| (l.partition.get(), l.lag))
+            .collect()
+    };
+    let group = fresh_group();
+    assert_eq!(
+        ours(broker.group_lags().await.unwrap(), &group),
+        vec![],
+        "a group that never consumed is not known"
+    );
+    let mut c = broker
+        .consume(&group, &topic, Partition::new(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        ours(broker.group_lags().await.unwrap(), &group),
+        vec![(0, 6)],
+        "a group is known from its first consumer on"
+    );
+    let got = fetch_n(c.as_mut(), 6, Duration::from_secs(10)).await;
+    c.commit(got[3].offset).await.unwrap();
+    assert_eq!(
+        ours(broker.group_lags().await.unwrap(), &group),
+        vec![(0, 2)],
+        "the messages after the committed offset"
+    );
+    let lags = broker.group_lags().await.unwrap().unwrap();
+    let mut sorted = lags.clone();
+    sorted
+        .sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
+    assert_eq!(lags, sorted, "sorted by group, topic and partition");
+    let stranger = fresh_group();
+    broker.group_lags().await.unwrap();
+    assert_eq!(
+        ours(broker.group_lags().await.unwrap(), &stranger),
+        vec![],
+        "reading the lags created no group"
+    );
 }
 
 pub async fn consumer_groups_are_independent(broker: Arc<dyn Broker>) {

@@ -10,12 +10,12 @@ pub use url::{BrokerUrl, DatabaseUrl, connect, connect_broker, redact};
 pub use tributary_core::{
     Aggregate, AppendOutcome, BoxFuture, Broker, CommandError, ConsistencyKey, ConsistencyToken,
     Database, DeadLetter, DeadLetterId, DeadLetterStore, Delivery, Envelope, Error, EventId,
-    EventStore, EventStream, Executed, ExpectedVersion, GroupLock, GroupName, HandlerError,
-    InMemoryBroker, InMemoryDatabase, InMemoryEventStore, JSON_CONTENT_TYPE, LeaseGuard, Loaded,
-    Metadata, Offset, OutgoingMessage, Partition, PartitionConsumer, Payload, Position,
-    RecordedEvent, RelaySource, Repository, Resolution, Result, Snapshot, StreamId, StreamVersion,
-    TokenEntry, TokenError, Topic, UnitOfWork, UnitOfWorkExt, UpcastEvent, Upcasters, decode_event,
-    encode_event, envelopes_for,
+    EventStore, EventStream, Executed, ExpectedVersion, GroupLag, GroupLock, GroupName,
+    HandlerError, InMemoryBroker, InMemoryDatabase, InMemoryEventStore, JSON_CONTENT_TYPE,
+    LeaseGuard, Loaded, Metadata, Offset, OutgoingMessage, Partition, PartitionConsumer, Payload,
+    Position, RecordedEvent, RelaySource, Repository, Resolution, Result, Snapshot, StreamId,
+    StreamVersion, TokenEntry, TokenError, Topic, UnitOfWork, UnitOfWorkExt, UpcastEvent,
+    Upcasters, decode_event, encode_event, envelopes_for,
 };
 
 // The long-running tasks.

@@ -14,7 +14,7 @@ pub mod tail;
 
 use std::sync::Arc;
 
-use tributary::{Database, DatabaseUrl};
+use tributary::{Broker, BrokerUrl, Database, DatabaseUrl};
 
 /// The service database at `url`, which must exist.
 ///
@@ -27,6 +27,23 @@ pub async fn open_existing(url: &str) -> anyhow::Result<Arc<dyn Database>> {
             path.is_file(),
             "no such deployment: {} does not exist (give the service's database file)",
             path.display()
+        );
+    }
+    Ok(parsed.connect().await?)
+}
+
+/// The broker at `url`; an embedded log must exist (reading is no reason to create one).
+///
+/// # Errors
+/// A bad URL, an embedded log that does not exist, a server that cannot be reached.
+pub async fn open_existing_broker(url: &str) -> anyhow::Result<Arc<dyn Broker>> {
+    let parsed: BrokerUrl = url.parse()?;
+    if let BrokerUrl::Embedded { dir } = &parsed {
+        let log = dir.join("broker.db");
+        anyhow::ensure!(
+            log.is_file(),
+            "no such deployment: no embedded log at {}",
+            log.display()
         );
     }
     Ok(parsed.connect().await?)

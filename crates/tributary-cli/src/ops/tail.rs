@@ -17,8 +17,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tributary::{
-    Broker, BrokerUrl, CancellationToken, Delivery, Envelope, GroupName, Partition,
-    PartitionConsumer, Topic,
+    Broker, CancellationToken, Delivery, Envelope, GroupName, Partition, PartitionConsumer, Topic,
 };
 
 /// The name prefix of the tail's throwaway consumer groups.
@@ -43,13 +42,8 @@ pub struct TailArgs {
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
-    let url: BrokerUrl = args.broker.parse()?;
     // A tail reads: it does not create an embedded log where there is none.
-    if let BrokerUrl::Embedded { dir } = &url {
-        let log = dir.join("broker.db");
-        anyhow::ensure!(log.exists(), "no embedded log at {}", log.display());
-    }
-    let broker = url.connect().await?;
+    let broker = super::open_existing_broker(&args.broker).await?;
     let topic = Topic::new(&args.topic)?;
     let group = GroupName::new(format!("{GROUP_PREFIX}{}", uuid::Uuid::now_v7()))?;
     let shutdown = CancellationToken::new();

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use tributary::sqlite::{SqliteBroker, SqliteBrokerConfig, SqliteConfig, SqliteDatabase};
 use tributary::{
     Broker, CancellationToken, Consumer, ConsumerConfig, Database, DeadLetter, Envelope, GroupName,
-    HandlerError, OutgoingMessage, Payload, Topic, handler_fn,
+    HandlerError, OutgoingMessage, Partition, PartitionConsumer, Payload, Topic, handler_fn,
 };
 
 pub const GROUP: &str = "billing";
 pub const TOPIC: &str = "invoices";
+/// A group that consumes nothing (see [`Deployment::idle_group`]).
+pub const IDLE_GROUP: &str = "audit";
 
 pub struct Deployment {
     pub dir: tempfile::TempDir,
@@ -121,6 +123,39 @@ impl Deployment {
                 "{} dead letters, not {n}",
                 open.len()
             );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The broker's URL.
+    pub fn broker_url(&self) -> String {
+        format!("embedded://{}", self.dir.path().display())
+    }
+
+    /// Opens a second group, [`IDLE_GROUP`], on both partitions of the topic and returns its
+    /// consumers: it never fetches or commits, so its lag is everything published.
+    pub async fn idle_group(&self) -> Vec<Box<dyn PartitionConsumer>> {
+        let (group, topic) = (
+            GroupName::new(IDLE_GROUP).unwrap(),
+            Topic::new(TOPIC).unwrap(),
+        );
+        let mut consumers = Vec::new();
+        for p in 0..2 {
+            consumers.push(
+                self.broker
+                    .consume(&group, &topic, Partition::new(p))
+                    .await
+                    .unwrap(),
+            );
+        }
+        consumers
+    }
+
+    /// Waits until the billing group has handled `n` messages.
+    pub async fn handled(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.handled.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "not {n} handled");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

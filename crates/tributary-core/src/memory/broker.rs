@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::event_store::lock;
-use crate::broker::{Broker, Delivery, OutgoingMessage, PartitionConsumer};
+use crate::broker::{Broker, Delivery, GroupLag, OutgoingMessage, PartitionConsumer};
 use crate::error::{Error, Result};
 use crate::ids::EventId;
 use crate::topic::{GroupName, Offset, Partition, Topic};
@@ -145,11 +145,11 @@ impl Broker for InMemoryBroker {
         partition: Partition,
     ) -> Result<Box<dyn PartitionConsumer>> {
         partition.check_in(topic, self.partitions(topic).await?)?;
-        let committed = lock(&self.inner.state)
+        // The group is known from its first consumer on (see `group_lags`).
+        let committed = *lock(&self.inner.state)
             .committed
-            .get(&(group.clone(), topic.clone(), partition))
-            .copied()
-            .unwrap_or_default();
+            .entry((group.clone(), topic.clone(), partition))
+            .or_default();
         Ok(Box::new(MemoryConsumer {
             broker: self.clone(),
             key: (group.clone(), topic.clone(), partition),
@@ -172,6 +172,29 @@ impl Broker for InMemoryBroker {
             .delivered
             .retain(|(g, t, _), _| !(g == group && t == topic));
         Ok(())
+    }
+
+    async fn group_lags(&self) -> Result<Option<Vec<GroupLag>>> {
+        let state = lock(&self.inner.state);
+        let mut lags: Vec<GroupLag> = state
+            .committed
+            .iter()
+            .map(|((group, topic, partition), committed)| {
+                let end = state.topics.get(topic).map_or(0, |log| {
+                    log.partitions[partition.get() as usize].len() as u64
+                });
+                GroupLag {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    lag: end.saturating_sub(committed.get()),
+                }
+            })
+            .collect();
+        lags.sort_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
+        Ok(Some(lags))
     }
 
     async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tributary_core::{
-    Broker, Error, GroupName, OutgoingMessage, Partition, PartitionConsumer, Result, Topic,
+    Broker, Error, GroupLag, GroupName, OutgoingMessage, Partition, PartitionConsumer, Result,
+    Topic,
 };
 
 use crate::config::SqliteConfig;
@@ -301,5 +302,31 @@ impl Broker for SqliteBroker {
                     .map(|_| ())
             })
             .await
+    }
+
+    async fn group_lags(&self) -> Result<Option<Vec<GroupLag>>> {
+        let rows: Vec<(String, String, u32, i64)> = self
+            .db
+            .read(|conn| {
+                conn.prepare_cached(include_str!("group_lags.sql"))
+                    .context("preparing group_lags")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .context("reading the groups' offsets")?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .context("reading the groups' offsets")
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(group, topic, partition, lag)| {
+                let named = |e: Error| Error::decode(format!("group {group:?} on {topic:?}"), e);
+                Ok(GroupLag {
+                    group: GroupName::new(&group).map_err(named)?,
+                    topic: Topic::new(&topic).map_err(named)?,
+                    partition: Partition::new(partition),
+                    lag: lag.max(0) as u64,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 }
