@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use listening::Listening;
 use serde_json::{Value, json};
-use support::{Deployment, GROUP, IDLE_GROUP, TOPIC, tributary};
+use support::{Deployment, GROUP, IDLE_GROUP, TOPIC, total_lag, tributary};
 use tributary_testkit::servers::skip;
 
 struct Killed(Child);
@@ -212,13 +212,7 @@ async fn clicking_replay_in_the_console_resolves_a_dead_letter() {
         status["dead_letters"][0]["open"].to_string(),
         "the console and `status --json` agree"
     );
-    let lag: u64 = status["consumer_groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|g| g["group"] == IDLE_GROUP)
-        .map(|g| g["lag"].as_u64().unwrap())
-        .sum();
+    let lag = total_lag(&status, IDLE_GROUP);
     assert_eq!(
         lag, 1,
         "the idle group is behind by the one message: {status}"

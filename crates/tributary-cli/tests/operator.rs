@@ -8,7 +8,7 @@ mod support;
 
 use listening::Listening;
 use serde_json::Value;
-use support::{Deployment, GROUP, IDLE_GROUP, tributary};
+use support::{Deployment, GROUP, IDLE_GROUP, total_lag, tributary};
 use tributary::{Envelope, ExpectedVersion, Payload, StreamId};
 
 fn stdout(o: &std::process::Output) -> String {
@@ -125,17 +125,6 @@ async fn an_operator_sees_and_replays_a_dead_letter_of_any_group_by_url() {
         "a read-only command created the database"
     );
     d.stop().await;
-}
-
-/// The lag of `group` summed over its partitions in `status --json`.
-fn total_lag(status: &Value, group: &str) -> u64 {
-    status["consumer_groups"]
-        .as_array()
-        .expect("status --broker lists the groups")
-        .iter()
-        .filter(|g| g["group"] == group)
-        .map(|g| g["lag"].as_u64().unwrap())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

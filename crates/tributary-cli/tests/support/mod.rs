@@ -168,6 +168,17 @@ impl Deployment {
     }
 }
 
+/// The lag of `group` summed over its partitions in `status --broker --json`.
+pub fn total_lag(status: &serde_json::Value, group: &str) -> u64 {
+    status["consumer_groups"]
+        .as_array()
+        .expect("status --broker lists the groups")
+        .iter()
+        .filter(|g| g["group"] == group)
+        .map(|g| g["lag"].as_u64().unwrap())
+        .sum()
+}
+
 /// Runs the `tributary` binary.
 pub fn tributary(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tributary"))
