@@ -16,6 +16,7 @@ pub use binlog::{
 pub use capture::{
     CdcConfig, CdcError, CdcSource, MessageCapture, MessageRoute, OutboxCapture, SlotLag,
     TableCapture, TableConfig, capture, ensure_publication, resnapshot, retire_capture, slot_lag,
+    slot_lags,
 };
 pub use lsn::{Lsn, ParseLsnError};
 pub use pgoutput::{DecodeError, PgOutputDecoder, PgOutputMessage, Row, RowChange, decode_message};

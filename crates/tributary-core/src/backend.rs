@@ -323,6 +323,30 @@ fn contains_escaped_nul(json: &str) -> bool {
     false
 }
 
+/// The relay cursor (and lease) name of the event-store source called `name`.
+pub fn events_cursor(name: &str) -> String {
+    format!("{EVENTS_CURSOR_PREFIX}{name}")
+}
+
+const EVENTS_CURSOR_PREFIX: &str = "events:";
+
+/// The source names behind stored relay cursor names (see [`events_cursor`]); other rows are
+/// not event-store cursors and are left out.
+pub fn event_source_names(cursors: Vec<String>) -> Vec<String> {
+    cursors
+        .into_iter()
+        .filter_map(|c| c.strip_prefix(EVENTS_CURSOR_PREFIX).map(str::to_owned))
+        .collect()
+}
+
+/// `(group, count)` rows of an inbox count as [`crate::Database::handled_since`] returns them.
+/// A group name that is not valid (a row no Tributary consumer wrote) is left out.
+pub fn handled_counts(rows: Vec<(String, i64)>) -> Vec<(GroupName, u64)> {
+    rows.into_iter()
+        .filter_map(|(g, n)| Some((GroupName::new(g).ok()?, n.max(0) as u64)))
+        .collect()
+}
+
 /// Counts an event-store append through the `metrics` facade (a no-op without an exporter):
 /// `tributary_event_store_appends_total` and `…_appended_events_total` for appends that wrote,
 /// `…_conflicts_total` for stale expected versions, by `backend`. Backends call it where the

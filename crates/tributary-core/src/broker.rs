@@ -179,6 +179,20 @@ pub struct Backlog {
     pub oldest_age: Option<Duration>,
 }
 
+/// Whether a relay source's lease is held, and by whom (see [`RelaySource::lease_state`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Nobody holds it: no relay publishes this source right now.
+    Free,
+    /// A relay holds it. `holder` names it as well as the backend can (a process id, the
+    /// client address of a database session); `since` is when it took the lease, if known.
+    Held {
+        holder: String,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
 /// Holds a lease while alive; dropping it releases the lease.
 #[async_trait]
 pub trait LeaseGuard: Send + Sync {
@@ -219,6 +233,13 @@ pub trait RelaySource: Send + Sync + 'static {
     /// What is still to publish, for metrics and `tributary status`; `None` when the source
     /// cannot tell cheaply. Reads only: never takes the lease.
     async fn backlog(&self) -> Result<Option<Backlog>> {
+        Ok(None)
+    }
+
+    /// Who holds the lease, for `tributary status`; `None` when the source cannot tell.
+    /// Never takes the lease (a backend may probe it for an instant, so that a standby's
+    /// `try_lease` at that very moment fails and succeeds on its next poll).
+    async fn lease_state(&self) -> Result<Option<LeaseState>> {
         Ok(None)
     }
 }

@@ -24,7 +24,7 @@ pub use aggregate::{
     envelopes_for,
 };
 pub use broker::{
-    Backlog, Broker, Delivery, GroupLag, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage,
+    Backlog, Broker, Delivery, GroupLag, LeaseGuard, LeaseState, MAX_BATCH_BYTES, OutgoingMessage,
     PartitionConsumer, RelaySource, SourceBatch, topic_for_event,
 };
 pub use catch_up::{CatchUpConfig, Positioned, catch_up};

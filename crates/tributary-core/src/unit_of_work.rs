@@ -294,6 +294,20 @@ pub trait Database: Send + Sync + 'static {
     /// groups' entries are theirs to prune, with their own retention.
     async fn prune_inbox(&self, group: &GroupName, before: DateTime<Utc>) -> Result<u64>;
 
+    /// The names of the event-store relay cursors this database keeps — one per
+    /// [`Database::event_store_source`] that has published anything — for `tributary status`.
+    async fn relay_cursors(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// How many messages each consumer group recorded in its inbox since `since` (handled,
+    /// duplicates not counted twice), for the rates an operator watches; groups with none are
+    /// left out. One range read of the inbox's time index. `None` when the backend cannot tell.
+    async fn handled_since(&self, since: DateTime<Utc>) -> Result<Option<Vec<(GroupName, u64)>>> {
+        let _ = since;
+        Ok(None)
+    }
+
     /// How often readers poll for commits made by other processes.
     fn poll_every(&self) -> Duration;
 

@@ -385,6 +385,17 @@ pub async fn event_store_events_are_relayed_once_by_their_cursor(f: &MessagingFi
     let source = db.event_store_source("test", Topic::new("fallback").unwrap());
     let batch = source.read_batch(100).await.unwrap().expect("events");
     assert_eq!(batch.messages.len(), 10);
+    let backlog = source.backlog().await.unwrap().expect("the source counts");
+    assert_eq!(backlog.pending, 10, "nothing published yet");
+    assert!(backlog.oldest_age.is_some());
+    assert_eq!(
+        source.lease_state().await.unwrap(),
+        Some(tributary_core::LeaseState::Free)
+    );
+    assert!(
+        db.relay_cursors().await.unwrap().is_empty(),
+        "no cursor before the first publish"
+    );
     assert!(
         batch.messages.iter().all(|m| m.topic == topic),
         "topic = aggregate type"
@@ -397,9 +408,23 @@ pub async fn event_store_events_are_relayed_once_by_their_cursor(f: &MessagingFi
         async move { s.read_batch(10).await.unwrap().is_none() }
     })
     .await;
+    assert!(caught_up, "the cursor moved past every event");
+    assert_eq!(source.backlog().await.unwrap().unwrap().pending, 0);
+    assert!(
+        matches!(
+            source.lease_state().await.unwrap(),
+            Some(tributary_core::LeaseState::Held { .. })
+        ),
+        "the running relay holds the lease"
+    );
+    assert_eq!(db.relay_cursors().await.unwrap(), ["test"]);
     shutdown.cancel();
     task.await.unwrap().unwrap();
-    assert!(caught_up, "the cursor moved past every event");
+    assert_eq!(
+        source.lease_state().await.unwrap(),
+        Some(tributary_core::LeaseState::Free),
+        "a stopped relay holds no lease"
+    );
     let again = db.event_store_source("test", Topic::new("fallback").unwrap());
     assert!(
         again.read_batch(10).await.unwrap().is_none(),
@@ -1474,6 +1499,27 @@ pub async fn pruning_a_groups_inbox_leaves_other_groups_entries(f: &MessagingFix
     })
     .await
     .unwrap();
+    let recent = db
+        .handled_since(chrono::Utc::now() - chrono::Duration::minutes(1))
+        .await
+        .unwrap()
+        .expect("every backend counts its inbox");
+    for group in [&pruned, &other] {
+        assert_eq!(
+            recent.iter().find(|(g, _)| g == group).map(|(_, n)| *n),
+            Some(1),
+            "{recent:?}"
+        );
+    }
+    let later = db
+        .handled_since(chrono::Utc::now() + chrono::Duration::seconds(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !later.iter().any(|(g, _)| g == &pruned),
+        "nothing was handled in the future: {later:?}"
+    );
     let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(db.prune_inbox(&pruned, cutoff).await.unwrap(), 1);
     let (p, o) = (pruned.clone(), other.clone());

@@ -26,7 +26,7 @@ pub use tributary_runtime::{
 };
 
 // Operating a deployment from outside its processes (the operator CLI, the console).
-pub use tributary_core::{Backlog, DeadLetterSummary};
+pub use tributary_core::{Backlog, DeadLetterSummary, LeaseState, NewDeadLetter};
 pub use tributary_runtime::{
     REPLAY_REQUESTS, ReplayRequest, ReplayState, metrics, replay_request, request_replay,
 };

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::config::CdcConfig;
 use super::error::{CdcError, Result};
 use crate::lsn::Lsn;
-use crate::replication::{SlotName, WalStatus};
+use crate::replication::{PgReplicationConfig, SlotName, WalStatus};
 use crate::sql::{SqlSession, fill, literal};
 
 /// A slot's lag.
@@ -25,6 +25,8 @@ pub struct SlotLag {
     pub bytes: u64,
     /// Whether the WAL the slot needs is still there (`unreserved`: about to be lost).
     pub wal_status: Option<WalStatus>,
+    /// The server process streaming from the slot (a running capture), `None` when idle.
+    pub active_pid: Option<i32>,
     /// The commit time of the last transaction this process confirmed (only known to a
     /// running [`CdcSource`](super::CdcSource)).
     pub last_confirmed_commit: Option<DateTime<Utc>>,
@@ -56,9 +58,24 @@ pub(crate) async fn query_lag(
             &[&literal(slot.as_str())],
         ))
         .await?;
-    let Some(row) = result.rows.into_iter().next() else {
-        return Ok(None);
-    };
+    result.rows.into_iter().next().map(lag_from_row).transpose()
+}
+
+/// Every logical replication slot of the connection's database and how far it is behind
+/// (`tributary status`), whoever made it. Reads `pg_replication_slots` only.
+///
+/// # Errors
+/// Connection failures.
+pub async fn slot_lags(connection: &PgReplicationConfig) -> Result<Vec<SlotLag>> {
+    let mut session = SqlSession::connect(connection).await?;
+    let result = session.query(include_str!("sql/lags.sql")).await;
+    session.close().await;
+    result?.rows.into_iter().map(lag_from_row).collect()
+}
+
+/// A row of `lag.sql` or `lags.sql`: current LSN, confirmed LSN, bytes, WAL status, the
+/// pid of the session streaming from the slot, the slot's name.
+fn lag_from_row(row: Vec<Option<String>>) -> Result<SlotLag> {
     let text = |i: usize| row.get(i).cloned().flatten();
     let lsn = |i: usize| -> Result<Option<Lsn>> {
         text(i)
@@ -68,15 +85,16 @@ pub(crate) async fn query_lag(
             })
             .transpose()
     };
-    Ok(Some(SlotLag {
-        slot: slot.to_string(),
+    Ok(SlotLag {
+        slot: text(5).unwrap_or_default(),
         current_wal_lsn: lsn(0)?.unwrap_or(Lsn::ZERO),
         confirmed_flush_lsn: lsn(1)?,
         bytes: text(2)
             .and_then(|b| b.parse::<i64>().ok())
             .map_or(0, |b| u64::try_from(b).unwrap_or(0)),
         wal_status: text(3).as_deref().map(WalStatus::parse),
+        active_pid: text(4).and_then(|p| p.parse().ok()),
         last_confirmed_commit: None,
         since_last_confirmed_commit: None,
-    }))
+    })
 }

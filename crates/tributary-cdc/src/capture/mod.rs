@@ -162,7 +162,7 @@ pub use config::{
     TableConfig, topic_for_name,
 };
 pub use error::{CdcError, Result, resnapshot_command};
-pub use lag::{SlotLag, slot_lag};
+pub use lag::{SlotLag, slot_lag, slot_lags};
 pub use source::{CdcSource, capture, resnapshot};
 
 #[cfg(test)]

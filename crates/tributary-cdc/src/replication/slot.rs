@@ -141,6 +141,17 @@ impl WalStatus {
             other => WalStatus::Other(other.to_owned()),
         }
     }
+
+    /// The server's word for it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            WalStatus::Reserved => "reserved",
+            WalStatus::Extended => "extended",
+            WalStatus::Unreserved => "unreserved",
+            WalStatus::Lost => "lost",
+            WalStatus::Other(other) => other,
+        }
+    }
 }
 
 /// A slot as `pg_replication_slots` describes it.

@@ -18,7 +18,9 @@ use crate::backend::{
     ConsumerTx, InboxEntry, Pending, PendingReason, Work, WorkError, validate_document,
     validate_document_key,
 };
-use crate::broker::{LeaseGuard, OutgoingMessage, RelaySource, SourceBatch, topic_for_event};
+use crate::broker::{
+    Backlog, LeaseGuard, LeaseState, OutgoingMessage, RelaySource, SourceBatch, topic_for_event,
+};
 use crate::catch_up::{CatchUpConfig, catch_up};
 use crate::consistency::TokenEntry;
 use crate::dead_letter::{DeadLetter, DeadLetterId, DeadLetterStore, NewDeadLetter, Resolution};
@@ -538,7 +540,7 @@ impl Database for InMemoryDatabase {
     fn event_store_source(&self, name: &str, default_topic: Topic) -> Arc<dyn RelaySource> {
         Arc::new(EventsSource {
             db: self.clone(),
-            name: format!("events:{name}"),
+            name: crate::backend::events_cursor(name),
             default_topic,
         })
     }
@@ -554,6 +556,24 @@ impl Database for InMemoryDatabase {
             .inbox
             .retain(|(g, _), row| g != group || row.at >= before);
         Ok((n - state.inbox.len()) as u64)
+    }
+
+    async fn relay_cursors(&self) -> Result<Vec<String>> {
+        let state = self.shared.state.lock().await;
+        let mut names = crate::backend::event_source_names(state.cursors.keys().cloned().collect());
+        names.sort();
+        Ok(names)
+    }
+
+    async fn handled_since(&self, since: DateTime<Utc>) -> Result<Option<Vec<(GroupName, u64)>>> {
+        let state = self.shared.state.lock().await;
+        let mut counts: BTreeMap<GroupName, u64> = BTreeMap::new();
+        for ((group, _), row) in &state.inbox {
+            if row.at >= since {
+                *counts.entry(group.clone()).or_default() += 1;
+            }
+        }
+        Ok(Some(counts.into_iter().collect()))
     }
 
     fn poll_every(&self) -> Duration {
@@ -781,6 +801,17 @@ fn try_lease(db: &InMemoryDatabase, name: &str, mode: GroupLock) -> Option<Box<d
     }))
 }
 
+/// Who holds the exclusive lease `name`: this process, the only one a memory database has.
+fn lease_state(db: &InMemoryDatabase, name: &str) -> LeaseState {
+    match lock(&db.shared.leases).get(name) {
+        Some(None) => LeaseState::Held {
+            holder: format!("pid {} (in memory)", std::process::id()),
+            since: None,
+        },
+        _ => LeaseState::Free,
+    }
+}
+
 struct OutboxSource(InMemoryDatabase);
 
 #[async_trait]
@@ -818,6 +849,10 @@ impl RelaySource for OutboxSource {
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
         Ok(try_lease(&self.0, "outbox", GroupLock::Exclusive))
+    }
+
+    async fn lease_state(&self) -> Result<Option<LeaseState>> {
+        Ok(Some(lease_state(&self.0, "outbox")))
     }
 }
 
@@ -880,5 +915,26 @@ impl RelaySource for EventsSource {
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
         Ok(try_lease(&self.db, &self.name, GroupLock::Exclusive))
+    }
+
+    async fn lease_state(&self) -> Result<Option<LeaseState>> {
+        Ok(Some(lease_state(&self.db, &self.name)))
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>> {
+        let state = self.db.shared.state.lock().await;
+        let from = state
+            .cursors
+            .get(&self.name)
+            .copied()
+            .unwrap_or(Position::START)
+            .next();
+        let pending = state.events.read_all(from, usize::MAX);
+        Ok(Some(Backlog {
+            pending: pending.len() as u64,
+            oldest_age: pending
+                .first()
+                .map(|e| (Utc::now() - e.envelope.time).to_std().unwrap_or_default()),
+        }))
     }
 }

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::oneshot;
-use tributary_core::{GroupLock, LeaseGuard, Result};
+use tributary_core::{GroupLock, LeaseGuard, LeaseState, Result};
 
 use crate::database::PgDatabase;
 use crate::error::SqlxResultExt;
@@ -79,7 +80,7 @@ pub(crate) async fn try_lease(
         .await
         .context("connecting for a lease")?;
     let sql = &db.inner.sql;
-    let key = format!("tributary lease {name}");
+    let key = lock_key(&name);
     let (lock, unlock) = match mode {
         GroupLock::Exclusive => (&sql.lease, &sql.unlease),
         GroupLock::Shared => (&sql.lease_shared, &sql.unlease_shared),
@@ -105,6 +106,38 @@ pub(crate) async fn try_lease(
         ping_every,
     ));
     Ok(Some(PgLease { held, name, stop }))
+}
+
+/// The advisory lock's key for the lease named `<schema>:<source>`.
+fn lock_key(name: &str) -> String {
+    format!("tributary lease {name}")
+}
+
+/// The lease holder's server pid, client address and port, and session start.
+type HolderRow = (i32, Option<String>, Option<i32>, DateTime<Utc>);
+
+/// Who holds the lease of `source` (exclusive leases: relays), read from `pg_locks` without
+/// taking it.
+///
+/// # Errors
+/// [`tributary_core::Error::Unavailable`] when the server cannot be reached.
+pub(crate) async fn lease_state(db: &PgDatabase, source: &str) -> Result<LeaseState> {
+    let key = lock_key(&format!("{}:{source}", db.schema()));
+    let row: Option<HolderRow> = sqlx::query_as(db.inner.sql.lease_holder.sql())
+        .bind(&key)
+        .fetch_optional(db.pool())
+        .await
+        .context("reading who holds a lease")?;
+    Ok(match row {
+        None => LeaseState::Free,
+        Some((pid, addr, port, since)) => LeaseState::Held {
+            holder: match (addr, port) {
+                (Some(addr), Some(port)) => format!("server pid {pid}, client {addr}:{port}"),
+                _ => format!("server pid {pid}, client on a local socket"),
+            },
+            since: Some(since),
+        },
+    })
 }
 
 /// Holds the lease's connection: pings it, and unlocks and closes it when the guard drops.

@@ -141,6 +141,23 @@ impl Database for PgDatabase {
         }
     }
 
+    async fn relay_cursors(&self) -> Result<Vec<String>> {
+        let names: Vec<String> = sqlx::query_scalar(self.inner.sql.relay_cursor_names.sql())
+            .fetch_all(self.pool())
+            .await
+            .context("listing relay cursors")?;
+        Ok(tributary_core::backend::event_source_names(names))
+    }
+
+    async fn handled_since(&self, since: DateTime<Utc>) -> Result<Option<Vec<(GroupName, u64)>>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(self.inner.sql.handled_since.sql())
+            .bind(since)
+            .fetch_all(self.pool())
+            .await
+            .context("counting recent inbox entries")?;
+        Ok(Some(tributary_core::backend::handled_counts(rows)))
+    }
+
     async fn pending(&self, group: &GroupName, entries: &[TokenEntry]) -> Result<Vec<Pending>> {
         let sql = &self.inner.sql;
         let mut pending = Vec::new();

@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use tributary_core::{
-    Backlog, Error, EventId, GroupLock, LeaseGuard, OutgoingMessage, Position, RelaySource, Result,
-    SourceBatch, Topic, topic_for_event,
+    Backlog, Error, EventId, GroupLock, LeaseGuard, LeaseState, OutgoingMessage, Position,
+    RelaySource, Result, SourceBatch, Topic, topic_for_event,
 };
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ use crate::horizon::{after, settled_read};
 use crate::lag::{PgLag, lag};
 use crate::position::TxPosition;
 
-use super::lease::try_lease;
+use super::lease::{lease_state, try_lease};
 
 /// The outbox table as a relay source: published rows are deleted.
 #[derive(Clone, Debug)]
@@ -58,7 +58,7 @@ impl PgEventsSource {
     pub fn new(db: PgDatabase, name: &str, default_topic: Topic) -> Self {
         Self {
             db,
-            name: format!("events:{name}"),
+            name: tributary_core::backend::events_cursor(name),
             default_topic,
         }
     }
@@ -173,11 +173,18 @@ impl RelaySource for PgOutboxSource {
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>> {
-        let lag = self.lag().await?;
-        Ok(Some(Backlog {
-            pending: lag.unread(),
-            oldest_age: lag.oldest_unread_age,
-        }))
+        Ok(Some(backlog_of(self.lag().await?)))
+    }
+
+    async fn lease_state(&self) -> Result<Option<LeaseState>> {
+        Ok(Some(lease_state(&self.db, "outbox").await?))
+    }
+}
+
+fn backlog_of(lag: PgLag) -> Backlog {
+    Backlog {
+        pending: lag.unread(),
+        oldest_age: lag.oldest_unread_age,
     }
 }
 
@@ -226,5 +233,13 @@ impl RelaySource for PgEventsSource {
         Ok(try_lease(&self.db, &self.name, GroupLock::Exclusive)
             .await?
             .map(|l| Box::new(l) as Box<dyn LeaseGuard>))
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>> {
+        Ok(Some(backlog_of(self.lag().await?)))
+    }
+
+    async fn lease_state(&self) -> Result<Option<LeaseState>> {
+        Ok(Some(lease_state(&self.db, &self.name).await?))
     }
 }

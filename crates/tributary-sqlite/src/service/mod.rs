@@ -162,6 +162,42 @@ impl Database for SqliteDatabase {
         }
     }
 
+    async fn relay_cursors(&self) -> Result<Vec<String>> {
+        let names = self
+            .read(|conn| {
+                let mut statement = conn
+                    .prepare_cached(include_str!("relay_cursor_names.sql"))
+                    .context("preparing relay_cursor_names")?;
+                let names = statement
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .context("listing relay cursors")?;
+                names
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .context("listing relay cursors")
+            })
+            .await?;
+        Ok(tributary_core::backend::event_source_names(names))
+    }
+
+    async fn handled_since(&self, since: DateTime<Utc>) -> Result<Option<Vec<(GroupName, u64)>>> {
+        let since = since.timestamp_millis();
+        let rows = self
+            .read(move |conn| {
+                let mut statement = conn
+                    .prepare_cached(include_str!("handled_since.sql"))
+                    .context("preparing handled_since")?;
+                let rows = statement
+                    .query_map([since], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .context("counting recent inbox entries")?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .context("counting recent inbox entries")
+            })
+            .await?;
+        Ok(Some(tributary_core::backend::handled_counts(rows)))
+    }
+
     fn poll_every(&self) -> Duration {
         self.config().poll_every
     }

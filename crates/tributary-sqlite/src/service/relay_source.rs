@@ -9,15 +9,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tributary_core::{
-    Backlog, Error, EventId, GroupLock, LeaseGuard, MAX_BATCH_BYTES, OutgoingMessage, Position,
-    RelaySource, Result, SourceBatch, Topic, topic_for_event,
+    Backlog, Error, EventId, GroupLock, LeaseGuard, LeaseState, MAX_BATCH_BYTES, OutgoingMessage,
+    Position, RelaySource, Result, SourceBatch, Topic, topic_for_event,
 };
 
 use crate::database::SqliteDatabase;
 use crate::event_store::read_all_limited;
 use crate::sql_error::SqlResultExt;
 
-use super::lease::try_file_lease;
+use super::lease::{file_lease_state, try_file_lease};
 
 /// The outbox table: published rows are deleted.
 pub struct SqliteOutboxSource {
@@ -41,7 +41,7 @@ impl SqliteEventsSource {
     pub fn new(db: SqliteDatabase, name: &str, default_topic: Topic) -> Self {
         Self {
             db,
-            name: format!("events:{name}"),
+            name: tributary_core::backend::events_cursor(name),
             default_topic,
         }
     }
@@ -123,6 +123,10 @@ impl RelaySource for SqliteOutboxSource {
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
         try_file_lease(&self.db, "outbox", GroupLock::Exclusive).await
+    }
+
+    async fn lease_state(&self) -> Result<Option<LeaseState>> {
+        Ok(Some(file_lease_state(&self.db, "outbox").await?))
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>> {
@@ -211,5 +215,31 @@ impl RelaySource for SqliteEventsSource {
 
     async fn try_lease(&self) -> Result<Option<Box<dyn LeaseGuard>>> {
         try_file_lease(&self.db, &self.name, GroupLock::Exclusive).await
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>> {
+        let name = self.name.clone();
+        let (pending, oldest_ns): (i64, Option<i64>) = self
+            .db
+            .read(move |conn| {
+                conn.prepare_cached(include_str!("events_backlog.sql"))
+                    .context("preparing events_backlog")?
+                    .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .context("counting unpublished events")
+            })
+            .await?;
+        let oldest_age = oldest_ns.map(|ns| {
+            (chrono::Utc::now() - chrono::DateTime::from_timestamp_nanos(ns))
+                .to_std()
+                .unwrap_or_default()
+        });
+        Ok(Some(Backlog {
+            pending: pending.max(0) as u64,
+            oldest_age,
+        }))
+    }
+
+    async fn lease_state(&self) -> Result<Option<LeaseState>> {
+        Ok(Some(file_lease_state(&self.db, &self.name).await?))
     }
 }

@@ -1,0 +1,1 @@
+SELECT name FROM relay_cursors ORDER BY name
