@@ -34,6 +34,7 @@ use tributary::{Broker, Database, DeadLetterAdmin, DeadLetterId, GroupName, Repl
 mod events;
 mod groups;
 mod sagas;
+mod service;
 
 #[derive(Debug, clap::Args)]
 pub struct ConsoleArgs {
@@ -58,6 +59,7 @@ pub struct ConsoleArgs {
 }
 
 struct Service {
+    url: String,
     shown: String,
     db: Arc<dyn Database>,
 }
@@ -83,6 +85,7 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     let mut services = Vec::new();
     for url in &args.dbs {
         services.push(Service {
+            url: url.clone(),
             shown: crate::ops::shown(url),
             db: crate::ops::open_existing(url).await?,
         });
@@ -265,27 +268,14 @@ async fn overview(State(c): State<Shared>) -> Response {
     let mut body =
         String::from("<p><a href=\"/sagas\">Sagas</a> · <a href=\"/events\">Events</a></p>");
     for (n, s) in c.services.iter().enumerate() {
-        let backlog = match s.db.outbox_source().backlog().await {
-            Ok(b) => b,
-            Err(e) => return failed(e),
-        };
         let summary = match s.db.dead_letters().summary().await {
             Ok(s) => s,
             Err(e) => return failed(e),
         };
         let _ = write!(body, "<h2>{}</h2>", esc(&s.shown));
-        match backlog {
-            Some(b) => {
-                let _ = write!(
-                    body,
-                    "<p>Outbox: <span id=\"pending-{n}\">{}</span> pending{}</p>",
-                    b.pending,
-                    b.oldest_age
-                        .map(|a| format!(", oldest {:.1} s", a.as_secs_f64()))
-                        .unwrap_or_default()
-                );
-            }
-            None => body.push_str("<p>Outbox: this backend cannot tell</p>"),
+        match service::activity(n, s.db.as_ref(), &s.url).await {
+            Ok(html) => body.push_str(&html),
+            Err(e) => return failed(e),
         }
         match sagas::overview_line(&c, n).await {
             Ok(line) => body.push_str(&line),

@@ -31,7 +31,10 @@ async fn an_operator_sees_and_replays_a_dead_letter_of_any_group_by_url() {
     let json: Value = serde_json::from_str(&stdout(&status)).unwrap();
     assert_eq!(json["dead_letters"][0]["group"], GROUP);
     assert_eq!(json["dead_letters"][0]["open"], 1);
-    assert_eq!(json["outbox"]["pending"], 0);
+    assert_eq!(json["relays"][0]["source"], "outbox");
+    assert_eq!(json["relays"][0]["pending"], 0);
+    assert_eq!(json["relays"][0]["lease"]["state"], "free", "no relay runs");
+    assert_eq!(json["cdc_slots"], Value::Null, "SQLite has no slots");
     assert_eq!(json["healthy"], true);
 
     let unhealthy = tributary(&["status", "--db", &d.url, "--max-dead-letters", "0"]);
@@ -302,5 +305,90 @@ async fn the_console_finds_events_by_stream_correlation_and_id() {
         !page.contains("<script>"),
         "what was asked is escaped: {page}"
     );
+    d.stop().await;
+}
+
+/// Waits until `status --json` satisfies `done`, and returns it.
+async fn status_until(url: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = tributary(&["status", "--db", url, "--json"]);
+        assert!(status.status.success(), "{}", stderr(&status));
+        let json: Value = serde_json::from_str(&stdout(&status)).unwrap();
+        if done(&json) {
+            return json;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_every_relay_source_its_lease_holder_and_what_each_group_handled() {
+    let d = Deployment::start().await;
+    d.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    let invoices = tributary::Topic::new(support::TOPIC).unwrap();
+    let events: Vec<Envelope> = (1..=3)
+        .map(|n| {
+            Envelope::new("billing", "InvoiceIssued", Payload::from_value(&n).unwrap())
+                .with_partition_key(format!("invoice-{n}"))
+        })
+        .collect();
+    d.db.event_store()
+        .append(
+            &StreamId::new("Invoice-9").unwrap(),
+            ExpectedVersion::NoStream,
+            events,
+        )
+        .await
+        .unwrap();
+
+    // Two relays in this process: the outbox's and the event store's.
+    let stop = tributary::CancellationToken::new();
+    let mut relays = Vec::new();
+    for source in [
+        d.db.outbox_source(),
+        d.db.event_store_source("invoices", invoices.clone()),
+    ] {
+        let relay = tributary::Relay::new(source, d.broker.clone(), Default::default());
+        let s = stop.clone();
+        relays.push(tokio::spawn(async move { relay.run(s).await }));
+    }
+    d.handled(3).await;
+    let me = format!("pid {}", std::process::id());
+    let json = status_until(&d.url, |j| {
+        j["relays"].as_array().is_some_and(|r| r.len() == 2)
+            && j["relays"][1]["pending"] == 0
+            && j["handled_last_minute"][0]["messages"] == 3
+    })
+    .await;
+    let relays_json = json["relays"].as_array().unwrap();
+    assert_eq!(relays_json[0]["source"], "outbox", "{json}");
+    assert_eq!(relays_json[1]["source"], "events:invoices", "{json}");
+    for r in relays_json {
+        assert_eq!(r["lease"]["state"], "held", "{json}");
+        assert_eq!(r["lease"]["holder"], me.as_str(), "{json}");
+        assert!(r["lease"]["since"].is_string(), "{json}");
+    }
+    assert_eq!(json["handled_last_minute"][0]["group"], GROUP, "{json}");
+    let text = tributary(&["status", "--db", &d.url]);
+    assert!(
+        stdout(&text).contains(&format!(
+            "relay events:invoices: 0 pending; lease held by {me}"
+        )),
+        "{}",
+        stdout(&text)
+    );
+
+    stop.cancel();
+    for r in relays {
+        r.await.unwrap().unwrap();
+    }
+    let json = status_until(&d.url, |j| j["relays"][0]["lease"]["state"] == "free").await;
+    assert_eq!(
+        json["relays"][1]["lease"]["state"], "free",
+        "both leases went with their relays: {json}"
+    );
+    // The lease's note is read only while a relay holds it: the probe changed nothing.
     d.stop().await;
 }

@@ -2,9 +2,9 @@
 //! application: they know a service only by its database (and broker) URL, through the
 //! facade's URL dispatch (`sqlite://…`, `postgres://…`, `embedded://…`, `nats://…`).
 //!
-//! Read-only commands (`status`, `dead-letters list|show`, `events show`) refuse a SQLite file
-//! that does not exist rather than create one. Opening an existing database still applies
-//! Tributary's pending migrations (there is no read-only open yet).
+//! They work on a deployment that exists and never create or migrate one: each database is
+//! inspected first ([`DatabaseUrl::inspect`]), and a missing file or schema, or one at an
+//! older schema version, is refused ("no such deployment") before anything is opened.
 
 pub mod dead_letters;
 pub mod events;
@@ -14,21 +14,17 @@ pub mod tail;
 
 use std::sync::Arc;
 
-use tributary::{Broker, BrokerUrl, Database, DatabaseUrl};
+use tributary::{Broker, BrokerUrl, Database, DatabaseUrl, Found};
 
-/// The service database at `url`, which must exist.
+/// The service database at `url`, which must exist at this build's schema version.
 ///
 /// # Errors
-/// A bad URL, a SQLite file that does not exist, a server that cannot be reached.
+/// A bad URL; no Tributary database there, or one that opening would migrate; a server that
+/// cannot be reached.
 pub async fn open_existing(url: &str) -> anyhow::Result<Arc<dyn Database>> {
     let parsed: DatabaseUrl = url.parse()?;
-    if let DatabaseUrl::Sqlite { path, .. } = &parsed {
-        anyhow::ensure!(
-            path.is_file(),
-            "no such deployment: {} does not exist (give the service's database file)",
-            path.display()
-        );
-    }
+    let absent = format!("{parsed} holds no Tributary service database");
+    refuse_unless_current(parsed.inspect().await?, &parsed, &absent)?;
     Ok(parsed.connect().await?)
 }
 
@@ -38,15 +34,27 @@ pub async fn open_existing(url: &str) -> anyhow::Result<Arc<dyn Database>> {
 /// A bad URL, an embedded log that does not exist, a server that cannot be reached.
 pub async fn open_existing_broker(url: &str) -> anyhow::Result<Arc<dyn Broker>> {
     let parsed: BrokerUrl = url.parse()?;
-    if let BrokerUrl::Embedded { dir } = &parsed {
-        let log = dir.join("broker.db");
-        anyhow::ensure!(
-            log.is_file(),
-            "no such deployment: no embedded log at {}",
-            log.display()
-        );
-    }
+    let absent = match &parsed {
+        BrokerUrl::Embedded { dir } => format!("no embedded log in {}", dir.display()),
+        other => format!("{other} holds no Tributary broker"),
+    };
+    refuse_unless_current(parsed.inspect().await?, &parsed, &absent)?;
     Ok(parsed.connect().await?)
+}
+
+fn refuse_unless_current(
+    found: Found,
+    what: &dyn std::fmt::Display,
+    absent: &str,
+) -> anyhow::Result<()> {
+    match found {
+        Found::Current | Found::Unknown => Ok(()),
+        Found::Nothing => anyhow::bail!("no such deployment: {absent}"),
+        _ => anyhow::bail!(
+            "{what} is at an older schema version than this build: start its service once to \
+             migrate it (operator commands change no schema)"
+        ),
+    }
 }
 
 /// `url` with any password hidden, for what the commands print.
