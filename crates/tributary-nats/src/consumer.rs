@@ -702,41 +702,48 @@ async fn generations(
     group: &GroupName,
     partition: Partition,
 ) -> Result<Vec<(u64, String)>> {
+    let names: Vec<String> = list_all(inner, format!("CONSUMER.NAMES.{stream}"), stream).await?;
+    let mut found: Vec<(u64, String)> = names
+        .into_iter()
+        .filter_map(|name| naming::consumer_generation(group, partition, &name).map(|g| (g, name)))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Every entry of a paged listing of the stream's consumers (`CONSUMER.NAMES` gives names,
+/// `CONSUMER.LIST` their infos), requested page by page from offset 0.
+async fn list_all<T: serde::de::DeserializeOwned>(
+    inner: &Inner,
+    subject: String,
+    stream: &str,
+) -> Result<Vec<T>> {
     #[derive(serde::Deserialize)]
-    struct Names {
+    #[serde(bound = "T: serde::de::DeserializeOwned")]
+    struct Page<T> {
         total: usize,
         #[serde(default)]
-        consumers: Option<Vec<String>>,
+        consumers: Option<Vec<T>>,
     }
     let what = format!("listing the JetStream consumers of stream {stream}");
-    let mut found = Vec::new();
-    let mut offset = 0;
+    let mut all = Vec::new();
     loop {
         let page = match inner
-            .api::<Names>(
-                &what,
-                format!("CONSUMER.NAMES.{stream}"),
-                &json!({ "offset": offset }),
-            )
+            .api::<Page<T>>(&what, subject.clone(), &json!({ "offset": all.len() }))
             .await?
         {
             Ok(page) => page,
             Err(e) => return Err(inner.api_failure(&what, e)),
         };
-        let names = page.consumers.unwrap_or_default();
+        let entries = page.consumers.unwrap_or_default();
         // An empty page ends the listing even if the total says more exist (consumers deleted
         // while listing).
-        let last_page = names.is_empty() || offset + names.len() >= page.total;
-        offset += names.len();
-        found.extend(names.into_iter().filter_map(|name| {
-            naming::consumer_generation(group, partition, &name).map(|g| (g, name))
-        }));
+        let last_page = entries.is_empty() || all.len() + entries.len() >= page.total;
+        all.extend(entries);
         if last_page {
-            break;
+            return Ok(all);
         }
     }
-    found.sort();
-    Ok(found)
 }
 
 /// How far behind every Tributary group's consumer of `topic`'s stream is, per partition:
@@ -747,54 +754,27 @@ pub(crate) async fn group_lags(
     stream: &str,
     topic: &Topic,
 ) -> Result<Vec<GroupLag>> {
-    #[derive(serde::Deserialize)]
-    struct Infos {
-        total: usize,
-        #[serde(default)]
-        consumers: Option<Vec<ConsumerInfo>>,
-    }
-    let what = format!("listing the JetStream consumers of stream {stream}");
+    let infos: Vec<ConsumerInfo> =
+        list_all(inner, format!("CONSUMER.LIST.{stream}"), stream).await?;
     // (group, partition) -> (generation, lag)
     let mut newest: BTreeMap<(GroupName, Partition), (u64, u64)> = BTreeMap::new();
-    let mut offset = 0;
-    loop {
-        let page = match inner
-            .api::<Infos>(
-                &what,
-                format!("CONSUMER.LIST.{stream}"),
-                &json!({ "offset": offset }),
-            )
-            .await?
-        {
-            Ok(page) => page,
-            Err(e) => return Err(inner.api_failure(&what, e)),
+    for info in infos {
+        let description = info.config.description.as_deref().unwrap_or("");
+        let Some((group, of_topic, partition)) = naming::cursor_in_description(description) else {
+            continue;
         };
-        let infos = page.consumers.unwrap_or_default();
-        let last_page = infos.is_empty() || offset + infos.len() >= page.total;
-        offset += infos.len();
-        for info in infos {
-            let description = info.config.description.as_deref().unwrap_or("");
-            let Some((group, of_topic, partition)) = naming::cursor_in_description(description)
-            else {
-                continue;
-            };
-            let Some(generation) = naming::consumer_generation(&group, partition, &info.name)
-            else {
-                continue;
-            };
-            if &of_topic != topic {
-                continue;
-            }
-            let lag = info.num_pending.saturating_add(info.num_ack_pending as u64);
-            let entry = newest
-                .entry((group, partition))
-                .or_insert((generation, lag));
-            if generation >= entry.0 {
-                *entry = (generation, lag);
-            }
+        let Some(generation) = naming::consumer_generation(&group, partition, &info.name) else {
+            continue;
+        };
+        if &of_topic != topic {
+            continue;
         }
-        if last_page {
-            break;
+        let lag = info.num_pending.saturating_add(info.num_ack_pending as u64);
+        let entry = newest
+            .entry((group, partition))
+            .or_insert((generation, lag));
+        if generation >= entry.0 {
+            *entry = (generation, lag);
         }
     }
     Ok(newest
