@@ -222,6 +222,13 @@ pub struct ServeArgs {
     /// deployment (default on SQLite: DIR/consistency.key, created once).
     #[arg(long, env = "TRIBUTARY_CONSISTENCY_KEY", hide_env_values = true)]
     consistency_key: Option<String>,
+    /// Also serve the web console (as `tributary console`) on this address, over this
+    /// process's own databases and broker.
+    #[arg(long, env = "TRIBUTARY_CONSOLE_LISTEN")]
+    console_listen: Option<SocketAddr>,
+    /// The console's bearer token (needed when --console-listen is not loopback).
+    #[arg(long, env = "TRIBUTARY_CONSOLE_TOKEN", hide_env_values = true)]
+    console_token: Option<String>,
     #[command(flatten)]
     backends: BackendArgs,
 }
@@ -249,6 +256,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Bound before anything starts: a port in use is the first thing reported, with its
     // address, and no consumer has run by then.
     let listener = tributary_http::bind(listen).await?;
+    let console_listener = match args.console_listen {
+        Some(addr) => {
+            crate::console::check_token(addr, args.console_token.as_deref())?;
+            Some(tributary_http::bind(addr).await?)
+        }
+        None => None,
+    };
     // Before the relays and consumers are built: they register their metrics then.
     let metrics = crate::metrics_http::install()?;
     let backends = Backends::connect(&resolved.db, &resolved.broker, &services).await?;
@@ -261,6 +275,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         resolved.broker
     );
     println!("listening on http://{}", listener.local_addr()?);
+    if let Some(console_listener) = console_listener {
+        eprintln!("console on http://{}", console_listener.local_addr()?);
+        let services = running
+            .backends
+            .databases()
+            .into_iter()
+            .map(|(name, db)| crate::console::Service::open(format!("{name} service"), db))
+            .collect();
+        let console = crate::console::serve_open(
+            console_listener,
+            services,
+            running.backends.broker.clone(),
+            args.console_token.clone(),
+            shutdown_signal(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = console.await {
+                tracing::error!(error = %e, "the console stopped");
+            }
+        });
+    }
     let state = AppState {
         services: running.services.clone(),
         health: Arc::new(running.health()),

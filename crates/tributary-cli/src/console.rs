@@ -58,10 +58,24 @@ pub struct ConsoleArgs {
     pub token: Option<String>,
 }
 
-struct Service {
-    url: String,
+/// One service database the console shows.
+pub struct Service {
+    /// Its URL when the console opened it (replication slots are read on a connection of
+    /// their own); `None` for a database handed over already open.
+    url: Option<String>,
     shown: String,
     db: Arc<dyn Database>,
+}
+
+impl Service {
+    /// A database already open in this process (`serve --console-listen`), shown as `shown`.
+    pub fn open(shown: impl Into<String>, db: Arc<dyn Database>) -> Self {
+        Self {
+            url: None,
+            shown: shown.into(),
+            db,
+        }
+    }
 }
 
 struct Console {
@@ -73,19 +87,13 @@ struct Console {
 type Shared = Arc<Console>;
 
 pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
-        anyhow::ensure!(
-            args.token.as_ref().is_some_and(|t| t.len() >= 16),
-            "listening on {} (not loopback) needs --token of at least 16 characters",
-            args.listen
-        );
-    }
+    check_token(args.listen, args.token.as_deref())?;
     let metrics = crate::metrics_http::install()?;
     let listener = tributary_http::bind(args.listen).await?;
     let mut services = Vec::new();
     for url in &args.dbs {
         services.push(Service {
-            url: url.clone(),
+            url: Some(url.clone()),
             shown: crate::ops::shown(url),
             db: crate::ops::open_existing(url).await?,
         });
@@ -94,15 +102,54 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         Some(url) => Some(crate::ops::open_existing_broker(url).await?),
         None => None,
     };
-    let console = Arc::new(Console {
+    println!("listening on http://{}", listener.local_addr()?);
+    let router = router(Arc::new(Console {
         services,
         broker,
         token: args.token,
-    });
-    let router = router(console.clone()).merge(crate::metrics_http::router(metrics));
-    println!("listening on http://{}", listener.local_addr()?);
+    }))
+    .merge(crate::metrics_http::router(metrics));
+    serve_router(listener, router, crate::app::shutdown_signal()).await
+}
+
+/// Anything but loopback needs a token long enough not to be guessed.
+pub fn check_token(listen: SocketAddr, token: Option<&str>) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() {
+        anyhow::ensure!(
+            token.is_some_and(|t| t.len() >= 16),
+            "listening on {listen} (not loopback) needs a console token of at least 16 characters"
+        );
+    }
+    Ok(())
+}
+
+/// The console over databases and a broker this process already has open, on `listener`,
+/// until `shutdown` (`serve --console-listen`).
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_open(
+    listener: tokio::net::TcpListener,
+    services: Vec<Service>,
+    broker: Arc<dyn Broker>,
+    token: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = router(Arc::new(Console {
+        services,
+        broker: Some(broker),
+        token,
+    }));
+    serve_router(listener, router, shutdown).await
+}
+
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let limits = tributary_http::HttpLimits::default().with_max_body_bytes(16 << 10);
-    tributary_http::serve(listener, router, crate::app::shutdown_signal(), limits).await?;
+    tributary_http::serve(listener, router, shutdown, limits).await?;
     Ok(())
 }
 
@@ -273,7 +320,7 @@ async fn overview(State(c): State<Shared>) -> Response {
             Err(e) => return failed(e),
         };
         let _ = write!(body, "<h2>{}</h2>", esc(&s.shown));
-        match service::activity(n, s.db.as_ref(), &s.url).await {
+        match service::activity(n, s.db.as_ref(), s.url.as_deref()).await {
             Ok(html) => body.push_str(&html),
             Err(e) => return failed(e),
         }

@@ -392,3 +392,70 @@ async fn status_names_every_relay_source_its_lease_holder_and_what_each_group_ha
     // The lease's note is read only while a relay holds it: the probe changed nothing.
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_also_serves_the_console_over_its_own_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = tributary(&[
+        "serve",
+        "--data-dir",
+        &dir.path().display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--console-listen",
+        "0.0.0.0:0",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a console beyond loopback needs a token"
+    );
+    assert!(
+        stderr(&refused).contains("needs a console token"),
+        "{}",
+        stderr(&refused)
+    );
+    // A free port, picked and released: the console's address is not printed on stdout.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serve = Listening::start(&[
+        "serve",
+        "--data-dir",
+        &dir.path().display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--console-listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let created = reqwest::Client::new()
+        .post(format!("{}/customers", serve.base))
+        .json(&serde_json::json!({"name": "Acme", "credit_limit": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let overview = loop {
+        if let Ok(reply) = reqwest::get(format!("http://127.0.0.1:{port}/")).await {
+            let page = reply.text().await.unwrap();
+            // The customer's event went through the outbox, which the serve's relay holds.
+            if page.contains("data-pending=\"0/outbox\">0<") && page.contains("held by pid") {
+                break page;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the console never showed the relay"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for service in ["customers service", "orders service", "history service"] {
+        assert!(overview.contains(service), "{service}: {overview}");
+    }
+    assert!(
+        overview.contains("<h2>Consumer groups</h2>"),
+        "the serve's broker is the console's: {overview}"
+    );
+}

@@ -10,7 +10,11 @@ use super::esc;
 use crate::ops::status::{self, RelayStatus};
 
 /// The relays, rates and slots of service `n`.
-pub(super) async fn activity(n: usize, db: &dyn Database, url: &str) -> anyhow::Result<String> {
+pub(super) async fn activity(
+    n: usize,
+    db: &dyn Database,
+    url: Option<&str>,
+) -> anyhow::Result<String> {
     let mut html = relays(n, &status::relays(db).await?);
     match status::handled_last_minute(db).await? {
         None => {}
@@ -34,7 +38,11 @@ pub(super) async fn activity(n: usize, db: &dyn Database, url: &str) -> anyhow::
             html.push_str("</table>");
         }
     }
-    if let Some(slots) = status::cdc_slots(url).await?
+    let slots = match url {
+        Some(url) => status::cdc_slots(url).await?,
+        None => None,
+    };
+    if let Some(slots) = slots
         && !slots.is_empty()
     {
         html.push_str(
