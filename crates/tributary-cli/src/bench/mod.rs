@@ -2,6 +2,7 @@
 
 mod baseline;
 mod cdc;
+mod console;
 mod event_store;
 mod pipeline;
 mod postgres;
@@ -23,6 +24,8 @@ pub enum BenchCommand {
     Cdc(cdc::CdcBenchArgs),
     /// Orchestrated three-step order sagas beside the same flow as a choreography.
     Saga(saga::SagaBenchArgs),
+    /// The web console's overview with many consumer groups and dead letters.
+    Console(console::ConsoleBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(args) => pipeline::run(args).await,
         BenchCommand::Cdc(args) => cdc::run(args).await,
         BenchCommand::Saga(args) => saga::run(args).await,
+        BenchCommand::Console(args) => console::run(args).await,
     }
 }
