@@ -89,9 +89,10 @@ pub async fn run(args: SagasArgs) -> anyhow::Result<()> {
                 state,
                 stuck_for,
             };
-            let sagas = admin.list(&filter).await?;
+            let listing = admin.scan(&filter).await?;
+            let sagas = &listing.sagas;
             if json {
-                for s in &sagas {
+                for s in sagas {
                     println!("{}", serde_json::to_string(s)?);
                 }
             } else {
@@ -99,7 +100,7 @@ pub async fn run(args: SagasArgs) -> anyhow::Result<()> {
                     "{:<36}  {:<20}  {:<19}  {:<18}  {:>7}  updated",
                     "id", "type", "state", "step", "attempt"
                 );
-                for s in &sagas {
+                for s in sagas {
                     println!(
                         "{:<36}  {:<20}  {:<19}  {:<18}  {:>7}  {}",
                         s.id,
@@ -112,6 +113,14 @@ pub async fn run(args: SagasArgs) -> anyhow::Result<()> {
                 }
                 eprintln!("{} saga(s)", sagas.len());
             }
+            for u in &listing.unreadable {
+                eprintln!("saga {} cannot be read: {}", u.id, u.error);
+            }
+            anyhow::ensure!(
+                listing.unreadable.is_empty(),
+                "{} saga(s) cannot be read",
+                listing.unreadable.len()
+            );
         }
         SagasCommand::Show { db, id, json } => {
             let id: SagaId = id.parse()?;

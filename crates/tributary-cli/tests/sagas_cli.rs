@@ -39,7 +39,7 @@ async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Re
         OrchestratorConfig::default(),
     );
     let id = orchestrator.start(7).await?;
-    drop((orchestrator, db));
+    drop(orchestrator);
     let url = format!("sqlite://{}", path.display());
 
     let running = tributary(&["sagas", "list", "--db", &url, "--state", "running"]);
@@ -85,6 +85,50 @@ async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Re
         "{out}"
     );
     assert!(out.contains("awaiting   Reply"), "{out}");
+
+    // A saga document no definition can read (a newer version's, or damaged) is reported, and
+    // hides neither the others nor itself.
+    db.transact(|unit| {
+        Box::pin(async move {
+            let doc = tributary::Payload::from_value(&serde_json::json!({"not": "a saga"}))?;
+            unit.put("tributary_sagas", "broken-saga", doc).await?;
+            Ok::<_, tributary::Error>(())
+        })
+    })
+    .await?;
+    drop(db);
+    let listed = tributary(&["sagas", "list", "--db", &url]);
+    assert!(
+        !listed.status.success(),
+        "an unreadable saga fails the listing's exit code"
+    );
+    let (out, err) = (
+        String::from_utf8_lossy(&listed.stdout),
+        String::from_utf8_lossy(&listed.stderr),
+    );
+    assert!(
+        out.contains(&id.to_string()),
+        "the readable saga is still listed: {out}"
+    );
+    assert!(err.contains("saga broken-saga cannot be read"), "{err}");
+    let console = Listening::start(&["console", "--db", &url, "--listen", "127.0.0.1:0"]);
+    let page = reqwest::get(format!("{}/sagas", console.base)).await?;
+    assert_eq!(
+        page.status().as_u16(),
+        200,
+        "one bad saga does not take the page down"
+    );
+    let page = page.text().await?;
+    assert!(page.contains("data-unreadable=\"broken-saga\""), "{page}");
+    assert!(page.contains(&id.to_string()), "{page}");
+    let overview = reqwest::get(format!("{}/", console.base))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        overview.contains("data-sagas=\"unreadable\">1 unreadable"),
+        "{overview}"
+    );
 
     let missing = tributary(&[
         "sagas",

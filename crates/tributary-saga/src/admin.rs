@@ -47,6 +47,23 @@ impl SagaFilter {
     }
 }
 
+/// The state [`SagaAdmin::counts`] gives sagas that cannot be read (type `?`).
+pub const UNREADABLE: &str = "unreadable";
+
+/// What [`SagaAdmin::scan`] found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SagaListing {
+    pub sagas: Vec<SagaSummary>,
+    pub unreadable: Vec<UnreadableSaga>,
+}
+
+/// A saga document that could not be decoded, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnreadableSaga {
+    pub id: String,
+    pub error: String,
+}
+
 /// One line of a saga listing.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SagaSummary {
@@ -87,14 +104,15 @@ impl SagaAdmin {
         Self { db }
     }
 
-    /// The sagas `filter` selects, oldest first (by start).
+    /// The sagas `filter` selects, oldest first (by start), and every saga document that
+    /// cannot be read (written by a newer version, or damaged): one bad saga neither hides
+    /// the others nor disappears from view.
     ///
     /// # Errors
-    /// Storage errors, or [`tributary_core::Error::Decode`] for a stored instance that is not
-    /// one.
-    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>> {
+    /// Storage errors.
+    pub async fn scan(&self, filter: &SagaFilter) -> Result<SagaListing> {
         let now = Utc::now();
-        let mut out = Vec::new();
+        let mut listing = SagaListing::default();
         let mut after: Option<String> = None;
         loop {
             let page = self
@@ -103,15 +121,39 @@ impl SagaAdmin {
                 .await?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            for (_, doc) in page {
-                let inst: SagaInstance = doc.decode()?;
-                if filter.matches(&inst, now) {
-                    out.push(SagaSummary::from(&inst));
+            for (id, doc) in page {
+                match doc.decode::<SagaInstance>() {
+                    Ok(inst) if filter.matches(&inst, now) => {
+                        listing.sagas.push(SagaSummary::from(&inst));
+                    }
+                    Ok(_) => {}
+                    Err(e) => listing.unreadable.push(UnreadableSaga {
+                        id,
+                        error: e.to_string(),
+                    }),
                 }
             }
         }
-        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
-        Ok(out)
+        listing
+            .sagas
+            .sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        Ok(listing)
+    }
+
+    /// The sagas `filter` selects, oldest first (by start).
+    ///
+    /// # Errors
+    /// Storage errors, and [`tributary_core::Error::Decode`] naming the first saga that cannot
+    /// be read (see [`SagaAdmin::scan`] to list around it).
+    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>> {
+        let listing = self.scan(filter).await?;
+        if let Some(bad) = listing.unreadable.first() {
+            return Err(tributary_core::Error::decode(
+                format!("saga {}", bad.id),
+                bad.error.clone(),
+            ));
+        }
+        Ok(listing.sagas)
     }
 
     /// How many sagas are in each (type, state).
@@ -120,8 +162,15 @@ impl SagaAdmin {
     /// As [`SagaAdmin::list`].
     pub async fn counts(&self) -> Result<BTreeMap<(String, &'static str), u64>> {
         let mut counts = BTreeMap::new();
-        for s in self.list(&SagaFilter::default()).await? {
+        let listing = self.scan(&SagaFilter::default()).await?;
+        for s in listing.sagas {
             *counts.entry((s.saga_type, s.state.as_str())).or_insert(0) += 1;
+        }
+        if !listing.unreadable.is_empty() {
+            counts.insert(
+                (String::from("?"), UNREADABLE),
+                listing.unreadable.len() as u64,
+            );
         }
         Ok(counts)
     }

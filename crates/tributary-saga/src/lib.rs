@@ -12,7 +12,7 @@ mod orchestrator;
 mod participant;
 mod requests;
 
-pub use admin::{SagaAdmin, SagaFilter, SagaSummary};
+pub use admin::{SagaAdmin, SagaFilter, SagaListing, SagaSummary, UNREADABLE, UnreadableSaga};
 pub use deadlines::{Clock, Deadline, DeadlineOutcome, deadlines_collection};
 pub use definition::{
     AfterPivot, BeforePivot, Command, Compensation, DefinedStep, LocalError, SagaBuilder, SagaData,

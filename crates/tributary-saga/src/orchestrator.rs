@@ -366,6 +366,13 @@ impl<D: SagaData> Orchestrator<D> {
             )
             .set(n as f64);
         }
+        // Sagas no definition can read (their type is unknown): an alert of their own.
+        let unreadable = counts
+            .get(&(String::from("?"), crate::admin::UNREADABLE))
+            .copied()
+            .unwrap_or(0);
+        metrics::gauge!(SAGAS_GAUGE, "saga_type" => "?", "state" => crate::admin::UNREADABLE)
+            .set(unreadable as f64);
         Ok(())
     }
 

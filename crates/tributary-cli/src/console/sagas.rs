@@ -14,7 +14,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use tributary::saga::{RequestState, SagaAdmin, SagaFilter, SagaId, SagaState, SagaSummary};
+use tributary::saga::{
+    RequestState, SagaAdmin, SagaFilter, SagaId, SagaState, SagaSummary, UNREADABLE, UnreadableSaga,
+};
 
 use super::{Shared, esc, failed, page, page_error, url_value};
 
@@ -39,7 +41,7 @@ pub(super) async fn overview_line(c: &Shared, db: usize) -> tributary::Result<St
     let parts: Vec<String> = by_state
         .iter()
         .map(|(state, n)| {
-            let class = if *state == SagaState::CompensationFailed.as_str() {
+            let class = if [SagaState::CompensationFailed.as_str(), UNREADABLE].contains(state) {
                 " class=\"bad\""
             } else {
                 ""
@@ -83,11 +85,13 @@ pub(super) async fn list(State(c): State<Shared>, Query(q): Query<ListQuery>) ->
         if let Some(state) = state {
             filter = filter.with_state(state);
         }
-        let mut sagas = match admin.list(&filter).await {
+        let listing = match admin.scan(&filter).await {
             Ok(l) => l,
             Err(e) => return failed(e),
         };
+        let mut sagas = listing.sagas;
         let _ = write!(body, "<h2>{}</h2>", esc(&s.shown));
+        unreadable_table(&mut body, &listing.unreadable);
         if sagas.is_empty() && state.is_none() && q.saga_type.is_none() {
             body.push_str("<p>No sagas.</p>");
             continue;
@@ -100,6 +104,26 @@ pub(super) async fn list(State(c): State<Shared>, Query(q): Query<ListQuery>) ->
         list_table(&mut body, n, &sagas, state.is_none());
     }
     page("Sagas", true, &body).into_response()
+}
+
+/// Saga documents no saga definition can read: shown, not skipped, so that none disappears.
+fn unreadable_table(body: &mut String, unreadable: &[UnreadableSaga]) {
+    if unreadable.is_empty() {
+        return;
+    }
+    body.push_str(
+        "<p class=\"bad\">Sagas that cannot be read (written by a newer version, or damaged):</p>\
+         <table><tr><th>saga</th><th>why</th></tr>",
+    );
+    for u in unreadable {
+        let _ = write!(
+            body,
+            "<tr data-unreadable=\"{id}\"><td>{id}</td><td class=\"bad\">{}</td></tr>",
+            esc(&u.error),
+            id = esc(&u.id),
+        );
+    }
+    body.push_str("</table>");
 }
 
 /// Sagas per (type, state), each count a link to that list.
