@@ -116,7 +116,11 @@ pub async fn run(args: SagaBenchArgs) -> anyhow::Result<()> {
             "partitions": args.partitions,
             "concurrency": args.concurrency,
             "steps": "reserve credit (compensatable), reserve stock (compensatable), approve (pivot, local)",
-            "synchronous": "FULL on SQLite",
+            "synchronous": if args.db.is_some() {
+                "the server's synchronous_commit (PostgreSQL)"
+            } else {
+                "FULL (SQLite)"
+            },
             "completed": "OrderApproved seen by a downstream consumer",
         });
         for (flow, (count, elapsed, latencies)) in [
