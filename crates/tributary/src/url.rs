@@ -61,9 +61,11 @@ pub fn redact(url: &str) -> String {
         return url.to_owned();
     };
     let userinfo = &rest[..at];
+    let scheme = &url[..scheme_end];
     let shown = match userinfo.split_once(':') {
         Some((user, _password)) => format!("{user}:***"),
-        // A lone userinfo is a token for NATS: a secret too.
+        // A lone userinfo is a user name for a database, but a token for NATS: a secret.
+        None if ["postgres", "postgresql", "mysql"].contains(&scheme) => userinfo.to_owned(),
         None => "***".to_owned(),
     };
     format!("{}{shown}{}", &url[..scheme_end + 3], &rest[at..])
@@ -436,6 +438,11 @@ mod tests {
             "postgres://app:***@db:5432/x?schema=a"
         );
         assert_eq!(redact("nats://tok3n@h:4222"), "nats://***@h:4222");
+        assert_eq!(
+            redact("postgres://app@db:5432/x"),
+            "postgres://app@db:5432/x",
+            "a user name alone is no secret"
+        );
         assert_eq!(redact("postgres://db/x"), "postgres://db/x");
         assert_eq!(redact("postgres://db/x?q=a@b"), "postgres://db/x?q=a@b");
         let shown = DatabaseUrl::Postgres {
