@@ -8,7 +8,7 @@ use super::config::CdcConfig;
 use super::error::{CdcError, Result};
 use crate::lsn::Lsn;
 use crate::replication::{PgReplicationConfig, SlotName, WalStatus};
-use crate::sql::{SqlSession, fill, literal};
+use crate::sql::SqlSession;
 
 /// A slot's lag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,13 +52,14 @@ pub(crate) async fn query_lag(
     session: &mut SqlSession,
     slot: &SlotName,
 ) -> Result<Option<SlotLag>> {
-    let result = session
-        .query(&fill(
-            include_str!("sql/lag.sql"),
-            &[&literal(slot.as_str())],
-        ))
-        .await?;
-    result.rows.into_iter().next().map(lag_from_row).transpose()
+    // Every slot of the database (a handful), then this one: one statement for both uses.
+    let result = session.query(include_str!("sql/lags.sql")).await?;
+    result
+        .rows
+        .into_iter()
+        .find(|row| row.get(5).and_then(Option::as_deref) == Some(slot.as_str()))
+        .map(lag_from_row)
+        .transpose()
 }
 
 /// Every logical replication slot of the connection's database and how far it is behind
@@ -73,7 +74,7 @@ pub async fn slot_lags(connection: &PgReplicationConfig) -> Result<Vec<SlotLag>>
     result?.rows.into_iter().map(lag_from_row).collect()
 }
 
-/// A row of `lag.sql` or `lags.sql`: current LSN, confirmed LSN, bytes, WAL status, the
+/// A row of `lags.sql`: current LSN, confirmed LSN, bytes, WAL status, the
 /// pid of the session streaming from the slot, the slot's name.
 fn lag_from_row(row: Vec<Option<String>>) -> Result<SlotLag> {
     let text = |i: usize| row.get(i).cloned().flatten();

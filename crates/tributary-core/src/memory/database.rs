@@ -862,6 +862,18 @@ struct EventsSource {
     default_topic: Topic,
 }
 
+impl EventsSource {
+    /// The position after this source's cursor.
+    fn first_unpublished(&self, state: &State) -> Position {
+        state
+            .cursors
+            .get(&self.name)
+            .copied()
+            .unwrap_or(Position::START)
+            .next()
+    }
+}
+
 #[async_trait]
 impl RelaySource for EventsSource {
     fn name(&self) -> &str {
@@ -870,12 +882,7 @@ impl RelaySource for EventsSource {
 
     async fn read_batch(&self, max: usize) -> Result<Option<SourceBatch>> {
         let state = self.db.shared.state.lock().await;
-        let from = state
-            .cursors
-            .get(&self.name)
-            .copied()
-            .unwrap_or(Position::START)
-            .next();
+        let from = self.first_unpublished(&state);
         let events = state.events.read_all(from, max);
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(None);
@@ -923,12 +930,7 @@ impl RelaySource for EventsSource {
 
     async fn backlog(&self) -> Result<Option<Backlog>> {
         let state = self.db.shared.state.lock().await;
-        let from = state
-            .cursors
-            .get(&self.name)
-            .copied()
-            .unwrap_or(Position::START)
-            .next();
+        let from = self.first_unpublished(&state);
         let pending = state.events.read_all(from, usize::MAX);
         Ok(Some(Backlog {
             pending: pending.len() as u64,
