@@ -65,6 +65,9 @@ pub struct Service {
     url: Option<String>,
     shown: String,
     db: Arc<dyn Database>,
+    /// The overview's line about the database's sagas, and when it was counted (see
+    /// `sagas::overview_line`).
+    saga_line: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Service {
@@ -74,6 +77,7 @@ impl Service {
             url: None,
             shown: shown.into(),
             db,
+            saga_line: Default::default(),
         }
     }
 }
@@ -96,6 +100,7 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
             url: Some(url.clone()),
             shown: crate::ops::shown(url),
             db: crate::ops::open_existing(url).await?,
+            saga_line: Default::default(),
         });
     }
     let broker = match &args.broker {

@@ -129,6 +129,29 @@ async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Re
         overview.contains("data-sagas=\"unreadable\">1 unreadable"),
         "{overview}"
     );
+    // The overview recounts at most every 15 s (counting reads every saga); the list is live.
+    let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
+    db.transact(|unit| {
+        Box::pin(async move {
+            let doc = tributary::Payload::from_value(&serde_json::json!({"not": "a saga"}))?;
+            unit.put("tributary_sagas", "broken-saga-2", doc).await?;
+            Ok::<_, tributary::Error>(())
+        })
+    })
+    .await?;
+    let overview = reqwest::get(format!("{}/", console.base))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        overview.contains("data-sagas=\"unreadable\">1 unreadable"),
+        "{overview}"
+    );
+    let page = reqwest::get(format!("{}/sagas", console.base))
+        .await?
+        .text()
+        .await?;
+    assert!(page.contains("data-unreadable=\"broken-saga-2\""), "{page}");
 
     let missing = tributary(&[
         "sagas",

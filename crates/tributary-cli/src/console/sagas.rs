@@ -28,9 +28,32 @@ fn needs_a_look(state: SagaState) -> bool {
     !state.is_final() || state == SagaState::CompensationFailed
 }
 
-/// One line of the overview about a database's sagas, or nothing when it holds none.
+/// How long the overview reuses a database's saga counts. Counting reads every saga document
+/// (sagas have no index by state yet) and the page refreshes every 2 s, so without this each
+/// open tab would read them all every 2 s; the counts lag by at most this much.
+const COUNTS_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One line of the overview about a database's sagas, or nothing when it holds none; counted
+/// at most once per [`COUNTS_FOR`] (the lock also keeps concurrent refreshes from counting
+/// together).
 pub(super) async fn overview_line(c: &Shared, db: usize) -> tributary::Result<String> {
-    let counts = SagaAdmin::new(c.services[db].db.clone()).counts().await?;
+    let service = &c.services[db];
+    let mut cached = service.saga_line.lock().await;
+    if let Some((at, line)) = cached.as_ref()
+        && at.elapsed() < COUNTS_FOR
+    {
+        return Ok(line.clone());
+    }
+    let line = count_line(service.db.clone(), db).await?;
+    *cached = Some((std::time::Instant::now(), line.clone()));
+    Ok(line)
+}
+
+async fn count_line(
+    database: std::sync::Arc<dyn tributary::Database>,
+    db: usize,
+) -> tributary::Result<String> {
+    let counts = SagaAdmin::new(database).counts().await?;
     if counts.is_empty() {
         return Ok(String::new());
     }
@@ -50,8 +73,9 @@ pub(super) async fn overview_line(c: &Shared, db: usize) -> tributary::Result<St
         })
         .collect();
     Ok(format!(
-        "<p>Sagas: {} · <a href=\"/sagas?db={db}\">inspect</a></p>",
-        parts.join(", ")
+        "<p>Sagas: {} (counted at {}) · <a href=\"/sagas?db={db}\">inspect</a></p>",
+        parts.join(", "),
+        chrono::Utc::now().format("%H:%M:%S UTC")
     ))
 }
 
