@@ -19,6 +19,17 @@ fn tributary(args: &[&str]) -> std::process::Output {
         .expect("runs")
 }
 
+/// Stores a saga document no saga definition can decode, as a newer version or damage would.
+async fn put_unreadable_saga(db: &Arc<dyn Database>, id: &'static str) -> tributary::Result<()> {
+    db.transact(move |unit| {
+        Box::pin(async move {
+            let doc = tributary::Payload::from_value(&serde_json::json!({"not": "a saga"}))?;
+            unit.put("tributary_sagas", id, doc).await
+        })
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -88,14 +99,7 @@ async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Re
 
     // A saga document no definition can read (a newer version's, or damaged) is reported, and
     // hides neither the others nor itself.
-    db.transact(|unit| {
-        Box::pin(async move {
-            let doc = tributary::Payload::from_value(&serde_json::json!({"not": "a saga"}))?;
-            unit.put("tributary_sagas", "broken-saga", doc).await?;
-            Ok::<_, tributary::Error>(())
-        })
-    })
-    .await?;
+    put_unreadable_saga(&db, "broken-saga").await?;
     drop(db);
     let listed = tributary(&["sagas", "list", "--db", &url]);
     assert!(
@@ -131,14 +135,7 @@ async fn sagas_are_listed_by_state_and_shown_with_their_timeline() -> anyhow::Re
     );
     // The overview recounts at most every 15 s (counting reads every saga); the list is live.
     let db: Arc<dyn Database> = Arc::new(SqliteDatabase::open(&path, SqliteConfig::default())?);
-    db.transact(|unit| {
-        Box::pin(async move {
-            let doc = tributary::Payload::from_value(&serde_json::json!({"not": "a saga"}))?;
-            unit.put("tributary_sagas", "broken-saga-2", doc).await?;
-            Ok::<_, tributary::Error>(())
-        })
-    })
-    .await?;
+    put_unreadable_saga(&db, "broken-saga-2").await?;
     let overview = reqwest::get(format!("{}/", console.base))
         .await?
         .text()
