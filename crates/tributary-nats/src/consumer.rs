@@ -46,6 +46,9 @@
 //! - A server consumer that stops answering pull requests while it answers info requests
 //!   (seen after node flaps on 2.9.10: a leader, messages pending, no pull waiting) is replaced
 //!   the same way after [`UNANSWERED_PULLS_BEFORE_RESET`] unanswered pulls in a row.
+//! - A server consumer that is gone while no newer generation exists was not taken over: a
+//!   cluster lost it in a leader election, or someone deleted it. It is re-created the same
+//!   way, as the next generation after the last commit.
 //!
 //! One live instance per (group, topic, partition) is supported: opening a second one takes the
 //! partition over, and the first then fails with [`Error::Shutdown`] instead of fighting back.
@@ -248,26 +251,45 @@ impl NatsPartitionConsumer {
         })
     }
 
-    fn shut_out(&self) -> Error {
+    /// Another instance took the partition over; `how` says what showed it.
+    fn shut_out(&self, how: &str) -> Error {
         Error::Shutdown {
             what: format!(
-                "consumer of group {} on topic {} partition {} (its JetStream consumer {} was \
-                 replaced by a newer instance or deleted; open a new one)",
+                "consumer of group {} on topic {} partition {} (its JetStream consumer {} {how}: \
+                 another instance took the partition over; open a new one)",
                 self.group, self.topic, self.partition, self.name
             ),
         }
     }
 
-    /// The server consumer, if it is still the one this instance created or opened.
-    async fn own_info(&self) -> Result<ConsumerInfo> {
+    /// The server consumer, if it is still the one this instance created or opened; `None` if
+    /// it vanished without a successor. [`Error::Shutdown`] if another instance took over:
+    /// it created a newer generation (and deleted this one), or overwrote this one.
+    ///
+    /// A vanished consumer is not a takeover: in a cluster, a consumer created during one
+    /// leader election was seen answering "consumer not found" after the next (nats-server
+    /// 2.9.10), and an operator may delete one by hand. The caller re-creates it from the
+    /// last commit.
+    async fn own_info(&self) -> Result<Option<ConsumerInfo>> {
         match consumer_info(&self.inner, &self.stream, &self.name).await? {
             Some(info)
                 if incarnation_of(&info) == self.incarnation
                     && info.config.filter_subject == self.filter =>
             {
-                Ok(info)
+                Ok(Some(info))
             }
-            _ => Err(self.shut_out()),
+            Some(_) => Err(self.shut_out("was overwritten by another instance")),
+            None => {
+                let listed =
+                    generations(&self.inner, &self.stream, &self.group, self.partition).await?;
+                let successor = listed
+                    .iter()
+                    .find(|(g, _)| *g > self.generation && !self.attempts.contains(g));
+                match successor {
+                    Some((_, newer)) => Err(self.shut_out(&format!("is gone and {newer} exists"))),
+                    None => Ok(None),
+                }
+            }
         }
     }
 
@@ -275,8 +297,20 @@ impl NatsPartitionConsumer {
     /// so that everything not yet committed is delivered again, in order, before anything newer.
     async fn reset(&mut self) -> Result<()> {
         if self.unfinished_reset.is_none() {
-            let info = self.own_info().await?;
-            let mut start = start_after(&info);
+            let mut start = match self.own_info().await? {
+                Some(info) => start_after(&info),
+                None => {
+                    tracing::warn!(
+                        stream = %self.stream, consumer = %self.name, committed = self.committed,
+                        "the JetStream consumer vanished without a successor; re-creating it \
+                         from the last commit"
+                    );
+                    Start {
+                        floor: 0,
+                        redelivered_through: 0,
+                    }
+                }
+            };
             start.floor = start.floor.max(self.committed);
             start.redelivered_through = start
                 .redelivered_through
@@ -296,7 +330,7 @@ impl NatsPartitionConsumer {
         // A commit may have been acknowledged on the current generation since the reset began.
         start.floor = start.floor.max(self.committed);
         // The current generation is deleted only by this instance, after the switch: if it is
-        // gone, another instance took the partition over.
+        // gone and a newer one exists, another instance took the partition over.
         self.own_info().await?;
         let listed = generations(&self.inner, &self.stream, &self.group, self.partition).await?;
         let newest = listed.last().map_or(0, |(g, _)| *g);
@@ -331,7 +365,7 @@ impl NatsPartitionConsumer {
             .any(|(g, _)| *g > current && *g < generation && !attempts.contains(g));
         if overtaken {
             delete(&self.inner, &self.stream, &name).await?;
-            return Err(self.shut_out());
+            return Err(self.shut_out("was followed by a generation another instance created"));
         }
         self.consumer = consumer;
         self.attempts.clear();
@@ -352,7 +386,11 @@ impl NatsPartitionConsumer {
         self.older_generations = true;
         self.delete_older_generations().await?;
         // Another instance creating the same generation meanwhile overwrote its description.
-        self.own_info().await.map(drop)
+        // If the new generation is not found at once, the next pull finds out why.
+        if self.own_info().await?.is_none() {
+            self.suspect = true;
+        }
+        Ok(())
     }
 
     async fn delete_older_generations(&mut self) -> Result<()> {
@@ -379,7 +417,9 @@ impl NatsPartitionConsumer {
         if !self.suspect {
             return Ok(());
         }
-        let info = self.own_info().await?;
+        let Some(info) = self.own_info().await? else {
+            return self.reset().await;
+        };
         if info.delivered.consumer_sequence != self.dseq {
             self.reset().await
         } else if self.unanswered_pulls >= UNANSWERED_PULLS_BEFORE_RESET {
@@ -651,7 +691,11 @@ impl PartitionConsumer for NatsPartitionConsumer {
         if self.unfinished_reset.is_some() {
             return Ok(None);
         }
-        let info = self.own_info().await?;
+        let Some(info) = self.own_info().await? else {
+            // Vanished: the next fetch re-creates it; the lag is unknown until then.
+            self.suspect = true;
+            return Ok(None);
+        };
         Ok(Some(
             info.num_pending.saturating_add(info.num_ack_pending as u64),
         ))

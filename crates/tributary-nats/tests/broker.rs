@@ -211,6 +211,57 @@ async fn a_newer_consumer_of_the_same_partition_takes_it_over() {
     assert_eq!(last.len(), 1, "the new instance keeps going");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_consumer_that_vanished_without_a_successor_is_recreated_from_the_last_commit() {
+    let Some(url) = common::shared_server("NATS consumer lost by the server") else {
+        return;
+    };
+    let (broker, _cleanup) = connect(common::test_config(url.clone())).await;
+    let js = js(&url).await;
+    let topic = fresh_topic();
+    broker.ensure_topic(&topic, 1).await.unwrap();
+    let stream = broker.stream_name(&topic);
+    let sent = batch(&topic, 5);
+    broker.publish(&sent).await.unwrap();
+    let (group, p0) = (fresh_group(), Partition::new(0));
+    let mut consumer = broker.consume(&group, &topic, p0).await.unwrap();
+    let got = fetch_n(consumer.as_mut(), 3, Duration::from_secs(10)).await;
+    consumer.commit(got[0].offset).await.unwrap();
+
+    // What a cluster that lost a consumer in a leader election answers (and what an operator
+    // deleting it by hand does): "consumer not found", and no newer generation. No other
+    // instance took over, so this one must not stop: it goes on after its last commit.
+    js.delete_consumer_from_stream(format!("{group}_0"), &stream)
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rest.len() < 2 && Instant::now() < deadline {
+        match consumer.fetch(10, Duration::from_millis(500)).await {
+            Ok(batch) => rest.extend(batch),
+            Err(e) => assert!(
+                e.is_retryable(),
+                "a lost server consumer is no takeover: {e}"
+            ),
+        }
+    }
+    // The two fetched and not committed come again on the server, and this instance skips
+    // them as it skips any redelivery of what it already returned.
+    let ids: Vec<_> = rest.iter().map(|d| d.id).collect();
+    let expected: Vec<_> = sent[3..].iter().map(|m| Some(m.id)).collect();
+    assert_eq!(ids, expected, "the rest, once, in order");
+    assert_eq!(
+        consumers_of(&js, &stream, group.as_str()).await,
+        vec![format!("{group}_0_g1")],
+        "re-created as the next generation, never under the deleted name"
+    );
+    consumer.commit(rest[1].offset).await.unwrap();
+    drop(consumer);
+    let mut next = broker.consume(&group, &topic, p0).await.unwrap();
+    let more = fetch_answered(next.as_mut(), 10, Duration::from_millis(300)).await;
+    assert!(more.is_empty(), "the commit after the loss holds: {more:?}");
+}
+
 /// The names of the stream's consumers that belong to `group`.
 async fn consumers_of(
     js: &async_nats::jetstream::Context,
