@@ -85,6 +85,8 @@ impl Service {
 struct Console {
     services: Vec<Service>,
     broker: Option<Arc<dyn Broker>>,
+    /// Who publishes which topic, read at most every 15 s (see `groups::section`).
+    publishers: groups::Publishers,
     token: Option<String>,
 }
 
@@ -111,6 +113,7 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     let router = router(Arc::new(Console {
         services,
         broker,
+        publishers: Default::default(),
         token: args.token,
     }))
     .merge(crate::metrics_http::router(metrics));
@@ -143,6 +146,7 @@ pub async fn serve_open(
     let router = router(Arc::new(Console {
         services,
         broker: Some(broker),
+        publishers: Default::default(),
         token,
     }));
     serve_router(listener, router, shutdown).await
@@ -359,7 +363,7 @@ async fn overview(State(c): State<Shared>) -> Response {
         body.push_str("</table>");
     }
     if let Some(broker) = &c.broker {
-        match groups::section(broker.as_ref()).await {
+        match groups::section(broker.as_ref(), &c.publishers).await {
             Ok(section) => body.push_str(&section),
             Err(e) => return failed(e),
         }

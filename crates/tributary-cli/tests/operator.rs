@@ -232,9 +232,11 @@ async fn status_and_the_console_show_every_groups_lag_from_the_broker() {
         "the console agrees with status: {overview}"
     );
     assert!(
-        overview
-            .contains("<li data-topic=\"invoices\">invoices → <b>audit</b>, <b>billing</b></li>"),
-        "{overview}"
+        overview.contains(
+            "<li data-topic=\"invoices\"><span data-publishers=\"invoices\"><i>billing</i></span> \
+             → invoices → <b>audit</b>, <b>billing</b></li>"
+        ),
+        "who publishes the topic (the envelopes' source) and who consumes it: {overview}"
     );
 }
 

@@ -76,6 +76,17 @@ pub struct GroupLag {
     pub lag: u64,
 }
 
+/// The newest message one partition of a topic retains (see [`Broker::last_messages`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastMessage {
+    pub topic: Topic,
+    pub partition: Partition,
+    pub offset: Offset,
+    /// As published: for messages a Tributary relay sent, an [`crate::Envelope`] whose
+    /// `source` names the service that published it.
+    pub payload: Vec<u8>,
+}
+
 /// A message broker with partitioned topics and consumer groups.
 ///
 /// Every implementation passes the broker conformance suite in `tributary-testkit`.
@@ -136,6 +147,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Reads only: no topic, group or consumer is created or changed. `None` when the broker
     /// cannot tell.
     async fn group_lags(&self) -> Result<Option<Vec<GroupLag>>> {
+        Ok(None)
+    }
+
+    /// The newest retained message of every partition that retains one, on every topic, sorted
+    /// by topic and partition: what tells an operator which service publishes a topic (the
+    /// envelopes' `source`) without consuming anything. Reads only, like
+    /// [`Broker::group_lags`]. `None` when the broker cannot tell.
+    async fn last_messages(&self) -> Result<Option<Vec<LastMessage>>> {
         Ok(None)
     }
 }

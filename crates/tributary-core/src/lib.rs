@@ -24,8 +24,8 @@ pub use aggregate::{
     envelopes_for,
 };
 pub use broker::{
-    Backlog, Broker, Delivery, GroupLag, LeaseGuard, LeaseState, MAX_BATCH_BYTES, OutgoingMessage,
-    PartitionConsumer, RelaySource, SourceBatch, topic_for_event,
+    Backlog, Broker, Delivery, GroupLag, LastMessage, LeaseGuard, LeaseState, MAX_BATCH_BYTES,
+    OutgoingMessage, PartitionConsumer, RelaySource, SourceBatch, topic_for_event,
 };
 pub use catch_up::{CatchUpConfig, Positioned, catch_up};
 pub use consistency::{

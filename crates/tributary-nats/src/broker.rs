@@ -24,8 +24,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tributary_core::{
-    Broker, Error, GroupLag, GroupName, OutgoingMessage, Partition, PartitionConsumer, Result,
-    Topic,
+    Broker, Error, GroupLag, GroupName, LastMessage, OutgoingMessage, Partition, PartitionConsumer,
+    Result, Topic,
 };
 
 use crate::config::{NatsBrokerConfig, NatsStorage};
@@ -280,7 +280,7 @@ impl Inner {
 
     /// The partition count of an existing stream, after checking that its settings are the
     /// ones this broker is configured for.
-    fn check_stream(&self, topic: &Topic, info: &StreamInfo) -> Result<u32> {
+    pub(crate) fn check_stream(&self, topic: &Topic, info: &StreamInfo) -> Result<u32> {
         let c = &self.config;
         let cfg = &info.config;
         let name = &cfg.name;
@@ -355,7 +355,7 @@ impl Inner {
         Ok(partitions)
     }
 
-    async fn stream_info(&self, name: &str) -> Result<Option<StreamInfo>> {
+    pub(crate) async fn stream_info(&self, name: &str) -> Result<Option<StreamInfo>> {
         let what = format!("reading JetStream stream {name}");
         match self
             .api::<StreamInfo>(&what, format!("STREAM.INFO.{name}"), &json!({}))
@@ -556,8 +556,6 @@ impl Broker for NatsBroker {
         }
     }
 
-    /// Deletes every generation of the group's durable consumers (what a group is, on
-    /// JetStream). A group of the same name created later starts again at generation 0.
     async fn group_lags(&self) -> Result<Option<Vec<GroupLag>>> {
         let mut lags = Vec::new();
         for topic in self.topics().await? {
@@ -570,6 +568,18 @@ impl Broker for NatsBroker {
         Ok(Some(lags))
     }
 
+    /// One "last message by subject" request per partition, answered by the stream leader.
+    async fn last_messages(&self) -> Result<Option<Vec<LastMessage>>> {
+        let mut last = Vec::new();
+        for topic in self.topics().await? {
+            last.extend(crate::last_messages::of_topic(&self.inner, &topic).await?);
+        }
+        last.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(Some(last))
+    }
+
+    /// Deletes every generation of the group's durable consumers (what a group is, on
+    /// JetStream). A group of the same name created later starts again at generation 0.
     async fn delete_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {
         let partitions = self.inner.ensure(topic, None).await?;
         let stream = self.stream_name(topic);

@@ -5,6 +5,7 @@ pub mod bench;
 mod broker;
 mod config;
 mod consumer;
+mod last_messages;
 mod naming;
 
 pub use broker::NatsBroker;

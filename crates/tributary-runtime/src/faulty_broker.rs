@@ -88,6 +88,10 @@ impl Broker for FaultyBroker {
     async fn group_lags(&self) -> Result<Option<Vec<tributary_core::GroupLag>>> {
         self.inner.group_lags().await
     }
+
+    async fn last_messages(&self) -> Result<Option<Vec<tributary_core::LastMessage>>> {
+        self.inner.last_messages().await
+    }
 }
 
 struct FaultyConsumer {

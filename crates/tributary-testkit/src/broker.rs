@@ -50,6 +50,7 @@ macro_rules! broker_conformance {
             a_deleted_group_starts_over_like_a_new_one,
             lag_counts_the_messages_after_the_committed_offset,
             group_lags_report_every_known_group_without_creating_anything,
+            last_messages_are_each_partitions_newest,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {
@@ -320,6 +321,65 @@ pub async fn group_lags_report_every_known_group_without_creating_anything(
         vec![],
         "reading the lags created no group"
     );
+}
+
+pub async fn last_messages_are_each_partitions_newest(broker: Arc<dyn Broker>) {
+    let (topic, empty) = (fresh_topic(), fresh_topic());
+    broker.ensure_topic(&topic, 3).await.unwrap();
+    broker.ensure_topic(&empty, 2).await.unwrap();
+    let ours = |t: &Topic| {
+        let t = t.clone();
+        let broker = broker.clone();
+        async move {
+            let all = broker
+                .last_messages()
+                .await
+                .unwrap()
+                .expect("every Tributary broker tells");
+            let mut sorted = all.clone();
+            sorted.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            assert_eq!(all, sorted, "sorted by topic and partition");
+            all.into_iter().filter(|m| m.topic == t).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ours(&topic).await, vec![], "nothing published yet");
+    // Two rounds over eight keys: most partitions get several messages, in key order.
+    let batch: Vec<_> = (0..16)
+        .map(|i| message(&topic, &format!("k{}", i % 8), &format!("m{i}")))
+        .collect();
+    broker.publish(&batch).await.unwrap();
+    let last = ours(&topic).await;
+    assert!(!last.is_empty());
+    assert_eq!(
+        ours(&empty).await,
+        vec![],
+        "an empty topic has no newest message"
+    );
+    // Each partition's newest message is the last one a consumer of it gets.
+    let group = fresh_group();
+    for p in 0..3 {
+        let mut c = broker
+            .consume(&group, &topic, Partition::new(p))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        loop {
+            let more = fetch_answered(c.as_mut(), 100, Duration::from_millis(300)).await;
+            if more.is_empty() {
+                break;
+            }
+            got.extend(more);
+        }
+        let newest = last.iter().find(|m| m.partition.get() == p);
+        match got.last() {
+            None => assert_eq!(newest, None, "partition {p} is empty"),
+            Some(d) => {
+                let newest = newest.unwrap_or_else(|| panic!("partition {p} has messages"));
+                assert_eq!(newest.offset, d.offset, "partition {p}");
+                assert_eq!(newest.payload, d.payload, "partition {p}");
+            }
+        }
+    }
 }
 
 pub async fn consumer_groups_are_independent(broker: Arc<dyn Broker>) {

@@ -12,10 +12,10 @@ pub use tributary_core::{
     Database, DeadLetter, DeadLetterId, DeadLetterStore, Delivery, Envelope, Error, EventId,
     EventStore, EventStream, Executed, ExpectedVersion, GroupLag, GroupLock, GroupName,
     HandlerError, InMemoryBroker, InMemoryDatabase, InMemoryEventStore, JSON_CONTENT_TYPE,
-    LeaseGuard, Loaded, Metadata, Offset, OutgoingMessage, Partition, PartitionConsumer, Payload,
-    Position, RecordedEvent, RelaySource, Repository, Resolution, Result, Snapshot, StreamId,
-    StreamVersion, TokenEntry, TokenError, Topic, UnitOfWork, UnitOfWorkExt, UpcastEvent,
-    Upcasters, decode_event, encode_event, envelopes_for,
+    LastMessage, LeaseGuard, Loaded, Metadata, Offset, OutgoingMessage, Partition,
+    PartitionConsumer, Payload, Position, RecordedEvent, RelaySource, Repository, Resolution,
+    Result, Snapshot, StreamId, StreamVersion, TokenEntry, TokenError, Topic, UnitOfWork,
+    UnitOfWorkExt, UpcastEvent, Upcasters, decode_event, encode_event, envelopes_for,
 };
 
 // The long-running tasks.

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::event_store::lock;
-use crate::broker::{Broker, Delivery, GroupLag, OutgoingMessage, PartitionConsumer};
+use crate::broker::{Broker, Delivery, GroupLag, LastMessage, OutgoingMessage, PartitionConsumer};
 use crate::error::{Error, Result};
 use crate::ids::EventId;
 use crate::topic::{GroupName, Offset, Partition, Topic};
@@ -195,6 +195,29 @@ impl Broker for InMemoryBroker {
             (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
         });
         Ok(Some(lags))
+    }
+
+    async fn last_messages(&self) -> Result<Option<Vec<LastMessage>>> {
+        let state = lock(&self.inner.state);
+        let mut last: Vec<LastMessage> = state
+            .topics
+            .iter()
+            .flat_map(|(topic, log)| {
+                log.partitions
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(p, messages)| {
+                        messages.last().map(|m| LastMessage {
+                            topic: topic.clone(),
+                            partition: Partition::new(p as u32),
+                            offset: Offset::new(messages.len() as u64),
+                            payload: m.payload.clone(),
+                        })
+                    })
+            })
+            .collect();
+        last.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(Some(last))
     }
 
     async fn reset_group(&self, group: &GroupName, topic: &Topic) -> Result<()> {

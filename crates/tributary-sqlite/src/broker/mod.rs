@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tributary_core::{
-    Broker, Error, GroupLag, GroupName, OutgoingMessage, Partition, PartitionConsumer, Result,
-    Topic,
+    Broker, Error, GroupLag, GroupName, LastMessage, Offset, OutgoingMessage, Partition,
+    PartitionConsumer, Result, Topic,
 };
 
 use crate::config::SqliteConfig;
@@ -324,6 +324,33 @@ impl Broker for SqliteBroker {
                     topic: Topic::new(&topic).map_err(named)?,
                     partition: Partition::new(partition),
                     lag: lag.max(0) as u64,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn last_messages(&self) -> Result<Option<Vec<LastMessage>>> {
+        type Row = (String, u32, i64, Vec<u8>);
+        let rows: Vec<Row> = self
+            .db
+            .read(|conn| {
+                conn.prepare_cached(include_str!("last_messages.sql"))
+                    .context("preparing last_messages")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .context("reading the partitions' newest messages")?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .context("reading the partitions' newest messages")
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(topic, partition, seq, payload)| {
+                Ok(LastMessage {
+                    topic: Topic::new(&topic)
+                        .map_err(|e| Error::decode(format!("topic {topic:?}"), e))?,
+                    partition: Partition::new(partition),
+                    offset: Offset::new(seq.max(0) as u64),
+                    payload,
                 })
             })
             .collect::<Result<Vec<_>>>()
