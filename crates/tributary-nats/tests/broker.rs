@@ -216,13 +216,14 @@ async fn a_server_consumer_that_vanished_without_a_successor_is_recreated_from_t
     let Some(url) = common::shared_server("NATS consumer lost by the server") else {
         return;
     };
-    let (broker, _cleanup) = connect(common::test_config(url.clone())).await;
-    let js = js(&url).await;
-    let topic = fresh_topic();
-    broker.ensure_topic(&topic, 1).await.unwrap();
-    let stream = broker.stream_name(&topic);
-    let sent = batch(&topic, 5);
-    broker.publish(&sent).await.unwrap();
+    let OnePartition {
+        broker,
+        _cleanup,
+        js,
+        topic,
+        stream,
+        sent,
+    } = OnePartition::holding(&url, 5).await;
     let (group, p0) = (fresh_group(), Partition::new(0));
     let mut consumer = broker.consume(&group, &topic, p0).await.unwrap();
     let got = fetch_n(consumer.as_mut(), 3, Duration::from_secs(10)).await;
@@ -262,6 +263,37 @@ async fn a_server_consumer_that_vanished_without_a_successor_is_recreated_from_t
     assert!(more.is_empty(), "the commit after the loss holds: {more:?}");
 }
 
+/// A broker on the shared server, a fresh one-partition topic holding some messages, and a
+/// JetStream context to look at the server's side.
+struct OnePartition {
+    broker: NatsBroker,
+    _cleanup: common::DeleteStreams,
+    js: async_nats::jetstream::Context,
+    topic: Topic,
+    stream: String,
+    sent: Vec<OutgoingMessage>,
+}
+
+impl OnePartition {
+    async fn holding(url: &str, messages: usize) -> Self {
+        let (broker, _cleanup) = connect(common::test_config(url.to_owned())).await;
+        let js = js(url).await;
+        let topic = fresh_topic();
+        broker.ensure_topic(&topic, 1).await.unwrap();
+        let stream = broker.stream_name(&topic);
+        let sent = batch(&topic, messages);
+        broker.publish(&sent).await.unwrap();
+        Self {
+            broker,
+            _cleanup,
+            js,
+            topic,
+            stream,
+            sent,
+        }
+    }
+}
+
 /// The names of the stream's consumers that belong to `group`.
 async fn consumers_of(
     js: &async_nats::jetstream::Context,
@@ -285,13 +317,14 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
     let Some(url) = common::shared_server("NATS consumer generations") else {
         return;
     };
-    let (broker, _cleanup) = connect(common::test_config(url.clone())).await;
-    let js = js(&url).await;
-    let topic = fresh_topic();
-    broker.ensure_topic(&topic, 1).await.unwrap();
-    let stream = broker.stream_name(&topic);
-    let sent = batch(&topic, 6);
-    broker.publish(&sent).await.unwrap();
+    let OnePartition {
+        broker,
+        _cleanup,
+        js,
+        topic,
+        stream,
+        sent,
+    } = OnePartition::holding(&url, 6).await;
     let (group, p0) = (fresh_group(), Partition::new(0));
 
     // Messages fetched and not committed make the next instance reset the group's cursor:
