@@ -816,13 +816,22 @@ pub async fn a_poison_command_is_dead_lettered_and_the_saga_times_out_and_compen
     assert_eq!(compensated, vec![Some(1), Some(0)], "in reverse order");
     assert_eq!(sys.participant_value("credit", "c1").await, Some(100));
     assert_eq!(sys.participant_value("stock", "sku1").await, Some(10));
-    let letters = sys
-        .fixture
-        .participant_db
-        .dead_letters()
-        .list(None, 10)
-        .await
-        .expect("dead letters");
+    // The saga does not wait for the participant's unit that dead-letters the command: the
+    // deadline can compensate it first, so wait for the letter.
+    let waited_until = std::time::Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let letters = sys
+            .fixture
+            .participant_db
+            .dead_letters()
+            .list(None, 10)
+            .await
+            .expect("dead letters");
+        if !letters.is_empty() || std::time::Instant::now() > waited_until {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0].event_type.as_deref(), Some("ReserveStock"));
     assert!(
