@@ -74,12 +74,19 @@ pub(crate) fn after(p: TxPosition) -> TxPosition {
     }
 }
 
-/// Waits until the horizon is above `tx_id` (every transaction up to it has ended), polling
-/// with a growing delay. Returns false if `timeout` passed first.
+/// Waits until the horizon is above `tx_id` (every transaction up to it has ended), looking
+/// again after each commit through this handle and otherwise after a short, growing delay.
+/// Returns false if `timeout` passed first.
+///
+/// The transactions that hold the horizon back are usually units of a few milliseconds, often
+/// this process's own: a wait that needed 9 ms overshot by 6 ms with delays doubling up to
+/// 25 ms, and every hop of a message through the relay pays it. A look is one cheap query.
 async fn wait_for_horizon(db: &Inner, tx_id: i64, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
+    let mut commits = db.commits_receiver();
     let mut delay = Duration::from_millis(1);
     loop {
+        commits.borrow_and_update();
         if current_horizon(db).await? > tx_id {
             return Ok(true);
         }
@@ -87,10 +94,16 @@ async fn wait_for_horizon(db: &Inner, tx_id: i64, timeout: Duration) -> Result<b
         if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(delay.min(deadline - now)).await;
-        delay = (delay * 2).min(Duration::from_millis(25));
+        tokio::select! {
+            _ = tokio::time::sleep(delay.min(deadline - now)) => {}
+            _ = commits.changed() => {}
+        }
+        delay = (delay * 2).min(HORIZON_LOOK_EVERY);
     }
 }
+
+/// The longest pause between two looks at the horizon while waiting for it.
+const HORIZON_LOOK_EVERY: Duration = Duration::from_millis(4);
 
 /// The xmin of a new snapshot: every transaction below it has ended.
 pub(crate) async fn current_horizon(db: &Inner) -> Result<i64> {
