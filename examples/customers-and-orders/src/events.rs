@@ -16,6 +16,14 @@ pub fn order_topic() -> Topic {
     Topic::new("Order").unwrap_or_else(|_| unreachable!("a valid topic name"))
 }
 
+/// Topic of the orchestrated orders' events (`OrderCreated`, `OrderApproved`, `OrderRejected`,
+/// published by the `CreateOrder` saga's local steps). Not [`order_topic`]: the customer
+/// service reacts to an `OrderCreated` there by reserving credit, which the saga asks for by
+/// command instead; the order-history view reads both.
+pub fn orchestrated_order_topic() -> Topic {
+    Topic::new("OrchestratedOrder").unwrap_or_else(|_| unreachable!("a valid topic name"))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerCreated {
     pub customer_id: String,

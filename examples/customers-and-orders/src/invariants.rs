@@ -265,7 +265,8 @@ pub fn sagas(state: &State) -> Check {
     )
 }
 
-/// Each customer's history document equals what the customer and order services hold.
+/// Each customer's history document equals what the customer and order services hold, orders
+/// of both flows.
 pub fn history(state: &State) -> Check {
     let mut expected: BTreeMap<&str, BTreeMap<String, OrderSummary>> = BTreeMap::new();
     for o in state.orders.values() {
@@ -274,6 +275,20 @@ pub fn history(state: &State) -> Check {
             OrderSummary {
                 order_total: o.order_total,
                 state: o.state,
+            },
+        );
+    }
+    for o in &state.orchestrated {
+        let state = match o.state.as_str() {
+            APPROVED => OrderState::Approved,
+            REJECTED => OrderState::Rejected,
+            _ => OrderState::New,
+        };
+        expected.entry(o.customer_id.as_str()).or_default().insert(
+            o.order_id.clone(),
+            OrderSummary {
+                order_total: o.order_total,
+                state,
             },
         );
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use customers_and_orders::invariants::{self, State};
 use customers_and_orders::orchestration::{APPROVED, Line, REJECTED};
+use customers_and_orders::order::OrderState;
 use customers_and_orders::system::{self, Backends};
 use tributary::saga::SagaState;
 
@@ -103,6 +104,28 @@ async fn orchestrated_orders_reserve_credit_and_stock_or_release_both() -> anyho
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+    // The order-history view lists the orchestrated orders of each customer, settled.
+    let history = running.services.history()?.clone();
+    for o in state
+        .orchestrated
+        .iter()
+        .filter(|o| ids.contains(&o.customer_id))
+    {
+        let view = history
+            .get(&o.customer_id)
+            .await?
+            .expect("a known customer");
+        let listed = view
+            .orders
+            .get(&o.order_id)
+            .map(|s| (s.order_total, s.state));
+        let state = if o.state == APPROVED {
+            OrderState::Approved
+        } else {
+            OrderState::Rejected
+        };
+        assert_eq!(listed, Some((o.order_total, state)), "order {}", o.order_id);
+    }
     running.stop().await;
     Ok(())
 }

@@ -18,7 +18,7 @@ use tributary::{
 use crate::AppError;
 use crate::events::{
     CustomerCreated, OrderApproved, OrderCancelled, OrderCreated, OrderRejected, customer_topic,
-    order_topic,
+    orchestrated_order_topic, order_topic,
 };
 use crate::order::OrderState;
 
@@ -40,6 +40,11 @@ pub struct CustomerHistory {
     pub orders: BTreeMap<String, OrderSummary>,
 }
 
+/// The topics the view reads: customers, and orders of both flows (the same events).
+pub fn topics() -> Vec<tributary::Topic> {
+    vec![customer_topic(), order_topic(), orchestrated_order_topic()]
+}
+
 #[derive(Clone)]
 pub struct HistoryService {
     db: Arc<dyn Database>,
@@ -50,7 +55,7 @@ impl HistoryService {
     pub fn new(db: Arc<dyn Database>) -> Self {
         let group = GroupName::new(crate::system::HISTORY_GROUP)
             .unwrap_or_else(|_| unreachable!("a valid group name"));
-        let view = View::new(db.clone(), group, &[customer_topic(), order_topic()]);
+        let view = View::new(db.clone(), group, &topics());
         Self { db, view }
     }
 

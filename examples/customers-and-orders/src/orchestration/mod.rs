@@ -9,7 +9,8 @@
 //!
 //! A failed reservation rejects the order and releases what was reserved, in reverse order.
 //! Orchestrated orders are documents of the order service (`orchestrated_orders`), apart from
-//! its event-sourced choreographed orders.
+//! its event-sourced choreographed orders; each change of state publishes the order's event on
+//! [`orchestrated_order_topic`] in the same unit, for the order-history view.
 
 pub mod inventory;
 
@@ -25,6 +26,7 @@ use tributary::{Broker, Database, Topic, UnitOfWorkExt};
 
 use crate::AppError;
 use crate::customer::Customer;
+use crate::events::{OrderApproved, OrderCreated, OrderRejected, orchestrated_order_topic};
 
 pub const SAGA_TYPE: &str = "CreateOrder";
 /// The states of an orchestrated order.
@@ -45,11 +47,13 @@ pub fn inventory_commands() -> Topic {
     Topic::new("InventoryCommands").unwrap_or_else(|_| unreachable!("a valid topic name"))
 }
 
-/// The flow's topics: the participants' commands and the orchestrator's replies.
+/// The flow's topics: the participants' commands, the orchestrator's replies and the orders'
+/// events.
 pub fn topics() -> Vec<Topic> {
     vec![
         customer_commands(),
         inventory_commands(),
+        orchestrated_order_topic(),
         tributary::saga::reply_topic(SAGA_TYPE)
             .unwrap_or_else(|_| unreachable!("a valid saga type")),
     ]
@@ -94,6 +98,7 @@ pub struct OrchestratedOrder {
     pub state: String,
 }
 
+/// Stores the order in `state` and publishes the event that says so, in the saga's unit.
 fn set_state<'a>(
     o: &'a CreateOrder,
     unit: &'a mut dyn tributary::UnitOfWork,
@@ -108,8 +113,54 @@ fn set_state<'a>(
             state: state.into(),
         };
         unit.put_as(ORDERS, &o.order_id, &order).await?;
+        let (order_id, customer_id) = (o.order_id.clone(), o.customer_id.clone());
+        let event = match state {
+            PENDING => order_event(
+                "OrderCreated",
+                &OrderCreated {
+                    order_id,
+                    customer_id,
+                    order_total: o.order_total,
+                },
+                &o.order_id,
+            ),
+            APPROVED => order_event(
+                "OrderApproved",
+                &OrderApproved {
+                    order_id,
+                    customer_id,
+                },
+                &o.order_id,
+            ),
+            _ => order_event(
+                "OrderRejected",
+                &OrderRejected {
+                    order_id,
+                    customer_id,
+                    reason: "the CreateOrder saga was compensated".into(),
+                },
+                &o.order_id,
+            ),
+        }?;
+        unit.publish(&orchestrated_order_topic(), event).await?;
         Ok(())
     })
+}
+
+/// An orchestrated order's event, keyed by the order so that its events stay in order.
+fn order_event<T: Serialize>(
+    event_type: &str,
+    data: &T,
+    order_id: &str,
+) -> Result<tributary::Envelope, tributary::Error> {
+    Ok(tributary::Envelope::new(
+        crate::order::SOURCE,
+        event_type,
+        tributary::Payload::from_value(data)?,
+    )
+    .with_subject(order_id)
+    .with_aggregate_type("Order")
+    .with_partition_key(order_id))
 }
 
 /// The `CreateOrder` saga.

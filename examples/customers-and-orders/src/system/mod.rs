@@ -184,7 +184,7 @@ pub fn consumer_groups(services: &Services) -> Vec<Group> {
         groups.push(Group {
             service: ServiceName::History,
             group: group(HISTORY_GROUP),
-            topics: vec![customer_topic(), order_topic()],
+            topics: crate::history::topics(),
             db: h.database().clone(),
             handler: Arc::new(HistoryService::handler()),
         });
