@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use tributary_core::{Broker, Error, EventId, OutgoingMessage, Partition, Topic};
+use tributary_core::{
+    Broker, Error, EventId, GroupName, OutgoingMessage, Partition, PartitionConsumer, Topic,
+};
 use tributary_nats::{NatsBroker, NatsBrokerConfig, NatsStorage};
 use tributary_testkit::broker::{fetch_answered, fetch_n, fresh_group, fresh_topic};
 
@@ -216,18 +218,17 @@ async fn a_server_consumer_that_vanished_without_a_successor_is_recreated_from_t
     let Some(url) = common::shared_server("NATS consumer lost by the server") else {
         return;
     };
+    let one = OnePartition::holding(&url, 5).await;
+    let (group, mut consumer) = one.three_fetched_first_committed().await;
     let OnePartition {
         broker,
-        _cleanup,
         js,
         topic,
         stream,
         sent,
-    } = OnePartition::holding(&url, 5).await;
-    let (group, p0) = (fresh_group(), Partition::new(0));
-    let mut consumer = broker.consume(&group, &topic, p0).await.unwrap();
-    let got = fetch_n(consumer.as_mut(), 3, Duration::from_secs(10)).await;
-    consumer.commit(got[0].offset).await.unwrap();
+        ..
+    } = &one;
+    let p0 = Partition::new(0);
 
     // What a cluster that lost a consumer in a leader election answers (and what an operator
     // deleting it by hand does): "consumer not found", and no newer generation. No other
@@ -252,13 +253,13 @@ async fn a_server_consumer_that_vanished_without_a_successor_is_recreated_from_t
     let expected: Vec<_> = sent[3..].iter().map(|m| Some(m.id)).collect();
     assert_eq!(ids, expected, "the rest, once, in order");
     assert_eq!(
-        consumers_of(&js, &stream, group.as_str()).await,
+        consumers_of(js, stream, group.as_str()).await,
         vec![format!("{group}_0_g1")],
         "re-created as the next generation, never under the deleted name"
     );
     consumer.commit(rest[1].offset).await.unwrap();
     drop(consumer);
-    let mut next = broker.consume(&group, &topic, p0).await.unwrap();
+    let mut next = broker.consume(&group, topic, p0).await.unwrap();
     let more = fetch_answered(next.as_mut(), 10, Duration::from_millis(300)).await;
     assert!(more.is_empty(), "the commit after the loss holds: {more:?}");
 }
@@ -292,6 +293,20 @@ impl OnePartition {
             sent,
         }
     }
+
+    /// A fresh group's consumer of the partition that fetched three messages and committed
+    /// only the first.
+    async fn three_fetched_first_committed(&self) -> (GroupName, Box<dyn PartitionConsumer>) {
+        let group = fresh_group();
+        let mut consumer = self
+            .broker
+            .consume(&group, &self.topic, Partition::new(0))
+            .await
+            .unwrap();
+        let got = fetch_n(consumer.as_mut(), 3, Duration::from_secs(10)).await;
+        consumer.commit(got[0].offset).await.unwrap();
+        (group, consumer)
+    }
 }
 
 /// The names of the stream's consumers that belong to `group`.
@@ -317,30 +332,28 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
     let Some(url) = common::shared_server("NATS consumer generations") else {
         return;
     };
+    // Messages fetched and not committed make the next instance reset the group's cursor:
+    // it creates generation 1 after the ack floor and deletes generation 0, never re-creating
+    // a consumer under a deleted name.
+    let one = OnePartition::holding(&url, 6).await;
+    let (group, first) = one.three_fetched_first_committed().await;
+    drop(first);
     let OnePartition {
         broker,
-        _cleanup,
         js,
         topic,
         stream,
         sent,
-    } = OnePartition::holding(&url, 6).await;
-    let (group, p0) = (fresh_group(), Partition::new(0));
-
-    // Messages fetched and not committed make the next instance reset the group's cursor:
-    // it creates generation 1 after the ack floor and deletes generation 0, never re-creating
-    // a consumer under a deleted name.
-    let mut first = broker.consume(&group, &topic, p0).await.unwrap();
-    let got = fetch_n(first.as_mut(), 3, Duration::from_secs(10)).await;
-    first.commit(got[0].offset).await.unwrap();
-    drop(first);
+        ..
+    } = &one;
+    let p0 = Partition::new(0);
     assert_eq!(
-        consumers_of(&js, &stream, group.as_str()).await,
+        consumers_of(js, stream, group.as_str()).await,
         vec![format!("{group}_0")]
     );
-    let mut second = broker.consume(&group, &topic, p0).await.unwrap();
+    let mut second = broker.consume(&group, topic, p0).await.unwrap();
     assert_eq!(
-        consumers_of(&js, &stream, group.as_str()).await,
+        consumers_of(js, stream, group.as_str()).await,
         vec![format!("{group}_0_g1")]
     );
     let again = fetch_n(second.as_mut(), 2, Duration::from_secs(10)).await;
@@ -373,12 +386,12 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
     };
     js.create_consumer_on_stream(stale, &stream).await.unwrap();
     assert_eq!(
-        consumers_of(&js, &stream, group.as_str()).await,
+        consumers_of(js, stream, group.as_str()).await,
         vec![format!("{group}_0"), format!("{group}_0_g1")]
     );
-    let mut third = broker.consume(&group, &topic, p0).await.unwrap();
+    let mut third = broker.consume(&group, topic, p0).await.unwrap();
     assert_eq!(
-        consumers_of(&js, &stream, group.as_str()).await,
+        consumers_of(js, stream, group.as_str()).await,
         vec![format!("{group}_0_g1")],
         "the leftover is deleted before anything is pulled"
     );
@@ -392,12 +405,12 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
     drop(third);
 
     // Rewinding the group (a rebuild) starts a new generation at the oldest message.
-    broker.reset_group(&group, &topic).await.unwrap();
+    broker.reset_group(&group, topic).await.unwrap();
     assert_eq!(
-        consumers_of(&js, &stream, group.as_str()).await,
+        consumers_of(js, stream, group.as_str()).await,
         vec![format!("{group}_0_g2")]
     );
-    let mut fourth = broker.consume(&group, &topic, p0).await.unwrap();
+    let mut fourth = broker.consume(&group, topic, p0).await.unwrap();
     let all = fetch_n(fourth.as_mut(), 6, Duration::from_secs(10)).await;
     let ids: Vec<_> = all.iter().map(|d| d.id).collect();
     let expected: Vec<_> = sent.iter().map(|m| Some(m.id)).collect();
@@ -405,8 +418,8 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
     drop(fourth);
 
     // Deleting the group deletes every generation.
-    broker.delete_group(&group, &topic).await.unwrap();
-    assert!(consumers_of(&js, &stream, group.as_str()).await.is_empty());
+    broker.delete_group(&group, topic).await.unwrap();
+    assert!(consumers_of(js, stream, group.as_str()).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
