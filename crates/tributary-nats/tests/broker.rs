@@ -220,14 +220,8 @@ async fn a_server_consumer_that_vanished_without_a_successor_is_recreated_from_t
     };
     let one = OnePartition::holding(&url, 5).await;
     let (group, mut consumer) = one.three_fetched_first_committed().await;
-    let OnePartition {
-        broker,
-        js,
-        topic,
-        stream,
-        sent,
-        ..
-    } = &one;
+    let (broker, js, topic, stream, sent) =
+        (&one.broker, &one.js, &one.topic, &one.stream, &one.sent);
     let p0 = Partition::new(0);
 
     // What a cluster that lost a consumer in a leader election answers (and what an operator
@@ -338,14 +332,8 @@ async fn a_reset_creates_the_next_generation_and_a_leftover_older_one_is_ignored
     let one = OnePartition::holding(&url, 6).await;
     let (group, first) = one.three_fetched_first_committed().await;
     drop(first);
-    let OnePartition {
-        broker,
-        js,
-        topic,
-        stream,
-        sent,
-        ..
-    } = &one;
+    let (broker, js, topic, stream, sent) =
+        (&one.broker, &one.js, &one.topic, &one.stream, &one.sent);
     let p0 = Partition::new(0);
     assert_eq!(
         consumers_of(js, stream, group.as_str()).await,
