@@ -131,6 +131,45 @@ async fn an_operator_sees_and_replays_a_dead_letter_of_any_group_by_url() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_left_behind_by_a_killed_tail_is_listed_but_not_checked_by_max_lag() {
+    let d = Deployment::start().await;
+    d.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    for key in ["invoice-1", "invoice-2"] {
+        d.publish(key).await;
+    }
+    d.handled(2).await;
+    // What `events tail` leaves when it is killed with SIGKILL: its group, behind by all.
+    let tail = "tributary-tail-0193a5c2-0000-7000-8000-000000000000";
+    let _left = d.idle_group_named(tail).await;
+    let broker = d.broker_url();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let healthy = loop {
+        let status = tributary(&[
+            "status",
+            "--db",
+            &d.url,
+            "--broker",
+            &broker,
+            "--max-lag",
+            "0",
+        ]);
+        // The billing group's commit trails its handler by a moment.
+        if status.status.success() || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(healthy.status.success(), "{}", stderr(&healthy));
+    let listed = stdout(&healthy);
+    let expected = format!("group {tail} on invoices partition 0: 1 behind (an `events tail`'s");
+    assert!(listed.contains(&expected), "{listed}");
+    let json = tributary(&["status", "--db", &d.url, "--broker", &broker, "--json"]);
+    let json: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(total_lag(&json, tail), 2, "{json}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_the_console_show_every_groups_lag_from_the_broker() {
     let d = Deployment::start().await;
     d.broken.store(false, std::sync::atomic::Ordering::SeqCst);

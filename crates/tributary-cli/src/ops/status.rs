@@ -134,7 +134,10 @@ pub async fn read(
         }
     }
     if let (Some(max), Some(groups)) = (args.max_lag, &consumer_groups) {
-        for g in groups.iter().filter(|g| g.lag > max) {
+        // A tail's throwaway group (one killed with SIGKILL leaves it behind) is nobody's
+        // backlog: listed, never a reason to page anyone.
+        let services = groups.iter().filter(|g| !is_tail_group(g));
+        for g in services.filter(|g| g.lag > max) {
             problems.push(format!(
                 "group {} is {} messages behind on {} partition {} (more than {max})",
                 g.group, g.lag, g.topic, g.partition
@@ -263,8 +266,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             (Some(_), Some(groups)) => {
                 for g in groups {
                     println!(
-                        "group {} on {} partition {}: {} behind",
-                        g.group, g.topic, g.partition, g.lag
+                        "group {} on {} partition {}: {} behind{}",
+                        g.group,
+                        g.topic,
+                        g.partition,
+                        g.lag,
+                        if is_tail_group(g) {
+                            " (an `events tail`'s group; not checked by --max-lag)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -293,6 +304,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(status.healthy, "unhealthy: {}", status.problems.join("; "));
     Ok(())
+}
+
+/// Whether `g` is the throwaway group of an `events tail`.
+fn is_tail_group(g: &GroupLag) -> bool {
+    g.group.as_str().starts_with(super::tail::GROUP_PREFIX)
 }
 
 pub fn describe_relay(r: &RelayStatus) -> String {

@@ -135,10 +135,12 @@ impl Deployment {
     /// Opens a second group, [`IDLE_GROUP`], on both partitions of the topic and returns its
     /// consumers: it never fetches or commits, so its lag is everything published.
     pub async fn idle_group(&self) -> Vec<Box<dyn PartitionConsumer>> {
-        let (group, topic) = (
-            GroupName::new(IDLE_GROUP).unwrap(),
-            Topic::new(TOPIC).unwrap(),
-        );
+        self.idle_group_named(IDLE_GROUP).await
+    }
+
+    /// As [`Deployment::idle_group`], for a group named `name`.
+    pub async fn idle_group_named(&self, name: &str) -> Vec<Box<dyn PartitionConsumer>> {
+        let (group, topic) = (GroupName::new(name).unwrap(), Topic::new(TOPIC).unwrap());
         let mut consumers = Vec::new();
         for p in 0..2 {
             consumers.push(
