@@ -141,18 +141,9 @@ async fn a_group_left_behind_by_a_killed_tail_is_listed_but_not_checked_by_max_l
     // What `events tail` leaves when it is killed with SIGKILL: its group, behind by all.
     let tail = "tributary-tail-0193a5c2-0000-7000-8000-000000000000";
     let _left = d.idle_group_named(tail).await;
-    let broker = d.broker_url();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let healthy = loop {
-        let status = tributary(&[
-            "status",
-            "--db",
-            &d.url,
-            "--broker",
-            &broker,
-            "--max-lag",
-            "0",
-        ]);
+        let status = d.status_with_broker(&["--max-lag", "0"]);
         // The billing group's commit trails its handler by a moment.
         if status.status.success() || std::time::Instant::now() > deadline {
             break status;
@@ -163,7 +154,7 @@ async fn a_group_left_behind_by_a_killed_tail_is_listed_but_not_checked_by_max_l
     let listed = stdout(&healthy);
     let expected = format!("group {tail} on invoices partition 0: 1 behind (an `events tail`'s");
     assert!(listed.contains(&expected), "{listed}");
-    let json = tributary(&["status", "--db", &d.url, "--broker", &broker, "--json"]);
+    let json = d.status_with_broker(&["--json"]);
     let json: Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(total_lag(&json, tail), 2, "{json}");
     d.stop().await;
@@ -184,7 +175,7 @@ async fn status_and_the_console_show_every_groups_lag_from_the_broker() {
     // moment); the idle group is behind by everything.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let json = loop {
-        let status = tributary(&["status", "--db", &d.url, "--broker", &broker, "--json"]);
+        let status = d.status_with_broker(&["--json"]);
         assert!(status.status.success(), "{}", stderr(&status));
         let json: Value = serde_json::from_str(&stdout(&status)).unwrap();
         if total_lag(&json, GROUP) == 0 {
@@ -207,15 +198,7 @@ async fn status_and_the_console_show_every_groups_lag_from_the_broker() {
         "one entry per partition"
     );
 
-    let behind = tributary(&[
-        "status",
-        "--db",
-        &d.url,
-        "--broker",
-        &broker,
-        "--max-lag",
-        "1",
-    ]);
+    let behind = d.status_with_broker(&["--max-lag", "1"]);
     // Three messages on two partitions: one partition holds at least two.
     assert!(
         !behind.status.success(),

@@ -7,9 +7,9 @@
 //! reads past what is already there without printing it. It commits what it printed (a NATS
 //! consumer would redeliver unacknowledged messages), and on the way out it deletes the group,
 //! so it holds nothing back from retention. A tail killed with SIGKILL leaves its group
-//! behind; its name says what it was, and `status --max-lag` does not count it. The trait also cannot ask whether a topic exists: a
-//! tail of a new name creates that topic with the broker's default partition count, as a
-//! consumer would.
+//! behind; its name says what it was, and `status --max-lag` does not count it. The trait
+//! also cannot ask whether a topic exists: a tail of a new name creates that topic with the
+//! broker's default partition count, as a consumer would.
 
 use std::time::Duration;
 

@@ -132,6 +132,14 @@ impl Deployment {
         format!("embedded://{}", self.dir.path().display())
     }
 
+    /// `tributary status --db <this> --broker <this> <extra…>`.
+    pub fn status_with_broker(&self, extra: &[&str]) -> std::process::Output {
+        let broker = self.broker_url();
+        let mut args = vec!["status", "--db", &self.url, "--broker", &broker];
+        args.extend_from_slice(extra);
+        tributary(&args)
+    }
+
     /// Opens a second group, [`IDLE_GROUP`], on both partitions of the topic and returns its
     /// consumers: it never fetches or commits, so its lag is everything published.
     pub async fn idle_group(&self) -> Vec<Box<dyn PartitionConsumer>> {

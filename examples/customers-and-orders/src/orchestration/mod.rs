@@ -132,6 +132,7 @@ fn set_state<'a>(
                 },
                 &o.order_id,
             ),
+            // REJECTED: the first step's compensation, the only other state set.
             _ => order_event(
                 "OrderRejected",
                 &OrderRejected {
